@@ -1,0 +1,248 @@
+"""Build recipes: YAML validated by pydantic (unknown keys are errors); one model per stage nested in `Recipe`.
+
+The JSON schema of `Recipe` is exported to schemas/recipe.schema.json (`python -m builder.recipe` rewrites it;
+a test fails when it is stale).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from builder.errors import RecipeError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- tasks
+class TaskSpec(_Strict):
+    """One task: a paper task read from its original file, or a user's file or Hub dataset with a column mapping."""
+
+    name: str = Field(description="Task key: one of the 12 paper tasks for source=paper, any name otherwise.")
+    source: Literal["paper", "file", "hub"] = Field("paper", description="Where the questions come from.")
+    path: str | None = Field(
+        None, description="File path (source=file), Hub dataset id (source=hub), or the paper file (default: "
+        "<benchmarks_dir>/<task>/...). Relative paths resolve against the recipe's folder.")
+    split: str = Field("train", description="Split to use: train, test or all (paper splits come from splits/).")
+    hub_config: str | None = Field(None, description="Hub dataset config name (source=hub).")
+    hub_split: str = Field("train", description="Hub dataset split to read (source=hub).")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Map our fields (question, gold, choices, id) to the source's column names.")
+    answer_type: str | None = Field(None, description="Grader name; required for file and hub tasks.")
+    answer_prompt: str | None = Field(None, description="Override the task's Zero-shot-CoT answer prompt.")
+    limit: int | None = Field(None, ge=1, description="Keep only the first N questions (after splitting).")
+
+
+class TasksConfig(_Strict):
+    benchmarks_dir: str | None = Field(
+        None, description="Folder holding the paper task files and splits/ (default: $RATIONALE_BENCHMARKS_DIR).")
+    items: list[TaskSpec] = Field(min_length=1, description="The tasks to build from.")
+    shuffle_seed: int = Field(0, description="Seed for shuffling answer choices (gold first in some sources).")
+
+
+# ---------------------------------------------------------------- teacher + sampling
+class Exemplar(_Strict):
+    question: str
+    rationale: str
+    answer: str
+
+
+class TeacherConfig(_Strict):
+    """The teacher model and the engine that runs it."""
+
+    backend: Literal["vllm", "openai", "import"] = Field("vllm", description="vLLM in-process, an OpenAI-compatible "
+                                                         "server, or import existing completions.")
+    model: str = Field(description="Hub id, local folder, or a local alias (smollm2-135m-instruct).")
+    revision: str | None = Field(None, description="Model revision, recorded in every sample.")
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="Extra vllm.LLM(...) arguments (dtype, max_model_len, ...).")
+    base_url: str | None = Field(None, description="OpenAI-compatible base URL (backend=openai).")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key; the key "
+                             "itself is never written anywhere.")
+    concurrency: int = Field(16, ge=1, description="Concurrent requests (backend=openai).")
+    timeout_s: float = Field(120.0, gt=0, description="Per-request timeout (backend=openai).")
+    max_retries: int = Field(5, ge=0, description="Retries with exponential backoff (backend=openai).")
+    import_path: str | None = Field(None, description="JSONL/Parquet of completions (backend=import).")
+    import_columns: dict[str, str] = Field(
+        default_factory=dict, description="Map sample fields (question, rationale, answer_completion, ...) to "
+        "columns of the imported file.")
+
+
+class PromptConfig(_Strict):
+    """How questions become teacher prompts (Zero-shot-CoT or Few-shot-CoT, raw text or chat template)."""
+
+    style: Literal["zero_shot_cot", "few_shot_cot"] = "zero_shot_cot"
+    format: Literal["raw", "chat"] = Field("raw", description="Raw completion text, or the model's chat template.")
+    trigger: str = Field("Let's think step by step.", description="Zero-shot-CoT reasoning trigger.")
+    exemplars: Literal["paper"] | list[Exemplar] | None = Field(
+        None, description="Few-shot-CoT exemplars: 'paper' (the paper's, per task) or your own list.")
+    two_stage: bool = Field(True, description="Ask for the answer in a second call with the task's answer prompt.")
+
+
+class AdaptiveConfig(_Strict):
+    enabled: bool = False
+    target_correct: int = Field(4, ge=1, description="Stop sampling a question once it has this many correct.")
+    max_samples: int = Field(64, ge=1, description="Never sample a question more than this.")
+    round_size: int = Field(8, ge=1, description="Samples per question per round.")
+
+
+class SamplingConfig(_Strict):
+    n: int = Field(8, ge=1, description="Samples per question (vLLM's n; the paper's D).")
+    temperature: float = Field(0.7, ge=0.0, description="The paper's diverse reasoning uses 0.7.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, ge=1, description="Rationale length cap (vLLM's default of 16 is never used).")
+    answer_max_tokens: int = Field(32, ge=1, description="Answer-stage length cap.")
+    stop: list[str] = Field(default_factory=lambda: ["\nQ:", "\n\nQ"], description="Stop strings for the rationale.")
+    seed: int = Field(0, description="Run seed; per-sample seeds derive from (seed, qid, sample_idx).")
+    shard_size: int = Field(64, ge=1, description="Questions per shard (a shard is the unit of crash safety).")
+    adaptive: AdaptiveConfig = Field(default_factory=AdaptiveConfig)
+
+
+# ---------------------------------------------------------------- grading + curation
+class GradingConfig(_Strict):
+    mode: Literal["auto", "answer_completion", "rationale"] = Field(
+        "auto", description="Extract from the stage-2 answer completion, from the rationale, or the first present.")
+
+
+class MinHashConfig(_Strict):
+    enabled: bool = True
+    num_perm: int = Field(128, ge=16)
+    bands: int = Field(16, ge=1)
+    ngram: int = Field(5, ge=1, description="Word shingle size.")
+    threshold: float = Field(0.8, gt=0.0, le=1.0, description="Jaccard at or above which two rationales are dups.")
+    seed: int = 1
+    scope: Literal["question", "global", "both"] = "question"
+
+
+class SelectionConfig(_Strict):
+    mode: Literal["diverse", "random", "first"] = Field("diverse", description="How k of N are chosen per question.")
+    max_per_question: int | None = Field(None, ge=1, description="k; null keeps every surviving rationale.")
+    seed: int = 0
+
+
+class CurationConfig(_Strict):
+    keep_correct_only: bool = True
+    dedup_exact: bool = True
+    filters: list[str] = Field(default_factory=lambda: ["empty", "truncated", "no_answer"],
+                               description="Quality filters to run, by registry name.")
+    min_chars: int = Field(1, ge=0)
+    max_chars: int | None = Field(None, ge=1)
+    minhash: MinHashConfig = Field(default_factory=MinHashConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    decontaminate: bool = Field(False, description="Drop questions that overlap a test split or extra eval set.")
+    eval_sets: list[str] = Field(default_factory=list, description="Extra eval files (JSONL/Parquet, 'question').")
+
+
+# ---------------------------------------------------------------- store
+class StoreConfig(_Strict):
+    root: str = Field("store", description="Folder holding dataset versions: <root>/<name>/v<N>/.")
+    name: str | None = Field(None, description="Dataset name (default: the recipe name).")
+    shard_rows: int = Field(100_000, ge=1, description="Rows per Parquet file under data/.")
+
+
+class Recipe(_Strict):
+    """A build recipe: tasks -> sample -> grade -> curate -> store."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Build name; also the dataset name.")
+    description: str = ""
+    work_dir: str = Field("runs", description="Resumable working state: <work_dir>/<name>/.")
+    tasks: TasksConfig
+    teacher: TeacherConfig
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    grading: GradingConfig = Field(default_factory=GradingConfig)
+    curation: CurationConfig = Field(default_factory=CurationConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    base_dir: str | None = Field(None, exclude=True, description="Folder of the recipe file (set on load).")
+
+    @model_validator(mode="after")
+    def _check(self) -> Recipe:
+        if self.prompt.style == "few_shot_cot" and self.prompt.exemplars is None:
+            raise ValueError("prompt.exemplars is required for few_shot_cot (use 'paper' or a list)")
+        if self.teacher.backend == "import" and not self.teacher.import_path:
+            raise ValueError("teacher.import_path is required for backend=import")
+        if self.teacher.backend == "openai" and not self.teacher.base_url:
+            raise ValueError("teacher.base_url is required for backend=openai")
+        return self
+
+    def resolve_path(self, path: str | None) -> Path | None:
+        """Expand ~ and $VARS; relative paths are relative to the recipe's folder."""
+        if path is None:
+            return None
+        p = Path(os.path.expandvars(os.path.expanduser(path)))
+        return p if p.is_absolute() or self.base_dir is None else Path(self.base_dir) / p
+
+    @property
+    def run_dir(self) -> Path:
+        return self.resolve_path(self.work_dir) / self.name
+
+    @property
+    def dataset_name(self) -> str:
+        return self.store.name or self.name
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per problem, each naming the field path, e.g. `recipe.yaml: sampling.n: Input should be ...`."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; see schemas/recipe.schema.json)"
+        lines.append(f"{source}: {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_recipe(data: Any, source: str = "<recipe>", base_dir: str | Path | None = None) -> Recipe:
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: a recipe must be a YAML mapping, found {type(data).__name__}")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(format_validation_error(exc, source)) from None
+    recipe.base_dir = str(base_dir) if base_dir is not None else None
+    return recipe
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a YAML build recipe.
+
+    Raises:
+        FileNotFoundError: no such file.
+        RecipeError: broken YAML (with line) or invalid fields (with their dotted path).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: recipe not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RecipeError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    recipe = parse_recipe(data, str(path), path.resolve().parent)
+    return recipe
+
+
+def export_json_schema(path: str | Path | None = None) -> str:
+    from builder.schemas import SCHEMA_DIR
+
+    text = json.dumps(Recipe.model_json_schema(), indent=2, sort_keys=True) + "\n"
+    if path is None:
+        path = SCHEMA_DIR / "recipe.schema.json"
+    Path(path).write_text(text)
+    return text
+
+
+if __name__ == "__main__":
+    export_json_schema()

@@ -1,0 +1,186 @@
+"""Table contracts between stages, read from schemas/*.table.json, checked on every read and write.
+
+Each stage hands the next a polars frame; `validate` checks it against the named schema and returns it with
+columns in schema order, `write_table` validates then writes Parquet atomically (temp file, then rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import polars as pl
+
+from builder.errors import SchemaError
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+if not SCHEMA_DIR.is_dir():  # installed as a wheel: schemas are packaged beside the code
+    SCHEMA_DIR = Path(__file__).resolve().parent / "_schemas"
+
+TABLES = ("questions", "samples", "graded", "ledger", "rows")
+
+_SCALARS: dict[str, pl.DataType] = {
+    "string": pl.String(),
+    "int32": pl.Int32(),
+    "int64": pl.Int64(),
+    "float64": pl.Float64(),
+    "bool": pl.Boolean(),
+}
+
+
+def parse_type(spec: str) -> pl.DataType:
+    """Turn a schema type string ('list<string>', 'struct<a:string,b:int32>') into a polars dtype."""
+    spec = spec.strip()
+    if spec in _SCALARS:
+        return _SCALARS[spec]
+    if spec.startswith("list<") and spec.endswith(">"):
+        return pl.List(parse_type(spec[5:-1]))
+    if spec.startswith("struct<") and spec.endswith(">"):
+        fields = [f.split(":", 1) for f in _split_top(spec[7:-1])]
+        return pl.Struct({name.strip(): parse_type(t) for name, t in fields})
+    raise ValueError(f"unknown schema type {spec!r}")
+
+
+def _split_top(body: str) -> list[str]:
+    parts, depth, cur = [], 0, ""
+    for ch in body:
+        depth += ch == "<"
+        depth -= ch == ">"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return parts + [cur] if cur else parts
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    dtype: pl.DataType
+    nullable: bool
+    description: str
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    name: str
+    key: tuple[str, ...]
+    columns: tuple[Column, ...]
+    description: str
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def polars_schema(self) -> pl.Schema:
+        return pl.Schema({c.name: c.dtype for c in self.columns})
+
+    def empty(self) -> pl.DataFrame:
+        return pl.DataFrame(schema=self.polars_schema)
+
+
+@cache
+def table_schema(name: str) -> TableSchema:
+    """Load the schema of hand-off table `name` from schemas/<name>.table.json."""
+    path = SCHEMA_DIR / f"{name}.table.json"
+    if not path.exists():
+        raise SchemaError(f"unknown table {name!r}; known tables: {', '.join(TABLES)}")
+    raw = json.loads(path.read_text())
+    cols = tuple(
+        Column(c["name"], parse_type(c["type"]), bool(c.get("nullable", False)), c.get("description", ""))
+        for c in raw["columns"]
+    )
+    return TableSchema(raw["name"], tuple(raw["key"]), cols, raw.get("description", ""))
+
+
+def validate(df: pl.DataFrame, table: str, *, where: str | None = None, extra: bool = False) -> pl.DataFrame:
+    """Check `df` against schema `table`; return it with schema columns first, in schema order.
+
+    Integer and null-typed columns are cast where lossless (a JSONL reader gives Int64 for an int32 column).
+
+    Args:
+        df: the frame to check.
+        table: schema name (questions, samples, graded, ledger, rows).
+        where: file or stage named in errors.
+        extra: keep columns the schema does not list (after the schema's own); otherwise drop them.
+
+    Raises:
+        SchemaError: naming the table, column, expected and found type, or the first offending row.
+    """
+    schema = table_schema(table)
+    at = f" in {where}" if where else ""
+    missing = [c.name for c in schema.columns if c.name not in df.columns]
+    if missing:
+        raise SchemaError(f"table {table!r}{at}: missing column(s) {missing}; expected columns {schema.names}")
+    casts = []
+    for col in schema.columns:
+        found = df.schema[col.name]
+        if found == col.dtype:
+            continue
+        if found == pl.Null or (found.is_integer() and col.dtype.is_integer()):
+            casts.append(pl.col(col.name).cast(col.dtype, strict=True))
+            continue
+        raise SchemaError(f"table {table!r}{at}: column {col.name!r} has type {found}, expected {col.dtype}")
+    if casts:
+        try:
+            df = df.with_columns(casts)
+        except pl.exceptions.PolarsError as exc:
+            raise SchemaError(f"table {table!r}{at}: {exc}") from exc
+    required = [c.name for c in schema.columns if not c.nullable]
+    if required and df.height:
+        nulls = df.select(pl.col(required).null_count()).row(0)
+        for name, count in zip(required, nulls):
+            if count:
+                row = df.select(pl.col(name).is_null().arg_max()).item()
+                raise SchemaError(f"table {table!r}{at}: column {name!r} is null in row {row} ({count} null rows)")
+    if schema.key and df.height:
+        dup = df.select(pl.struct(list(schema.key)).is_duplicated().arg_max().alias("i"),
+                        pl.struct(list(schema.key)).is_duplicated().any().alias("any")).row(0, named=True)
+        if dup["any"]:
+            key = df.select(list(schema.key)).row(dup["i"], named=True)
+            raise SchemaError(f"table {table!r}{at}: duplicate key {key} (row {dup['i']})")
+    rest = [c for c in df.columns if c not in schema.names] if extra else []
+    return df.select(schema.names + rest)
+
+
+def atomic_write_parquet(df: pl.DataFrame, path: str | Path) -> Path:
+    """Write Parquet (zstd) to a temp file in the same folder, fsync, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            df.write_parquet(fh, compression="zstd")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_table(df: pl.DataFrame, path: str | Path, table: str, *, extra: bool = False) -> pl.DataFrame:
+    """Validate `df` as `table`, then write it atomically to `path`. Returns the validated frame."""
+    df = validate(df, table, where=str(path), extra=extra)
+    atomic_write_parquet(df, path)
+    return df
+
+
+def read_table(path: str | Path, table: str, *, extra: bool = False) -> pl.DataFrame:
+    """Read a Parquet file (or a folder/glob of shards) and validate it as `table`."""
+    path = Path(path)
+    source = str(path / "*.parquet") if path.is_dir() else str(path)
+    if not path.exists() and "*" not in str(path):
+        raise FileNotFoundError(f"{path}: no such file (expected a {table} table)")
+    try:
+        df = pl.read_parquet(source)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise SchemaError(f"{path}: cannot read as Parquet ({exc})") from exc
+    return validate(df, table, where=str(path), extra=extra)

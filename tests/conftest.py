@@ -1,0 +1,51 @@
+"""Shared fixtures: the ../shared material, a tiny local model, and one vLLM engine for the whole test run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("RATIONALE_SHARED_DIR", ROOT.parent / "shared"))
+CACHE = Path(os.environ.get("RATIONALE_TEST_CACHE", ROOT / ".cache" / "tests"))
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.fail(f"{SHARED} not found: the tests read the paper files from ../shared (or $RATIONALE_SHARED_DIR)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def benchmarks_dir(shared_dir: Path) -> Path:
+    return shared_dir / "benchmarks"
+
+
+@pytest.fixture(scope="session")
+def teacher_completions_dir(shared_dir: Path) -> Path:
+    return shared_dir / "teacher-completions"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """A random 2-layer Llama with a BPE tokenizer trained here (seconds); real files, no download."""
+    from tests.tiny_model import build_tiny_model
+
+    return build_tiny_model(CACHE / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(tiny_model_dir: Path):
+    """One real vLLM engine (vllm-cpu here, vllm on GPU) over the tiny model, shared by every test (~30 s start)."""
+    from builder.sample import load_engine
+    from builder.recipe import TeacherConfig
+
+    engine = load_engine(TeacherConfig(model=str(tiny_model_dir), engine_args={"max_model_len": 1024}))
+    yield engine
