@@ -1,0 +1,224 @@
+"""Dataset card: README.md (YAML header that `datasets` and the Hub read, plus the funnel, teacher accuracy,
+diversity and decontamination) and PNG plots, rendered from a version's manifest and rows.
+
+The YAML `configs` / `dataset_info` header is produced with `datasets`' own MetadataConfigs / DatasetInfosDict so
+that `load_dataset(<version folder>[, config])` reads exactly what the header says.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+logger = logging.getLogger(__name__)
+
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "dataset_card.md.j2"
+FUNNEL_STAGES = ("sampled", "answered", "correct", "deduped", "selected", "kept")
+_SAMPLING_KEYS = ("n", "temperature", "top_p", "max_tokens", "answer_max_tokens", "seed")
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _funnel_rows(funnel: dict[str, dict[str, int]]) -> tuple[list[str], list[dict[str, Any]]]:
+    stages = [s for s in FUNNEL_STAGES if any(s in f for f in funnel.values())]
+    stages += sorted({s for f in funnel.values() for s in f} - set(stages))
+    rows = []
+    for task in sorted(funnel):
+        f = funnel[task]
+        sampled, correct = f.get("sampled"), f.get("correct")
+        acc = f"{correct / sampled:.1%} ({correct}/{sampled})" if sampled and correct is not None else "-"
+        rows.append({"task": task, "values": [_fmt(f.get(s)) for s in stages], "accuracy": acc})
+    return stages, rows
+
+
+def _length_stats(rows: pl.DataFrame) -> pl.DataFrame:
+    words = pl.col("rationale").str.split(" ").list.len().alias("words")
+    return rows.select("task", words)
+
+
+def _prompting(settings: dict[str, Any]) -> str:
+    style = settings.get("style", "zero_shot_cot")
+    trigger = settings.get("trigger", "Let's think step by step.")
+    fmt = "chat template" if settings.get("format") == "chat" else "raw completion"
+    if style == "few_shot_cot":
+        ex = settings.get("exemplars")
+        source = "the paper's exemplars" if ex == "paper" else f"{len(ex or [])} exemplars from the recipe"
+        return f"Few-shot-CoT with {source} before each question ({fmt})."
+    two = ("then the task's answer prompt (e.g. \"Therefore, the answer (arabic numerals) is\") in a second call"
+           if settings.get("two_stage", True) else "answer read from the rationale")
+    return f"Zero-shot-CoT: `Q: {{question}}\\nA: {trigger}`, {two} ({fmt})."
+
+
+def _plot_funnel(funnel: dict[str, dict[str, int]], stages: list[str], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    tasks = sorted(funnel)
+    fig = Figure(figsize=(max(5.0, 1.2 * len(tasks) + 3), 3.6), dpi=100)
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(stages))
+    for i, stage in enumerate(stages):
+        values = [funnel[t].get(stage) or 0 for t in tasks]
+        ax.bar([x + i * width for x in range(len(tasks))], values, width, label=stage)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(tasks))], tasks, rotation=20, ha="right")
+    top = max((funnel[t].get(s) or 0 for t in tasks for s in stages), default=0)
+    ax.set_ylim(0, max(1, top) * 1.4)  # room for the legend above the bars
+    ax.set_ylabel("rationales")
+    ax.set_title("Curation funnel per task")
+    ax.legend(fontsize="small", ncols=min(3, len(stages)))
+    fig.tight_layout()
+    fig.savefig(path, format="png", metadata={"Software": None})
+
+
+def _plot_lengths(lengths: pl.DataFrame, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 3.6), dpi=100)
+    ax = fig.add_subplot()
+    top = max(1, int(lengths.get_column("words").max()))
+    bins = min(40, top)
+    for (task,), part in lengths.sort("task").group_by(["task"], maintain_order=True):
+        ax.hist(part.get_column("words").to_numpy(), bins=bins, range=(0, top), alpha=0.6, label=str(task))
+    ax.set_xlabel("rationale length (words)")
+    ax.set_ylabel("rows")
+    ax.set_title("Rationale lengths")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, format="png", metadata={"Software": None})
+
+
+def card_data(folder: Path, manifest: dict[str, Any]) -> Any:
+    """The YAML header: `configs` (data_files per config, default first) and `dataset_info` per config."""
+    import pyarrow.parquet as pq
+    from datasets import DatasetInfo, Features, SplitDict, SplitInfo
+    from datasets.info import DatasetInfosDict
+    from datasets.utils.metadata import MetadataConfigs
+    from huggingface_hub import DatasetCardData
+
+    data = DatasetCardData(
+        pretty_name=f"{manifest['name']} ({manifest['version']})",
+        task_categories=["text-generation"],
+        tags=["chain-of-thought", "rationales", "fine-tune-cot", "rationale-builder"],
+        size_categories=[_size_category(manifest["rows"])],
+    )
+    configs, infos = {}, {}
+    for name, cfg in manifest["configs"].items():
+        configs[name] = {"data_files": [{"split": cfg["split"], "path": cfg["data_files"]}]}
+        if name == "default":
+            configs[name]["default"] = True
+        files = [folder / f for f in cfg["files"]]
+        features = Features.from_arrow_schema(pq.read_schema(files[0])) if files else None
+        nbytes = sum(pq.ParquetFile(f).metadata.row_group(i).total_byte_size
+                     for f in files for i in range(pq.ParquetFile(f).metadata.num_row_groups))
+        splits = SplitDict()
+        splits.add(SplitInfo(name=cfg["split"], num_bytes=nbytes, num_examples=cfg["rows"]))
+        infos[name] = DatasetInfo(features=features, splits=splits, config_name=name, dataset_size=nbytes,
+                                  download_size=sum(f.stat().st_size for f in files))
+    MetadataConfigs(configs).to_dataset_card_data(data)
+    DatasetInfosDict(infos).to_dataset_card_data(data)
+    return data
+
+
+def _size_category(n: int) -> str:
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return label
+    return "1M<n<10M"
+
+
+def write_card(folder: str | Path, rows: pl.DataFrame, manifest: dict[str, Any]) -> Path:
+    """Render README.md and assets/*.png for a version folder whose data/ is already written.
+
+    Every stats section is optional: a missing funnel, diversity or decontamination report is said so in the card.
+
+    Returns:
+        The README.md path.
+    """
+    from huggingface_hub import DatasetCard
+
+    folder = Path(folder)
+    assets = folder / "assets"
+    assets.mkdir(parents=True, exist_ok=True)
+    funnel = manifest.get("funnel") or {}
+    stages, funnel_rows = _funnel_rows(funnel)
+    has_funnel_plot = bool(funnel_rows and stages)
+    if has_funnel_plot:
+        _plot_funnel(funnel, stages, assets / "funnel.png")
+    lengths = _length_stats(rows)
+    length_rows = (
+        lengths.group_by("task").agg(
+            pl.len().alias("rows"), pl.col("words").mean().round(1).alias("mean"),
+            pl.col("words").median().alias("median"), pl.col("words").max().alias("max"),
+        ).sort("task").to_dicts()
+        if rows.height else []
+    )
+    if rows.height:
+        _plot_lengths(lengths, assets / "rationale_lengths.png")
+    diversity = manifest.get("diversity") or {}
+    diversity_rows = [
+        {"task": t, "jb": _fmt((d.get("before") or {}).get("mean_pairwise_jaccard")),
+         "ja": _fmt((d.get("after") or {}).get("mean_pairwise_jaccard")),
+         "db": _fmt((d.get("before") or {}).get("distinct_ngrams")),
+         "da": _fmt((d.get("after") or {}).get("distinct_ngrams"))}
+        for t, d in sorted(diversity.items())
+    ]
+    decon = manifest.get("decontamination") or {}
+    if decon:
+        decon = {"checked": decon.get("checked", "-"), "eval_questions": decon.get("eval_questions", "-"),
+                 "hits": [{**{k: "-" for k in ("task", "qid", "matched_task", "method", "score")}, **h}
+                          for h in decon.get("hits") or []]}
+    dropped = manifest.get("dropped") or {}
+    dropped_rows = [(stage, reason, n) for stage, reasons in sorted(dropped.items())
+                    for reason, n in sorted(reasons.items())]
+    sampling_settings = manifest.get("sampling_settings") or {}
+    sampling_items = [(k, sampling_settings[k]) for k in _SAMPLING_KEYS if k in sampling_settings]
+    sampling = manifest.get("sampling") or {}
+    usage = ", ".join(f"{k.replace('_', ' ')} {_fmt(sampling[k], 1)}"
+                      for k in ("prompt_tokens", "completion_tokens", "seconds") if sampling.get(k) is not None)
+    example = None
+    if rows.height:
+        first = rows.row(0, named=True)
+        example = {k: (first[k][:300] + " ...") if len(first[k]) > 300 else first[k]
+                   for k in ("task", "prompt", "completion")}
+    recipe = manifest.get("recipe") or {}
+    description = recipe.get("description") or (
+        f"A rationale dataset for {', '.join(sorted(manifest['tasks'])) or 'no tasks'}.")
+    card = DatasetCard.from_template(
+        card_data(folder, manifest),
+        template_path=str(TEMPLATE),
+        name=manifest["name"],
+        version=manifest["version"],
+        description=description,
+        content_hash=manifest["content_hash"],
+        rows=manifest["rows"],
+        tasks=sorted(manifest["tasks"]),
+        teacher=manifest.get("teacher") or {},
+        tool_version=manifest.get("tool_version"),
+        created_at=manifest.get("created_at"),
+        configs=list(manifest["configs"]),
+        task_configs=[c for c in manifest["configs"] if c != "default"],
+        columns=manifest.get("columns", rows.columns),
+        example=example,
+        prompting=_prompting(manifest.get("prompt_settings") or {}),
+        sampling_items=sampling_items,
+        usage=usage,
+        funnel_stages=stages,
+        funnel_rows=funnel_rows,
+        has_funnel_plot=has_funnel_plot,
+        dropped_rows=dropped_rows,
+        length_rows=length_rows,
+        has_length_plot=bool(rows.height),
+        diversity_rows=diversity_rows,
+        decon=decon,
+    )
+    path = folder / "README.md"
+    path.write_text(str(card), encoding="utf-8")
+    return path

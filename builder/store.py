@@ -1,0 +1,529 @@
+"""Dataset store: the curation ledger becomes an immutable, content-addressed dataset version on disk.
+
+Input: the ledger table (schemas/ledger.table.json) and the curation stats. Output: a version folder
+
+    <root>/<name>/v<N>/
+        data/train-00000-of-0000K.parquet        (one task, or task_configs off)
+        data/<task>/train-00000-of-0000K.parquet (several tasks: one `datasets` config per task + default)
+        README.md                                (card with the YAML `configs` / `dataset_info` header)
+        assets/*.png                             (funnel and rationale-length plots)
+        manifest.json                            (content hash, file sha256s, recipe, teacher, funnel, ...)
+    <root>/<name>/versions.json                  (index: v1, v2, ... -> content hashes)
+
+The content hash covers the rows (canonical NDJSON, sorted by task, qid, sample_idx) and the resolved recipe
+(canonical JSON without paths and other machine-specific fields), so the same recipe and seeds on the same engine
+give the same hash and any change of a row changes it. Versions are written to a temp folder and renamed into
+place under a file lock; a version is never rewritten.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from builder.errors import StoreError
+from builder.schemas import table_schema, validate
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+INDEX = "versions.json"
+FORMAT = "rationale-builder/dataset-version@1"
+SPLIT = "train"
+DEFAULT_CONFIG = "default"
+HASH_SPEC = ("sha256 over: 'rows\\n' + sha256(rows as NDJSON sorted by task, qid, sample_idx) + '\\nrecipe\\n' + "
+             "canonical JSON of the recipe without machine-specific fields (paths, store location)")
+# Recipe fields that name places on one machine, not what the data is: left out of the content hash.
+_VOLATILE_KEYS = frozenset({"work_dir", "benchmarks_dir", "base_dir", "import_path", "root", "lock_timeout_s"})
+_VERSION_RE = re.compile(r"^v([1-9][0-9]*)$")
+_SORT_KEY = ["task", "qid", "sample_idx"]
+ANSWER_SENTENCE = "Therefore, the answer is {answer}."
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """Where a version lives and whether this call wrote it (False: the newest version already had this hash)."""
+
+    path: Path
+    version: str
+    content_hash: str
+    created: bool
+
+
+# ---------------------------------------------------------------- ledger -> rows
+def rows_from_ledger(ledger: pl.DataFrame) -> pl.DataFrame:
+    """The kept rows of a ledger as the `rows` table, in Fine-tune-CoT and chat formats.
+
+    prompt is "{question} ###", completion " {rationale} --> {answer}" (EOS is added at training time), and
+    messages holds the question and the rationale followed by the final answer sentence.
+
+    Raises:
+        SchemaError: the ledger or the resulting rows do not match their schemas.
+        StoreError: a kept row has no extracted answer (names its qid and sample_idx).
+    """
+    ledger = validate(ledger, "ledger", where="ledger")
+    kept = ledger.filter(pl.col("state") == "kept")
+    no_answer = kept.filter(pl.col("pred").is_null() | (pl.col("pred").str.strip_chars() == ""))
+    if no_answer.height:
+        first = no_answer.row(0, named=True)
+        raise StoreError(f"ledger: {no_answer.height} kept row(s) have no extracted answer (column 'pred'), first "
+                         f"qid={first['qid']} sample_idx={first['sample_idx']}; drop them in curation "
+                         "(filter 'no_answer') before storing")
+    rationale = pl.col("rationale").str.strip_chars()
+    answer = pl.col("pred").str.strip_chars()
+    rows = kept.with_columns(rationale.alias("rationale"), answer.alias("answer")).with_columns(
+        pl.format("{} ###", pl.col("question")).alias("prompt"),
+        pl.format(" {} --> {}", pl.col("rationale"), pl.col("answer")).alias("completion"),
+        pl.concat_list(
+            pl.struct(pl.lit("user").alias("role"), pl.col("question").alias("content")),
+            pl.struct(
+                pl.lit("assistant").alias("role"),
+                pl.format("{}\n" + ANSWER_SENTENCE.replace("{answer}", "{}"), pl.col("rationale"), pl.col("answer"))
+                .alias("content"),
+            ),
+        ).alias("messages"),
+    )
+    return validate(rows.sort(_SORT_KEY), "rows", where="rows from ledger")
+
+
+# ---------------------------------------------------------------- hashing
+def canonical_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe as hashed: without paths and store placement, task file paths reduced to their file name."""
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in _VOLATILE_KEYS}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    out = strip(copy.deepcopy(recipe))
+    for item in (out.get("tasks") or {}).get("items") or []:
+        if isinstance(item, dict) and item.get("path") and item.get("source", "paper") != "hub":
+            item["path"] = Path(str(item["path"])).name
+    out.get("store", {}).pop("name", None)  # the name is where the data goes, not what it is
+    return out
+
+
+def _canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def rows_digest(rows: pl.DataFrame) -> str:
+    """sha256 of the rows as NDJSON in schema column order, sorted by (task, qid, sample_idx)."""
+    rows = validate(rows, "rows", where="rows").sort(_SORT_KEY)
+    return hashlib.sha256(rows.write_ndjson().encode()).hexdigest()
+
+
+def content_hash(rows: pl.DataFrame, recipe: dict[str, Any]) -> str:
+    """The version identity: rows plus canonical recipe (see HASH_SPEC)."""
+    h = hashlib.sha256()
+    h.update(b"rows\n" + rows_digest(rows).encode() + b"\nrecipe\n" + _canonical_json(canonical_recipe(recipe)))
+    return h.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- writing
+def _tool_version() -> str:
+    from builder import __version__
+
+    return __version__
+
+
+def _config_name(task: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", task).strip(".") or "task"
+
+
+def _plan_configs(tasks: list[str], task_configs: bool) -> dict[str, str | None]:
+    """Map config name -> task (None for the default config holding every row)."""
+    if not task_configs or len(tasks) < 2:
+        return {DEFAULT_CONFIG: None}
+    plan: dict[str, str | None] = {DEFAULT_CONFIG: None}
+    for task in tasks:
+        name = _config_name(task)
+        if name in plan:
+            raise StoreError(f"task {task!r}: config name {name!r} collides with another task or the default "
+                             "config; rename the task in the recipe or set store.task_configs: false")
+        plan[name] = task
+    return plan
+
+
+def _arrow_plain(table: Any) -> Any:
+    """Cast Arrow large types (polars' default) to plain string/list so `datasets` sees Value('string')/List."""
+    import pyarrow as pa
+
+    def plain(t: pa.DataType) -> pa.DataType:
+        if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+            return pa.string()
+        if pa.types.is_large_list(t) or pa.types.is_list(t):
+            return pa.list_(plain(t.value_type))
+        if pa.types.is_struct(t):
+            return pa.struct([pa.field(f.name, plain(f.type), f.nullable) for f in t])
+        return t
+
+    schema = pa.schema([pa.field(f.name, plain(f.type), f.nullable) for f in table.schema])
+    return table.cast(schema)
+
+
+def _write_shards(df: pl.DataFrame, folder: Path, shard_rows: int) -> list[Path]:
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    k = max(1, -(-df.height // shard_rows))
+    paths = []
+    for i in range(k):
+        path = folder / f"{SPLIT}-{i:05d}-of-{k:05d}.parquet"
+        table = _arrow_plain(df.slice(i * shard_rows, shard_rows).to_arrow())
+        pq.write_table(table, path, compression="zstd")
+        paths.append(path)
+    return paths
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def _teacher(recipe: dict[str, Any], stats: dict[str, Any], rows: pl.DataFrame) -> dict[str, Any]:
+    sampling = stats.get("sampling") or {}
+    teacher = recipe.get("teacher") or {}
+    models = sorted(rows.get_column("teacher").unique().to_list()) if rows.height else []
+    return {
+        "model": sampling.get("teacher") or teacher.get("model") or (models[0] if len(models) == 1 else models),
+        "revision": sampling.get("teacher_revision") or teacher.get("revision"),
+        "backend": sampling.get("backend") or teacher.get("backend"),
+    }
+
+
+def write_version(
+    rows: pl.DataFrame,
+    *,
+    root: str | Path,
+    name: str,
+    recipe: dict[str, Any],
+    stats: dict[str, Any] | None = None,
+    tool_version: str | None = None,
+    shard_rows: int | None = None,
+    task_configs: bool | None = None,
+    lock_timeout_s: float | None = None,
+) -> VersionInfo:
+    """Write `rows` as the next version of dataset `name` under `root`, unless the newest has the same hash.
+
+    Args:
+        rows: the `rows` table (see `rows_from_ledger`).
+        root: the store folder; the dataset lives in <root>/<name>/.
+        name: dataset name (letters, digits, '_', '-', '.').
+        recipe: the resolved recipe as a JSON-able dict (hashed without paths, copied into manifest.json).
+        stats: curation/sampling stats (shape in docs/ARCHITECTURE.md); every section is optional.
+        tool_version: recorded in the manifest (default: this package's version).
+        shard_rows, task_configs, lock_timeout_s: default to recipe["store"] values, then StoreConfig defaults.
+
+    Returns:
+        VersionInfo; created=False when the newest version already has this content hash (nothing written).
+
+    Raises:
+        StoreError: bad name, the lock is held by another build past the timeout, or a write failed.
+    """
+    from filelock import FileLock, Timeout
+
+    from builder.recipe import StoreConfig
+
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", name):
+        raise StoreError(f"dataset name {name!r}: use letters, digits, '_', '-' and '.' (e.g. 'multiarith-cot')")
+    store_cfg = StoreConfig.model_validate({k: v for k, v in (recipe.get("store") or {}).items()
+                                            if k in StoreConfig.model_fields})
+    shard_rows = shard_rows or store_cfg.shard_rows
+    task_configs = store_cfg.task_configs if task_configs is None else task_configs
+    lock_timeout_s = store_cfg.lock_timeout_s if lock_timeout_s is None else lock_timeout_s
+    stats = stats or {}
+    rows = validate(rows, "rows", where=f"rows for {name}").sort(_SORT_KEY)
+    digest = content_hash(rows, recipe)
+
+    dataset_dir = Path(root) / name
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(dataset_dir / ".lock"), timeout=lock_timeout_s)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise StoreError(f"{dataset_dir}: another build is writing this dataset (lock {dataset_dir / '.lock'} "
+                         f"still held after {lock_timeout_s:g}s); wait for it to finish and run again") from None
+    try:
+        for stale in dataset_dir.glob(".tmp-*"):  # a crashed writer's leftovers; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        existing = list_versions(dataset_dir.parent, name)
+        if existing and existing[-1]["content_hash"] == digest:
+            newest = existing[-1]
+            logger.info("%s %s already has content hash %s; nothing written", name, newest["version"], digest[:12])
+            return VersionInfo(dataset_dir / newest["version"], newest["version"], digest, False)
+        number = 1 + max((int(v["version"][1:]) for v in existing), default=0)
+        version = f"v{number}"
+        tmp = dataset_dir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
+        try:
+            manifest = _write_folder(tmp, rows, name=name, version=version, digest=digest, recipe=recipe,
+                                     stats=stats, tool_version=tool_version or _tool_version(),
+                                     shard_rows=shard_rows, task_configs=task_configs)
+            final = dataset_dir / version
+            if final.exists():
+                raise StoreError(f"{final}: already exists but has no readable manifest; versions are immutable, "
+                                 "move it away by hand")
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _write_index(dataset_dir, [*existing, _index_entry(manifest)])
+        logger.info("wrote %s %s (%d rows, content hash %s)", name, version, rows.height, digest[:12])
+        return VersionInfo(final, version, digest, True)
+    finally:
+        lock.release()
+
+
+def _write_folder(folder: Path, rows: pl.DataFrame, *, name: str, version: str, digest: str,
+                  recipe: dict[str, Any], stats: dict[str, Any], tool_version: str, shard_rows: int,
+                  task_configs: bool) -> dict[str, Any]:
+    from builder.card import write_card
+
+    tasks = sorted(rows.get_column("task").unique().to_list())
+    plan = _plan_configs(tasks, task_configs)
+    configs: dict[str, dict[str, Any]] = {}
+    if len(plan) == 1:
+        files = _write_shards(rows, folder / "data", shard_rows)
+        configs[DEFAULT_CONFIG] = {"pattern": f"data/{SPLIT}-*.parquet", "files": files, "rows": rows.height}
+    else:
+        all_files: list[Path] = []
+        for config, task in plan.items():
+            if task is None:
+                continue
+            part = rows.filter(pl.col("task") == task)
+            files = _write_shards(part, folder / "data" / config, shard_rows)
+            all_files += files
+            configs[config] = {"pattern": f"data/{config}/{SPLIT}-*.parquet", "files": files, "rows": part.height}
+        configs[DEFAULT_CONFIG] = {"pattern": f"data/*/{SPLIT}-*.parquet", "files": all_files, "rows": rows.height}
+    per_task = dict(rows.group_by("task").len().sort("task").iter_rows())
+    sampling = stats.get("sampling") or {}
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "name": name,
+        "version": version,
+        "content_hash": digest,
+        "hash_spec": HASH_SPEC,
+        "rows_sha256": rows_digest(rows),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "tool_version": tool_version,
+        "rows": rows.height,
+        "tasks": per_task,
+        "configs": {
+            c: {"split": SPLIT, "data_files": v["pattern"], "rows": v["rows"],
+                "files": [p.relative_to(folder).as_posix() for p in v["files"]]}
+            for c, v in configs.items()
+        },
+        "columns": table_schema("rows").names,
+        "teacher": _teacher(recipe, stats, rows),
+        "sampling": sampling,
+        "sampling_settings": recipe.get("sampling") or sampling.get("params") or {},
+        "prompt_settings": recipe.get("prompt") or {},
+        "funnel": stats.get("funnel") or {},
+        "dropped": stats.get("dropped") or {},
+        "diversity": stats.get("diversity") or {},
+        "decontamination": stats.get("decontamination") or {},
+        "curation_settings": stats.get("settings") or recipe.get("curation") or {},
+        "recipe": recipe,
+    }
+    write_card(folder, rows, manifest)
+    manifest["files"] = {
+        p.relative_to(folder).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n")
+    _fsync_tree(folder)
+    for p in folder.rglob("*"):
+        if p.is_file():
+            p.chmod(0o444)  # immutable: a later write must be a new version
+    return manifest
+
+
+def _index_entry(manifest: dict[str, Any]) -> dict[str, Any]:
+    return {k: manifest[k] for k in ("version", "content_hash", "created_at", "rows", "tasks")}
+
+
+def _write_index(dataset_dir: Path, entries: list[dict[str, Any]]) -> None:
+    tmp = dataset_dir / f".{INDEX}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.write_text(json.dumps({"versions": entries}, indent=2) + "\n")
+    os.replace(tmp, dataset_dir / INDEX)
+
+
+# ---------------------------------------------------------------- reading
+def _load_manifest(version_dir: Path) -> dict[str, Any]:
+    path = version_dir / MANIFEST
+    if not path.is_file():
+        raise StoreError(f"{path}: missing; {version_dir} is not a dataset version folder")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise StoreError(f"{path}: not valid JSON (line {exc.lineno}): the version is corrupt") from None
+    for key in ("version", "content_hash", "files", "configs"):
+        if key not in manifest:
+            raise StoreError(f"{path}: field {key!r} is missing: the version is corrupt")
+    return manifest
+
+
+def list_versions(root: str | Path, name: str) -> list[dict[str, Any]]:
+    """Versions of dataset `name`, oldest first, read from the version folders' manifests (the source of truth)."""
+    dataset_dir = Path(root) / name
+    found = []
+    for child in dataset_dir.iterdir() if dataset_dir.is_dir() else []:
+        m = _VERSION_RE.match(child.name)
+        if m and child.is_dir():
+            found.append((int(m.group(1)), _index_entry(_load_manifest(child))))
+    return [entry for _, entry in sorted(found, key=lambda t: t[0])]
+
+
+def resolve(ref: str | Path, root: str | Path | None = None) -> Path:
+    """Find a version folder from "NAME@vN", "NAME@latest", "NAME@<hash prefix>", "NAME" (= latest) or a path.
+
+    Raises:
+        StoreError: unknown dataset or version (lists the ones that exist), or an ambiguous hash prefix.
+    """
+    path = Path(ref)
+    if path.is_dir() and (path / MANIFEST).is_file():
+        return path
+    text = str(ref)
+    name, _, want = text.partition("@")
+    want = want or "latest"
+    root = Path(root if root is not None else os.environ.get("RATIONALE_STORE", "store"))
+    versions = list_versions(root, name)
+    if not versions:
+        raise StoreError(f"{text}: no dataset {name!r} under store {root} (and no version folder at that path); "
+                         "pass --store DIR or a version folder path")
+    if want == "latest":
+        return root / name / versions[-1]["version"]
+    if _VERSION_RE.match(want):
+        if any(v["version"] == want for v in versions):
+            return root / name / want
+    elif re.fullmatch(r"[0-9a-f]{4,64}", want):
+        hits = [v for v in versions if v["content_hash"].startswith(want)]
+        if len(hits) > 1:
+            raise StoreError(f"{text}: hash prefix matches {', '.join(v['version'] for v in hits)}; give more digits")
+        if hits:
+            return root / name / hits[0]["version"]
+    known = ", ".join(f"{v['version']} ({v['content_hash'][:12]})" for v in versions)
+    raise StoreError(f"{text}: no such version of {name!r} in {root}; versions: {known}")
+
+
+def read_version(ref_or_path: str | Path, root: str | Path | None = None, *, config: str = DEFAULT_CONFIG
+                 ) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Read a version's rows (one config, default: all rows) and its manifest."""
+    folder = resolve(ref_or_path, root)
+    manifest = _load_manifest(folder)
+    if config not in manifest["configs"]:
+        raise StoreError(f"{folder}: no config {config!r}; configs: {', '.join(manifest['configs'])}")
+    files = [folder / f for f in manifest["configs"][config]["files"]]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise StoreError(f"{missing[0]}: listed in {folder / MANIFEST} but missing; run `rationale pull` again")
+    rows = pl.read_parquet([str(f) for f in files]) if files else table_schema("rows").empty()
+    return validate(rows, "rows", where=str(folder)), manifest
+
+
+def verify(path: str | Path) -> dict[str, Any]:
+    """Check every file of a version folder against manifest.json, and the content hash against the rows.
+
+    Files under .cache/ (huggingface_hub's download bookkeeping) are ignored; any other file the manifest does
+    not list is an error, since `datasets` could pick it up.
+
+    Returns:
+        The manifest.
+
+    Raises:
+        StoreError: naming the first missing, altered or unexpected file, or a content hash mismatch.
+    """
+    folder = Path(path)
+    manifest = _load_manifest(folder)
+    for rel, meta in sorted(manifest["files"].items()):
+        file = folder / rel
+        if not file.is_file():
+            raise StoreError(f"{file}: missing (listed in {folder / MANIFEST})")
+        found = sha256_file(file)
+        if found != meta["sha256"]:
+            raise StoreError(f"{file}: sha256 {found[:16]}... does not match the manifest's {meta['sha256'][:16]}... "
+                             "(file altered or corrupt); do not use this copy")
+    listed = set(manifest["files"]) | {MANIFEST}
+    for file in sorted(folder.rglob("*")):
+        rel = file.relative_to(folder).as_posix()
+        if file.is_file() and rel not in listed and not rel.startswith(".cache/"):
+            raise StoreError(f"{file}: not listed in {folder / MANIFEST} (unexpected file in a version folder)")
+    rows, _ = read_version(folder)
+    found = content_hash(rows, manifest.get("recipe") or {})
+    if found != manifest["content_hash"]:
+        raise StoreError(f"{folder / MANIFEST}: content_hash {manifest['content_hash'][:12]} does not match the "
+                         f"rows and recipe ({found[:12]}); the manifest or data was altered")
+    return manifest
+
+
+# ---------------------------------------------------------------- comparing
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
+def diff_versions(a: str | Path, b: str | Path, root: str | Path | None = None) -> dict[str, Any]:
+    """Compare two versions: rows added/removed per task (a row is (qid, sample_idx, completion)),
+    funnel changes per task and stage, and changed recipe/curation settings."""
+    rows_a, man_a = read_version(a, root)
+    rows_b, man_b = read_version(b, root)
+    key = ["qid", "sample_idx", "completion"]
+    added = rows_b.join(rows_a.select(key), on=key, how="anti").group_by("task").len(name="added")
+    removed = rows_a.join(rows_b.select(key), on=key, how="anti").group_by("task").len(name="removed")
+    tasks = pl.concat([rows_a.select("task"), rows_b.select("task")]).unique()
+    per_task = (
+        tasks.join(added, on="task", how="left").join(removed, on="task", how="left")
+        .join(rows_a.group_by("task").len(name="rows_a"), on="task", how="left")
+        .join(rows_b.group_by("task").len(name="rows_b"), on="task", how="left")
+        .fill_null(0).sort("task")
+    )
+    funnel: dict[str, dict[str, list[int | None]]] = {}
+    fa, fb = man_a.get("funnel") or {}, man_b.get("funnel") or {}
+    for task in sorted(set(fa) | set(fb)):
+        stages = sorted(set(fa.get(task, {})) | set(fb.get(task, {})))
+        changed = {s: [fa.get(task, {}).get(s), fb.get(task, {}).get(s)] for s in stages
+                   if fa.get(task, {}).get(s) != fb.get(task, {}).get(s)}
+        if changed:
+            funnel[task] = changed
+    settings: dict[str, list[Any]] = {}
+    for section in ("recipe", "curation_settings", "teacher"):
+        flat_a, flat_b = _flatten(man_a.get(section) or {}, section), _flatten(man_b.get(section) or {}, section)
+        for k in sorted(set(flat_a) | set(flat_b)):
+            if flat_a.get(k) != flat_b.get(k):
+                settings[k] = [flat_a.get(k), flat_b.get(k)]
+    return {
+        "a": {"version": man_a["version"], "content_hash": man_a["content_hash"], "rows": rows_a.height},
+        "b": {"version": man_b["version"], "content_hash": man_b["content_hash"], "rows": rows_b.height},
+        "same_content": man_a["content_hash"] == man_b["content_hash"],
+        "tasks": per_task.to_dicts(),
+        "funnel": funnel,
+        "settings": settings,
+    }
