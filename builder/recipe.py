@@ -146,6 +146,11 @@ class StoreConfig(_Strict):
     root: str = Field("store", description="Folder holding dataset versions: <root>/<name>/v<N>/.")
     name: str | None = Field(None, description="Dataset name (default: the recipe name).")
     shard_rows: int = Field(100_000, ge=1, description="Rows per Parquet file under data/.")
+    task_configs: bool = Field(
+        True, description="With several tasks, store data/<task>/ and add one `datasets` config per task "
+        "(load_dataset(path, task)) beside the default config holding every row.")
+    lock_timeout_s: float = Field(
+        10.0, ge=0.0, description="How long a build waits for another build writing the same dataset to finish.")
 
 
 class Recipe(_Strict):
