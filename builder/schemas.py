@@ -135,7 +135,7 @@ def validate(df: pl.DataFrame, table: str, *, where: str | None = None, extra: b
     required = [c.name for c in schema.columns if not c.nullable]
     if required and df.height:
         nulls = df.select(pl.col(required).null_count()).row(0)
-        for name, count in zip(required, nulls):
+        for name, count in zip(required, nulls, strict=False):
             if count:
                 row = df.select(pl.col(name).is_null().arg_max()).item()
                 raise SchemaError(f"table {table!r}{at}: column {name!r} is null in row {row} ({count} null rows)")

@@ -1,0 +1,121 @@
+"""Build: the glue that runs tasks -> sample -> grade -> curate -> store for one recipe.
+
+Working state lives in `<work_dir>/<name>/` (questions.parquet, samples/ shards, graded.parquet, ledger.parquet,
+stats.json); a rerun resumes sampling from the shards on disk and writes a new version only when the content hash
+is new.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from builder import __version__
+from builder.recipe import Recipe
+from builder.schemas import write_table
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildSummary:
+    name: str
+    questions: int
+    samples: int
+    correct: int
+    kept: int
+    version: str
+    version_path: str
+    content_hash: str
+    created: bool
+    seconds: float
+    completion_tokens: int
+    tokens_per_s: float
+    run_dir: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def eval_questions_for(recipe: Recipe) -> pl.DataFrame | None:
+    """Questions to decontaminate against: the test split of every paper task in the recipe, plus extra eval sets."""
+    from builder import tasks
+
+    if not recipe.curation.decontaminate:
+        return None
+    frames = []
+    tests = [t.model_copy(update={"split": "test", "limit": None}) for t in recipe.tasks.items if t.source == "paper"]
+    if tests:
+        cfg = recipe.tasks.model_copy(update={"items": tests})
+        frames.append(tasks.run(cfg, recipe.base_dir))
+    for path in recipe.curation.eval_sets:
+        frames.append(tasks.load_eval_set(recipe.resolve_path(path)))
+    return pl.concat(frames, how="diagonal_relaxed") if frames else None
+
+
+def run(recipe: Recipe, *, engine: Any = None, progress: Any = None) -> BuildSummary:
+    """Run every stage of `recipe`; return the summary. `progress` is a rich Progress (or None for quiet runs)."""
+    from builder import curate, grade, sample, store, tasks
+
+    t0 = time.perf_counter()
+    run_dir = recipe.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ctx = progress if progress is not None else nullcontext()
+    with ctx:
+        step = progress.add_task("questions", total=None) if progress else None
+
+        def advance(description: str, completed: int | None = None, total: int | None = None) -> None:
+            if progress is not None:
+                progress.update(step, description=description, completed=completed, total=total)
+
+        questions = tasks.run(recipe.tasks, recipe.base_dir)
+        write_table(questions, run_dir / "questions.parquet", "questions")
+        advance(f"sampling {questions.height} questions x {recipe.sampling.n}", 0, questions.height *
+                recipe.sampling.n)
+        samples, sstats = sample.run(questions, recipe, engine=engine, run_dir=run_dir,
+                                     progress=lambda done, total: advance("sampling", done, total))
+        advance("grading")
+        graded = grade.run(samples, questions, recipe.grading)
+        write_table(graded, run_dir / "graded.parquet", "graded")
+        advance("curating")
+        ledger, stats = curate.run(graded, recipe.curation, eval_questions=eval_questions_for(recipe))
+        write_table(ledger, run_dir / "ledger.parquet", "ledger")
+        stats["sampling"] = {
+            "teacher": recipe.teacher.model,
+            "teacher_revision": recipe.teacher.revision,
+            "backend": recipe.teacher.backend,
+            "params": recipe.sampling.model_dump(mode="json"),
+            "prompt": recipe.prompt.model_dump(mode="json"),
+            "prompt_tokens": int(samples["prompt_tokens"].sum() or 0),
+            "completion_tokens": int(samples["completion_tokens"].sum() or 0),
+            "seconds": round(sstats.seconds, 3),
+            **sstats.extra,
+        }
+        (run_dir / "stats.json").write_text(json.dumps(stats, indent=2, default=str))
+        advance("writing version")
+        rows = store.rows_from_ledger(ledger)
+        info = store.write_version(rows, root=recipe.resolve_path(recipe.store.root), name=recipe.dataset_name,
+                                   recipe=recipe.model_dump(mode="json"), stats=stats, tool_version=__version__)
+        advance("done", 1, 1)
+    return BuildSummary(
+        name=recipe.dataset_name,
+        questions=questions.height,
+        samples=samples.height,
+        correct=int(graded["correct"].sum() or 0),
+        kept=rows.height,
+        version=info.version,
+        version_path=str(info.path),
+        content_hash=info.content_hash,
+        created=info.created,
+        seconds=round(time.perf_counter() - t0, 2),
+        completion_tokens=sstats.completion_tokens,
+        tokens_per_s=round(sstats.tokens_per_s, 1),
+        run_dir=str(Path(run_dir)),
+    )
