@@ -1,0 +1,183 @@
+"""Grade stage: samples + questions -> graded (extracted answer, verdict and status per sample).
+
+In: the `samples` table and the `questions` table. Out: the `graded` table (schemas/graded.table.json).
+Grading is vectorised: `grade_frame` cuts the answer region with polars string expressions, then runs one grader
+(`builder.graders.GRADERS`) per answer type over all its rows at once; Python runs only in rare fallbacks.
+`question_stats` gives pass rate, majority answer and agreement per question (adaptive sampling, the card).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import polars as pl
+
+from builder.errors import InputError
+from builder.graders import GRADERS
+from builder.recipe import GradingConfig
+from builder.schemas import validate
+from builder.tasks import PAPER_TASKS
+
+log = logging.getLogger(__name__)
+
+MODES = ("auto", "answer_completion", "rationale", "student")
+
+# Answer type of each of the 12 paper tasks, from the task registry (date_understanding is graded by letter).
+TASK_ANSWER_TYPES: dict[str, str] = {name: info.answer_type for name, info in PAPER_TASKS.items()}
+
+# "The answer is", "the final answer:", "Answer (arabic numerals) is", "answer would be", "answer =".
+ANSWER_ANCHOR = r"(?i)\banswer\s*(?:\([^)\n]{0,40}\)\s*)?(?:is|was|would be|will be|should be|:|=)"
+BOXED = r"\\(?:boxed|fbox)\s*\{(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*\}"
+STUDENT_SEP = "-->"
+_CUT = "\x00"
+
+OUT_COLUMNS = ("pred", "correct", "grade_status", "grader")
+
+
+def _blank(e: pl.Expr) -> pl.Expr:
+    return e.is_null() | (e.str.strip_chars() == "")
+
+
+def _rationale_region() -> tuple[pl.Expr, pl.Expr, pl.Expr]:
+    """(region, anchored, last) for an inline answer: last \\boxed{}, else after the last 'answer is', else all."""
+    rat = pl.col("rationale").cast(pl.String)
+    boxed = rat.str.extract_all(BOXED).list.last().str.replace(r"^\\(?:boxed|fbox)\s*\{", "")
+    boxed = boxed.str.strip_suffix("}")
+    parts = rat.str.replace_all(ANSWER_ANCHOR, _CUT).str.split(_CUT)
+    after = pl.when(parts.list.len() > 1).then(parts.list.last())
+    region = pl.coalesce(boxed, after, rat)
+    anchored = boxed.is_not_null() | after.is_not_null()
+    return region, anchored, ~anchored
+
+
+def _student_region() -> pl.Expr:
+    """A student's " {rationale} --> {answer}": the text after the last '-->' (null when it never says it)."""
+    parts = pl.col("rationale").cast(pl.String).str.split(STUDENT_SEP)
+    return pl.when(parts.list.len() > 1).then(parts.list.last())
+
+
+def choices_from_question(question: pl.Expr) -> pl.Expr:
+    """Choices listed in the question text ("Answer Choices: (A) x (B) y"), null when there are none."""
+    tail = question.str.extract(r"(?s)Answer Choices:(.*)$", 1)
+    parts = tail.str.replace_all(r"\s*\([A-J]\)\s*", _CUT).str.split(_CUT).list.slice(1)
+    parts = parts.list.eval(pl.element().str.strip_chars())
+    return pl.when(parts.list.len() > 0).then(parts)
+
+
+def grade_frame(df: pl.DataFrame, *, mode: str = "auto") -> pl.DataFrame:
+    """Grade every row of `df`; return `df` plus `pred`, `correct`, `grade_status` and `grader`.
+
+    Args:
+        df: columns answer_type, gold, rationale, answer_completion (nullable; may be absent) and optionally
+            choices (list[str]; parsed from "Answer Choices:" in `question` when absent or null).
+        mode: where the answer is read. "answer_completion": the first candidate of the Zero-shot-CoT stage-2
+            completion. "rationale": inline answers of chat teachers: the last \\boxed{}, else the first candidate
+            after the last "answer is"/"Answer:", else the last candidate in the whole rationale. "auto": the
+            answer completion when it is non-empty, else as "rationale". "student": a Fine-tune-CoT student's
+            output " {rationale} --> {answer}" in the `rationale` column: the first candidate after the last "-->".
+
+    Raises:
+        ValueError: unknown mode, missing column, null gold, or an unknown answer type (naming the row).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown grading mode {mode!r}; valid: {', '.join(MODES)}")
+    for col in ("answer_type", "gold", "rationale"):
+        if col not in df.columns:
+            raise ValueError(f"grading needs column {col!r}; found columns {df.columns}")
+    for col in ("answer_type", "gold"):
+        if df[col].null_count():
+            row = df.select(pl.col(col).is_null().arg_max()).item()
+            raise ValueError(f"row {row}: field {col!r} is null; every row needs a {col}")
+    unknown = df.filter(~pl.col("answer_type").is_in(GRADERS.names()))
+    if unknown.height:
+        row = df.select((~pl.col("answer_type").is_in(GRADERS.names())).arg_max()).item()
+        raise ValueError(f"row {row}: field 'answer_type' is {unknown['answer_type'][0]!r}; "
+                         f"valid: {', '.join(GRADERS.names())}")
+
+    completion = pl.col("answer_completion") if "answer_completion" in df.columns else pl.lit(None, pl.String)
+    choices = pl.col("choices") if "choices" in df.columns else pl.lit(None, pl.List(pl.String))
+    if "question" in df.columns:
+        choices = pl.coalesce(choices, choices_from_question(pl.col("question")))
+    r_region, r_anchored, r_last = _rationale_region()
+    if mode == "answer_completion":
+        region, anchored, last = completion, pl.lit(True), pl.lit(False)
+    elif mode == "rationale":
+        region, anchored, last = r_region, r_anchored, r_last
+    elif mode == "student":
+        region, anchored, last = _student_region(), pl.lit(True), pl.lit(False)
+    else:
+        use_c = ~_blank(completion)
+        region = pl.when(use_c).then(completion).otherwise(r_region)
+        anchored = pl.when(use_c).then(pl.lit(True)).otherwise(r_anchored)
+        last = pl.when(use_c).then(pl.lit(False)).otherwise(r_last)
+
+    work = df.select(
+        pl.int_range(df.height, dtype=pl.UInt32).alias("_row"),
+        pl.col("answer_type"),
+        region.cast(pl.String).alias("text"),
+        anchored.fill_null(False).alias("anchored"),
+        last.fill_null(False).alias("_last"),
+        pl.col("gold").cast(pl.String),
+        choices.cast(pl.List(pl.String)).alias("choices"),
+    )
+    parts = []
+    for (answer_type, last_flag), part in work.partition_by(["answer_type", "_last"], as_dict=True).items():
+        out = GRADERS.get(answer_type)(part.select("text", "anchored", "gold", "choices"), last=bool(last_flag))
+        parts.append(pl.concat([part.select("_row"), out, part.select(pl.col("answer_type").alias("grader"))],
+                               how="horizontal"))
+    if not parts:
+        graded = pl.DataFrame(schema={"_row": pl.UInt32, "pred": pl.String, "correct": pl.Boolean,
+                                      "grade_status": pl.String, "grader": pl.String})
+    else:
+        graded = pl.concat(parts).sort("_row")
+    return df.drop([c for c in OUT_COLUMNS if c in df.columns]).hstack(graded.drop("_row"))
+
+
+def run(samples: pl.DataFrame, questions: pl.DataFrame, cfg: GradingConfig) -> pl.DataFrame:
+    """Join samples with their questions and grade them; returns the validated `graded` table.
+
+    Raises:
+        InputError: a sample's qid is not among the questions.
+        SchemaError: the result does not match schemas/graded.table.json.
+    """
+    q_cols = ["qid", "task", "question", "gold", "answer_type", "choices"]
+    q = questions.select([c for c in q_cols if c in questions.columns])
+    df = samples.drop([c for c in q_cols[1:] if c in samples.columns]).join(q, on="qid", how="left",
+                                                                             maintain_order="left")
+    missing = df.filter(pl.col("task").is_null())
+    if missing.height:
+        row = df.select(pl.col("task").is_null().arg_max()).item()
+        raise InputError(f"samples row {row}: field 'qid' = {missing['qid'][0]!r} is not in the questions table "
+                         f"({missing.height} samples without a question); grade samples with the questions they "
+                         "were sampled from")
+    graded = grade_frame(df, mode=cfg.mode)
+    counts = graded.group_by("grade_status").len().sort("grade_status").rows()
+    log.info("graded %d samples: %d correct; status %s", graded.height, int(graded["correct"].sum()), dict(counts))
+    return validate(graded, "graded", where="grade stage")
+
+
+def question_stats(graded: pl.DataFrame) -> pl.DataFrame:
+    """Per question: task, n_samples, n_correct, pass_rate, majority, majority_correct, agreement.
+
+    `majority` is the most common non-null pred (ties go to the smallest pred, so the result is stable);
+    `agreement` is the share of ALL the question's samples whose pred equals it (0.0 when no sample answered).
+    """
+    per_q = graded.group_by("qid", maintain_order=True).agg(
+        pl.col("task").first(),
+        pl.len().cast(pl.Int64).alias("n_samples"),
+        pl.col("correct").sum().cast(pl.Int64).alias("n_correct"),
+    )
+    votes = (
+        graded.filter(pl.col("pred").is_not_null())
+        .group_by("qid", "pred").agg(pl.len().alias("_votes"), pl.col("correct").any().alias("majority_correct"))
+        .sort(["qid", "_votes", "pred"], descending=[False, True, False])
+        .group_by("qid", maintain_order=True).first()
+        .rename({"pred": "majority"})
+    )
+    return per_q.join(votes, on="qid", how="left", maintain_order="left").select(
+        "qid", "task", "n_samples", "n_correct",
+        (pl.col("n_correct") / pl.col("n_samples")).alias("pass_rate"),
+        "majority",
+        pl.col("majority_correct").fill_null(False),
+        (pl.col("_votes").fill_null(0) / pl.col("n_samples")).alias("agreement"),
+    )

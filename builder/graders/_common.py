@@ -1,0 +1,121 @@
+"""Pieces every grader shares: the grader frame contract, the status rules and candidate extraction.
+
+A grader gets a frame with one row per sample and these columns:
+
+- `text` (str | null): the region to search, already cut by `builder.grade` (the stage-2 answer completion, the
+  text after the last "answer is" / `\\boxed{}` anchor, a student's text after "-->", or the whole rationale);
+- `anchored` (bool): the region is meant to hold the answer (so a region without a candidate is `wrong_format`),
+  rather than a whole rationale searched as a fallback (then it is `no_answer`);
+- `gold` (str) and `choices` (list[str] | null).
+
+It returns a frame of the same height and order with `pred` (str | null), `correct` (bool) and `grade_status`
+(`ok`, `no_answer`, `wrong_format`, `parse_error`). `last=True` takes the last candidate in the region instead of
+the first (used for un-anchored rationales, where the final answer comes last).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import polars as pl
+
+OK = "ok"
+NO_ANSWER = "no_answer"
+WRONG_FORMAT = "wrong_format"
+PARSE_ERROR = "parse_error"
+STATUSES = (OK, NO_ANSWER, WRONG_FORMAT, PARSE_ERROR)
+
+LETTERS = "ABCDEFGHIJ"
+
+# A choice letter standing alone: "(B)", "B)", "B.", "B" at the end, "Answer: B" ("A coin" is not a letter).
+LETTER_TOKEN = r"\([A-J]\)|(?:^|[\s:\"'*])[A-J](?:[).:,\"'*]|\s*$|\s*\n)"
+
+
+def token(text: pl.Expr, pattern: str, *, last: bool) -> pl.Expr:
+    """The first (or last) whole match of `pattern` in `text`, null when there is none."""
+    if last:
+        return text.str.extract_all(pattern).list.last()
+    return text.str.extract(pattern, 0)
+
+
+def is_blank(text: pl.Expr) -> pl.Expr:
+    return text.is_null() | (text.str.strip_chars() == "")
+
+
+def status(pred: pl.Expr, gold_ok: pl.Expr, *, wrong_format: pl.Expr | None = None) -> pl.Expr:
+    """The shared status rules: a bad gold is `parse_error` (a data problem, never the model's fault); an empty
+    region is `no_answer`; an anchored region without a candidate (or with an out-of-range one) is
+    `wrong_format`; a candidate found is `ok`."""
+    text, anchored = pl.col("text"), pl.col("anchored")
+    expr = pl.when(~gold_ok).then(pl.lit(PARSE_ERROR)).when(is_blank(text)).then(pl.lit(NO_ANSWER))
+    if wrong_format is not None:
+        expr = expr.when(wrong_format).then(pl.lit(WRONG_FORMAT))
+    return (
+        expr.when(pred.is_null() & anchored).then(pl.lit(WRONG_FORMAT))
+        .when(pred.is_null()).then(pl.lit(NO_ANSWER))
+        .otherwise(pl.lit(OK))
+    )
+
+
+def finish(frame: pl.DataFrame, pred: pl.Expr, correct: pl.Expr, grade_status: pl.Expr) -> pl.DataFrame:
+    """Select the grader output columns; `correct` is only ever true when the status is ok."""
+    out = frame.select(pred.cast(pl.String).alias("pred"), grade_status.alias("grade_status"), correct.alias("_c"))
+    return out.select(
+        "pred",
+        ((pl.col("grade_status") == OK) & pl.col("_c").fill_null(False)).alias("correct"),
+        "grade_status",
+    )
+
+
+def letter_index(letter: pl.Expr) -> pl.Expr:
+    """0-based index of a choice letter (A=0), null for null or a non-letter."""
+    return pl.lit(LETTERS).str.find(letter, literal=True).cast(pl.Int64)
+
+
+def index_letter(idx: pl.Expr) -> pl.Expr:
+    """Choice letter for a 0-based index."""
+    return pl.lit(LETTERS).str.slice(idx, 1)
+
+
+def norm_text(text: pl.Expr) -> pl.Expr:
+    """Lower-case, accents stripped, punctuation as spaces, single-spaced and padded: ' a b c ' for word matching."""
+    t = text.str.normalize("NFKD").str.replace_all(r"\p{Mn}", "").str.to_lowercase()
+    t = t.str.replace_all(r"[^\p{L}\p{N}]+", " ").str.strip_chars()
+    return pl.lit(" ") + t + pl.lit(" ")
+
+
+def match_choice_text(frame: pl.DataFrame, text: pl.Expr, *, last: bool = False, exact: bool = False,
+                      normalize: Callable[[pl.Expr], pl.Expr] = norm_text) -> pl.Series:
+    """Letter of the choice whose text appears (as whole words) in `text`: earliest (or latest) hit wins.
+
+    Explodes only the rows that have choices; the find is a literal substring search of padded, normalised
+    strings, so "ten" never matches inside "often". `exact` wants the whole text to equal the choice;
+    `normalize` maps text and choices before comparing (null choices never match).
+    """
+    n = frame.height
+    work = frame.select(pl.int_range(n, dtype=pl.UInt32).alias("_i"), normalize(text).alias("_t"), pl.col("choices"))
+    work = work.filter(pl.col("choices").is_not_null() & pl.col("_t").is_not_null()
+                       & (pl.col("_t").str.strip_chars() != ""))
+    empty = pl.Series("letter", [None] * n, dtype=pl.String)
+    if work.height == 0:
+        return empty
+    ex = (
+        work.with_columns(pl.int_ranges(pl.col("choices").list.len(), dtype=pl.Int64).alias("_k"))
+        .explode("choices", "_k")
+        .with_columns(normalize(pl.col("choices")).alias("_c"))
+        .filter(pl.col("_c").is_not_null() & (pl.col("_c").str.strip_chars() != ""))
+    )
+    if exact:
+        ex = ex.filter(pl.col("_c") == pl.col("_t")).with_columns(pl.lit(0, dtype=pl.UInt32).alias("_pos"))
+    else:
+        ex = ex.with_columns(pl.col("_t").str.find(pl.col("_c"), literal=True).alias("_pos"))
+        ex = ex.filter(pl.col("_pos").is_not_null())
+    if ex.height == 0:
+        return empty
+    # Longest choice first at the same position, so "10 apples" beats "10".
+    ex = ex.sort(["_i", "_pos", pl.col("_c").str.len_bytes()], descending=[False, last, True])
+    best = ex.group_by("_i", maintain_order=True).first().select("_i", index_letter(pl.col("_k")).alias("letter"))
+    return (
+        pl.DataFrame({"_i": pl.int_range(n, dtype=pl.UInt32, eager=True)})
+        .join(best, on="_i", how="left", maintain_order="left")["letter"]
+    )
