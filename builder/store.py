@@ -318,7 +318,8 @@ def _write_folder(folder: Path, rows: pl.DataFrame, *, name: str, version: str, 
             files = _write_shards(part, folder / "data" / config, shard_rows)
             all_files += files
             configs[config] = {"pattern": f"data/{config}/{SPLIT}-*.parquet", "files": files, "rows": part.height}
-        configs[DEFAULT_CONFIG] = {"pattern": f"data/*/{SPLIT}-*.parquet", "files": all_files, "rows": rows.height}
+        default = {"pattern": f"data/*/{SPLIT}-*.parquet", "files": all_files, "rows": rows.height}
+        configs = {DEFAULT_CONFIG: default, **configs}
     per_task = dict(rows.group_by("task").len().sort("task").iter_rows())
     sampling = stats.get("sampling") or {}
     manifest: dict[str, Any] = {
@@ -373,7 +374,7 @@ def _write_index(dataset_dir: Path, entries: list[dict[str, Any]]) -> None:
 
 
 # ---------------------------------------------------------------- reading
-def _load_manifest(version_dir: Path) -> dict[str, Any]:
+def load_manifest(version_dir: Path) -> dict[str, Any]:
     path = version_dir / MANIFEST
     if not path.is_file():
         raise StoreError(f"{path}: missing; {version_dir} is not a dataset version folder")
@@ -387,6 +388,11 @@ def _load_manifest(version_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+def resolve_root(root: str | Path | None = None) -> Path:
+    """The store folder: `root` when given, else $RATIONALE_STORE, else ./store (StoreConfig's default)."""
+    return Path(root if root is not None else os.environ.get("RATIONALE_STORE", "store"))
+
+
 def list_versions(root: str | Path, name: str) -> list[dict[str, Any]]:
     """Versions of dataset `name`, oldest first, read from the version folders' manifests (the source of truth)."""
     dataset_dir = Path(root) / name
@@ -394,7 +400,7 @@ def list_versions(root: str | Path, name: str) -> list[dict[str, Any]]:
     for child in dataset_dir.iterdir() if dataset_dir.is_dir() else []:
         m = _VERSION_RE.match(child.name)
         if m and child.is_dir():
-            found.append((int(m.group(1)), _index_entry(_load_manifest(child))))
+            found.append((int(m.group(1)), _index_entry(load_manifest(child))))
     return [entry for _, entry in sorted(found, key=lambda t: t[0])]
 
 
@@ -410,7 +416,7 @@ def resolve(ref: str | Path, root: str | Path | None = None) -> Path:
     text = str(ref)
     name, _, want = text.partition("@")
     want = want or "latest"
-    root = Path(root if root is not None else os.environ.get("RATIONALE_STORE", "store"))
+    root = resolve_root(root)
     versions = list_versions(root, name)
     if not versions:
         raise StoreError(f"{text}: no dataset {name!r} under store {root} (and no version folder at that path); "
@@ -434,7 +440,7 @@ def read_version(ref_or_path: str | Path, root: str | Path | None = None, *, con
                  ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Read a version's rows (one config, default: all rows) and its manifest."""
     folder = resolve(ref_or_path, root)
-    manifest = _load_manifest(folder)
+    manifest = load_manifest(folder)
     if config not in manifest["configs"]:
         raise StoreError(f"{folder}: no config {config!r}; configs: {', '.join(manifest['configs'])}")
     files = [folder / f for f in manifest["configs"][config]["files"]]
@@ -458,7 +464,7 @@ def verify(path: str | Path) -> dict[str, Any]:
         StoreError: naming the first missing, altered or unexpected file, or a content hash mismatch.
     """
     folder = Path(path)
-    manifest = _load_manifest(folder)
+    manifest = load_manifest(folder)
     for rel, meta in sorted(manifest["files"].items()):
         file = folder / rel
         if not file.is_file():
