@@ -571,7 +571,7 @@ def _choices_expr(df: pl.DataFrame, expr: pl.Expr) -> pl.Expr:
             .otherwise(as_text.str.split("|").list.eval(pl.element().str.strip_chars())))
 
 
-def _load_generic(spec: TaskSpec, base_dir: Path | None) -> tuple[pl.DataFrame, str]:
+def _load_generic(spec: TaskSpec, base_dir: str | Path | None) -> tuple[pl.DataFrame, str]:
     if not spec.path:
         raise InputError(f"task {spec.name!r}: source={spec.source} needs tasks.items[].path")
     if spec.source == "file":
@@ -613,7 +613,7 @@ def _load_generic(spec: TaskSpec, base_dir: Path | None) -> tuple[pl.DataFrame, 
     return raw, source
 
 
-def _resolve(path: str, base_dir: Path | None) -> Path:
+def _resolve(path: str, base_dir: str | Path | None) -> Path:
     p = Path(os.path.expandvars(os.path.expanduser(path)))
     return p if p.is_absolute() or base_dir is None else Path(base_dir) / p
 
@@ -630,9 +630,9 @@ class LoadedTask:
     split_counts: dict[str, int] = field(default_factory=dict)  # after dedup, before limit
 
 
-def resolve_benchmarks_dir(cfg_dir: str | None, base_dir: Path | None = None) -> Path:
+def resolve_benchmarks_dir(cfg_dir: str | Path | None, base_dir: str | Path | None = None) -> Path:
     """benchmarks_dir from the recipe, else $RATIONALE_BENCHMARKS_DIR; clear error if neither."""
-    raw = cfg_dir or os.environ.get(BENCHMARKS_ENV)
+    raw = str(cfg_dir) if cfg_dir else os.environ.get(BENCHMARKS_ENV)
     if not raw:
         raise InputError(f"paper tasks need the benchmark files: set tasks.benchmarks_dir in the recipe or the "
                          f"{BENCHMARKS_ENV} environment variable (a folder laid out like shared/benchmarks)")
@@ -655,7 +655,7 @@ def _paper_splits(task: str, benchmarks_dir: Path) -> pl.DataFrame:
     return splits
 
 
-def load_task(spec: TaskSpec, *, benchmarks_dir: Path | None = None, base_dir: Path | None = None,
+def load_task(spec: TaskSpec, *, benchmarks_dir: Path | None = None, base_dir: str | Path | None = None,
               shuffle_seed: int = 0) -> LoadedTask:
     """Load one task as a `questions` frame (validated), with raw and duplicate counts.
 
@@ -769,7 +769,7 @@ def _answer_types() -> list[str]:
 
 
 # ---------------------------------------------------------------- the stage
-def run(cfg: TasksConfig, base_dir: Path | None = None) -> pl.DataFrame:
+def run(cfg: TasksConfig, base_dir: str | Path | None = None) -> pl.DataFrame:
     """Load every task of the recipe into one validated `questions` table.
 
     Args:
@@ -782,7 +782,7 @@ def run(cfg: TasksConfig, base_dir: Path | None = None) -> pl.DataFrame:
     return pl.concat([t.questions for t in load_tasks(cfg, base_dir)], how="vertical")
 
 
-def load_tasks(cfg: TasksConfig, base_dir: Path | None = None) -> list[LoadedTask]:
+def load_tasks(cfg: TasksConfig, base_dir: str | Path | None = None) -> list[LoadedTask]:
     """Like `run`, keeping per-task counts (for the CLI summary)."""
     needs_paper = any(s.source == "paper" for s in cfg.items)
     bdir = resolve_benchmarks_dir(cfg.benchmarks_dir, base_dir) if needs_paper else None
@@ -844,17 +844,18 @@ _EXEMPLAR = re.compile(r"Q:\s*(?P<q>.*?)\nA:\s*(?P<a>.*?)(?=\nQ:|\Z)", re.DOTALL
 _ANSWER = re.compile(r"^(?P<r>.*?)\s*The answer is\s*(?P<x>.+?)\.?\s*$", re.DOTALL)
 
 
-def paper_exemplars(task: str, benchmarks_dir: str | Path) -> list[Exemplar]:
+def paper_exemplars(task: str, benchmarks_dir: str | Path | None = None) -> list[Exemplar]:
     """The paper's Few-shot-CoT exemplars for `task`, parsed from few_shot_cot_prompts.json.
 
     Each "Q: ...\\nA: ... The answer is X." block becomes Exemplar(question, rationale, answer=X).
+    `benchmarks_dir` defaults to $RATIONALE_BENCHMARKS_DIR.
 
     Raises:
         FileNotFoundError: no few_shot_cot_prompts.json.
         ValueError: the file has no prompt for `task` (listing those it has).
         InputError: a block without "The answer is".
     """
-    path = Path(benchmarks_dir) / "few_shot_cot_prompts.json"
+    path = resolve_benchmarks_dir(benchmarks_dir) / "few_shot_cot_prompts.json"
     data = _read_json(path)
     if not isinstance(data, dict) or task not in data:
         have = ", ".join(sorted(data)) if isinstance(data, dict) else "none"
