@@ -35,10 +35,14 @@ class TaskSpec(_Strict):
     hub_split: str = Field("train", description="Hub dataset split to read (source=hub).")
     columns: dict[str, str] = Field(
         default_factory=dict,
-        description="Map our fields (question, gold, choices, id) to the source's column names.")
+        description="Map our fields (question, gold, choices, id, split) to the source's column names; 'a.b' reads "
+        "field b of struct column a. Unmapped: question -> 'question', gold -> 'gold' (or 'answer').")
     answer_type: str | None = Field(None, description="Grader name; required for file and hub tasks.")
     answer_prompt: str | None = Field(None, description="Override the task's Zero-shot-CoT answer prompt.")
     limit: int | None = Field(None, ge=1, description="Keep only the first N questions (after splitting).")
+    shuffle_choices: bool | None = Field(
+        None, description="Shuffle answer choices (seeded by tasks.shuffle_seed and the qid); default: on for the "
+        "BIG-bench tasks that list the right choice first (date_understanding, tracking_shuffled_objects).")
 
 
 class TasksConfig(_Strict):
