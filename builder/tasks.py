@@ -108,6 +108,15 @@ PAPER_TASKS: dict[str, TaskInfo] = {
     "commonsense_qa": _info("choice", 5),
     "strategy_qa": _info("yesno"),
 }
+# The source field each paper task's question and gold come from (named in error messages).
+_PAPER_FIELDS: dict[str, tuple[str, str]] = {
+    "single_eq": ("sQuestion", "lSolutions"), "addsub": ("sQuestion", "lSolutions"),
+    "multiarith": ("sQuestion", "lSolutions"), "gsm8k": ("question", "answer"), "aqua": ("question", "correct"),
+    "svamp": ("Body/Question", "Answer"), "date_understanding": ("input", "target_scores"),
+    "tracking_shuffled_objects": ("input", "target_scores"), "last_letter_concatenation": ("question", "answer"),
+    "coin_flip": ("question", "answer"), "commonsense_qa": ("question.stem", "answerKey"),
+    "strategy_qa": ("input", "target_scores"),
+}
 # BIG-bench files list the right choice first (date_understanding: 364 of 369): shuffle these by default.
 SHUFFLED_TASKS = frozenset({"date_understanding", "tracking_shuffled_objects"})
 
@@ -571,7 +580,8 @@ def _choices_expr(df: pl.DataFrame, expr: pl.Expr) -> pl.Expr:
             .otherwise(as_text.str.split("|").list.eval(pl.element().str.strip_chars())))
 
 
-def _load_generic(spec: TaskSpec, base_dir: str | Path | None) -> tuple[pl.DataFrame, str]:
+def _load_generic(spec: TaskSpec, base_dir: str | Path | None) -> tuple[pl.DataFrame, str, dict[str, str]]:
+    """Read a file or Hub source and map its columns; returns the raw rows, the source name and the mapping."""
     if not spec.path:
         raise InputError(f"task {spec.name!r}: source={spec.source} needs tasks.items[].path")
     if spec.source == "file":
@@ -610,7 +620,7 @@ def _load_generic(spec: TaskSpec, base_dir: str | Path | None) -> tuple[pl.DataF
             first_row = raw.filter(pl.col("source_id") == dup["source_id"])["where"].to_list()
             raise InputError(f"{first_row[1]}: field 'id' (column {mapping['id']!r}): duplicate id "
                              f"{dup['source_id']!r}, first seen at {first_row[0]}; ids must be unique")
-    return raw, source
+    return raw, source, mapping
 
 
 def _resolve(path: str, base_dir: str | Path | None) -> Path:
@@ -683,13 +693,15 @@ def load_task(spec: TaskSpec, *, benchmarks_dir: Path | None = None, base_dir: s
         if spec.answer_type not in _answer_types():
             raise ValueError(f"task {spec.name!r}: unknown answer_type {spec.answer_type!r}; valid: "
                              f"{', '.join(_answer_types())}")
-        raw, where = _load_generic(spec, base_dir)
+        raw, where, mapping = _load_generic(spec, base_dir)
         answer_type = spec.answer_type
-    field_name = spec.columns.get("gold", "gold") if spec.source != "paper" else "gold"
+    if spec.source == "paper":
+        qfield, field_name = _PAPER_FIELDS[spec.name]
+    else:
+        qfield, field_name = mapping["question"], mapping["gold"]
 
     empty = _first_bad(raw, pl.col("question").is_null() | (pl.col("question").str.strip_chars() == ""))
     if empty:
-        qfield = spec.columns.get("question", "question") if spec.source != "paper" else "question"
         raise InputError(f"{empty['where']}: field {qfield!r}: question is empty")
     no_choices = _first_bad(raw, pl.col("choices").list.len() == 0)
     if no_choices:

@@ -420,7 +420,7 @@ def test_error_paper_gold_not_a_number(tmp_path, benchmarks_dir):
     folder.mkdir()
     _write(folder, "SVAMP.json", json.dumps([{"Body": "A has 2.", "Question": "How many?", "Answer": 2.0},
                                              {"Body": "B has 3.", "Question": "How many?", "Answer": "three"}]))
-    with pytest.raises(InputError, match=r"SVAMP\.json row 1: field 'gold': gold 'three' is not a number"):
+    with pytest.raises(InputError, match=r"SVAMP\.json row 1: field 'Answer': gold 'three' is not a number"):
         tasks.load_task(TaskSpec(name="svamp", path=str(folder), split="all"), benchmarks_dir=benchmarks_dir)
 
 
@@ -505,3 +505,9 @@ def test_cli_tasks_list(benchmarks_dir, capsys):
     for task, count in README_COUNTS.items():
         assert rows[task][-4:-2] == [str(count), str(README_DUPLICATES.get(task, 0))]
     assert rows["multiarith"][-2:] == ["405", "175"]
+
+
+def test_error_names_the_answer_column_when_gold_is_unmapped(tmp_path):
+    path = _write(tmp_path, "q.jsonl", '{"question": "a?", "answer": "n/a"}\n')
+    with pytest.raises(InputError, match=r"q\.jsonl line 1: field 'answer': gold 'n/a' is not a number"):
+        tasks.load_task(_file_spec(path))
