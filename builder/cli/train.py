@@ -1,0 +1,93 @@
+"""`rationale train RECIPE.yaml` and `rationale eval`: fine-tune a student on a dataset version, then grade it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+log = logging.getLogger(__name__)
+
+
+def train(
+    recipe: Annotated[Path, typer.Argument(help="Training recipe YAML (see recipes/train/).")],
+    max_steps: Annotated[int | None, typer.Option(help="Override hyperparameters.max_steps.")] = None,
+    output_dir: Annotated[str | None, typer.Option(help="Override output_dir.")] = None,
+    no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the evaluation after training.")] = False,
+    no_resume: Annotated[bool, typer.Option("--no-resume", help="Ignore checkpoints in output_dir.")] = False,
+) -> None:
+    """Fine-tune the recipe's student on its dataset version (completion-only loss), save it with a model card."""
+    from builder.train import main
+    from builder.train_recipe import load_train_recipe
+
+    cfg = load_train_recipe(recipe)
+    if max_steps is not None:
+        cfg.hyperparameters.max_steps = max_steps
+    if output_dir is not None:
+        cfg.output_dir = str(Path(output_dir).resolve())
+    if no_resume:
+        cfg.checkpoints.resume = False
+    result = main(cfg, evaluate=False if no_eval else None)
+    typer.echo(f"trained {result.steps} steps on {result.dataset_ref} in {result.seconds:.0f} s "
+               f"({result.tokens_per_s:,.0f} tokens/s); model and card in {result.output_dir}")
+    if result.eval_report:
+        from builder.eval import report_markdown
+
+        typer.echo(report_markdown(result.eval_report, heading=False))
+
+
+def eval_(
+    model: Annotated[str | None, typer.Argument(help="Model folder, Hub id or alias (default: the recipe's output).")
+                     ] = None,
+    recipe: Annotated[Path | None, typer.Option(help="Training recipe: its eval section and output model.")] = None,
+    task: Annotated[list[str] | None, typer.Option(help="Paper task key (repeatable).")] = None,
+    split: Annotated[str | None, typer.Option(help="Split of each task (default: test or the recipe's).")] = None,
+    mode: Annotated[str, typer.Option(help="student, zero_shot or zero_shot_cot.")] = "student",
+    fmt: Annotated[str, typer.Option("--format", help="ft_cot, chat or seq2seq (students); raw or chat (baselines)."
+                                     )] = "ft_cot",
+    k: Annotated[list[int] | None, typer.Option("--k", help="Self-consistency sample count (repeatable).")] = None,
+    no_greedy: Annotated[bool, typer.Option("--no-greedy", help="Only self-consistency.")] = False,
+    max_tokens: Annotated[int | None, typer.Option(help="Generation cap per answer.")] = None,
+    limit: Annotated[int | None, typer.Option(help="First N questions per task.")] = None,
+    backend: Annotated[str | None, typer.Option(help="vllm or hf.")] = None,
+    benchmarks_dir: Annotated[str | None, typer.Option(help="Paper task files (default: $RATIONALE_BENCHMARKS_DIR)."
+                                                       )] = None,
+    compare_to: Annotated[str | None, typer.Option(help="Paper student row, e.g. gpt2-124m.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Report folder (default: <model>/eval/<mode>).")] = None,
+) -> None:
+    """Evaluate a model on task test splits (greedy and/or self-consistency), graded with the curation graders."""
+    from builder.eval import MODES, evaluate, evaluate_recipe, load_questions, report_markdown
+    from builder.train_recipe import EvalSpec, load_train_recipe
+
+    if mode not in MODES:
+        raise ValueError(f"--mode {mode!r}: use one of {', '.join(MODES)}")
+    cfg = load_train_recipe(recipe) if recipe is not None else None
+    spec = cfg.eval if cfg is not None else EvalSpec()
+    update = {key: value for key, value in {
+        "tasks": task or None, "split": split, "limit": limit, "max_tokens": max_tokens, "backend": backend,
+        "benchmarks_dir": benchmarks_dir, "compare_to": compare_to, "self_consistency": k or None}.items()
+        if value is not None}
+    if no_greedy:
+        update["greedy"] = False
+    spec = spec.model_copy(update=update)
+    if cfg is not None and model is None and mode == "student":
+        cfg.eval = spec
+        report = evaluate_recipe(cfg)
+        typer.echo(report_markdown(report, heading=False))
+        return
+    if model is None:
+        raise ValueError("give a MODEL (folder, Hub id or alias) or --recipe RECIPE.yaml")
+    if not spec.tasks:
+        raise ValueError("give --task TASK (repeatable), or a --recipe whose eval.tasks lists them")
+    questions = load_questions(spec.tasks, spec.split, benchmarks_dir=spec.benchmarks_dir, limit=spec.limit)
+    dest = out or (Path(model) / "eval" / mode if Path(model).is_dir() else Path("eval") / Path(model).name / mode)
+    run = evaluate(model, questions, spec, mode=mode, fmt=fmt, out_dir=dest)
+    typer.echo(report_markdown(run.report, heading=False))
+    typer.echo(f"predictions and report in {dest}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+    app.command("eval")(eval_)
