@@ -831,6 +831,32 @@ def _log_cross_task_overlap(questions: pl.DataFrame) -> None:
                     overlap["key"].n_unique())
 
 
+def load_eval_set(path: str | Path) -> pl.DataFrame:
+    """An extra evaluation set for decontamination (curation.eval_sets): JSONL/JSON/CSV/Parquet with a 'question'
+    column and optionally 'task' (default: the file's stem).
+
+    Returns columns qid, task, split ("eval"), question.
+
+    Raises:
+        FileNotFoundError: no such file.
+        InputError: unreadable file, no 'question' column, or an empty question (naming the row).
+    """
+    path = Path(path)
+    df, unit = _read_table_file(path)
+    if "question" not in df.columns:
+        raise InputError(f"{path}: eval set needs a 'question' column; columns: {', '.join(df.columns)}")
+    first = 1 if unit == "line" else 0
+    task = pl.col("task").cast(pl.String) if "task" in df.columns else pl.lit(path.stem.split(".")[0])
+    out = df.select(task.alias("task"), pl.col("question").cast(pl.String).str.strip_chars(),
+                    pl.format(f"{path} {unit} {{}}", pl.int_range(first, pl.len() + first)).alias("where"))
+    empty = _first_bad(out, pl.col("question").is_null() | (pl.col("question") == ""))
+    if empty:
+        raise InputError(f"{empty['where']}: field 'question': question is empty")
+    qid = pl.struct("task", "question").map_batches(
+        lambda s: pl.Series([make_qid(r["task"], r["question"]) for r in s], dtype=pl.String), return_dtype=pl.String)
+    return out.select(qid.alias("qid"), "task", pl.lit("eval").alias("split"), "question")
+
+
 def answer_prompts(cfg: TasksConfig, questions: pl.DataFrame | None = None) -> dict[str, str]:
     """Answer prompt per task name: TaskSpec.answer_prompt, else the paper task's, else one from the answer type.
 

@@ -511,3 +511,14 @@ def test_error_names_the_answer_column_when_gold_is_unmapped(tmp_path):
     path = _write(tmp_path, "q.jsonl", '{"question": "a?", "answer": "n/a"}\n')
     with pytest.raises(InputError, match=r"q\.jsonl line 1: field 'answer': gold 'n/a' is not a number"):
         tasks.load_task(_file_spec(path))
+
+
+def test_load_eval_set(tmp_path):
+    path = _write(tmp_path, "heldout.jsonl", '{"question": " Is ice cold? "}\n{"question": "What is 2+2?", "x": 1}\n')
+    df = tasks.load_eval_set(path)
+    assert df.columns == ["qid", "task", "split", "question"]
+    assert df["task"].to_list() == ["heldout", "heldout"] and df["question"][0] == "Is ice cold?"
+    assert df["qid"][1] == tasks.make_qid("heldout", "What is 2+2?")
+    bad = _write(tmp_path, "bad.csv", "prompt\nx\n")
+    with pytest.raises(InputError, match=r"bad\.csv: eval set needs a 'question' column; columns: prompt"):
+        tasks.load_eval_set(bad)
