@@ -1,0 +1,384 @@
+"""Dataset store: ledger -> rows, content-hashed immutable versions that `datasets` loads, resolve/verify/diff."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from builder import store
+from builder.cli import main
+from builder.errors import StoreError
+from builder.schemas import table_schema
+
+RECIPE = {
+    "name": "demo",
+    "work_dir": "/home/a/runs",
+    "tasks": {"benchmarks_dir": "/data/benchmarks", "items": [{"name": "multiarith", "source": "paper"}]},
+    "teacher": {"model": "tiny-llama", "backend": "vllm", "revision": None},
+    "prompt": {"style": "zero_shot_cot", "trigger": "Let's think step by step.", "format": "raw"},
+    "sampling": {"n": 4, "temperature": 0.7, "top_p": 1.0, "max_tokens": 64, "seed": 0},
+    "curation": {"keep_correct_only": True},
+    "store": {"root": "/home/a/store", "shard_rows": 100_000},
+}
+
+
+def make_ledger(tasks: tuple[str, ...] = ("multiarith", "coin_flip"), questions: int = 4, samples: int = 3,
+                salt: str = "") -> pl.DataFrame:
+    """A ledger as curate would hand it over: every sample, kept when its answer is right (2 of 3 here)."""
+    recs = []
+    for task in tasks:
+        for q in range(questions):
+            gold = str(q + 2) if task != "coin_flip" else ("yes" if q % 2 else "no")
+            for s in range(samples):
+                ok = (q + s) % 3 != 0
+                pred = gold if ok else ("0" if task != "coin_flip" else "maybe")
+                recs.append({
+                    "qid": f"{task}-{q:03d}", "sample_idx": s, "seed": 1000 * q + s, "teacher": "tiny-llama",
+                    "teacher_revision": None, "prompt": f"Q: {task} question {q}?\nA: Let's think step by step.",
+                    "rationale": f"  First we look at {task} item {q}. Sample {s} reasons{salt}.\n",
+                    "answer_prompt": "Therefore, the answer is", "answer_completion": f" {pred}.",
+                    "finish_reason": "stop", "prompt_tokens": 12, "completion_tokens": 20, "run_id": "run-1",
+                    "task": task, "question": f"{task} question {q}?", "gold": gold, "answer_type": "number",
+                    "pred": pred, "correct": ok, "grade_status": "ok", "grader": "number",
+                    "state": "kept" if ok else "dropped", "stage": None if ok else "correct",
+                    "reason": None if ok else "wrong_answer", "cluster": None,
+                })
+    return pl.DataFrame(recs, schema=table_schema("ledger").polars_schema)
+
+
+def make_stats(ledger: pl.DataFrame) -> dict:
+    funnel = {}
+    for (task,), part in ledger.group_by(["task"]):
+        kept = part.filter(pl.col("state") == "kept").height
+        funnel[task] = {"sampled": part.height, "answered": part.height, "correct": int(part["correct"].sum()),
+                        "deduped": kept, "selected": kept, "kept": kept}
+    return {
+        "funnel": funnel,
+        "dropped": {"correct": {"wrong_answer": int((~ledger["correct"]).sum())}},
+        "diversity": {t: {"before": {"mean_pairwise_jaccard": 0.61, "distinct_ngrams": 0.42},
+                          "after": {"mean_pairwise_jaccard": 0.55, "distinct_ngrams": 0.47}} for t in funnel},
+        "decontamination": {"checked": 8, "eval_questions": 20, "hits": []},
+        "settings": {"minhash": {"num_perm": 128, "threshold": 0.8}},
+        "sampling": {"teacher": "tiny-llama", "teacher_revision": None, "backend": "vllm",
+                     "params": {"n": 3}, "prompt_tokens": 288, "completion_tokens": 480, "seconds": 2.5},
+    }
+
+
+def build_version(root: Path, ledger: pl.DataFrame | None = None, *, name: str = "demo", recipe: dict | None = None,
+                  **kw) -> store.VersionInfo:
+    ledger = make_ledger() if ledger is None else ledger
+    return store.write_version(store.rows_from_ledger(ledger), root=root, name=name, recipe=recipe or RECIPE,
+                               stats=make_stats(ledger), tool_version="test", **kw)
+
+
+def load(path: Path, tmp_path: Path, config: str | None = None):
+    import datasets
+
+    return datasets.load_dataset(str(path), config, split="train", cache_dir=str(tmp_path / "hf-cache"))
+
+
+# ---------------------------------------------------------------- rows
+def test_rows_from_ledger_keeps_correct_rows_in_fine_tune_cot_and_chat_formats():
+    ledger = make_ledger(tasks=("multiarith",), questions=2, samples=3)
+    rows = store.rows_from_ledger(ledger)
+    kept = ledger.filter(pl.col("state") == "kept")
+    assert rows.height == kept.height == 4
+    assert rows.columns == table_schema("rows").names
+    row = rows.filter((pl.col("qid") == "multiarith-000") & (pl.col("sample_idx") == 1)).row(0, named=True)
+    rationale = "First we look at multiarith item 0. Sample 1 reasons."
+    assert row["rationale"] == rationale  # stripped
+    assert row["answer"] == "2" and row["gold"] == "2"
+    assert row["prompt"] == "multiarith question 0? ###"
+    assert row["completion"] == f" {rationale} --> 2"
+    assert row["messages"] == [
+        {"role": "user", "content": "multiarith question 0?"},
+        {"role": "assistant", "content": f"{rationale}\nTherefore, the answer is 2."},
+    ]
+    assert (row["seed"], row["teacher"], row["task"]) == (1, "tiny-llama", "multiarith")
+    # only kept samples, never a wrong one
+    keys = set(zip(rows["qid"], rows["sample_idx"], strict=True))
+    assert keys == set(zip(kept["qid"], kept["sample_idx"], strict=True))
+
+
+def test_rows_from_ledger_rejects_a_kept_row_without_answer():
+    ledger = make_ledger(tasks=("multiarith",), questions=1).with_columns(pl.lit(None, pl.String).alias("pred"))
+    expect = r"2 kept row\(s\) have no extracted answer \(column 'pred'\), first qid=multiarith-000 sample_idx=1"
+    with pytest.raises(StoreError, match=expect):
+        store.rows_from_ledger(ledger)
+
+
+# ---------------------------------------------------------------- writing + loading
+def test_version_loads_with_datasets_default_and_per_task_configs(tmp_path):
+    info = build_version(tmp_path / "store", shard_rows=3)
+    assert info.created and info.version == "v1" and info.path == tmp_path / "store" / "demo" / "v1"
+    manifest = json.loads((info.path / "manifest.json").read_text())
+    assert list(manifest["configs"]) == ["default", "coin_flip", "multiarith"]
+    rows = store.rows_from_ledger(make_ledger())
+    ds = load(info.path, tmp_path)
+    assert ds.num_rows == rows.height == 16
+    loaded = sorted(zip(ds["qid"], ds["sample_idx"], strict=True))
+    assert loaded == sorted(zip(rows["qid"], rows["sample_idx"], strict=True))
+    messages = ds.features["messages"]  # plain List of {role, content} strings, the chat format TRL reads
+    assert type(messages).__name__ == "List" and messages.feature["role"].dtype == "string"
+    assert ds[0]["messages"][1]["role"] == "assistant"
+    for task in ("multiarith", "coin_flip"):
+        part = load(info.path, tmp_path, task)
+        assert set(part["task"]) == {task}
+        assert part.num_rows == rows.filter(pl.col("task") == task).height == 8
+    # sharded: 8 rows per task at 3 rows per file -> 3 files per task
+    assert len(list((info.path / "data" / "multiarith").glob("train-*-of-00003.parquet"))) == 3
+    header = (info.path / "README.md").read_text().split("---")[1]
+    assert "config_name: default" in header and "dataset_info:" in header
+
+
+def test_single_task_version_has_one_default_config_that_loads(tmp_path):
+    info = build_version(tmp_path / "store", make_ledger(tasks=("multiarith",)))
+    assert (info.path / "data" / "train-00000-of-00001.parquet").is_file()
+    assert list(store.load_manifest(info.path)["configs"]) == ["default"]
+    assert load(info.path, tmp_path).num_rows == 8
+
+
+def test_manifest_records_hashes_recipe_teacher_sampling_funnel_and_decontamination(tmp_path):
+    info = build_version(tmp_path / "store")
+    m = store.load_manifest(info.path)
+    assert m["content_hash"] == info.content_hash and m["version"] == "v1" and m["tool_version"] == "test"
+    assert m["recipe"] == RECIPE
+    assert m["teacher"] == {"model": "tiny-llama", "revision": None, "backend": "vllm"}
+    assert m["sampling_settings"]["temperature"] == 0.7
+    assert m["funnel"]["coin_flip"]["sampled"] == 12 and m["funnel"]["coin_flip"]["kept"] == 8
+    assert m["decontamination"]["eval_questions"] == 20
+    assert m["created_at"].endswith("+00:00")
+    files = {p.relative_to(info.path).as_posix() for p in info.path.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert set(m["files"]) == files
+    assert {"README.md", "assets/funnel.png", "assets/rationale_lengths.png"} <= files
+    for rel, meta in m["files"].items():
+        assert store.sha256_file(info.path / rel) == meta["sha256"]
+
+
+# ---------------------------------------------------------------- content hash
+def test_same_inputs_give_the_same_content_hash_in_any_store_and_machine_paths(tmp_path):
+    a = build_version(tmp_path / "a")
+    moved = {**RECIPE, "work_dir": "/other/runs", "store": {**RECIPE["store"], "root": "/elsewhere"},
+             "tasks": {**RECIPE["tasks"], "benchmarks_dir": "/mnt/b"}}
+    b = build_version(tmp_path / "b", recipe=moved)
+    shuffled = make_ledger().sample(fraction=1.0, shuffle=True, seed=7)
+    c = build_version(tmp_path / "c", shuffled)
+    assert a.content_hash == b.content_hash == c.content_hash
+
+
+@pytest.mark.parametrize("change", ["rationale", "answer", "drop_row", "temperature", "teacher"])
+def test_any_data_or_recipe_change_changes_the_content_hash(tmp_path, change):
+    rows = store.rows_from_ledger(make_ledger())
+    recipe = json.loads(json.dumps(RECIPE))
+    if change == "rationale":
+        rows = rows.with_columns(pl.when(pl.int_range(pl.len()) == 5).then(pl.col("rationale") + " ")
+                                 .otherwise(pl.col("rationale")).alias("rationale"))
+    elif change == "answer":
+        rows = rows.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("3")).otherwise(pl.col("answer"))
+                                 .alias("answer"))
+    elif change == "drop_row":
+        rows = rows.slice(1)
+    elif change == "temperature":
+        recipe["sampling"]["temperature"] = 0.8
+    elif change == "teacher":
+        recipe["teacher"]["revision"] = "abc123"
+    base = store.content_hash(store.rows_from_ledger(make_ledger()), RECIPE)
+    assert store.content_hash(rows, recipe) != base
+
+
+# ---------------------------------------------------------------- immutability, no-op, index, lock
+def test_rewrite_of_same_content_is_a_no_op_and_new_content_is_a_new_version(tmp_path):
+    root = tmp_path / "store"
+    v1 = build_version(root)
+    before = {p: (p.stat().st_mtime_ns, store.sha256_file(p)) for p in v1.path.rglob("*") if p.is_file()}
+    again = build_version(root)
+    assert not again.created and again.version == "v1" and again.content_hash == v1.content_hash
+    assert sorted(p.name for p in (root / "demo").iterdir() if p.is_dir()) == ["v1"]
+    v2 = build_version(root, make_ledger(salt=" carefully"))
+    assert v2.created and v2.version == "v2" and v2.content_hash != v1.content_hash
+    after = {p: (p.stat().st_mtime_ns, store.sha256_file(p)) for p in v1.path.rglob("*") if p.is_file()}
+    assert after == before  # v1 untouched
+    assert all(p.stat().st_mode & 0o222 == 0 for p in v2.path.rglob("*") if p.is_file())  # files are read-only
+    index = json.loads((root / "demo" / "versions.json").read_text())["versions"]
+    assert [(v["version"], v["content_hash"]) for v in index] == [("v1", v1.content_hash), ("v2", v2.content_hash)]
+    assert [v["version"] for v in store.list_versions(root, "demo")] == ["v1", "v2"]
+    assert not list((root / "demo").glob(".tmp-*"))
+
+
+def test_a_failed_write_leaves_no_version_and_no_temp_folder(tmp_path, monkeypatch):
+    import builder.card
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(builder.card, "write_card", broken)
+    with pytest.raises(OSError, match="disk full"):
+        build_version(tmp_path / "store")
+    assert [p.name for p in (tmp_path / "store" / "demo").iterdir()] == [".lock"]
+
+
+def test_concurrent_writers_of_one_store_get_distinct_versions(tmp_path):
+    root = tmp_path / "store"
+    results, errors = [], []
+
+    def write(salt: str) -> None:
+        try:
+            results.append(build_version(root, make_ledger(salt=salt), lock_timeout_s=60))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(s,)) for s in (" one", " two")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(r.version for r in results) == ["v1", "v2"]
+    for r in results:
+        store.verify(r.path)
+
+
+def test_a_held_lock_makes_the_second_build_fail_with_a_clear_message(tmp_path):
+    dataset_dir = tmp_path / "store" / "demo"
+    dataset_dir.mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import filelock, sys, time; l = filelock.FileLock(sys.argv[1]); l.acquire(); "
+         "print('held', flush=True); time.sleep(30)", str(dataset_dir / ".lock")],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StoreError, match=r"another build is writing this dataset .* after 0.3s"):
+            build_version(tmp_path / "store", lock_timeout_s=0.3)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert build_version(tmp_path / "store").created  # lock released with its process
+
+
+# ---------------------------------------------------------------- resolve, read, verify
+def test_resolve_by_version_latest_hash_prefix_and_path(tmp_path):
+    root = tmp_path / "store"
+    v1 = build_version(root)
+    v2 = build_version(root, make_ledger(salt="!"))
+    assert store.resolve("demo@v1", root) == v1.path
+    assert store.resolve("demo@latest", root) == store.resolve("demo", root) == v2.path
+    assert store.resolve(f"demo@{v1.content_hash[:8]}", root) == v1.path
+    assert store.resolve(v2.path) == v2.path
+    with pytest.raises(StoreError, match=r"demo@v7: no such version .* versions: v1 \(.*\), v2"):
+        store.resolve("demo@v7", root)
+    with pytest.raises(StoreError, match="no dataset 'other'"):
+        store.resolve("other@v1", root)
+
+
+def test_read_version_returns_the_written_rows_and_manifest(tmp_path):
+    info = build_version(tmp_path / "store", shard_rows=5)
+    rows, manifest = store.read_version("demo@v1", tmp_path / "store")
+    expected = store.rows_from_ledger(make_ledger())
+    assert_frame_equal(rows.sort("task", "qid", "sample_idx"), expected)
+    assert manifest["content_hash"] == info.content_hash
+    part, _ = store.read_version(info.path, config="coin_flip")
+    assert part.height == 8 and set(part["task"]) == {"coin_flip"}
+
+
+@pytest.mark.parametrize("tamper", ["data", "readme", "extra_file", "missing", "manifest_hash"])
+def test_verify_names_the_altered_file(tmp_path, tamper):
+    info = build_version(tmp_path / "store")
+    assert store.verify(info.path)["content_hash"] == info.content_hash
+    data = sorted((info.path / "data").rglob("*.parquet"))[0]
+    if tamper == "data":
+        data.chmod(0o644)
+        rows = pl.read_parquet(data).with_columns(pl.lit("2").alias("answer"))
+        rows.write_parquet(data)
+        expect = rf"{data}: sha256 .* does not match"
+    elif tamper == "readme":
+        (info.path / "README.md").chmod(0o644)
+        with open(info.path / "README.md", "a") as fh:
+            fh.write("\nextra line\n")
+        expect = r"README.md: sha256"
+    elif tamper == "extra_file":
+        (info.path / "data" / "multiarith" / "train-00009-of-00009.parquet").write_bytes(data.read_bytes())
+        expect = r"train-00009-of-00009.parquet: not listed"
+    elif tamper == "missing":
+        data.unlink()
+        expect = rf"{data}: missing"
+    else:
+        path = info.path / "manifest.json"
+        path.chmod(0o644)
+        m = json.loads(path.read_text())
+        m["content_hash"] = "0" * 64
+        path.write_text(json.dumps(m))
+        expect = r"manifest.json: content_hash 000000000000 does not match"
+    with pytest.raises(StoreError, match=expect):
+        store.verify(info.path)
+
+
+# ---------------------------------------------------------------- diff + CLI
+def test_diff_reports_rows_added_removed_per_task_funnel_and_settings(tmp_path):
+    root = tmp_path / "store"
+    build_version(root)
+    ledger = make_ledger()
+    # v2: one multiarith row changes its rationale (1 added + 1 removed), one coin_flip row is dropped
+    ledger = ledger.with_columns(
+        pl.when((pl.col("qid") == "multiarith-001") & (pl.col("sample_idx") == 0))
+        .then(pl.lit("A new way of thinking.")).otherwise(pl.col("rationale")).alias("rationale"),
+        pl.when((pl.col("qid") == "coin_flip-002") & (pl.col("sample_idx") == 0))
+        .then(pl.lit("dropped")).otherwise(pl.col("state")).alias("state"),
+    )
+    recipe = json.loads(json.dumps(RECIPE))
+    recipe["sampling"]["temperature"] = 0.9
+    build_version(root, ledger, recipe=recipe)
+    d = store.diff_versions("demo@v1", "demo@v2", root)
+    by_task = {r["task"]: r for r in d["tasks"]}
+    assert by_task["multiarith"] == {"task": "multiarith", "added": 1, "removed": 1, "rows_a": 8, "rows_b": 8}
+    assert by_task["coin_flip"] == {"task": "coin_flip", "added": 0, "removed": 1, "rows_a": 8, "rows_b": 7}
+    assert d["funnel"]["coin_flip"]["kept"] == [8, 7]
+    assert d["settings"]["recipe.sampling.temperature"] == [0.7, 0.9]
+    assert not d["same_content"]
+
+
+def test_cli_versions_show_diff(tmp_path, capsys):
+    root = tmp_path / "store"
+    v1 = build_version(root)
+    build_version(root, make_ledger(salt="?"))
+    assert main(["versions", "demo", "--store", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "v1" in out and "v2" in out and v1.content_hash[:12] in out
+    assert main(["show", "demo@v1", "--store", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert v1.content_hash in out and "tiny-llama" in out and "66.7%" in out
+    assert main(["diff", "demo@v1", "demo@v2", "--store", str(root), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert sum(r["added"] for r in d["tasks"]) == 16 and sum(r["removed"] for r in d["tasks"]) == 16
+    assert main(["show", "demo@v9", "--store", str(root)]) == 2
+    assert "demo@v9: no such version" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- same engine + seeds -> same hash
+@pytest.mark.slow
+@pytest.mark.engine
+def test_same_seeds_on_the_same_engine_give_the_same_content_hash(vllm_engine, tmp_path):
+    from vllm import SamplingParams
+
+    questions = [f"What is {a} plus {a + 1}?" for a in range(3)]
+
+    def sampled_ledger(seed: int) -> pl.DataFrame:
+        outs = vllm_engine.generate([f"Q: {q}\nA: Let's think step by step." for q in questions],
+                                    SamplingParams(n=2, temperature=0.7, max_tokens=16, seed=seed), use_tqdm=False)
+        base = make_ledger(tasks=("multiarith",), questions=3, samples=2)
+        texts = [c.text or "-" for o in outs for c in sorted(o.outputs, key=lambda c: c.index)]
+        return base.with_columns(pl.Series("rationale", texts), pl.lit("kept").alias("state"))
+
+    a = build_version(tmp_path / "a", sampled_ledger(11))
+    b = build_version(tmp_path / "b", sampled_ledger(11))
+    c = build_version(tmp_path / "c", sampled_ledger(12))
+    assert a.content_hash == b.content_hash
+    assert c.content_hash != a.content_hash
+    assert load(a.path, tmp_path).num_rows == 6
