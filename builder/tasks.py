@@ -415,7 +415,7 @@ def _canonical_number(text: str | None) -> str | None:
         d = Decimal(s)
     except InvalidOperation:
         return None
-    if not d.is_finite():
+    if not d.is_finite() or abs(d.adjusted()) > 60:  # "1e999999" would print a million digits
         return None
     out = format(d.normalize(), "f")
     return "0" if out in ("-0", "0") else out
