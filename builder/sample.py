@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from builder import tasks
 from builder.errors import BuilderError, EngineError, InputError
 from builder.recipe import PromptConfig, Recipe, SamplingConfig, TeacherConfig
 from builder.schemas import atomic_write_parquet, table_schema, validate
@@ -52,8 +53,14 @@ def _exemplar_block(exemplars: Sequence[Any]) -> str:
     return "".join(f"Q: {ex.question}\nA: {ex.rationale.strip()} The answer is {ex.answer}.\n\n" for ex in exemplars)
 
 
-def build_prompt(question: str, cfg: PromptConfig, exemplars: Sequence[Any] = ()) -> str | list[dict[str, str]]:
-    """The stage-1 prompt: Zero-shot-CoT "Q: ..\\nA: Let's think step by step." or Few-shot-CoT; text or messages."""
+def build_prompt(question: str, cfg: PromptConfig, exemplars: Sequence[Any] | None = None
+                 ) -> str | list[dict[str, str]]:
+    """The stage-1 prompt: Zero-shot-CoT "Q: ..\\nA: Let's think step by step." or Few-shot-CoT; text or messages.
+
+    `exemplars` defaults to the recipe's own list; pass the paper's (resolved per task) when it says 'paper'.
+    """
+    if exemplars is None:
+        exemplars = cfg.exemplars if isinstance(cfg.exemplars, list) else ()
     trigger = cfg.trigger if cfg.style == "zero_shot_cot" else ""
     if cfg.format == "raw":
         head = _exemplar_block(exemplars) if cfg.style == "few_shot_cot" else ""
@@ -240,29 +247,12 @@ def _next_shard_index(run_dir: Path) -> int:
     return max((int(n.split("-")[1]) for n in names), default=-1) + 1
 
 
-def _answer_prompts(recipe: Recipe, questions: pl.DataFrame) -> dict[str, str]:
-    from builder.tasks import answer_prompt_for, task_info
-
-    prompts: dict[str, str] = {}
-    for spec in recipe.tasks.items:
-        if spec.answer_prompt:
-            prompts[spec.name] = spec.answer_prompt
-        elif spec.source == "paper":
-            prompts[spec.name] = task_info(spec.name).answer_prompt
-    for task, answer_type, n_choices in questions.select(
-            "task", "answer_type", pl.col("choices").list.len().fill_null(0)).unique("task").rows():
-        prompts.setdefault(task, answer_prompt_for(answer_type, n_choices))
-    return prompts
-
-
 def _exemplars_for(recipe: Recipe, task: str) -> list[Any]:
     ex = recipe.prompt.exemplars
     if recipe.prompt.style != "few_shot_cot" or ex is None:
         return []
     if ex == "paper":
-        from builder.tasks import paper_exemplars
-
-        return paper_exemplars(task, recipe.tasks.benchmarks_dir and recipe.resolve_path(recipe.tasks.benchmarks_dir))
+        return tasks.paper_exemplars(task, recipe.resolve_path(recipe.tasks.benchmarks_dir))
     return list(ex)
 
 
@@ -300,7 +290,7 @@ def run(questions: pl.DataFrame, recipe: Recipe, *, engine: Any = None, teacher:
             if recipe.teacher.backend != "vllm":
                 raise BuilderError(f"teacher.backend {recipe.teacher.backend!r} needs a teacher object")
             teacher = VLLMTeacher(engine or load_engine(recipe.teacher), s, recipe.teacher.model)
-        answer_prompts = _answer_prompts(recipe, questions) if recipe.prompt.two_stage else {}
+        answer_prompts = tasks.answer_prompts(recipe.tasks, questions) if recipe.prompt.two_stage else {}
         qinfo = questions.select("qid", "task", "question").rows_by_key("qid", named=True, unique=True)
         exemplars = {t: _exemplars_for(recipe, t) for t in questions["task"].unique()}
         shard = _next_shard_index(run_dir)
@@ -369,13 +359,7 @@ def regenerate(recipe: Recipe, question: str, task: str, qid: str, sample_idx: i
     if teacher is None:
         teacher = VLLMTeacher(engine or load_engine(recipe.teacher), recipe.sampling, recipe.teacher.model)
     part = pl.DataFrame({"qid": [qid], "first_idx": [sample_idx], "count": [1]})
-    full = recipe.tasks.items
-    answer_prompts = {}
-    if recipe.prompt.two_stage:
-        from builder.tasks import task_info
-
-        spec = next((t for t in full if t.name == task), None)
-        answer_prompts[task] = (spec.answer_prompt if spec and spec.answer_prompt else task_info(task).answer_prompt)
+    answer_prompts = tasks.answer_prompts(recipe.tasks) if recipe.prompt.two_stage else {}
     return _sample_shard(part, qinfo, {task: _exemplars_for(recipe, task)}, answer_prompts, teacher, recipe,
                          run_id_for(recipe))
 
@@ -399,10 +383,8 @@ def _read_any(path: Path) -> pl.DataFrame:
 
 
 def _qids(tq: pl.Series) -> pl.Series:
-    from builder.tasks import make_qid
-
     pairs = zip(tq.struct.field("task"), tq.struct.field("question"), strict=True)
-    return pl.Series([make_qid(t, q) for t, q in pairs], dtype=pl.String)
+    return pl.Series([tasks.make_qid(t, q) for t, q in pairs], dtype=pl.String)
 
 
 def import_completions(questions: pl.DataFrame, recipe: Recipe, *, run_dir: Path | None = None

@@ -1,0 +1,180 @@
+"""The sample stage: prompts, per-sample seeds, sharded resumable sampling on the real vLLM engine, import."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from builder import sample, tasks
+from builder.errors import BuilderError, InputError
+from builder.recipe import Exemplar, PromptConfig, Recipe
+
+QUESTIONS = [
+    ("Tom has 3 apples and buys 4 more. How many apples does he have?", 7),
+    ("There are 9 birds and 5 fly away. How many birds are left?", 4),
+    ("Mia has 6 pens and gets 2 more. How many pens does she have?", 8),
+    ("A box has 10 cookies and Tom eats 3. How many are left?", 7),
+    ("Anna reads 5 pages and then 4 pages. How many pages in total?", 9),
+]
+
+
+def make_recipe(tmp_path: Path, model: Path, **sampling) -> Recipe:
+    qfile = tmp_path / "questions.jsonl"
+    qfile.write_text("".join(json.dumps({"q": q, "a": a}) + "\n" for q, a in QUESTIONS))
+    return Recipe.model_validate({
+        "name": "t",
+        "work_dir": str(tmp_path / "runs"),
+        "tasks": {"items": [{"name": "arith", "source": "file", "path": str(qfile),
+                             "columns": {"question": "q", "gold": "a"}, "answer_type": "number"}]},
+        "teacher": {"model": str(model)},
+        "sampling": {"n": 4, "max_tokens": 12, "answer_max_tokens": 4, "shard_size": 2, "seed": 3, **sampling},
+    })
+
+
+def sorted_samples(df: pl.DataFrame) -> pl.DataFrame:
+    return df.sort("qid", "sample_idx")
+
+
+# ------------------------------------------------------------------ prompts and seeds (no engine)
+def test_zero_shot_cot_prompt_is_the_papers():
+    assert sample.build_prompt("What is 2+2?", PromptConfig()) == "Q: What is 2+2?\nA: Let's think step by step."
+    stage2 = sample.answer_stage_prompt("Q: x\nA: Let's think step by step.", " 2 and 2 make 4. \n",
+                                        "Therefore, the answer (arabic numerals) is")
+    assert stage2 == "Q: x\nA: Let's think step by step. 2 and 2 make 4.\nTherefore, the answer (arabic numerals) is"
+
+
+def test_few_shot_and_chat_prompts():
+    ex = [Exemplar(question="1+1?", rationale="One and one make 2.", answer="2")]
+    raw = sample.build_prompt("2+2?", PromptConfig(style="few_shot_cot", exemplars=ex))
+    assert raw == "Q: 1+1?\nA: One and one make 2. The answer is 2.\n\nQ: 2+2?\nA:"
+    chat = sample.build_prompt("2+2?", PromptConfig(style="few_shot_cot", format="chat", exemplars=ex))
+    assert [m["role"] for m in chat] == ["user", "assistant", "user"]
+    assert chat[1]["content"] == "One and one make 2. The answer is 2."
+    zs = sample.build_prompt("2+2?", PromptConfig(format="chat"))
+    assert zs == [{"role": "user", "content": "2+2?\nLet's think step by step."}]
+
+
+def test_seeds_are_derived_from_run_seed_qid_and_index():
+    base = sample.base_seed(0, "abc")
+    assert sample.sample_seed(0, "abc", 5) == base + 5
+    assert sample.base_seed(0, "abc") == base
+    assert sample.base_seed(1, "abc") != base
+    assert sample.base_seed(0, "abd") != base
+    assert 0 <= base < 2**31 - 64
+
+
+def test_missing_requests_groups_consecutive_indices():
+    q = pl.DataFrame({"qid": ["a", "b"]})
+    done = pl.DataFrame({"qid": ["a", "a", "b"], "sample_idx": [0, 2, 1]}, schema_overrides={"sample_idx": pl.Int32})
+    runs = sample.missing_requests(q, done, 4, 0)
+    assert runs.select("qid", "first_idx", "count").rows() == [("a", 1, 1), ("a", 3, 1), ("b", 0, 1), ("b", 2, 2)]
+
+
+# ------------------------------------------------------------------ real engine
+@pytest.mark.slow
+def test_sample_writes_every_key_once_with_recorded_seeds(tmp_path, tiny_model_dir, vllm_engine):
+    recipe = make_recipe(tmp_path, tiny_model_dir)
+    questions = tasks.run(recipe.tasks, recipe.base_dir)
+    samples, stats = sample.run(questions, recipe, engine=vllm_engine)
+    assert samples.height == len(QUESTIONS) * 4
+    assert samples.select("qid", "sample_idx").is_duplicated().sum() == 0
+    assert sorted(samples["sample_idx"].unique().to_list()) == [0, 1, 2, 3]
+    expected = [sample.sample_seed(3, q, i) for q, i in samples.select("qid", "sample_idx").rows()]
+    assert samples["seed"].to_list() == expected
+    assert set(samples["finish_reason"]) <= {"stop", "length"}
+    assert samples["answer_completion"].null_count() == 0  # Zero-shot-CoT stage 2 ran for every sample
+    assert (samples["answer_prompt"] == "Therefore, the answer (arabic numerals) is").all()
+    assert (samples["completion_tokens"] > 0).all() and (samples["prompt_tokens"] > 0).all()
+    assert stats.shards_written == 3  # 5 questions, 2 per shard
+    assert len(list((recipe.run_dir / "samples").glob("shard-*.parquet"))) == 3
+    assert not list((recipe.run_dir / "samples").glob(".*tmp"))
+
+
+@pytest.mark.slow
+def test_resume_samples_only_what_is_missing_and_matches_uninterrupted_run(tmp_path, tiny_model_dir, vllm_engine):
+    recipe = make_recipe(tmp_path, tiny_model_dir)
+    questions = tasks.run(recipe.tasks, recipe.base_dir)
+    full, _ = sample.run(questions, recipe, engine=vllm_engine)
+    lost = sorted((recipe.run_dir / "samples").glob("shard-*.parquet"))[1]
+    lost_rows = pl.read_parquet(lost).height
+    lost.unlink()
+    resumed, stats = sample.run(questions, recipe, engine=vllm_engine)
+    assert stats.new_samples == lost_rows
+    assert_frame_equal(sorted_samples(resumed), sorted_samples(full))
+    again, stats = sample.run(questions, recipe, engine=vllm_engine)
+    assert stats.new_samples == 0 and again.height == full.height
+
+
+@pytest.mark.slow
+def test_more_samples_later_keeps_earlier_ones(tmp_path, tiny_model_dir, vllm_engine):
+    recipe = make_recipe(tmp_path, tiny_model_dir, n=2)
+    questions = tasks.run(recipe.tasks, recipe.base_dir)
+    first, _ = sample.run(questions, recipe, engine=vllm_engine)
+    recipe.sampling.n = 4
+    more, stats = sample.run(questions, recipe, engine=vllm_engine)
+    assert stats.new_samples == len(QUESTIONS) * 2
+    assert_frame_equal(sorted_samples(more.filter(pl.col("sample_idx") < 2)), sorted_samples(first))
+
+
+@pytest.mark.slow
+def test_regenerate_reproduces_one_sample_exactly(tmp_path, tiny_model_dir, vllm_engine):
+    recipe = make_recipe(tmp_path, tiny_model_dir)
+    questions = tasks.run(recipe.tasks, recipe.base_dir)
+    samples, _ = sample.run(questions, recipe, engine=vllm_engine)
+    target = samples.filter(pl.col("sample_idx") == 2).row(1, named=True)
+    q = questions.filter(pl.col("qid") == target["qid"]).row(0, named=True)
+    again = sample.regenerate(recipe, q["question"], q["task"], q["qid"], 2, engine=vllm_engine)
+    row = again.row(0, named=True)
+    for col in ("seed", "prompt", "rationale", "answer_completion", "finish_reason"):
+        assert row[col] == target[col], col
+
+
+@pytest.mark.slow
+def test_changed_sampling_settings_refuse_an_old_run_dir(tmp_path, tiny_model_dir, vllm_engine):
+    recipe = make_recipe(tmp_path, tiny_model_dir, n=1)
+    questions = tasks.run(recipe.tasks, recipe.base_dir)
+    sample.run(questions, recipe, engine=vllm_engine)
+    recipe.sampling.temperature = 0.3
+    with pytest.raises(BuilderError, match="other teacher/prompt/sampling settings"):
+        sample.run(questions, recipe, engine=vllm_engine)
+
+
+# ------------------------------------------------------------------ import
+def import_recipe(tmp_path: Path, benchmarks_dir: Path, path: Path, **teacher) -> Recipe:
+    return Recipe.model_validate({
+        "name": "imp", "work_dir": str(tmp_path / "runs"),
+        "tasks": {"benchmarks_dir": str(benchmarks_dir), "items": [{"name": "multiarith", "split": "train"}]},
+        "teacher": {"backend": "import", "model": "text-davinci-002", "import_path": str(path), **teacher},
+    })
+
+
+def test_import_real_teacher_completions_matches_questions_by_qid(tmp_path, benchmarks_dir, teacher_completions_dir):
+    path = teacher_completions_dir / "multiarith.jsonl"
+    recipe = import_recipe(tmp_path, benchmarks_dir, path)
+    questions = tasks.run(recipe.tasks, recipe.base_dir)
+    samples, stats = sample.run(questions, recipe)
+    raw = pl.read_ndjson(path)
+    assert stats.extra["imported_rows"] == raw.height
+    assert 0 < samples.height < raw.height  # test-split questions are not imported into a train build
+    assert stats.extra["unmatched_rows"] == raw.height - samples.height
+    assert samples["qid"].is_in(questions["qid"].implode()).all()
+    assert (samples["teacher"] == "text-davinci-002").all()
+    assert (samples["finish_reason"] == "imported").all()
+    by_q = raw.with_columns(qid=pl.col("question").map_elements(lambda q: tasks.make_qid("multiarith", q),
+                                                               return_dtype=pl.String))
+    joined = samples.join(by_q.select("qid", "answer_completion"), on="qid", suffix="_raw")
+    assert (joined["answer_completion"] == joined["answer_completion_raw"]).all()
+    assert (recipe.run_dir / "samples" / "shard-00000.parquet").exists()
+
+
+def test_import_names_missing_column(tmp_path, benchmarks_dir):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"q": "x", "text": "y"}) + "\n")
+    recipe = import_recipe(tmp_path, benchmarks_dir, bad, import_columns={"question": "q"})
+    questions = tasks.run(recipe.tasks, recipe.base_dir)
+    with pytest.raises(InputError, match=r"bad.jsonl: column 'rationale'"):
+        sample.run(questions, recipe)
