@@ -1,0 +1,285 @@
+"""Curate stage: graded -> ledger. Every graded row ends kept, or dropped with the stage and reason that dropped it.
+
+Stages, in order (a row dropped by one is not seen by later ones; reasons in `builder.reasons`):
+
+1. filter: quality filters from `builder.filters.FILTERS` named in cfg.filters (first firing one wins).
+2. correctness: wrong answers (cfg.keep_correct_only).
+3. exact_dedup: same normalised text within a question (first sample kept).
+4. near_dedup: MinHash + LSH near-duplicates within each question and/or globally (cfg.minhash.scope); the
+   lowest sample of a cluster is kept; `cluster` holds the kept row's ledger position for every member.
+5. select: k = cfg.selection.max_per_question of the N survivors per question (diverse/random/first).
+6. decontaminate: questions (and optionally rationales) matching eval questions (`builder.decontaminate`).
+
+Rows are processed in chunks of whole questions, so signatures for a million rationales never sit in memory
+at once (except with global scope, which needs them all: num_perm * 4 bytes per row).
+
+Returns the ledger (schemas/ledger.table.json, sorted by task, qid, sample_idx) and the stats dict whose shape
+is fixed in docs/ARCHITECTURE.md ("The stats dict").
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from builder import reasons as R
+from builder.dedup import cluster_global, cluster_within_groups, exact_within_groups, pairwise_jaccard
+from builder.dedup.minhash import HAVE_NUMBA, permutations, shingle, signatures_from_hashes
+from builder.filters import reason_expr
+from builder.recipe import CurationConfig
+from builder.schemas import validate
+from builder.select import distinct_ngrams, select
+
+log = logging.getLogger(__name__)
+
+CHUNK_ROWS = 131_072
+# Code 0 = alive/kept; code k = _CODES[k - 1] = (stage, reason).
+_CODES: list[tuple[str, str]] = [(stage, reason) for stage, rs in R.REASONS.items() for reason in rs]
+_CODE = {reason: i + 1 for i, (_, reason) in enumerate(_CODES)}
+_STAGE_OF_CODE = np.array([-1] + [R.STAGES.index(stage) for stage, _ in _CODES], dtype=np.int8)
+
+
+def _group_starts(group_ids: np.ndarray) -> np.ndarray:
+    """Offsets of runs of equal ids (rows already grouped)."""
+    if not len(group_ids):
+        return np.zeros(1, dtype=np.int64)
+    cuts = np.flatnonzero(group_ids[1:] != group_ids[:-1]) + 1
+    return np.concatenate([[0], cuts, [len(group_ids)]]).astype(np.int64)
+
+
+def _chunks(group_ids: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """[lo, hi) row ranges of about `size` rows that never split a group."""
+    starts = _group_starts(group_ids)
+    out, lo = [], 0
+    while lo < len(group_ids):
+        hi_target = lo + size
+        k = int(np.searchsorted(starts, hi_target, side="left"))
+        hi = int(starts[min(k, len(starts) - 1)])
+        if hi <= lo:
+            hi = int(starts[int(np.searchsorted(starts, lo, side="right"))])
+        out.append((lo, hi))
+        lo = hi
+    return out
+
+
+class _Diversity:
+    """Per-task accumulators for mean pairwise Jaccard (pair-weighted) and distinct n-grams (mean per question)."""
+
+    def __init__(self, n_tasks: int):
+        self.jac = np.zeros((2, n_tasks))
+        self.pairs = np.zeros((2, n_tasks))
+        self.distinct = np.zeros((2, n_tasks))
+        self.questions = np.zeros((2, n_tasks))
+
+    def add(self, which: int, task_of_group: np.ndarray, sig: np.ndarray, hashes: np.ndarray, starts: np.ndarray,
+            group_starts: np.ndarray, mask: np.ndarray) -> None:
+        n_tasks = self.jac.shape[1]
+        sums, counts = pairwise_jaccard(sig, group_starts, mask)
+        self.jac[which] += np.bincount(task_of_group, weights=sums, minlength=n_tasks)
+        self.pairs[which] += np.bincount(task_of_group, weights=counts, minlength=n_tasks)
+        d, t = distinct_ngrams(hashes, starts, group_starts, mask)
+        has = t > 0
+        ratio = np.divide(d, t, out=np.zeros(len(t)), where=has)
+        self.distinct[which] += np.bincount(task_of_group, weights=ratio, minlength=n_tasks)
+        self.questions[which] += np.bincount(task_of_group, weights=has.astype(float), minlength=n_tasks)
+
+    def figures(self, tasks: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+        out = {}
+        for t, task in enumerate(tasks):
+            out[task] = {
+                name: {"mean_pairwise_jaccard": float(self.jac[w, t] / self.pairs[w, t]) if self.pairs[w, t] else 0.0,
+                       "distinct_ngrams": float(self.distinct[w, t] / self.questions[w, t])
+                       if self.questions[w, t] else 0.0}
+                for w, name in enumerate(("before", "after"))
+            }
+        return out
+
+
+def run(graded: pl.DataFrame, cfg: CurationConfig, *,
+        eval_questions: pl.DataFrame | None = None) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Curate graded samples into the ledger.
+
+    Args:
+        graded: the graded table (schemas/graded.table.json).
+        cfg: curation settings (recipe.curation).
+        eval_questions: questions-table frame (at least task, question) of the eval sets; required when
+            cfg.decontaminate is on.
+
+    Returns:
+        (ledger, stats): every input row once with state/stage/reason/cluster, and the stats dict.
+
+    Raises:
+        SchemaError: graded does not match its schema.
+        ValueError: unknown filter or selection mode, or decontamination on without eval questions.
+    """
+    t0 = time.perf_counter()
+    df = validate(graded, "graded", where="curate input").sort("task", "qid", "sample_idx")
+    n = df.height
+    code = np.zeros(n, dtype=np.int8)
+    cluster = np.full(n, -1, dtype=np.int64)
+    mh = cfg.minhash
+
+    # 1-2. quality filters and correctness: vectorised expressions
+    if cfg.filters:
+        reasons = df.select(reason_expr(cfg).alias("r"))["r"]
+        code[:] = reasons.replace_strict(_CODE, default=0, return_dtype=pl.Int8).to_numpy()
+    if cfg.keep_correct_only:
+        wrong = ~df["correct"].to_numpy()
+        code[(code == 0) & wrong] = _CODE[R.INCORRECT]
+
+    tasks = df["task"].unique(maintain_order=True).to_list()
+    task_id = df["task"].replace_strict({t: i for i, t in enumerate(tasks)}, return_dtype=pl.Int32).to_numpy()
+    group_id = df["qid"].rle_id().to_numpy()
+    perm = permutations(mh.num_perm, mh.seed, mh.scheme)
+    need_global = mh.enabled and mh.scope in ("global", "both")
+    diversity = _Diversity(len(tasks))
+    rationale = df["rationale"]
+
+    def chunk_signatures(idx: np.ndarray):
+        sh = shingle(rationale.gather(idx), mh.ngram, mh.hash)
+        return sh, signatures_from_hashes(sh.hashes, sh.starts, perm)
+
+    def select_and_measure(idx: np.ndarray, sh, sig: np.ndarray) -> None:
+        """Selection over alive rows of one chunk (idx = the chunk's rows), plus before/after diversity."""
+        alive = code[idx] == 0
+        gs = _group_starts(group_id[idx])
+        task_of_group = task_id[idx[gs[:-1]]]
+        diversity.add(0, task_of_group, sig, sh.hashes, sh.starts, gs, alive)
+        sub = np.flatnonzero(alive)
+        keep = select(_group_starts(group_id[idx[sub]]), cfg.selection.max_per_question, cfg.selection.mode,
+                      sig=sig[sub], seed=cfg.selection.seed)
+        code[idx[sub[~keep]]] = _CODE[R.NOT_SELECTED]
+        chosen = np.zeros(len(idx), dtype=bool)
+        chosen[sub[keep]] = True
+        diversity.add(1, task_of_group, sig, sh.hashes, sh.starts, gs, chosen)
+
+    # 3-5. exact dedup, near dedup (question scope), selection; chunked by whole questions
+    alive_idx = np.flatnonzero(code == 0)
+    global_parts: list[tuple[np.ndarray, np.ndarray]] = []
+    for lo, hi in _chunks(group_id[alive_idx], CHUNK_ROWS):
+        idx = alive_idx[lo:hi]
+        sh, sig = chunk_signatures(idx)
+        gs = _group_starts(group_id[idx])
+        if cfg.dedup_exact:
+            root = exact_within_groups(sh.row_keys, gs)
+            dup = root != np.arange(len(idx))
+            code[idx[dup]] = _CODE[R.EXACT_DUPLICATE]
+            linked = dup | np.isin(np.arange(len(idx)), root[dup])
+            cluster[idx[linked]] = idx[root[linked]]
+        if mh.enabled and mh.scope in ("question", "both"):
+            sub = np.flatnonzero(code[idx] == 0)
+            root = cluster_within_groups(sig[sub], _group_starts(group_id[idx[sub]]), bands=mh.bands,
+                                         threshold=mh.threshold)
+            member = root != np.arange(len(sub))
+            code[idx[sub[member]]] = _CODE[R.NEAR_DUPLICATE]
+            linked = member | np.isin(np.arange(len(sub)), root[member])  # members and their kept root
+            cluster[idx[sub[linked]]] = idx[sub[root[linked]]]
+        if need_global:
+            sub = np.flatnonzero(code[idx] == 0)
+            global_parts.append((idx[sub], sig[sub]))
+        else:
+            select_and_measure(idx, sh, sig)
+
+    if need_global:
+        gidx = np.concatenate([p[0] for p in global_parts]) if global_parts else np.zeros(0, np.int64)
+        gsig = (np.concatenate([p[1] for p in global_parts]) if global_parts
+                else np.zeros((0, mh.num_perm), perm.dtype))
+        del global_parts
+        root = cluster_global(gsig, bands=mh.bands, threshold=mh.threshold)
+        member = root != np.arange(len(gidx))
+        code[gidx[member]] = _CODE[R.NEAR_DUPLICATE_GLOBAL]
+        is_root = np.isin(np.arange(len(gidx)), root[member])
+        cluster[gidx[member | is_root]] = gidx[root[member | is_root]]
+        del gsig
+        alive_idx = np.flatnonzero(code == 0)
+        touched = np.flatnonzero(np.isin(group_id, np.unique(group_id[alive_idx])) & (code == 0))
+        for lo, hi in _chunks(group_id[touched], CHUNK_ROWS):
+            idx = touched[lo:hi]
+            sh, sig = chunk_signatures(idx)
+            select_and_measure(idx, sh, sig)
+
+    # 6. decontamination
+    decon: dict[str, Any] = {"checked": 0, "eval_questions": 0, "hits": []}
+    if cfg.decontaminate:
+        decon = _decontaminate(df, code, cfg, eval_questions)
+
+    ledger = _ledger(df, code, cluster)
+    stats = _stats(df, code, tasks, diversity, decon, cfg)
+    stats_log = stats["funnel"]
+    log.info("curate: %d rows -> %d kept in %.2fs (%s)", n, int((code == 0).sum()), time.perf_counter() - t0,
+             ", ".join(f"{t}: {f['kept']}/{f['sampled']}" for t, f in stats_log.items()))
+    return ledger, stats
+
+
+def _decontaminate(df: pl.DataFrame, code: np.ndarray, cfg: CurationConfig,
+                   eval_questions: pl.DataFrame | None) -> dict[str, Any]:
+    from builder.decontaminate import find_question_hits, find_rationale_hits
+
+    if eval_questions is None:
+        raise ValueError("curation.decontaminate is on but no eval questions were given: pass the test splits / "
+                         "curation.eval_sets (rationale curate --eval FILE), or set curation.decontaminate: false")
+    for col in ("task", "question"):
+        if col not in eval_questions.columns:
+            raise ValueError(f"eval questions: missing column {col!r} (columns: {eval_questions.columns})")
+    alive = pl.Series("alive", code == 0)
+    live = df.with_row_index("row").filter(alive)
+    questions = live.select("qid", "task", "question").unique("qid", keep="first", maintain_order=True)
+    hits = find_question_hits(questions, eval_questions, cfg)
+    out_hits = []
+    if hits.height:
+        bad = df["qid"].is_in(hits["qid"].implode()).to_numpy()
+        code[bad & (code == 0)] = _CODE[R.CONTAMINATED_QUESTION]
+        out_hits += (hits.join(questions, on="qid").select("qid", "task", "question", "matched_task",
+                                                           "matched_question", "method", "score").to_dicts())
+    if cfg.decontaminate_rationales:
+        live = live.filter(~pl.col("qid").is_in(hits["qid"].implode()))
+        rhits = find_rationale_hits(live.select("qid", pl.col("row").cast(pl.Int64), "rationale"), eval_questions, cfg)
+        if rhits.height:
+            code[rhits["row"].to_numpy()] = _CODE[R.CONTAMINATED_RATIONALE]
+            out_hits += (rhits.join(questions, on="qid").select("qid", "task", "question", "matched_task",
+                                                                "matched_question", "method", "score")
+                         .unique("qid", keep="first", maintain_order=True).to_dicts())
+    return {"checked": questions.height, "eval_questions": eval_questions["question"].n_unique(), "hits": out_hits}
+
+
+def _ledger(df: pl.DataFrame, code: np.ndarray, cluster: np.ndarray) -> pl.DataFrame:
+    stage_names = [None] + [s for s, _ in _CODES]
+    reason_names = [None] + [r for _, r in _CODES]
+    codes = pl.Series("c", code.astype(np.int64))
+    ledger = df.with_columns(
+        state=pl.when(codes == 0).then(pl.lit(R.KEPT)).otherwise(pl.lit(R.DROPPED)),
+        stage=codes.replace_strict(dict(enumerate(stage_names)), return_dtype=pl.String),
+        reason=codes.replace_strict(dict(enumerate(reason_names)), return_dtype=pl.String),
+        cluster=pl.Series(cluster).replace(-1, None),
+    )
+    return validate(ledger, "ledger", where="curate output")
+
+
+def _stats(df: pl.DataFrame, code: np.ndarray, tasks: list[str], diversity: _Diversity, decon: dict[str, Any],
+           cfg: CurationConfig) -> dict[str, Any]:
+    stage = _STAGE_OF_CODE[code]  # -1 kept, else index into R.STAGES
+    survived_through = {  # funnel step -> rows not dropped at or before that stage index
+        "sampled": -1, "answered": R.STAGES.index(R.STAGE_FILTER),
+        "correct": R.STAGES.index(R.STAGE_CORRECTNESS), "deduped": R.STAGES.index(R.STAGE_NEAR_DEDUP),
+        "selected": R.STAGES.index(R.STAGE_SELECT), "kept": R.STAGES.index(R.STAGE_DECONTAMINATE)}
+    task_id = df["task"].replace_strict({t: i for i, t in enumerate(tasks)}, return_dtype=pl.Int32).to_numpy()
+    funnel = {t: {} for t in tasks}
+    for step in R.FUNNEL:
+        ok = (stage == -1) | (stage > survived_through[step])
+        counts = np.bincount(task_id[ok], minlength=len(tasks))
+        for i, t in enumerate(tasks):
+            funnel[t][step] = int(counts[i])
+    dropped: dict[str, dict[str, int]] = {}
+    by_code = np.bincount(code.astype(np.int64), minlength=len(_CODES) + 1)
+    for k, (st, reason) in enumerate(_CODES, start=1):
+        if by_code[k]:
+            dropped.setdefault(st, {})[reason] = int(by_code[k])
+    settings = cfg.model_dump(mode="json")
+    settings["minhash"]["rows_per_band"] = cfg.minhash.num_perm // cfg.minhash.bands
+    settings["kernels"] = "numba" if HAVE_NUMBA else "numpy"
+    return {"funnel": funnel, "dropped": dropped, "diversity": diversity.figures(tasks),
+            "decontamination": decon, "settings": settings}

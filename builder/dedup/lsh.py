@@ -1,0 +1,191 @@
+"""LSH banding and clustering on bulk MinHash signatures, with datasketch's MinHashLSH semantics.
+
+Two rows are candidates when all `rows` values of at least one of the `bands` bands are equal (what
+`MinHashLSH(params=(bands, rows))` buckets on); a candidate pair is a duplicate when the estimated Jaccard
+(share of equal signature values, `MinHash.jaccard`) is >= threshold. Duplicates are joined with union-find;
+each cluster's root is its lowest row index, so after sorting rows by (qid, sample_idx) the first sample of a
+cluster is kept.
+
+Within-question scope walks the pairs of each question's rows directly (N is small; same candidates as
+bucketing); global scope buckets by a hash of each band (argsort per band) and verifies band equality.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from builder.dedup.minhash import _fmix64, _njit, _njit_par, prange
+
+
+@_njit
+def _find(parent, i):
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
+@_njit
+def _union(parent, i, j):
+    ri = _find(parent, i)
+    rj = _find(parent, j)
+    if ri < rj:
+        parent[rj] = ri
+    elif rj < ri:
+        parent[ri] = rj
+
+
+@_njit
+def _jaccard(sig, i, j):
+    p = sig.shape[1]
+    eq = 0
+    for k in range(p):
+        if sig[i, k] == sig[j, k]:
+            eq += 1
+    return eq / p
+
+
+@_njit
+def _band_match(sig, i, j, bands, rows):
+    for band in range(bands):
+        same = True
+        for k in range(band * rows, (band + 1) * rows):
+            if sig[i, k] != sig[j, k]:
+                same = False
+                break
+        if same:
+            return True
+    return False
+
+
+@_njit_par
+def _within_groups(sig, group_starts, bands, rows, threshold):
+    n = sig.shape[0]
+    parent = np.arange(n)
+    for g in prange(len(group_starts) - 1):
+        lo = group_starts[g]
+        hi = group_starts[g + 1]
+        for i in range(lo, hi):
+            for j in range(i + 1, hi):
+                if _band_match(sig, i, j, bands, rows) and _jaccard(sig, i, j) >= threshold:
+                    _union(parent, i, j)  # both in this group: no other thread touches them
+    for i in range(n):
+        parent[i] = _find(parent, i)
+    return parent
+
+
+@_njit
+def _exact_within_groups(keys, group_starts):
+    n = len(keys)
+    root = np.arange(n)
+    for g in range(len(group_starts) - 1):
+        lo = group_starts[g]
+        hi = group_starts[g + 1]
+        for j in range(lo + 1, hi):
+            for i in range(lo, j):
+                if root[i] == i and keys[i] == keys[j]:
+                    root[j] = i
+                    break
+    return root
+
+
+@_njit_par
+def _band_keys(sig, bands, rows):
+    n = sig.shape[0]
+    out = np.empty((bands, n), np.uint64)
+    for i in prange(n):
+        for band in range(bands):
+            h = np.uint64(band) * np.uint64(0x9E3779B97F4A7C15)
+            for k in range(band * rows, (band + 1) * rows):
+                h = _fmix64(h ^ np.uint64(sig[i, k]))
+            out[band, i] = h
+    return out
+
+
+@_njit
+def _link_sorted(sig, order, keys, parent, bands, rows, threshold, window):
+    n = len(order)
+    run = 0
+    for pos in range(1, n + 1):
+        if pos < n and keys[order[pos]] == keys[order[run]]:
+            continue
+        # run = order[run:pos] share one band hash; compare each member with up to `window` before it
+        for a in range(run + 1, pos):
+            for b in range(max(run, a - window), a):
+                i = order[b]
+                j = order[a]
+                if _band_match(sig, i, j, bands, rows) and _jaccard(sig, i, j) >= threshold:
+                    _union(parent, i, j)
+        run = pos
+
+
+def cluster_within_groups(sig: np.ndarray, group_starts: np.ndarray, *, bands: int, threshold: float) -> np.ndarray:
+    """Cluster root (lowest row index) of every row; rows of group g are group_starts[g]:group_starts[g+1]."""
+    if sig.shape[1] % bands:
+        raise ValueError(f"num_perm {sig.shape[1]} is not a multiple of bands {bands}")
+    if not len(sig):
+        return np.zeros(0, np.int64)
+    return _within_groups(sig, group_starts.astype(np.int64), bands, sig.shape[1] // bands, float(threshold))
+
+
+def cluster_global(sig: np.ndarray, *, bands: int, threshold: float, window: int = 64) -> np.ndarray:
+    """Cluster root of every row across the whole set: bucket by band hash, verify, union-find.
+
+    A bucket larger than `window` compares each member with the `window` members before it (in row order)
+    instead of all pairs, which bounds the work on degenerate buckets; chains still link through union-find.
+    """
+    if sig.shape[1] % bands:
+        raise ValueError(f"num_perm {sig.shape[1]} is not a multiple of bands {bands}")
+    n = len(sig)
+    parent = np.arange(n)
+    if not n:
+        return parent
+    rows = sig.shape[1] // bands
+    keys = _band_keys(sig, bands, rows)
+    for band in range(bands):
+        order = np.argsort(keys[band], kind="stable")
+        _link_sorted(sig, order, keys[band], parent, bands, rows, float(threshold), window)
+    return _resolve(parent)
+
+
+@_njit
+def _resolve(parent):
+    for i in range(len(parent)):
+        parent[i] = _find(parent, i)
+    return parent
+
+
+def exact_within_groups(keys: np.ndarray, group_starts: np.ndarray) -> np.ndarray:
+    """Root (first row with the same key in its group) of every row."""
+    if not len(keys):
+        return np.zeros(0, np.int64)
+    return _exact_within_groups(keys, group_starts.astype(np.int64))
+
+
+@_njit_par
+def _pair_stats(sig, group_starts, mask):
+    g_n = len(group_starts) - 1
+    sums = np.zeros(g_n)
+    counts = np.zeros(g_n, np.int64)
+    for g in prange(g_n):
+        lo = group_starts[g]
+        hi = group_starts[g + 1]
+        s = 0.0
+        c = 0
+        for i in range(lo, hi):
+            if not mask[i]:
+                continue
+            for j in range(i + 1, hi):
+                if mask[j]:
+                    s += _jaccard(sig, i, j)
+                    c += 1
+        sums[g] = s
+        counts[g] = c
+    return sums, counts
+
+
+def pairwise_jaccard(sig: np.ndarray, group_starts: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per group: sum of estimated pairwise Jaccard over masked rows, and the number of pairs."""
+    if not len(sig):
+        return np.zeros(len(group_starts) - 1), np.zeros(len(group_starts) - 1, np.int64)
+    return _pair_stats(sig, group_starts.astype(np.int64), mask.astype(np.bool_))

@@ -1,0 +1,49 @@
+"""Stage and drop-reason names of the curate stage: one place, so the ledger, the stats and the card agree.
+
+A ledger row is either `KEPT`, or `DROPPED` with one `STAGE_*` and one reason from `REASONS[stage]`
+(datatrove's `dropped_<reason>` counts, kept per stage).
+"""
+
+from __future__ import annotations
+
+KEPT = "kept"
+DROPPED = "dropped"
+
+STAGE_FILTER = "filter"
+STAGE_CORRECTNESS = "correctness"
+STAGE_EXACT_DEDUP = "exact_dedup"
+STAGE_NEAR_DEDUP = "near_dedup"
+STAGE_SELECT = "select"
+STAGE_DECONTAMINATE = "decontaminate"
+
+# Stages in the order curate.run applies them; a row dropped by one is not seen by later ones.
+STAGES = (STAGE_FILTER, STAGE_CORRECTNESS, STAGE_EXACT_DEDUP, STAGE_NEAR_DEDUP, STAGE_SELECT, STAGE_DECONTAMINATE)
+
+# Quality filters (one reason per filter in builder.filters.FILTERS).
+EMPTY = "empty"
+TRUNCATED = "truncated"
+DEGENERATE = "degenerate"
+NO_ANSWER = "no_answer"
+TOO_SHORT = "too_short"
+TOO_LONG = "too_long"
+ANSWER_FIRST = "answer_first"
+# Later stages.
+INCORRECT = "incorrect"
+EXACT_DUPLICATE = "exact_duplicate"
+NEAR_DUPLICATE = "near_duplicate"
+NEAR_DUPLICATE_GLOBAL = "near_duplicate_global"
+NOT_SELECTED = "not_selected"
+CONTAMINATED_QUESTION = "contaminated_question"
+CONTAMINATED_RATIONALE = "contaminated_rationale"
+
+REASONS: dict[str, tuple[str, ...]] = {
+    STAGE_FILTER: (EMPTY, TRUNCATED, DEGENERATE, NO_ANSWER, TOO_SHORT, TOO_LONG, ANSWER_FIRST),
+    STAGE_CORRECTNESS: (INCORRECT,),
+    STAGE_EXACT_DEDUP: (EXACT_DUPLICATE,),
+    STAGE_NEAR_DEDUP: (NEAR_DUPLICATE, NEAR_DUPLICATE_GLOBAL),
+    STAGE_SELECT: (NOT_SELECTED,),
+    STAGE_DECONTAMINATE: (CONTAMINATED_QUESTION, CONTAMINATED_RATIONALE),
+}
+
+# Funnel steps of stats["funnel"][task], in order.
+FUNNEL = ("sampled", "answered", "correct", "deduped", "selected", "kept")
