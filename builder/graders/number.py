@@ -3,7 +3,7 @@
 Parse: the first (or last) number in the region: integers, decimals (".5" too), thousands separators ("1,600"),
 a leading sign, currency before it ("$5", "-$3") and any unit or "%" after it (ignored: "5 dollars", "25%" is
 25, since the paper tasks ask "what percent" with golds like "25"), simple fractions "3/4", LaTeX `\\frac{3}{4}`,
-trailing punctuation. When the first line of an answer is a calculation ("The answer is 8 + 9 = 17."), its
+trailing punctuation. When the first line of an answer starts with a calculation ("The answer is 8 + 9 = 17."), its
 result (after the last "=", "equals", "which is") is the answer. A region with no digits gets a rare Python
 fallback for number words ("two hundred four").
 
@@ -27,6 +27,7 @@ ABS_TOL = 1e-12
 
 _DIGITS = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
 EQUALS = r"(?i)=|\bequals\b|\bwhich is\b|\bthat is\b|\bmakes\b|\bgives\b|\bresults in\b"
+CALCULATION = r"^[\s:]*\$*-?\(?\d[\d,.]*[a-z]?\)?\s*[-+*/x\u00d7\u00f7]\s*\(?\$*-?\d"
 NUMBER_TOKEN = rf"-?(?:\$\s?)?(?:{_DIGITS})(?:\s*/\s*(?:{_DIGITS}))?"
 
 
@@ -38,11 +39,12 @@ def _prepare(text: pl.Expr) -> pl.Expr:
 
 
 def _result_of_expression(text: pl.Expr) -> pl.Expr:
-    """'23 + 18 + 28, which equals 69.' -> ' 69.': when the answer's first line is a calculation, its result is
-    what follows the last '=' / 'equals' / 'which is' on that line."""
+    """'23 + 18 + 28, which equals 69.' -> ' 69.': when the answer's first line starts with a calculation, its
+    result is what follows the last '=' / 'equals' / 'which is' on that line (' 41, as 40 + 2 = 42' stays 41)."""
     line = text.str.extract(r"^\s*([^\n]*)", 1)
     parts = line.str.replace_all(EQUALS, "\x00").str.split("\x00")
-    return pl.when(parts.list.len() > 1).then(parts.list.last()).otherwise(text)
+    calc = line.str.contains(CALCULATION) & (parts.list.len() > 1)
+    return pl.when(calc).then(parts.list.last()).otherwise(text)
 
 
 def value(tok: pl.Expr) -> tuple[pl.Expr, pl.Expr]:

@@ -2,7 +2,7 @@
 
 Parse: the first (or last) double-quoted string in the region, else its first (or last) non-empty line cut at
 the first sentence end. Compare after folding case, accents, spaces, hyphens, quotes and punctuation away on both
-sides: '"l-a-h-y".' == 'lahy', '"yaeA"' == 'yaea', '"n a o a"' == 'naoa'.
+sides: '"l-a-h-y".' == 'lahy', '"yaeA"' == 'yaea', '"n a o a"' == 'naoa'. Only anchored regions are read.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from builder.graders import GRADERS
 from builder.graders._common import finish, status, token
 
 QUOTED = r"[\"\u201c\u201d]([^\"\u201c\u201d\n]+)[\"\u201c\u201d]"
-LINE = r"[^\n]*\S[^\n]*"
+LINE = r"[^\n]*[\p{L}\p{N}][^\n]*"
 
 
 def fold(text: pl.Expr) -> pl.Expr:
@@ -28,7 +28,7 @@ def grade_string(frame: pl.DataFrame, *, last: bool = False) -> pl.DataFrame:
     text = pl.col("text")
     quoted = token(text, QUOTED, last=last).str.extract(QUOTED, 1)
     line = token(text, LINE, last=last).str.replace(r"^\s*[:\-]?\s*", "").str.replace(r"[.!?](\s.*)?$", "")
-    raw = pl.coalesce(quoted, line)
+    raw = pl.when(pl.col("anchored")).then(pl.coalesce(quoted, line))  # never guessed from a bare rationale
     folded = fold(raw)
     frame = frame.with_columns(pl.when(folded != "").then(folded).alias("_p"), fold(pl.col("gold")).alias("_g"))
     pred = pl.col("_p")

@@ -1,4 +1,7 @@
-"""Yes/no answers (coin_flip, strategy_qa): the first (or last) yes, no, true or false; true is yes, false is no."""
+"""Yes/no answers (coin_flip, strategy_qa): the first (or last) yes, no, true or false; true is yes, false is no.
+
+Only anchored regions are read (never a bare rationale).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +21,9 @@ def canonical(word: pl.Expr) -> pl.Expr:
 @GRADERS.register("yesno")
 def grade_yesno(frame: pl.DataFrame, *, last: bool = False) -> pl.DataFrame:
     """Grade yes/no answers; a region without yes/no/true/false has no prediction."""
-    frame = frame.with_columns(canonical(token(pl.col("text"), YESNO_TOKEN, last=last)).alias("_p"),
+    # Only an answer region counts: "no" is too common a word to guess from a whole rationale.
+    found = pl.when(pl.col("anchored")).then(token(pl.col("text"), YESNO_TOKEN, last=last))
+    frame = frame.with_columns(canonical(found).alias("_p"),
                                canonical(pl.col("gold")).alias("_g"))
     pred = pl.col("_p")
     return finish(frame, pred, pred == pl.col("_g"), status(pred, pl.col("_g").is_not_null()))
