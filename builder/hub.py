@@ -188,6 +188,7 @@ def pull(ref: str, dest: str | Path | None = None, *, endpoint: str | None = Non
         _hub_call(f"download {repo}@{tag}", snapshot_download, repo, repo_type=REPO_TYPE, revision=tag,
                   local_dir=tmp, endpoint=endpoint)
         shutil.rmtree(tmp / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping, not the version's
+        (tmp / ".gitattributes").unlink(missing_ok=True)  # every Hub repo has one; not part of the version
         try:
             manifest = store.verify(tmp)
         except StoreError as exc:

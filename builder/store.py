@@ -454,8 +454,8 @@ def read_version(ref_or_path: str | Path, root: str | Path | None = None, *, con
 def verify(path: str | Path) -> dict[str, Any]:
     """Check every file of a version folder against manifest.json, and the content hash against the rows.
 
-    Files under .cache/ (huggingface_hub's download bookkeeping) are ignored; any other file the manifest does
-    not list is an error, since `datasets` could pick it up.
+    Files under .cache/ (huggingface_hub's download bookkeeping) and the Hub's .gitattributes are ignored; any
+    other file the manifest does not list is an error, since `datasets` could pick it up.
 
     Returns:
         The manifest.
@@ -476,7 +476,7 @@ def verify(path: str | Path) -> dict[str, Any]:
     listed = set(manifest["files"]) | {MANIFEST}
     for file in sorted(folder.rglob("*")):
         rel = file.relative_to(folder).as_posix()
-        if file.is_file() and rel not in listed and not rel.startswith(".cache/"):
+        if file.is_file() and rel not in listed and not rel.startswith(".cache/") and rel != ".gitattributes":
             raise StoreError(f"{file}: not listed in {folder / MANIFEST} (unexpected file in a version folder)")
     rows, _ = read_version(folder)
     found = content_hash(rows, manifest.get("recipe") or {})

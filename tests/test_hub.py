@@ -1,0 +1,465 @@
+"""Hub publish and pull.
+
+publish runs huggingface_hub's real HfApi (create_repo, list_repo_refs, create_commit with preupload and the ndjson
+commit payload, create_tag) with the network replaced by `FakeHub`, an in-memory recorder behind an httpx
+MockTransport installed through huggingface_hub's client factory. pull runs the real `snapshot_download` over HTTP
+against `GitMirror`, a read-only local Hub mirror on 127.0.0.1 that serves tagged git repositories (what olah does
+for local repos) through the endpoints snapshot_download uses: /api/.../revision, /api/.../tree, /resolve/.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+
+from builder import hub, store
+from builder.cli import main
+from builder.errors import StoreError
+from tests.test_store import build_version, make_ledger
+
+TOKEN = "hf_fake_secret_token_0123456789"
+
+
+# ---------------------------------------------------------------- fake Hub (recorder)
+class FakeHub:
+    """In-memory Hub answering the endpoints HfApi uses to publish; records every request."""
+
+    def __init__(self, endpoint: str = "https://fake-hub.test"):
+        self.endpoint = endpoint
+        self.requests: list[dict] = []
+        self.repos: dict[str, dict] = {}
+
+    # state helpers
+    def _commit(self, repo: dict, files: dict[str, bytes], message: str) -> str:
+        oid = hashlib.sha1(json.dumps([message, sorted((p, hashlib.sha256(b).hexdigest())
+                                                       for p, b in files.items())]).encode()).hexdigest()
+        repo["commits"][oid] = {"files": files, "message": message, "parent": repo["branches"].get("main")}
+        repo["branches"]["main"] = oid
+        return oid
+
+    def _rev(self, repo: dict, rev: str) -> str | None:
+        rev = unquote(rev)
+        return repo["branches"].get(rev) or repo["tags"].get(rev) or (rev if rev in repo["commits"] else None)
+
+    def files_at(self, repo_id: str, rev: str) -> dict[str, bytes]:
+        repo = self.repos[repo_id]
+        return repo["commits"][self._rev(repo, rev)]["files"]
+
+    # transport
+    def handler(self, request):
+        import httpx2
+
+        url = urlparse(str(request.url))
+        body = request.read()
+        self.requests.append({"method": request.method, "path": url.path, "query": url.query,
+                              "auth": request.headers.get("authorization"), "body": body})
+        path, method = url.path, request.method
+
+        def js(data, status=200, headers=None):
+            return httpx2.Response(status, json=data, headers=headers or {})
+
+        def err(status, code, msg):
+            return httpx2.Response(status, json={"error": msg}, headers={"X-Error-Code": code, "X-Error-Message": msg})
+
+        if path == "/api/repos/create" and method == "POST":
+            data = json.loads(body)
+            repo_id = f"{data['organization']}/{data['name']}"
+            if repo_id in self.repos:
+                return js({"error": "You already created this dataset repo",
+                           "url": f"{self.endpoint}/datasets/{repo_id}"}, 409)
+            repo = {"visibility": data.get("visibility"), "type": data.get("type"), "commits": {}, "branches": {},
+                    "tags": {}}
+            self.repos[repo_id] = repo
+            self._commit(repo, {".gitattributes": b"*.parquet filter=lfs\n"}, "initial commit")
+            return js({"url": f"{self.endpoint}/datasets/{repo_id}"})
+        if path == "/api/validate-yaml":
+            return js({"errors": [], "warnings": []})
+        m = re.match(r"^/api/datasets/([^/]+/[^/]+)/(refs|preupload|commit|tag|tree)(?:/([^/]+))?(?:/(.*))?$", path)
+        if m:
+            repo_id, op, rev = m.group(1), m.group(2), m.group(3)
+            repo = self.repos.get(repo_id)
+            if repo is None:
+                return err(404, "RepoNotFound", f"Repository {repo_id} not found")
+            if op == "refs":
+                return js({
+                    "branches": [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": c}
+                                 for b, c in repo["branches"].items()],
+                    "tags": [{"name": t, "ref": f"refs/tags/{t}", "targetCommit": c} for t, c in repo["tags"].items()],
+                    "converts": [],
+                })
+            if op == "tree":
+                oid = self._rev(repo, rev)
+                if oid is None:
+                    return err(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+                files = repo["commits"][oid]["files"]
+                return js([{"type": "file", "path": p, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
+                           for p, b in sorted(files.items())])
+            if op == "preupload":
+                files = json.loads(body)["files"]
+                return js({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
+                                      "oid": None} for f in files]})
+            if op == "commit":
+                lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
+                header = lines[0]["value"]
+                if header.get("parentCommit") and header["parentCommit"] != repo["branches"]["main"]:
+                    return err(412, "ParentCommitMismatch", "A commit has happened since the parent commit")
+                files = dict(repo["commits"][repo["branches"]["main"]]["files"])
+                for op_line in lines[1:]:
+                    value = op_line["value"]
+                    if op_line["key"] == "file":
+                        files[value["path"]] = base64.b64decode(value["content"])
+                    elif op_line["key"] == "deletedFile":
+                        files.pop(value["path"], None)
+                    else:
+                        return err(400, "BadRequest", f"unexpected commit operation {op_line['key']}")
+                oid = self._commit(repo, files, header["summary"])
+                return js({"commitUrl": f"{self.endpoint}/datasets/{repo_id}/commit/{oid}", "commitOid": oid,
+                           "pullRequestUrl": None})
+            if op == "tag":
+                tag = json.loads(body)["tag"]
+                if tag in repo["tags"]:
+                    return js({"error": f"Tag {tag} already exists"}, 409)
+                repo["tags"][tag] = self._rev(repo, rev)
+                return js({})
+        m = re.match(r"^/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path)
+        if m:
+            repo = self.repos.get(m.group(1))
+            if repo is None:
+                return err(404, "RepoNotFound", "Repository not found")
+            oid = self._rev(repo, m.group(2))
+            if oid is None:
+                return err(404, "RevisionNotFound", f"Invalid rev id: {m.group(2)}")
+            content = repo["commits"][oid]["files"].get(unquote(m.group(3)))
+            if content is None:
+                return err(404, "EntryNotFound", f"{m.group(3)} does not exist")
+            headers = {"X-Repo-Commit": oid, "ETag": f'"{hashlib.sha1(content).hexdigest()}"',
+                       "Content-Length": str(len(content))}
+            return httpx2.Response(200, content=b"" if method == "HEAD" else content, headers=headers)
+        return err(404, "NotFound", f"fake hub has no route {method} {path}")
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """Route every huggingface_hub request to a FakeHub (HfApi, hf_hub_download: the real client code)."""
+    import httpx2
+    from huggingface_hub import constants
+    from huggingface_hub.utils import _http
+
+    fake = FakeHub()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    _http.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(fake.handler),
+                                                   event_hooks={"request": [_http.hf_request_event_hook]},
+                                                   follow_redirects=True))
+    yield fake
+    _http.set_client_factory(_http.default_client_factory)
+
+
+def _api(fake: FakeHub):
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=fake.endpoint)
+
+
+def test_fake_hub_publish_is_one_commit_with_every_file_then_a_tag(fake_hub, tmp_path):
+    info = build_version(tmp_path / "store")
+    result = hub.publish("demo@v1", "org/demo-cot", root=tmp_path / "store", api=_api(fake_hub), private=True)
+    assert result.status == "published" and result.tag == "v1"
+    commits = [r for r in fake_hub.requests if r["path"].startswith("/api/datasets/org/demo-cot/commit/")]
+    tags = [r for r in fake_hub.requests if r["path"].startswith("/api/datasets/org/demo-cot/tag/")]
+    assert len(commits) == 1 and len(tags) == 1
+    assert fake_hub.requests.index(commits[0]) < fake_hub.requests.index(tags[0])
+    assert tags[0]["path"].endswith(f"/tag/{result.commit}") and json.loads(tags[0]["body"])["tag"] == "v1"
+    repo = fake_hub.repos["org/demo-cot"]
+    assert repo["visibility"] == "private" and repo["type"] == "dataset"
+    assert repo["tags"]["v1"] == repo["branches"]["main"] == result.commit
+    # the tagged commit holds exactly the version folder, byte for byte
+    files = fake_hub.files_at("org/demo-cot", "v1")
+    local = {p.relative_to(info.path).as_posix(): p.read_bytes() for p in info.path.rglob("*") if p.is_file()}
+    assert {k: v for k, v in files.items() if k != ".gitattributes"} == local
+    # the token came from HF_TOKEN, was sent as a bearer header, and reached no file or output
+    calls = [r for r in fake_hub.requests if "/org/demo-cot" in r["path"] or r["path"] == "/api/repos/create"]
+    assert len(calls) >= 6 and all(r["auth"] == f"Bearer {TOKEN}" for r in calls)
+    assert not any(TOKEN.encode() in b for b in local.values())
+    assert TOKEN not in json.dumps(result.__dict__, default=str)
+
+
+def test_fake_hub_republishing_the_same_version_is_a_no_op(fake_hub, tmp_path):
+    build_version(tmp_path / "store")
+    first = hub.publish("demo@v1", "org/demo-cot", root=tmp_path / "store", api=_api(fake_hub))
+    n = len(fake_hub.requests)
+    again = hub.publish("demo@v1", "org/demo-cot", root=tmp_path / "store", api=_api(fake_hub))
+    assert again.status == "unchanged" and again.commit == first.commit
+    writes = [r for r in fake_hub.requests[n:] if re.search(r"/(commit|tag|preupload)/", r["path"])]
+    assert writes == []
+    assert len(fake_hub.repos["org/demo-cot"]["commits"]) == 2  # initial + v1
+
+
+def test_fake_hub_next_version_replaces_files_and_keeps_the_old_tag(fake_hub, tmp_path):
+    root = tmp_path / "store"
+    build_version(root)  # two tasks: data/<task>/...
+    v2 = build_version(root, make_ledger(tasks=("multiarith",), salt="!"))  # one task: data/train-...
+    hub.publish("demo@v1", "org/demo-cot", root=root, api=_api(fake_hub))
+    result = hub.publish("demo@v2", "org/demo-cot", root=root, api=_api(fake_hub))
+    assert result.status == "published" and "data/coin_flip/train-00000-of-00001.parquet" in result.deleted
+    files_v2 = set(fake_hub.files_at("org/demo-cot", "v2")) - {".gitattributes"}
+    assert files_v2 == {p.relative_to(v2.path).as_posix() for p in v2.path.rglob("*") if p.is_file()}
+    v1_manifest = json.loads(fake_hub.files_at("org/demo-cot", "v1")["manifest.json"])
+    assert v1_manifest["version"] == "v1"  # the old tag still points at v1's content
+
+
+def test_fake_hub_tag_with_other_content_is_refused(fake_hub, tmp_path):
+    build_version(tmp_path / "a")
+    build_version(tmp_path / "b", make_ledger(salt="?"))  # also called v1, other content
+    hub.publish("demo@v1", "org/demo-cot", root=tmp_path / "a", api=_api(fake_hub))
+    with pytest.raises(hub.HubError, match=r"tag v1 already exists with content hash .* tags are immutable"):
+        hub.publish("demo@v1", "org/demo-cot", root=tmp_path / "b", api=_api(fake_hub))
+
+
+def test_fake_hub_interrupted_publish_only_adds_the_missing_tag(fake_hub, tmp_path):
+    build_version(tmp_path / "store")
+    api = _api(fake_hub)
+    real_create_tag = api.create_tag
+    api.create_tag = lambda *a, **k: (_ for _ in ()).throw(ConnectionError("network down"))
+    with pytest.raises(ConnectionError):
+        hub.publish("demo@v1", "org/demo-cot", root=tmp_path / "store", api=api)
+    api.create_tag = real_create_tag
+    result = hub.publish("demo@v1", "org/demo-cot", root=tmp_path / "store", api=api)
+    assert result.status == "tagged"
+    assert len(fake_hub.repos["org/demo-cot"]["commits"]) == 2  # no second commit of the same content
+
+
+def test_fake_hub_cli_dry_run_sends_nothing_and_publish_prints_the_tag(fake_hub, tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    info = build_version(tmp_path / "store")
+    monkeypatch.setattr(constants, "ENDPOINT", fake_hub.endpoint)
+    assert main(["publish", "demo@v1", "--repo", "org/demo-cot", "--store", str(tmp_path / "store"),
+                 "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert fake_hub.requests == []
+    assert "would commit 6 files" in out and "then tag v1" in out and "data/multiarith/train-00000" in out
+    assert main(["publish", "demo@v1", "--repo", "org/demo-cot", "--store", str(tmp_path / "store")]) == 0
+    out = capsys.readouterr()
+    assert "published org/demo-cot@v1: 6 files" in out.out and info.content_hash[:12] in out.out
+    assert TOKEN not in out.out + out.err
+    assert main(["publish", "demo@v1", "--repo", "org/demo-cot", "--store", str(tmp_path / "store")]) == 0
+    assert "nothing to publish" in capsys.readouterr().out
+
+
+def test_fake_hub_publish_refuses_a_corrupt_local_version(fake_hub, tmp_path):
+    info = build_version(tmp_path / "store")
+    readme = info.path / "README.md"
+    readme.chmod(0o644)
+    readme.write_text(readme.read_text() + "edited by hand\n")
+    with pytest.raises(StoreError, match="README.md: sha256"):
+        hub.publish(info.path, "org/demo-cot", api=_api(fake_hub))
+    assert fake_hub.requests == []
+
+
+# ---------------------------------------------------------------- read-only local mirror (git repos over HTTP)
+def _git(repo: Path, *args: str, data: bytes | None = None) -> bytes:
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+           "HOME": str(repo), "PATH": "/usr/bin:/bin"}
+    return subprocess.run(["git", "-C", str(repo), *args], input=data, capture_output=True, check=True, env=env).stdout
+
+
+class GitMirror(ThreadingHTTPServer):
+    """Serves <root>/datasets/<org>/<name> git repositories read-only, like olah's local mirror."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        super().__init__(("127.0.0.1", 0), _MirrorHandler)
+        self.endpoint = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _MirrorHandler(BaseHTTPRequestHandler):
+    server: GitMirror
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None, head: bool = False) -> None:
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def _json(self, data, status: int = 200, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(data).encode(), {"Content-Type": "application/json", **(headers or {})})
+
+    def _resolve(self, repo_id: str, rev: str) -> tuple[Path, str] | None:
+        repo = self.server.root / "datasets" / repo_id
+        if not repo.is_dir():
+            self._json({"error": "Repository not found"}, 404, {"X-Error-Code": "RepoNotFound"})
+            return None
+        try:
+            oid = _git(repo, "rev-parse", "--verify", f"{unquote(rev)}^{{commit}}").decode().strip()
+        except subprocess.CalledProcessError:
+            self._json({"error": f"Invalid rev id: {rev}"}, 404, {"X-Error-Code": "RevisionNotFound"})
+            return None
+        return repo, oid
+
+    def _tree(self, repo: Path, oid: str) -> list[dict]:
+        out = []
+        for line in _git(repo, "ls-tree", "-r", "-l", oid).decode().splitlines():
+            meta, path = line.split("\t", 1)
+            _, _, blob, size = meta.split()
+            out.append({"type": "file", "path": path, "size": int(size), "oid": blob})
+        return out
+
+    def do_HEAD(self) -> None:
+        self.do_GET(head=True)
+
+    def do_GET(self, head: bool = False) -> None:
+        path = urlparse(self.path).path
+        m = re.match(r"^/api/datasets/([^/]+/[^/]+)/(revision|tree)/([^/]+)(/.*)?$", path)
+        if m:
+            found = self._resolve(m.group(1), m.group(3))
+            if found:
+                repo, oid = found
+                tree = self._tree(repo, oid)
+                if m.group(2) == "tree":
+                    return self._json(tree)
+                return self._json({"id": m.group(1), "sha": oid, "private": False,
+                                   "siblings": [{"rfilename": f["path"]} for f in tree]})
+            return None
+        m = re.match(r"^/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path)
+        if m:
+            found = self._resolve(m.group(1), m.group(2))
+            if found:
+                repo, oid = found
+                entry = next((f for f in self._tree(repo, oid) if f["path"] == unquote(m.group(3))), None)
+                if entry is None:
+                    return self._json({"error": "Entry not found"}, 404, {"X-Error-Code": "EntryNotFound"})
+                body = _git(repo, "cat-file", "blob", entry["oid"])
+                return self._send(200, body, {"X-Repo-Commit": oid, "ETag": f'"{entry["oid"]}"'}, head=head)
+            return None
+        return self._json({"error": f"no route {path}"}, 404)
+
+    def do_POST(self) -> None:
+        self._json({"error": "read-only mirror"}, 405)
+
+
+@pytest.fixture
+def mirror(tmp_path, monkeypatch):
+    """A running read-only mirror; `publish_to(repo_id, version_dir, tag)` commits a folder and tags it."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import _http
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    _http.set_client_factory(_http.default_client_factory)
+    server = GitMirror(tmp_path / "mirror")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def publish_to(repo_id: str, files: dict[str, bytes], tag: str, *, force: bool = False) -> None:
+        repo = server.root / "datasets" / repo_id
+        if not repo.is_dir():
+            repo.mkdir(parents=True)
+            _git(repo, "init", "-q", "-b", "main")
+        for rel in _git(repo, "ls-files").decode().splitlines():
+            (repo / rel).unlink()
+        for rel, content in files.items():
+            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            (repo / rel).write_bytes(content)
+        _git(repo, "add", "-A")
+        _git(repo, "commit", "-q", "-m", f"publish {tag}")
+        _git(repo, "tag", *(["-f"] if force else []), tag)
+
+    server.publish_to = publish_to
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def _folder_files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_pull_from_local_mirror_downloads_and_verifies_every_file(mirror, tmp_path):
+    info = build_version(tmp_path / "store")
+    mirror.publish_to("org/demo-cot", _folder_files(info.path), "v1")
+    dest = hub.pull("org/demo-cot@v1", tmp_path / "pulled" / "v1", endpoint=mirror.endpoint)
+    assert _folder_files(dest) == _folder_files(info.path)  # no .cache or temp leftovers either
+    assert store.verify(dest)["content_hash"] == info.content_hash
+    rows, _ = store.read_version(dest)
+    assert rows.height == 16
+    import datasets
+
+    ds = datasets.load_dataset(str(dest), "coin_flip", split="train", cache_dir=str(tmp_path / "hf-cache"))
+    assert ds.num_rows == 8
+    # pulling again into the verified copy downloads nothing and returns it
+    assert hub.pull("org/demo-cot@v1", dest, endpoint=mirror.endpoint) == dest
+
+
+def test_pull_rejects_a_tampered_file_and_names_it(mirror, tmp_path):
+    info = build_version(tmp_path / "store")
+    files = _folder_files(info.path)
+    target = "data/multiarith/train-00000-of-00001.parquet"
+    files[target] = files[target].replace(b"Sample 1 reasons", b"Sample 1 REASONS")
+    mirror.publish_to("org/demo-cot", files, "v1")
+    dest = tmp_path / "pulled"
+    with pytest.raises(StoreError, match=rf"org/demo-cot@v1 rejected: {re.escape(target)}: sha256 .* does not match"):
+        hub.pull("org/demo-cot@v1", dest, endpoint=mirror.endpoint)
+    assert not dest.exists() and not list(tmp_path.glob(".pull-*"))
+
+
+def test_pull_of_the_round_trip_from_a_fake_hub_publish(fake_hub, mirror, tmp_path):
+    """What publish sent (recorded by the fake Hub) is what a mirror serves back, and it verifies."""
+    import httpx2
+    from huggingface_hub.utils import _http
+
+    info = build_version(tmp_path / "store")
+    _http.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(fake_hub.handler)))
+    hub.publish("demo@v1", "org/demo-cot", root=tmp_path / "store", api=_api(fake_hub))
+    _http.set_client_factory(_http.default_client_factory)
+    mirror.publish_to("org/demo-cot", fake_hub.files_at("org/demo-cot", "v1"), "v1")
+    dest = hub.pull("org/demo-cot@v1", tmp_path / "copy", endpoint=mirror.endpoint)
+    assert store.verify(dest)["content_hash"] == info.content_hash
+
+
+def test_pull_errors_name_the_repo_and_tag(mirror, tmp_path):
+    info = build_version(tmp_path / "store")
+    mirror.publish_to("org/demo-cot", _folder_files(info.path), "v1")
+    with pytest.raises(hub.HubError, match=r"download org/demo-cot@v9: .*check the repo id and tag"):
+        hub.pull("org/demo-cot@v9", tmp_path / "x", endpoint=mirror.endpoint)
+    with pytest.raises(hub.HubError, match="expected ORG/NAME@TAG"):
+        hub.pull("demo-cot", tmp_path / "x")
+
+
+def test_cli_pull_in_a_fresh_process_against_the_mirror(mirror, tmp_path):
+    """`rationale pull` as a user runs it: HF_ENDPOINT points at the mirror, default destination ./NAME/TAG."""
+    import os
+    import sys
+
+    info = build_version(tmp_path / "store")
+    mirror.publish_to("org/demo-cot", _folder_files(info.path), "v1")
+    env = {**os.environ, "HF_ENDPOINT": mirror.endpoint, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf")}
+    run = subprocess.run([sys.executable, "-m", "builder", "pull", "org/demo-cot@v1"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "16 rows, 5 files verified" in run.stdout
+    assert store.verify(tmp_path / "demo-cot" / "v1")["content_hash"] == info.content_hash
+    files = _folder_files(info.path)
+    files["README.md"] += b"\n<!-- edited on the mirror -->\n"
+    mirror.publish_to("org/demo-cot", files, "v1", force=True)
+    run = subprocess.run([sys.executable, "-m", "builder", "pull", "org/demo-cot@v1", "--dest", "again"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1].startswith("error: org/demo-cot@v1 rejected: README.md: sha256")
