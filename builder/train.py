@@ -442,7 +442,7 @@ def main(recipe: TrainRecipe, *, evaluate: bool | None = None) -> TrainResult:
                 with _autocast(use_bf16):
                     loss_sum, _ = completion_loss_sum(model, batch, recipe.format)
                 (loss_sum / n_tok).backward()
-                step_loss += float(loss_sum) / n_tok
+                step_loss += float(loss_sum.detach()) / n_tok
                 result.tokens += int(batch["attention_mask"].sum())
             if hp.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm)

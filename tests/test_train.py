@@ -21,7 +21,8 @@ def _rows(teacher_completions_dir: Path, n: int) -> pl.DataFrame:
     from builder.tasks import make_qid
 
     src = pl.read_ndjson(teacher_completions_dir / "multiarith.jsonl").filter(pl.col("reference_correct"))
-    src = src.with_columns(pl.col("rationale").str.strip_chars()).sort(pl.col("rationale").str.len_chars()).head(n)
+    src = (src.unique("question", keep="first", maintain_order=True)  # MultiArith repeats 20 questions
+           .with_columns(pl.col("rationale").str.strip_chars()).sort(pl.col("rationale").str.len_chars()).head(n))
     return src.select(
         pl.col("question").map_batches(lambda s: pl.Series([make_qid("multiarith", q) for q in s]),
                                        return_dtype=pl.String).alias("qid"),
