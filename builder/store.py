@@ -243,7 +243,7 @@ def write_version(
         VersionInfo; created=False when the newest version already has this content hash (nothing written).
 
     Raises:
-        StoreError: bad name, the lock is held by another build past the timeout, or a write failed.
+        StoreError: bad name, no rows, the lock is held by another build past the timeout, or a write failed.
     """
     from filelock import FileLock, Timeout
 
@@ -258,6 +258,9 @@ def write_version(
     lock_timeout_s = store_cfg.lock_timeout_s if lock_timeout_s is None else lock_timeout_s
     stats = stats or {}
     rows = validate(rows, "rows", where=f"rows for {name}").sort(_SORT_KEY)
+    if rows.height == 0:  # `datasets` cannot load a version without rows, and there is nothing to train on
+        raise StoreError(f"dataset {name!r}: no rows to store (curation kept no sample; see the funnel in the "
+                         "build summary); nothing written")
     digest = content_hash(rows, recipe)
 
     dataset_dir = Path(root) / name
