@@ -31,6 +31,7 @@ BOXED = r"\\(?:boxed|fbox)\s*\{(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*\}"
 STUDENT_SEP = "-->"
 _CUT = "\x00"
 
+CHOICE_TYPES = frozenset({"choice", "date"})  # graders that read choices (parsed from the question when absent)
 OUT_COLUMNS = ("pred", "correct", "grade_status", "grader")
 
 
@@ -38,21 +39,23 @@ def _blank(e: pl.Expr) -> pl.Expr:
     return e.is_null() | (e.str.strip_chars() == "")
 
 
-def _rationale_region() -> tuple[pl.Expr, pl.Expr, pl.Expr]:
-    """(region, anchored, last) for an inline answer: last \\boxed{}, else after the last 'answer is', else all."""
-    rat = pl.col("rationale").cast(pl.String)
-    boxed = rat.str.extract_all(BOXED).list.last().str.replace(r"^\\(?:boxed|fbox)\s*\{", "")
-    boxed = boxed.str.strip_suffix("}")
-    parts = rat.str.replace_all(ANSWER_ANCHOR, _CUT).str.split(_CUT)
-    after = pl.when(parts.list.len() > 1).then(parts.list.last())
-    region = pl.coalesce(boxed, after, rat)
-    anchored = boxed.is_not_null() | after.is_not_null()
-    return region, anchored, ~anchored
+def _rationale_region(frame: pl.DataFrame) -> pl.DataFrame:
+    """Add text/anchored/_last for inline answers: the last \\boxed{}, else after the last 'answer is', else all."""
+    rat = pl.col("rationale")
+    frame = frame.with_columns(
+        pl.when(rat.str.contains("boxed", literal=True) | rat.str.contains("fbox", literal=True))
+        .then(rat.str.extract_all(BOXED).list.last().str.replace(r"^\\(?:boxed|fbox)\s*\{", "").str.strip_suffix("}"))
+        .alias("_boxed"),
+        rat.str.replace_all(ANSWER_ANCHOR, _CUT).str.split(_CUT).alias("_parts"),
+    ).with_columns(pl.when(pl.col("_parts").list.len() > 1).then(pl.col("_parts").list.last()).alias("_after"))
+    anchored = pl.col("_boxed").is_not_null() | pl.col("_after").is_not_null()
+    return frame.with_columns(pl.coalesce("_boxed", "_after", rat).alias("text"), anchored.alias("anchored"),
+                              (~anchored).alias("_last")).drop("_boxed", "_parts", "_after")
 
 
 def _student_region() -> pl.Expr:
     """A student's " {rationale} --> {answer}": the text after the last '-->' (null when it never says it)."""
-    parts = pl.col("rationale").cast(pl.String).str.split(STUDENT_SEP)
+    parts = pl.col("rationale").str.split(STUDENT_SEP)
     return pl.when(parts.list.len() > 1).then(parts.list.last())
 
 
@@ -94,34 +97,36 @@ def grade_frame(df: pl.DataFrame, *, mode: str = "auto") -> pl.DataFrame:
         raise ValueError(f"row {row}: field 'answer_type' is {unknown['answer_type'][0]!r}; "
                          f"valid: {', '.join(GRADERS.names())}")
 
-    completion = pl.col("answer_completion") if "answer_completion" in df.columns else pl.lit(None, pl.String)
-    choices = pl.col("choices") if "choices" in df.columns else pl.lit(None, pl.List(pl.String))
-    if "question" in df.columns:
-        choices = pl.coalesce(choices, choices_from_question(pl.col("question")))
-    r_region, r_anchored, r_last = _rationale_region()
-    if mode == "answer_completion":
-        region, anchored, last = completion, pl.lit(True), pl.lit(False)
-    elif mode == "rationale":
-        region, anchored, last = r_region, r_anchored, r_last
-    elif mode == "student":
-        region, anchored, last = _student_region(), pl.lit(True), pl.lit(False)
-    else:
-        use_c = ~_blank(completion)
-        region = pl.when(use_c).then(completion).otherwise(r_region)
-        anchored = pl.when(use_c).then(pl.lit(True)).otherwise(r_anchored)
-        last = pl.when(use_c).then(pl.lit(False)).otherwise(r_last)
-
-    work = df.select(
+    has_choices, has_question = "choices" in df.columns, "question" in df.columns
+    base = df.select(
         pl.int_range(df.height, dtype=pl.UInt32).alias("_row"),
         pl.col("answer_type"),
-        region.cast(pl.String).alias("text"),
-        anchored.fill_null(False).alias("anchored"),
-        last.fill_null(False).alias("_last"),
         pl.col("gold").cast(pl.String),
-        choices.cast(pl.List(pl.String)).alias("choices"),
+        pl.col("rationale").cast(pl.String),
+        (pl.col("answer_completion") if "answer_completion" in df.columns else pl.lit(None)).cast(pl.String)
+        .alias("_completion"),
+        (pl.col("choices") if has_choices else pl.lit(None)).cast(pl.List(pl.String)).alias("choices"),
+        (pl.col("question") if has_question else pl.lit(None)).cast(pl.String).alias("_question"),
     )
+    # Each row's answer region, computed only on the rows that use it (rationale regexes are the costly part).
+    if mode == "answer_completion":
+        work = base.with_columns(text=pl.col("_completion"), anchored=pl.lit(True), _last=pl.lit(False))
+    elif mode == "student":
+        work = base.with_columns(text=_student_region(), anchored=pl.lit(True), _last=pl.lit(False))
+    elif mode == "rationale":
+        work = _rationale_region(base)
+    else:
+        use_c = base.select(~_blank(pl.col("_completion"))).to_series()
+        work = pl.concat([
+            base.filter(use_c).with_columns(text=pl.col("_completion"), anchored=pl.lit(True), _last=pl.lit(False)),
+            _rationale_region(base.filter(~use_c)),
+        ])
+
     parts = []
     for (answer_type, last_flag), part in work.partition_by(["answer_type", "_last"], as_dict=True).items():
+        if answer_type in CHOICE_TYPES and has_question:
+            parsed = choices_from_question(pl.col("_question"))
+            part = part.with_columns(pl.coalesce("choices", parsed).alias("choices"))
         out = GRADERS.get(answer_type)(part.select("text", "anchored", "gold", "choices"), last=bool(last_flag))
         parts.append(pl.concat([part.select("_row"), out, part.select(pl.col("answer_type").alias("grader"))],
                                how="horizontal"))

@@ -119,11 +119,12 @@ def grade_number(frame: pl.DataFrame, *, last: bool = False) -> pl.DataFrame:
         text = _result_of_expression(text)
     frame = frame.with_columns(token(text, NUMBER_TOKEN, last=last).alias("_tok"))
     # Rare fallback: a non-empty region without digits may spell the number out.
-    need = (pl.col("_tok").is_null() & ~is_blank(pl.col("text")) & pl.col("text").str.contains(NUMBER_WORDS))
-    if frame.select(need.any()).item():
-        words = pl.col("text").map_batches(
-            lambda s: pl.Series([words_to_number(t, last) for t in s], dtype=pl.String), return_dtype=pl.String)
-        frame = frame.with_columns(pl.when(need).then(words).otherwise(pl.col("_tok")).alias("_tok"))
+    need = frame.select(pl.col("_tok").is_null() & ~is_blank(pl.col("text"))
+                        & pl.col("text").str.contains(NUMBER_WORDS)).to_series()
+    if need.any():  # Python only on those rows
+        words = frame.filter(need).select(pl.col("text").map_batches(
+            lambda s: pl.Series([words_to_number(t, last) for t in s], dtype=pl.String), return_dtype=pl.String))
+        frame = frame.with_columns(frame["_tok"].scatter(need.arg_true(), words.to_series()))
     gold_tok = token(_prepare(pl.col("gold")), NUMBER_TOKEN, last=False)
     frame = frame.with_columns(gold_tok.alias("_gtok"))
     g, g_int = value(pl.col("_gtok"))
