@@ -9,17 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import polars as pl
 
 from builder import reasons as R
+from builder.dedup.minhash import _BYTE_MAP, _njit_par, prange, text_buffers
 from builder.recipe import CurationConfig
 from builder.registry import Registry
 
 Filter = Callable[[CurationConfig], pl.Expr]
 FILTERS: Registry[Filter] = Registry("quality filter")
-
-_WORDS = r"[0-9A-Za-z_\x{80}-\x{10FFFF}]+"
-
 
 def _when(cond: pl.Expr, reason: str) -> pl.Expr:
     return pl.when(cond).then(pl.lit(reason)).otherwise(pl.lit(None, dtype=pl.String))
@@ -52,16 +51,80 @@ def length(cfg: CurationConfig) -> pl.Expr:
             .when(too_long).then(pl.lit(R.TOO_LONG)).otherwise(pl.lit(None, dtype=pl.String)))
 
 
+@_njit_par
+def _repetition(data, offsets, byte_map):
+    """Per row: word count, distinct words (normalised as in dedup) and the top count of one non-empty line."""
+    n = len(offsets) - 1
+    n_words = np.zeros(n, np.int64)
+    n_distinct = np.zeros(n, np.int64)
+    top_line = np.zeros(n, np.int64)
+    for r in prange(n):
+        lo = offsets[r]
+        hi = offsets[r + 1]
+        words = np.empty(hi - lo + 1, np.uint64)
+        lines = np.empty(hi - lo + 1, np.uint64)
+        nw = 0
+        nl = 0
+        h = np.uint64(0xCBF29CE484222325)
+        prev = np.uint64(0)
+        line = np.uint64(0x84222325CBF29CE4)
+        line_len = 0
+        for i in range(lo, hi + 1):
+            byte = data[i] if i < hi else np.uint8(10)
+            cur = byte_map[byte] if i < hi else np.uint64(0)
+            if cur == 0:
+                if prev != 0:
+                    words[nw] = h
+                    nw += 1
+                    h = np.uint64(0xCBF29CE484222325)
+            else:
+                h = (h ^ cur) * np.uint64(0x100000001B3)
+            prev = cur
+            if byte == 10:
+                if line_len:
+                    lines[nl] = line
+                    nl += 1
+                line = np.uint64(0x84222325CBF29CE4)
+                line_len = 0
+            elif byte != 32 and byte != 9 and byte != 13:
+                line = (line ^ np.uint64(byte)) * np.uint64(0x100000001B3)
+                line_len += 1
+            elif line_len:  # inner whitespace counts, leading whitespace does not
+                line = (line ^ np.uint64(byte)) * np.uint64(0x100000001B3)
+        n_words[r] = nw
+        if nw:
+            w = np.sort(words[:nw])
+            d = 1
+            for k in range(1, nw):
+                if w[k] != w[k - 1]:
+                    d += 1
+            n_distinct[r] = d
+        if nl:
+            ls = np.sort(lines[:nl])
+            best = 1
+            run = 1
+            for k in range(1, nl):
+                run = run + 1 if ls[k] == ls[k - 1] else 1
+                if run > best:
+                    best = run
+            top_line[r] = best
+    return n_words, n_distinct, top_line
+
+
+def repetition_stats(texts: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(words, distinct words, most repeated non-empty line's count) per text; trailing spaces on a line count."""
+    data, offsets = text_buffers(texts)
+    return _repetition(data, offsets, _BYTE_MAP)
+
+
 @FILTERS.register("degenerate")
 def degenerate(cfg: CurationConfig) -> pl.Expr:
     """Repetition loops: few distinct words among many (16+), or one non-empty line repeated max_line_repeats times."""
-    words = pl.col("rationale").fill_null("").str.to_lowercase().str.extract_all(_WORDS)
-    n = words.list.len()
-    low_variety = (n >= 16) & (words.list.n_unique() < cfg.min_distinct_word_ratio * n)
-    lines = (pl.col("rationale").fill_null("").str.split("\n")
-             .list.eval(pl.element().str.strip_chars().filter(pl.element().str.strip_chars() != "")))
-    repeats = lines.list.eval(pl.element().unique_counts().max()).list.first().fill_null(0)
-    return _when(low_variety | (repeats >= cfg.max_line_repeats), R.DEGENERATE)
+    def flag(texts: pl.Series) -> pl.Series:
+        n, d, top = repetition_stats(texts)
+        return pl.Series(((n >= 16) & (d < cfg.min_distinct_word_ratio * n)) | (top >= cfg.max_line_repeats))
+
+    return _when(pl.col("rationale").map_batches(flag, return_dtype=pl.Boolean), R.DEGENERATE)
 
 
 @FILTERS.register("answer_first")

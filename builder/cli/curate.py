@@ -1,0 +1,75 @@
+"""`rationale curate`: graded Parquet -> ledger Parquet (+ stats JSON) with a recipe's curation settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("curate")
+    def curate_cmd(
+        input: Annotated[Path, typer.Option("--input", "-i", help="Graded Parquet (schemas/graded.table.json).")],
+        output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the ledger Parquet.")],
+        recipe: Annotated[Path | None, typer.Option(
+            "--recipe", "-r", help="Build recipe whose `curation:` settings (and test splits) to use; default: "
+            "the default curation settings.")] = None,
+        stats: Annotated[Path | None, typer.Option(help="Also write the stats dict (funnel, drops, diversity, "
+                                                   "decontamination hits) as JSON here.")] = None,
+        eval_file: Annotated[list[Path] | None, typer.Option(
+            "--eval", help="Extra eval questions (JSONL/Parquet with 'question'; repeatable); turns "
+            "decontamination on.")] = None,
+    ) -> None:
+        """Curate graded samples: filters, exact + MinHash dedup, diversity selection, decontamination."""
+        import json
+
+        import polars as pl
+        from rich.table import Table
+
+        from builder import curate
+        from builder.cli._common import console
+        from builder.recipe import CurationConfig, load_recipe
+        from builder.schemas import read_table, write_table
+
+        rec = load_recipe(recipe) if recipe is not None else None
+        cfg = rec.curation if rec is not None else CurationConfig()
+        graded = read_table(input, "graded")
+        frames = []
+        if cfg.decontaminate and rec is not None:
+            from builder.build import eval_questions_for
+
+            ev = eval_questions_for(rec)
+            if ev is not None:
+                frames.append(ev)
+        elif cfg.eval_sets:
+            raise ValueError(f"{recipe or 'curation'}: curation.eval_sets needs curation.decontaminate: true")
+        for path in eval_file or []:
+            from builder.tasks import load_eval_set
+
+            frames.append(load_eval_set(path))
+            cfg = cfg.model_copy(update={"decontaminate": True})
+        if cfg.decontaminate and not frames:
+            raise ValueError(f"{recipe}: curation.decontaminate is on but the recipe has no paper task test split "
+                             "and no curation.eval_sets; add one or pass --eval FILE")
+        eval_questions = pl.concat(frames, how="diagonal_relaxed") if frames else None
+
+        with console.status(f"curating {graded.height:,} rows"):
+            ledger, st = curate.run(graded, cfg, eval_questions=eval_questions)
+        write_table(ledger, output, "ledger")
+        if stats is not None:
+            stats.parent.mkdir(parents=True, exist_ok=True)
+            stats.write_text(json.dumps(st, indent=2) + "\n")
+
+        table = Table("task", "sampled", "answered", "correct", "deduped", "selected", "kept")
+        for task, f in st["funnel"].items():
+            table.add_row(task, *(f"{f[k]:,}" for k in ("sampled", "answered", "correct", "deduped", "selected",
+                                                        "kept")))
+        console.print(table)
+        drops = ", ".join(f"{stage}/{reason} {n:,}" for stage, rs in st["dropped"].items() for reason, n in rs.items())
+        console.print(f"dropped: {drops or 'none'}")
+        if st["decontamination"]["hits"]:
+            console.print(f"decontamination: {len(st['decontamination']['hits'])} contaminated question(s)")
+        where = f", stats to {stats}" if stats else ""
+        console.print(f"wrote the ledger ({ledger.height:,} rows) to {output}{where}")
