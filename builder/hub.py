@@ -48,12 +48,17 @@ class PublishResult:
 
 def _hub_call(what: str, fn, *args, **kwargs):
     """Run one HfApi call; turn HTTP/offline failures into a one-line HubError saying what to do."""
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
     try:
         return fn(*args, **kwargs)
     except OfflineModeIsEnabled:
         raise HubError(f"{what}: HF_HUB_OFFLINE is set; unset it to reach the Hub") from None
+    except LocalEntryNotFoundError as exc:  # snapshot_download: Hub unreachable (or offline) and nothing cached
+        cause = exc.__cause__
+        reason = f"{type(cause).__name__}: {cause}" if cause else "offline mode and no cached copy"
+        raise HubError(f"{what}: cannot reach the Hub ({reason}); check the network and HF_ENDPOINT, "
+                       "and unset HF_HUB_OFFLINE") from None
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         hint = {401: "log in with `hf auth login` or set HF_TOKEN", 403: "your token cannot write to this repo",

@@ -441,6 +441,14 @@ def test_pull_errors_name_the_repo_and_tag(mirror, tmp_path):
         hub.pull("org/demo-cot@v9", tmp_path / "x", endpoint=mirror.endpoint)
     with pytest.raises(hub.HubError, match="expected ORG/NAME@TAG"):
         hub.pull("demo-cot", tmp_path / "x")
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    with pytest.raises(hub.HubError, match=r"download org/demo-cot@v1: cannot reach the Hub \(ConnectError"):
+        hub.pull("org/demo-cot@v1", tmp_path / "y", endpoint=closed)
+    assert not (tmp_path / "y").exists()
 
 
 def test_cli_pull_in_a_fresh_process_against_the_mirror(mirror, tmp_path):

@@ -21,7 +21,9 @@ def publish(
 ) -> None:
     """Publish a version as one Hub commit, then tag it (v1, v2, ...). Re-publishing the same version is a no-op.
 
-    The token comes from `hf auth login` or HF_TOKEN and is never written or printed.
+    The commit makes the repo's main branch hold exactly this version (files of an older version that this one
+    lacks are deleted in the same commit; older tags keep their content). The token comes from `hf auth login`
+    or HF_TOKEN and is never written or printed.
     """
     from builder import hub
 
