@@ -65,7 +65,8 @@ def normalize(text: str) -> str:
 
 
 def words(text: str) -> list[str]:
-    return normalize(text).split()
+    """Normalised words; split on ' ' only (str.split() would also split on Unicode spaces the kernels keep)."""
+    return [w for w in normalize(text).split(" ") if w]
 
 
 @dataclass(frozen=True)

@@ -148,7 +148,10 @@ def answer_first(cfg: CurationConfig) -> pl.Expr:
 
 def reason_expr(cfg: CurationConfig) -> pl.Expr:
     """The first firing filter's reason (in cfg.filters order), or null."""
-    exprs = [FILTERS.get(name)(cfg) for name in cfg.filters]
+    try:
+        exprs = [FILTERS.get(name)(cfg) for name in cfg.filters]
+    except ValueError as exc:
+        raise ValueError(f"curation.filters: {exc}") from None
     if not exprs:
         return pl.lit(None, dtype=pl.String)
     return pl.coalesce(exprs) if len(exprs) > 1 else exprs[0]

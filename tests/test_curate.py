@@ -1,0 +1,236 @@
+"""curate.run on graded frames built from real teacher completions with planted duplicates; the ledger contract."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from builder import curate
+from builder import reasons as R
+from builder.cli import main
+from builder.recipe import CurationConfig
+from builder.schemas import table_schema, write_table
+
+TASKS = ("multiarith", "svamp", "coin_flip")
+
+
+def graded_frame(df: pl.DataFrame) -> pl.DataFrame:
+    """Completions-like rows (task, question, rationale, gold, sample_idx, correct?) -> a valid graded table."""
+    qid = pl.col("question").map_batches(
+        lambda s: pl.Series([hashlib.sha1(q.encode()).hexdigest()[:16] for q in s.to_list()]), return_dtype=pl.String)
+    defaults = {"finish_reason": pl.lit("stop"), "grade_status": pl.lit("ok"), "correct": pl.lit(True),
+                "answer_completion": pl.lit(" 1."), "pred": pl.col("gold")}
+    df = df.with_columns([v.alias(k) for k, v in defaults.items() if k not in df.columns])
+    return df.select(
+        qid.alias("qid"), pl.col("sample_idx").cast(pl.Int32), seed=pl.lit(0, pl.Int64),
+        teacher=pl.lit("text-davinci-002"),
+        teacher_revision=pl.lit(None, pl.String), prompt=pl.lit("Q: ") + pl.col("question"), rationale="rationale",
+        answer_prompt=pl.lit("\nTherefore, the answer (arabic numerals) is"), answer_completion="answer_completion",
+        finish_reason="finish_reason", prompt_tokens=pl.lit(None, pl.Int32), completion_tokens=pl.lit(None, pl.Int32),
+        run_id=pl.lit("test"), task="task", question="question", gold=pl.col("gold").cast(pl.String),
+        answer_type=pl.lit("number"), pred=pl.col("pred").cast(pl.String), correct="correct",
+        grade_status="grade_status", grader=pl.lit("number"))
+
+
+PLANTS = {  # sample_idx -> how the copy of sample 0 is edited (None: sample 0 itself)
+    0: None,
+    1: "exact",     # case, punctuation and spacing only: same normalised text
+    2: "near",      # one closing sentence appended: Jaccard ~0.9
+    3: "distinct",  # words reversed: nothing shared at 5-gram level
+}
+
+
+def planted(teacher_completions_dir: Path, tasks=TASKS, limit: int = 120) -> pl.DataFrame:
+    base = pl.concat([pl.read_ndjson(teacher_completions_dir / f"{t}.jsonl").head(limit)
+                      .select("task", "question", "rationale", pl.col("gold").cast(pl.String), "reference_correct")
+                      for t in tasks]).unique("question", keep="first", maintain_order=True)
+    edits = {
+        None: pl.col("rationale"),
+        "exact": pl.col("rationale").str.to_uppercase().str.replace_all(r"\.", " ! ").str.replace_all(" ", "  "),
+        "near": pl.col("rationale") + " So that is the final answer.",
+        "distinct": pl.col("rationale").str.split(" ").list.reverse().list.join(" "),
+    }
+    frames = [base.with_columns(edits[kind].alias("rationale"), sample_idx=pl.lit(i))
+              for i, kind in PLANTS.items()]
+    return graded_frame(pl.concat(frames).with_columns(correct=pl.col("reference_correct")))
+
+
+@pytest.fixture(scope="module")
+def graded(teacher_completions_dir) -> pl.DataFrame:
+    return planted(teacher_completions_dir)
+
+
+@pytest.fixture(scope="module")
+def curated(graded):
+    return curate.run(graded, CurationConfig())
+
+
+def test_planted_duplicates_are_found(graded, curated):
+    ledger, _ = curated
+    long = ledger.filter(pl.col("rationale").str.split(" ").list.len() >= 20)  # near-dup of a 5-word text is not
+    by = {k: long.filter(pl.col("sample_idx") == i) for i, k in PLANTS.items()}
+    correct = by[None]["correct"]
+    assert correct.sum() > 150
+    exact = by["exact"].filter(pl.col("correct"))
+    ascii_only = exact["rationale"].str.contains(r"^[\x00-\x7f]*$")
+    assert (exact.filter(ascii_only)["reason"] == R.EXACT_DUPLICATE).all()
+    # normalisation lower-cases ASCII only ("JESÚS" != "jesús"), so those copies are caught as near-duplicates
+    assert exact.filter(~ascii_only)["reason"].is_in([R.EXACT_DUPLICATE, R.NEAR_DUPLICATE]).all()
+    near = by["near"].filter(pl.col("correct"))
+    assert (near["reason"] == R.NEAR_DUPLICATE).mean() > 0.97, near.group_by("reason").len()
+    assert (near["stage"] == R.STAGE_NEAR_DEDUP).mean() > 0.97
+    distinct = by["distinct"].filter(pl.col("correct"))
+    assert (distinct["state"] == R.KEPT).all()
+    # a duplicate's cluster points at the kept original (sample 0) of its question
+    rowpos = ledger.with_row_index("pos").select("qid", "sample_idx", pl.col("pos").cast(pl.Int64))
+    originals = rowpos.filter(pl.col("sample_idx") == 0).select("qid", orig="pos")
+    dups = ledger.filter(pl.col("reason").is_in([R.EXACT_DUPLICATE, R.NEAR_DUPLICATE])).join(originals, on="qid")
+    assert (dups["cluster"] == dups["orig"]).all()
+    first = ledger.filter((pl.col("sample_idx") == 0) & pl.col("correct"))
+    assert (first["state"] == R.KEPT).all()
+
+
+def test_ledger_accounts_for_every_row_once(graded, curated):
+    ledger, stats = curated
+    assert ledger.height == graded.height
+    assert ledger.select("qid", "sample_idx").sort("qid", "sample_idx").equals(
+        graded.select("qid", "sample_idx").sort("qid", "sample_idx"))
+    assert ledger.columns == table_schema("ledger").names
+    assert set(ledger["state"].unique()) == {R.KEPT, R.DROPPED}
+    kept = ledger["state"] == R.KEPT
+    assert ledger.filter(kept)[["stage", "reason"]].null_count().row(0) == (kept.sum(), kept.sum())
+    dropped = ledger.filter(~kept)
+    assert dropped["stage"].null_count() == 0 and dropped["reason"].null_count() == 0
+    for stage, reason in dropped.select("stage", "reason").unique().rows():
+        assert reason in R.REASONS[stage]
+    counted = sum(n for rs in stats["dropped"].values() for n in rs.values())
+    assert counted == dropped.height
+    wrong_unfiltered = ledger.filter(~pl.col("correct") & (pl.col("stage") != R.STAGE_FILTER).fill_null(True))
+    assert stats["dropped"][R.STAGE_CORRECTNESS][R.INCORRECT] == wrong_unfiltered.height
+    for task, f in stats["funnel"].items():
+        steps = [f[k] for k in R.FUNNEL]
+        assert steps == sorted(steps, reverse=True), (task, f)
+        t = ledger.filter(pl.col("task") == task)
+        assert f["sampled"] == t.height and f["kept"] == (t["state"] == R.KEPT).sum()
+
+
+def test_stats_shape_is_the_documented_contract(curated):
+    _, stats = curated
+    json.dumps(stats)
+    assert set(stats) == {"funnel", "dropped", "diversity", "decontamination", "settings"}
+    for d in stats["diversity"].values():
+        assert set(d) == {"before", "after"}
+        for side in d.values():
+            assert set(side) == {"mean_pairwise_jaccard", "distinct_ngrams"}
+            assert 0.0 <= side["mean_pairwise_jaccard"] <= 1.0 and 0.0 < side["distinct_ngrams"] <= 1.0
+    assert stats["decontamination"] == {"checked": 0, "eval_questions": 0, "hits": []}
+    assert stats["settings"]["minhash"]["num_perm"] == 128 and stats["settings"]["minhash"]["rows_per_band"] == 8
+
+
+def test_input_order_does_not_matter(graded, curated):
+    ledger, _ = curated
+    shuffled, _ = curate.run(graded.sample(fraction=1.0, shuffle=True, seed=3), CurationConfig())
+    assert shuffled.equals(ledger)
+
+
+def _row(**kw) -> dict:
+    row = {"task": "t", "question": "How many apples are there in the basket today?", "sample_idx": 0,
+           "rationale": "There are 3 apples and 4 more arrive, so 3 + 4 = 7 apples in the basket.", "gold": "7"}
+    return row | kw
+
+
+@pytest.mark.parametrize(("row", "filters", "reason"), [
+    (_row(rationale="  \n "), ["empty"], R.EMPTY),
+    (_row(finish_reason="length"), ["truncated"], R.TRUNCATED),
+    (_row(grade_status="no_answer", pred=None), ["no_answer"], R.NO_ANSWER),
+    (_row(grade_status="parse_error"), ["no_answer"], R.NO_ANSWER),
+    (_row(rationale="So 7."), ["length"], R.TOO_SHORT),
+    (_row(rationale="a b c " * 200), ["length"], R.TOO_LONG),
+    (_row(rationale="Natalie Gilbert Brian Sanchez\n" * 12), ["degenerate"], R.DEGENERATE),
+    (_row(rationale="The answer is 7. There are 3 apples and 4 more arrive, so 3 + 4 = 7."), ["answer_first"],
+     R.ANSWER_FIRST),
+    (_row(rationale="There are three apples and four more arrive in the basket, so 7."), ["answer_first"], None),
+    (_row(question="Are there 7 apples?", rationale="7 apples are there, as the question says."), ["answer_first"],
+     None),  # the gold is in the question: restating it is not answering first
+    (_row(), ["empty", "truncated", "no_answer", "degenerate", "length"], None),
+])
+def test_quality_filters(row, filters, reason):
+    cfg = CurationConfig(filters=filters, min_chars=10, max_chars=500, keep_correct_only=False)
+    ledger, stats = curate.run(graded_frame(pl.DataFrame([row])), cfg)
+    assert ledger["reason"].to_list() == [reason]
+    if reason:
+        assert ledger["stage"].to_list() == [R.STAGE_FILTER]
+        assert stats["dropped"] == {R.STAGE_FILTER: {reason: 1}}
+
+
+def test_real_rationales_that_count_down_are_not_degenerate(teacher_completions_dir):
+    df = (pl.read_ndjson(teacher_completions_dir / "multiarith.jsonl").unique("question", maintain_order=True)
+          .with_columns(sample_idx=pl.lit(0)))
+    ledger, stats = curate.run(graded_frame(df.with_columns(correct=pl.col("reference_correct"))),
+                               CurationConfig(keep_correct_only=False))
+    flagged = ledger.filter(pl.col("reason") == R.DEGENERATE)
+    assert flagged.height >= 1  # the real "3 puppies adopted ... 3 more brought in" loop
+    assert not df.filter(pl.col("question").is_in(flagged["question"].implode()))["reference_correct"].any()
+
+
+def test_keep_wrong_answers_when_asked(graded):
+    ledger, stats = curate.run(graded, CurationConfig(keep_correct_only=False))
+    assert R.STAGE_CORRECTNESS not in stats["dropped"]
+    wrong = ledger.filter(~pl.col("correct") & (pl.col("sample_idx") == 0))
+    assert wrong.height > 50
+    assert wrong.filter(pl.col("stage").ne(R.STAGE_FILTER).fill_null(True))["state"].eq(R.KEPT).all()
+
+
+def test_global_scope_finds_duplicates_across_questions(graded):
+    copied = graded.filter(pl.col("sample_idx") == 0).head(5).with_columns(
+        qid=pl.col("qid") + "-copy", sample_idx=pl.lit(0, pl.Int32), question=pl.col("question") + " (copy)")
+    both = pl.concat([graded, copied])
+    local, _ = curate.run(both, CurationConfig(minhash={"scope": "question"}))
+    assert local.filter(pl.col("qid").str.ends_with("-copy") & pl.col("correct"))["state"].eq(R.KEPT).all()
+    glob, stats = curate.run(both, CurationConfig(minhash={"scope": "both"}))
+    copies = glob.filter(pl.col("qid").str.ends_with("-copy") & pl.col("correct"))
+    assert copies.height and copies["reason"].eq(R.NEAR_DUPLICATE_GLOBAL).all()
+    assert stats["dropped"][R.STAGE_NEAR_DEDUP][R.NEAR_DUPLICATE_GLOBAL] == copies.height
+
+
+def test_sha1_mode_agrees_with_fast_hash(graded, curated):
+    """Same estimator, different shingle hash: decisions differ only on pairs near the threshold."""
+    ledger, _ = curated
+    sha1, _ = curate.run(graded, CurationConfig(minhash={"hash": "sha1"}))
+    assert (sha1["state"] == ledger["state"]).mean() > 0.97
+    for frame in (ledger, sha1):
+        near = frame.filter((pl.col("sample_idx") == 2) & pl.col("correct"))
+        assert near["reason"].eq(R.NEAR_DUPLICATE).mean() > 0.9
+
+
+def test_unknown_filter_names_the_field(graded):
+    with pytest.raises(ValueError, match="curation.filters.*unknown quality filter 'shiny'.*empty"):
+        curate.run(graded.head(3), CurationConfig(filters=["empty", "shiny"]))
+
+
+def test_cli_curate_writes_ledger_and_stats(tmp_path, graded, capsys):
+    src = tmp_path / "graded.parquet"
+    write_table(graded, src, "graded")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("name: t\ntasks: {items: [{name: multiarith}]}\nteacher: {model: m}\n"
+                      "curation: {selection: {max_per_question: 1, mode: first}}\n")
+    out, stats = tmp_path / "ledger.parquet", tmp_path / "stats.json"
+    rc = main(["curate", "--input", str(src), "--recipe", str(recipe), "--output", str(out), "--stats", str(stats)])
+    assert rc == 0, capsys.readouterr().err
+    ledger = pl.read_parquet(out)
+    assert ledger.height == graded.height
+    assert ledger.filter(pl.col("state") == R.KEPT).group_by("qid").len()["len"].max() == 1
+    assert json.loads(stats.read_text())["settings"]["selection"]["max_per_question"] == 1
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["curate", "--input", str(tmp_path / "nope.parquet"), "--output", str(tmp_path / "l.parquet")]) == 2
+    assert "nope.parquet" in capsys.readouterr().err
+    bad = tmp_path / "bad.parquet"
+    pl.DataFrame({"qid": ["a"]}).write_parquet(bad)
+    assert main(["curate", "--input", str(bad), "--output", str(tmp_path / "l.parquet")]) == 2
+    assert "missing column" in capsys.readouterr().err
