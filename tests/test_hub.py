@@ -471,3 +471,50 @@ def test_cli_pull_in_a_fresh_process_against_the_mirror(mirror, tmp_path):
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert run.stderr.strip().splitlines()[-1].startswith("error: org/demo-cot@v1 rejected: README.md: sha256")
+
+
+def _olah_cli() -> str | None:
+    import os
+    import shutil
+
+    return os.environ.get("RATIONALE_OLAH_CLI") or shutil.which("olah-cli")
+
+
+@pytest.mark.skipif(_olah_cli() is None, reason="olah not installed: pip install olah in a separate venv (it pins "
+                    "psutil<6 and a newer fastapi than vLLM's) and set RATIONALE_OLAH_CLI=<venv>/bin/olah-cli; "
+                    "the same pull path is covered by GitMirror above")
+def test_pull_through_olah_serving_local_git_mirrors(mirror, tmp_path):
+    """Interop with olah, the PyPI Hub mirror, serving the same git repos offline."""
+    import socket
+    import time
+    import urllib.request
+
+    info = build_version(tmp_path / "store")
+    mirror.publish_to("org/demo-cot", _folder_files(info.path), "v1")
+    files = _folder_files(info.path)
+    target = "data/coin_flip/train-00000-of-00001.parquet"
+    files[target] = files[target].replace(b"Sample 2 reasons", b"Sample 2 REASONS")
+    mirror.publish_to("org/demo-cot", files, "tampered")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = tmp_path / "olah.toml"
+    config.write_text(f'[basic]\nhost = "127.0.0.1"\nport = {port}\nrepos-path = "{tmp_path / "olah-repos"}"\n'
+                      f'mirrors-path = ["{mirror.root}"]\n[accessibility]\noffline = true\n')
+    endpoint = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([_olah_cli(), "-c", str(config)], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"{endpoint}/api/datasets/org/demo-cot/revision/v1", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        dest = hub.pull("org/demo-cot@v1", tmp_path / "pulled", endpoint=endpoint)
+        assert store.verify(dest)["content_hash"] == info.content_hash
+        with pytest.raises(StoreError, match=rf"org/demo-cot@tampered rejected: {re.escape(target)}: sha256"):
+            hub.pull("org/demo-cot@tampered", tmp_path / "bad", endpoint=endpoint)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
