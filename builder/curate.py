@@ -168,6 +168,7 @@ def run(graded: pl.DataFrame, cfg: CurationConfig, *,
         chosen[sub[keep]] = True
         diversity.add(1, task_of_group, sig, sh.hashes, sh.starts, gs, chosen)
 
+    timings = {"filters": time.perf_counter() - t0}
     # 3-5. exact dedup, near dedup (question scope), selection; chunked by whole questions
     alive_idx = np.flatnonzero(code == 0)
     global_parts: list[tuple[np.ndarray, np.ndarray]] = []
@@ -213,13 +214,17 @@ def run(graded: pl.DataFrame, cfg: CurationConfig, *,
             sh, sig = chunk_signatures(idx)
             select_and_measure(idx, sh, sig)
 
+    timings["dedup_select"] = time.perf_counter() - t0 - sum(timings.values())
     # 6. decontamination
     decon: dict[str, Any] = {"checked": 0, "eval_questions": 0, "hits": []}
     if cfg.decontaminate:
         decon = _decontaminate(df, code, cfg, eval_questions)
 
+    timings["decontaminate"] = time.perf_counter() - t0 - sum(timings.values())
     ledger = _ledger(df, code, cluster)
     stats = _stats(df, code, tasks, diversity, decon, cfg)
+    timings["ledger_stats"] = time.perf_counter() - t0 - sum(timings.values())
+    log.debug("curate timings: %s", ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
     stats_log = stats["funnel"]
     log.info("curate: %d rows -> %d kept in %.2fs (%s)", n, int((code == 0).sum()), time.perf_counter() - t0,
              ", ".join(f"{t}: {f['kept']}/{f['sampled']}" for t, f in stats_log.items()))

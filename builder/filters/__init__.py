@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 
 from builder import reasons as R
-from builder.dedup.minhash import _BYTE_MAP, _njit_par, prange, text_buffers
+from builder.dedup.minhash import _BYTE_MAP, _fmix64, _njit, _njit_par, prange, text_buffers
 from builder.recipe import CurationConfig
 from builder.registry import Registry
 
@@ -51,70 +51,92 @@ def length(cfg: CurationConfig) -> pl.Expr:
             .when(too_long).then(pl.lit(R.TOO_LONG)).otherwise(pl.lit(None, dtype=pl.String)))
 
 
+@_njit
+def _insert(table, counts, used, nused, h):
+    """Open-addressing insert of hash h (never 0); returns (count after insert, nused)."""
+    mask = len(table) - 1
+    k = np.int64(h & np.uint64(mask))
+    while table[k] != 0 and table[k] != h:
+        k = (k + 1) & mask
+    if table[k] == 0:
+        table[k] = h
+        used[nused] = k
+        nused += 1
+    counts[k] += 1
+    return counts[k], nused
+
+
 @_njit_par
-def _repetition(data, offsets, byte_map):
-    """Per row: word count, distinct words (normalised as in dedup) and the top count of one non-empty line."""
+def _repetition(data, offsets, byte_map, block):
+    """Per row: word count, distinct words and the top count of one line (lines compared as normalised words).
+
+    One pass over the bytes; rows are processed in blocks sharing two hash tables (cleared slot by slot), so
+    there is no allocation or sort per row.
+    """
     n = len(offsets) - 1
     n_words = np.zeros(n, np.int64)
     n_distinct = np.zeros(n, np.int64)
     top_line = np.zeros(n, np.int64)
-    for r in prange(n):
-        lo = offsets[r]
-        hi = offsets[r + 1]
-        words = np.empty(hi - lo + 1, np.uint64)
-        lines = np.empty(hi - lo + 1, np.uint64)
-        nw = 0
-        nl = 0
-        h = np.uint64(0xCBF29CE484222325)
-        prev = np.uint64(0)
-        line = np.uint64(0x84222325CBF29CE4)
-        line_len = 0
-        for i in range(lo, hi + 1):
-            byte = data[i] if i < hi else np.uint8(10)
-            cur = byte_map[byte] if i < hi else np.uint64(0)
-            if cur == 0:
-                if prev != 0:
-                    words[nw] = h
+    n_blocks = (n + block - 1) // block
+    for blk in prange(n_blocks):
+        r0 = blk * block
+        r1 = min(n, r0 + block)
+        longest = 1
+        for r in range(r0, r1):
+            longest = max(longest, offsets[r + 1] - offsets[r])
+        cap = 16
+        while cap < 2 * longest + 2:
+            cap *= 2
+        wt = np.zeros(cap, np.uint64)
+        wc = np.zeros(cap, np.int64)
+        wu = np.empty(cap, np.int64)
+        lt = np.zeros(cap, np.uint64)
+        lc = np.zeros(cap, np.int64)
+        lu = np.empty(cap, np.int64)
+        for r in range(r0, r1):
+            nwu = 0
+            nlu = 0
+            nw = 0
+            best = 0
+            h = np.uint64(0xCBF29CE484222325)
+            inword = False
+            line = np.uint64(0)
+            line_words = 0
+            end = offsets[r + 1]
+            for i in range(offsets[r], end + 1):
+                cur = byte_map[data[i]] if i < end else np.uint64(0)
+                if cur != 0:
+                    h = (h ^ cur) * np.uint64(0x100000001B3)
+                    inword = True
+                    continue
+                if inword:
+                    _, nwu = _insert(wt, wc, wu, nwu, h | np.uint64(1))
+                    line = _fmix64(line ^ h) * np.uint64(0x9E3779B97F4A7C15)
+                    line_words += 1
                     nw += 1
                     h = np.uint64(0xCBF29CE484222325)
-            else:
-                h = (h ^ cur) * np.uint64(0x100000001B3)
-            prev = cur
-            if byte == 10:
-                if line_len:
-                    lines[nl] = line
-                    nl += 1
-                line = np.uint64(0x84222325CBF29CE4)
-                line_len = 0
-            elif byte != 32 and byte != 9 and byte != 13:
-                line = (line ^ np.uint64(byte)) * np.uint64(0x100000001B3)
-                line_len += 1
-            elif line_len:  # inner whitespace counts, leading whitespace does not
-                line = (line ^ np.uint64(byte)) * np.uint64(0x100000001B3)
-        n_words[r] = nw
-        if nw:
-            w = np.sort(words[:nw])
-            d = 1
-            for k in range(1, nw):
-                if w[k] != w[k - 1]:
-                    d += 1
-            n_distinct[r] = d
-        if nl:
-            ls = np.sort(lines[:nl])
-            best = 1
-            run = 1
-            for k in range(1, nl):
-                run = run + 1 if ls[k] == ls[k - 1] else 1
-                if run > best:
-                    best = run
+                    inword = False
+                if (i == end or data[i] == 10) and line_words:
+                    c, nlu = _insert(lt, lc, lu, nlu, line | np.uint64(1))
+                    best = max(best, c)
+                    line = np.uint64(0)
+                    line_words = 0
+            n_words[r] = nw
+            n_distinct[r] = nwu
             top_line[r] = best
+            for u in range(nwu):
+                wt[wu[u]] = 0
+                wc[wu[u]] = 0
+            for u in range(nlu):
+                lt[lu[u]] = 0
+                lc[lu[u]] = 0
     return n_words, n_distinct, top_line
 
 
 def repetition_stats(texts: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(words, distinct words, most repeated non-empty line's count) per text; trailing spaces on a line count."""
+    """(words, distinct words, count of the most repeated line with words) per text; lines compare normalised."""
     data, offsets = text_buffers(texts)
-    return _repetition(data, offsets, _BYTE_MAP)
+    return _repetition(data, offsets, _BYTE_MAP, 4096)
 
 
 @FILTERS.register("degenerate")
