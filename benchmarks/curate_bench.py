@@ -56,8 +56,20 @@ SLOTS = [
 ]
 
 
-def synth(rows: int, per_q: int, seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(graded frame sorted by qid/sample_idx, eval questions with planted edited training questions)."""
+def synth(rows: int, per_q: int, seed: int = 0, part_rows: int = 125_000) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(graded frame sorted by qid/sample_idx, eval questions with planted edited training questions).
+
+    Built in parts so the generator's temporaries stay small next to the 1M-row frame itself.
+    """
+    parts, evals = [], None
+    for i, lo in enumerate(range(0, rows, part_rows)):
+        graded, ev = _synth_part(min(part_rows, rows - lo), per_q, seed + i, lo // per_q)
+        parts.append(graded)
+        evals = ev if evals is None else evals
+    return pl.concat(parts, rechunk=True), evals
+
+
+def _synth_part(rows: int, per_q: int, seed: int, q0: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     rng = np.random.default_rng(seed)
     q = rows // per_q
     n = q * per_q
@@ -70,7 +82,7 @@ def synth(rows: int, per_q: int, seed: int = 0) -> tuple[pl.DataFrame, pl.DataFr
     qframe = qframe.with_columns(
         question=pl.format("{} has {} {}. Then {} gets {} more {}. How many {} does {} have now?", "n", "a", "o", "n",
                            "b", "o", "o", "n"),
-        qid=pl.format("q{}", pl.col("qi").cast(pl.String).str.zfill(7)))
+        qid=pl.format("q{}", (pl.col("qi") + q0).cast(pl.String).str.zfill(7)))
     df = pl.DataFrame({"qi": np.repeat(np.arange(q), per_q),
                        "sample_idx": np.tile(np.arange(per_q), q).astype(np.int32)})
     df = df.join(qframe, on="qi", how="left", maintain_order="left")
@@ -111,7 +123,7 @@ def synth(rows: int, per_q: int, seed: int = 0) -> tuple[pl.DataFrame, pl.DataFr
         pred=pl.when(pl.Series(wrong)).then(pl.lit("0")).otherwise(pl.col("c")), correct=pl.Series(~wrong),
         grade_status=pl.lit("ok"), grader=pl.lit("number"))
     # eval set: 1,000 unrelated questions plus 20 edited copies of training questions
-    other = qframe.sample(1000, seed=seed + 1).select(
+    other = qframe.sample(min(1000, q), seed=seed + 1).select(
         question=pl.format("{} sold {} {} and kept {}. How many {} were there first?", "n", "a", "o", "b", "o"))
     planted = qframe.head(20).select(question=pl.col("question").str.replace("How many", "How many total"))
     evals = pl.concat([other, planted]).with_columns(task=pl.lit("eval_set"))
