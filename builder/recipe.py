@@ -117,31 +117,60 @@ class GradingConfig(_Strict):
 
 
 class MinHashConfig(_Strict):
+    """Near-duplicate detection knobs (datasketch semantics); copied into the manifest's stats["settings"]."""
+
     enabled: bool = True
-    num_perm: int = Field(128, ge=16)
-    bands: int = Field(16, ge=1)
+    num_perm: int = Field(128, ge=16, description="Permutations per signature (datasketch's num_perm).")
+    bands: int = Field(16, ge=1, description="LSH bands; rows per band = num_perm // bands.")
     ngram: int = Field(5, ge=1, description="Word shingle size.")
     threshold: float = Field(0.8, gt=0.0, le=1.0, description="Jaccard at or above which two rationales are dups.")
-    seed: int = 1
-    scope: Literal["question", "global", "both"] = "question"
+    seed: int = Field(1, description="Permutation seed (datasketch's MinHash(seed=...)).")
+    scope: Literal["question", "global", "both"] = Field(
+        "question", description="Near-dup scope: within each question, across the whole dataset, or both.")
+    scheme: Literal["affine32", "legacy"] = Field(
+        "affine32", description="datasketch permutation scheme: affine32 (its default since 2.0) or legacy.")
+    hash: Literal["fast", "sha1"] = Field(
+        "fast", description="Shingle hash: fast (our stable vectorised word hash, >100k rows/s) or sha1 "
+        "(datasketch's sha1_hash32 on the shingle text: signatures bit-identical to datasketch.MinHash, slower).")
+
+    @model_validator(mode="after")
+    def _check(self) -> MinHashConfig:
+        if self.num_perm % self.bands:
+            raise ValueError(f"num_perm ({self.num_perm}) must be a multiple of bands ({self.bands})")
+        return self
 
 
 class SelectionConfig(_Strict):
-    mode: Literal["diverse", "random", "first"] = Field("diverse", description="How k of N are chosen per question.")
+    mode: Literal["diverse", "random", "first"] = Field(
+        "diverse", description="How k of N are chosen per question: greedy max-min Jaccard, seeded random, or the "
+        "lowest sample indices.")
     max_per_question: int | None = Field(None, ge=1, description="k; null keeps every surviving rationale.")
-    seed: int = 0
+    seed: int = Field(0, description="Seed of the random mode.")
 
 
 class CurationConfig(_Strict):
     keep_correct_only: bool = True
     dedup_exact: bool = True
-    filters: list[str] = Field(default_factory=lambda: ["empty", "truncated", "no_answer"],
-                               description="Quality filters to run, by registry name.")
-    min_chars: int = Field(1, ge=0)
-    max_chars: int | None = Field(None, ge=1)
+    filters: list[str] = Field(default_factory=lambda: ["empty", "truncated", "no_answer", "degenerate", "length"],
+                               description="Quality filters to run, by registry name (builder.filters.FILTERS): "
+                               "empty, truncated, degenerate, no_answer, length, answer_first.")
+    min_chars: int = Field(1, ge=0, description="Length filter: fewer characters is dropped.")
+    max_chars: int | None = Field(None, ge=1, description="Length filter: more characters is dropped.")
+    min_distinct_word_ratio: float = Field(
+        0.15, ge=0.0, le=1.0, description="Degenerate filter: distinct/total words below this (16+ words) drops. "
+        "Real text-davinci-002 rationales that count down step by step go to 0.2.")
+    max_line_repeats: int = Field(8, ge=2, description="Degenerate filter: a non-empty line repeated this often drops.")
+    answer_first_chars: int = Field(
+        40, ge=1, description="answer_first filter: the gold answer as a token within this many leading characters.")
     minhash: MinHashConfig = Field(default_factory=MinHashConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     decontaminate: bool = Field(False, description="Drop questions that overlap a test split or extra eval set.")
+    decontaminate_rationales: bool = Field(False, description="Also check rationales against the eval questions.")
+    decontam_ngram: int = Field(5, ge=1, description="Word n-gram size of the overlap check (questions are short).")
+    decontam_overlap: float = Field(
+        0.5, gt=0.0, le=1.0, description="Share of a question's n-grams found in an eval question that makes a hit.")
+    decontam_jaccard: float = Field(
+        0.7, gt=0.0, le=1.0, description="Estimated Jaccard (MinHash, 3-word shingles) that makes a hit.")
     eval_sets: list[str] = Field(default_factory=list, description="Extra eval files (JSONL/Parquet, 'question').")
 
 
