@@ -45,6 +45,11 @@ _CODE = {reason: i + 1 for i, (_, reason) in enumerate(_CODES)}
 _STAGE_OF_CODE = np.array([-1] + [R.STAGES.index(stage) for stage, _ in _CODES], dtype=np.int8)
 
 
+def _task_ids(df: pl.DataFrame, tasks: list[str]) -> np.ndarray:
+    return df["task"].replace_strict({t: i for i, t in enumerate(tasks)}, return_dtype=pl.Int64).to_numpy().astype(
+        np.int64)  # an empty frame gives an object array otherwise
+
+
 def _group_starts(group_ids: np.ndarray) -> np.ndarray:
     """Offsets of runs of equal ids (rows already grouped)."""
     if not len(group_ids):
@@ -143,7 +148,7 @@ def run(graded: pl.DataFrame, cfg: CurationConfig, *,
         code[(code == 0) & wrong] = _CODE[R.INCORRECT]
 
     tasks = df["task"].unique(maintain_order=True).to_list()
-    task_id = df["task"].replace_strict({t: i for i, t in enumerate(tasks)}, return_dtype=pl.Int32).to_numpy()
+    task_id = _task_ids(df, tasks)
     group_id = df["qid"].rle_id().to_numpy()
     perm = permutations(mh.num_perm, mh.seed, mh.scheme)
     need_global = mh.enabled and mh.scope in ("global", "both")
@@ -282,7 +287,7 @@ def _stats(df: pl.DataFrame, code: np.ndarray, tasks: list[str], diversity: _Div
         "sampled": -1, "answered": R.STAGES.index(R.STAGE_FILTER),
         "correct": R.STAGES.index(R.STAGE_CORRECTNESS), "deduped": R.STAGES.index(R.STAGE_NEAR_DEDUP),
         "selected": R.STAGES.index(R.STAGE_SELECT), "kept": R.STAGES.index(R.STAGE_DECONTAMINATE)}
-    task_id = df["task"].replace_strict({t: i for i, t in enumerate(tasks)}, return_dtype=pl.Int32).to_numpy()
+    task_id = _task_ids(df, tasks)
     funnel = {t: {} for t in tasks}
     for step in R.FUNNEL:
         ok = (stage == -1) | (stage > survived_through[step])

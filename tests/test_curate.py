@@ -234,3 +234,14 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     pl.DataFrame({"qid": ["a"]}).write_parquet(bad)
     assert main(["curate", "--input", str(bad), "--output", str(tmp_path / "l.parquet")]) == 2
     assert "missing column" in capsys.readouterr().err
+
+
+def test_empty_input_and_nothing_surviving(graded):
+    ledger, stats = curate.run(table_schema("graded").empty(), CurationConfig(selection={"max_per_question": 2}))
+    assert ledger.height == 0 and stats["funnel"] == {} and stats["dropped"] == {}
+    wrong = graded.with_columns(correct=pl.lit(False))
+    ledger, stats = curate.run(wrong, CurationConfig(minhash={"scope": "both"}, decontaminate=True),
+                               eval_questions=pl.DataFrame({"task": ["x"], "question": ["q"]}))
+    assert (ledger["state"] == R.DROPPED).all()
+    assert all(f["kept"] == 0 for f in stats["funnel"].values())
+    assert stats["decontamination"]["checked"] == 0
