@@ -27,7 +27,7 @@ def _when(cond: pl.Expr, reason: str) -> pl.Expr:
 @FILTERS.register("empty")
 def empty(cfg: CurationConfig) -> pl.Expr:
     """Nothing but whitespace: nothing to learn from."""
-    return _when(pl.col("rationale").fill_null("").str.strip_chars().str.len_chars() == 0, R.EMPTY)
+    return _when(~pl.col("rationale").fill_null("").str.contains(r"\S"), R.EMPTY)  # stops at the first non-space
 
 
 @FILTERS.register("truncated")
@@ -44,8 +44,8 @@ def no_answer(cfg: CurationConfig) -> pl.Expr:
 
 @FILTERS.register("length")
 def length(cfg: CurationConfig) -> pl.Expr:
-    """Outside [min_chars, max_chars] characters (stripped)."""
-    n = pl.col("rationale").fill_null("").str.strip_chars().str.len_chars()
+    """Outside [min_chars, max_chars] characters (leading/trailing whitespace included)."""
+    n = pl.col("rationale").fill_null("").str.len_chars()
     too_long = pl.lit(False) if cfg.max_chars is None else n > cfg.max_chars
     return (pl.when(n < cfg.min_chars).then(pl.lit(R.TOO_SHORT))
             .when(too_long).then(pl.lit(R.TOO_LONG)).otherwise(pl.lit(None, dtype=pl.String)))
