@@ -44,6 +44,16 @@ class TaskSpec(_Strict):
         None, description="Shuffle answer choices (seeded by tasks.shuffle_seed and the qid); default: on for the "
         "BIG-bench tasks that list the right choice first (date_understanding, tracking_shuffled_objects).")
 
+    @model_validator(mode="after")
+    def _known_task(self) -> TaskSpec:
+        if self.source == "paper":
+            from builder.tasks import task_info
+
+            task_info(self.name)  # raises listing the valid names
+        elif self.answer_type is None:
+            raise ValueError(f"answer_type is required for a {self.source} task (e.g. number, choice, yesno, string)")
+        return self
+
 
 class TasksConfig(_Strict):
     benchmarks_dir: str | None = Field(

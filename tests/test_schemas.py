@@ -1,0 +1,71 @@
+"""Table contracts: every hand-off schema loads, and bad tables fail naming the table, column and row."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from builder.errors import SchemaError
+from builder.schemas import TABLES, atomic_write_parquet, parse_type, read_table, table_schema, validate, write_table
+
+
+def questions(**over) -> pl.DataFrame:
+    data = {"qid": ["a", "b"], "task": ["t", "t"], "split": ["train", "train"], "source_idx": [0, 1],
+            "question": ["1+1?", "2+2?"], "gold": ["2", "4"], "answer_type": ["number", "number"],
+            "choices": [None, None]}
+    data.update(over)
+    return pl.DataFrame(data, schema_overrides={"choices": pl.List(pl.String)})
+
+
+@pytest.mark.parametrize("name", TABLES)
+def test_every_table_schema_loads_with_its_key(name):
+    schema = table_schema(name)
+    assert schema.key and set(schema.key) <= set(schema.names)
+    assert schema.empty().columns == schema.names
+
+
+def test_parse_nested_types():
+    assert parse_type("list<struct<role:string,content:string>>") == pl.List(
+        pl.Struct({"role": pl.String, "content": pl.String}))
+    with pytest.raises(ValueError, match="unknown schema type"):
+        parse_type("decimal")
+
+
+def test_good_table_is_returned_in_schema_order_with_integer_casts():
+    df = questions().select(reversed(questions().columns))
+    out = validate(df, "questions")
+    assert out.columns == table_schema("questions").names
+
+
+@pytest.mark.parametrize("bad, message", [
+    (questions().drop("gold"), r"table 'questions' in q.parquet: missing column\(s\) \['gold'\]"),
+    (questions(source_idx=["0", "1"]), r"column 'source_idx' has type String, expected Int64"),
+    (questions(question=["1+1?", None]), r"column 'question' is null in row 1"),
+    (questions(qid=["a", "a"]), r"duplicate key \{'qid': 'a'\} \(row 0\)"),
+    (questions(gold=[2.0, 4.0]), r"column 'gold' has type Float64, expected String"),
+])
+def test_bad_tables_fail_naming_table_column_and_row(bad, message):
+    with pytest.raises(SchemaError, match=message):
+        validate(bad, "questions", where="q.parquet")
+
+
+def test_write_table_validates_before_writing(tmp_path):
+    path = tmp_path / "q.parquet"
+    with pytest.raises(SchemaError):
+        write_table(questions().drop("task"), path, "questions")
+    assert not path.exists() and not list(tmp_path.iterdir())
+    write_table(questions(), path, "questions")
+    assert read_table(path, "questions").height == 2
+
+
+def test_unreadable_parquet_is_named(tmp_path):
+    path = tmp_path / "broken.parquet"
+    atomic_write_parquet(questions(), path)
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(SchemaError, match="broken.parquet: cannot read as Parquet"):
+        read_table(path, "questions")
+
+
+def test_unknown_table_lists_known_ones():
+    with pytest.raises(SchemaError, match="known tables: questions, samples"):
+        table_schema("nope")
