@@ -245,3 +245,17 @@ def test_empty_input_and_nothing_surviving(graded):
     assert (ledger["state"] == R.DROPPED).all()
     assert all(f["kept"] == 0 for f in stats["funnel"].values())
     assert stats["decontamination"]["checked"] == 0
+
+
+def test_cli_eval_file_turns_decontamination_on(tmp_path, graded, capsys):
+    src = tmp_path / "graded.parquet"
+    write_table(graded, src, "graded")
+    solved = graded.filter(pl.col("correct") & (pl.col("task") == "svamp"))["question"].unique(maintain_order=True)
+    evals = tmp_path / "eval.jsonl"
+    pl.DataFrame({"question": solved.head(4).str.to_lowercase()}).write_ndjson(evals)
+    out, stats = tmp_path / "ledger.parquet", tmp_path / "stats.json"
+    rc = main(["curate", "-i", str(src), "-o", str(out), "--stats", str(stats), "--eval", str(evals)])
+    assert rc == 0, capsys.readouterr().err
+    hits = json.loads(stats.read_text())["decontamination"]["hits"]
+    assert sorted(h["question"] for h in hits) == sorted(solved.head(4).to_list())
+    assert pl.read_parquet(out).filter(pl.col("stage") == R.STAGE_DECONTAMINATE)["question"].n_unique() == 4
