@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 
 import click
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s")
+    # vLLM logs every engine detail at INFO; keep the terminal for our progress unless --debug.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "DEBUG" if debug else "WARNING")
     _register_commands()
     try:
         result = app(args=argv, prog_name="rationale", standalone_mode=False)
