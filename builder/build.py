@@ -80,7 +80,7 @@ def run(recipe: Recipe, *, engine: Any = None, progress: Any = None) -> BuildSum
         advance(f"sampling {questions.height} questions x {recipe.sampling.n}", 0, questions.height *
                 recipe.sampling.n)
         samples, sstats = sample.run(questions, recipe, engine=engine, run_dir=run_dir,
-                                     progress=lambda done, total: advance("sampling", done, total))
+                                     progress=lambda p: advance("sampling", p.samples_done, p.samples_total))
         advance("grading")
         graded = grade.run(samples, questions, recipe.grading)
         write_table(graded, run_dir / "graded.parquet", "graded")

@@ -83,7 +83,11 @@ class TeacherConfig(_Strict):
                              "itself is never written anywhere.")
     concurrency: int = Field(16, ge=1, description="Concurrent requests (backend=openai).")
     timeout_s: float = Field(120.0, gt=0, description="Per-request timeout (backend=openai).")
-    max_retries: int = Field(5, ge=0, description="Retries with exponential backoff (backend=openai).")
+    max_retries: int = Field(5, ge=0, description="Retries with exponential backoff on 429/5xx/timeouts "
+                             "(backend=openai).")
+    use_n: bool = Field(True, description="backend=openai: one request with n samples and seed s (vLLM servers give "
+                        "child i the seed s + i); false sends one request per sample with its own seed (hosted APIs "
+                        "whose n ignores seeds), so any sample can be regenerated alone.")
     import_path: str | None = Field(None, description="JSONL/Parquet of completions (backend=import).")
     import_columns: dict[str, str] = Field(
         default_factory=dict, description="Map sample fields (question, rationale, answer_completion, ...) to "
@@ -102,7 +106,9 @@ class PromptConfig(_Strict):
 
 
 class AdaptiveConfig(_Strict):
-    enabled: bool = False
+    """Adaptive budget: sample in rounds, grading between them, and stop questions that are already solved."""
+
+    enabled: bool = Field(False, description="Sample in rounds until target_correct or max_samples (ignores n).")
     target_correct: int = Field(4, ge=1, description="Stop sampling a question once it has this many correct.")
     max_samples: int = Field(64, ge=1, description="Never sample a question more than this.")
     round_size: int = Field(8, ge=1, description="Samples per question per round.")

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SHARD_GLOB = "shard-*.parquet"
+TMP_GLOB = ".shard-*.tmp"  # atomic_write_parquet's temp names
 _SEED_MOD = 2**31 - 2**20  # leaves room for base + sample_idx below 2**31
 
 
@@ -117,17 +118,68 @@ class Completion:
     seed: int
     text: str
     finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+@dataclass
+class ShardWork:
+    """One shard: the stage-1 requests of a few questions and, per qid, the task's answer prompt (None: inline)."""
+
+    requests: list[Request]
+    answer_prompt: dict[str, str | None]
+
+    @property
+    def sequences(self) -> int:
+        return sum(r.n for r in self.requests)
+
+
+# (shard, its completions, per completion the stage-2 (text, tokens) or None)
+ShardResult = tuple[ShardWork, list[Completion], list[tuple[str, int | None] | None]]
+
+
+def _stage2_items(work: ShardWork, completions: Sequence[Completion]) -> list[int]:
+    return [i for i, c in enumerate(completions) if work.answer_prompt.get(c.qid)]
+
+
+def sequential_stream(teacher: Any, shards: Iterable[ShardWork], answer_max_tokens: int) -> Iterator[ShardResult]:
+    """Shard after shard: `teacher.rationales`, then `teacher.answers` (teachers without their own `stream`)."""
+    for work in shards:
+        completions = teacher.rationales(work.requests)
+        prompts = {r.qid: r.prompt for r in work.requests}
+        idx = _stage2_items(work, completions)
+        items = [(prompts[completions[i].qid], completions[i].text, work.answer_prompt[completions[i].qid])
+                 for i in idx]
+        answers: list[tuple[str, int | None] | None] = [None] * len(completions)
+        for i, a in zip(idx, teacher.answers(items, answer_max_tokens), strict=True):
+            answers[i] = a
+        yield work, completions, answers
+
+
+@dataclass
+class _Inflight:
+    work: ShardWork
+    outputs: list[Any]
+    left: int
+    completions: list[Completion] = field(default_factory=list)
+    answers: list[tuple[str, int | None] | None] = field(default_factory=list)
+    stage2: list[int] = field(default_factory=list)
 
 
 @dataclass
 class VLLMTeacher:
-    """A teacher running in-process on vLLM's `LLM`: one `generate` call per stage per shard."""
+    """A teacher running in-process on vLLM's `LLM`.
+
+    Shards are pipelined through one engine loop (`LLM.enqueue` + `llm_engine.step`): a shard's answer stage is
+    queued as soon as its rationales finish, and new shards are queued while about `window` sequences are in flight,
+    so the batch never drains at shard boundaries (throughput of one big `generate`) while each shard is still
+    written the moment it completes.
+    """
 
     engine: Any
     sampling: SamplingConfig
     model_name: str
+    window: int | None = None
 
     def render(self, prompt: str | list[dict[str, str]]) -> str:
         if isinstance(prompt, str):
@@ -135,28 +187,103 @@ class VLLMTeacher:
         tokenizer = self.engine.get_tokenizer()
         return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
-    def rationales(self, requests: Sequence[Request]) -> list[Completion]:
+    def _window(self) -> int:
+        if self.window:
+            return self.window
+        try:
+            seqs = int(self.engine.llm_engine.vllm_config.scheduler_config.max_num_seqs)
+        except AttributeError:
+            seqs = 256
+        return 2 * seqs
+
+    def stream(self, shards: Iterable[ShardWork], answer_max_tokens: int) -> Iterator[ShardResult]:
         from vllm import SamplingParams
 
         s = self.sampling
-        params = [SamplingParams(n=r.n, seed=r.seed, temperature=s.temperature, top_p=s.top_p,
-                                 max_tokens=s.max_tokens, stop=s.stop or None) for r in requests]
-        outputs = self.engine.generate([r.prompt for r in requests], params, use_tqdm=False)
-        done = []
-        for req, out in zip(requests, outputs, strict=True):
-            for c in out.outputs:
-                done.append(Completion(req.qid, req.first_idx + c.index, req.seed + c.index, c.text,
-                                       c.finish_reason or "stop", len(out.prompt_token_ids or ()), len(c.token_ids)))
-        return done
+        llm, core = self.engine, self.engine.llm_engine
+        answer_params = SamplingParams(n=1, temperature=0.0, max_tokens=answer_max_tokens, stop=["\n"])
+        owner: dict[str, tuple[_Inflight, int, int]] = {}  # request id -> (shard, stage, position)
+        internal: dict[str, str] = {}
+        window, pending, inflight, active = self._window(), iter(shards), 0, 0
 
-    def answers(self, prompts: Sequence[str], max_tokens: int) -> list[tuple[str, int]]:
-        from vllm import SamplingParams
+        def enqueue(state: _Inflight, stage: int, prompts: list[str], params: Any) -> None:
+            for pos, rid in enumerate(llm.enqueue(prompts, params, use_tqdm=False)):
+                owner[rid.split("-")[0]] = (state, stage, pos)
+                internal[rid.split("-")[0]] = rid
 
-        if not prompts:
-            return []
-        params = SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens, stop=["\n"])
-        outputs = self.engine.generate(list(prompts), params, use_tqdm=False)
-        return [(o.outputs[0].text, len(o.outputs[0].token_ids)) for o in outputs]
+        try:
+            while True:
+                while inflight < window:
+                    work = next(pending, None)
+                    if work is None:
+                        break
+                    state = _Inflight(work, [None] * len(work.requests), len(work.requests))
+                    enqueue(state, 1, [r.prompt for r in work.requests],
+                            [SamplingParams(n=r.n, seed=r.seed, temperature=s.temperature, top_p=s.top_p,
+                                            max_tokens=s.max_tokens, stop=s.stop or None) for r in work.requests])
+                    inflight += work.sequences
+                    active += 1
+                if not active:
+                    return
+                for out in core.step():
+                    if not out.finished or out.request_id not in owner:
+                        continue
+                    state, stage, pos = owner.pop(out.request_id)
+                    internal.pop(out.request_id, None)
+                    state.outputs[pos] = out
+                    state.left -= 1
+                    if state.left:
+                        continue
+                    if stage == 1:
+                        inflight -= state.work.sequences
+                        state.completions = _vllm_completions(state.work.requests, state.outputs)
+                        state.stage2 = _stage2_items(state.work, state.completions)
+                        state.answers = [None] * len(state.completions)
+                        if state.stage2:
+                            prompts = {r.qid: r.prompt for r in state.work.requests}
+                            texts = [answer_stage_prompt(prompts[state.completions[i].qid], state.completions[i].text,
+                                                         state.work.answer_prompt[state.completions[i].qid])
+                                     for i in state.stage2]
+                            state.outputs, state.left = [None] * len(texts), len(texts)
+                            enqueue(state, 2, texts, answer_params)
+                            log.debug("answer stage queued: %d prompts of %s", len(texts), state.work.requests[0].qid)
+                            inflight += len(texts)
+                            continue
+                    else:
+                        inflight -= len(state.stage2)
+                        for i, o in zip(state.stage2, state.outputs, strict=True):
+                            state.answers[i] = (o.outputs[0].text, len(o.outputs[0].token_ids))
+                    active -= 1
+                    yield state.work, state.completions, state.answers
+        finally:
+            if internal:  # interrupted or closed early: leave a shared engine clean
+                core.abort_request(list(internal.values()), internal=True)
+
+    def rationales(self, requests: Sequence[Request]) -> list[Completion]:
+        """Stage 1 only, as one `generate` call (regenerate and callers outside the shard loop)."""
+        work = ShardWork(list(requests), {})
+        return next(iter(self.stream([work], 1)))[1]
+
+
+def _vllm_completions(requests: Sequence[Request], outputs: Sequence[Any]) -> list[Completion]:
+    done = []
+    for req, out in zip(requests, outputs, strict=True):
+        for c in out.outputs:
+            done.append(Completion(req.qid, req.first_idx + c.index, req.seed + c.index, c.text,
+                                   c.finish_reason or "stop", len(out.prompt_token_ids or ()), len(c.token_ids)))
+    return done
+
+
+def make_teacher(recipe: Recipe, *, engine: Any = None) -> Any:
+    """The recipe's teacher: vLLM in-process (reusing `engine` when given) or an OpenAI-compatible server."""
+    backend = recipe.teacher.backend
+    if backend == "vllm":
+        return VLLMTeacher(engine or load_engine(recipe.teacher), recipe.sampling, recipe.teacher.model)
+    if backend == "openai":
+        from builder.openai_teacher import OpenAITeacher
+
+        return OpenAITeacher(recipe.teacher, recipe.sampling, recipe.prompt.format)
+    raise BuilderError(f"teacher.backend {backend!r} does not sample; valid sampling backends: vllm, openai")
 
 
 # ------------------------------------------------------------------ run state on disk
@@ -168,7 +295,33 @@ class SampleStats:
     completion_tokens: int = 0
     seconds: float = 0.0
     shards_written: int = 0
+    rounds: int = 0
+    question_stats: pl.DataFrame | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-serialisable totals for logs, the CLI summary and build stats."""
+        return {"samples": self.samples, "new_samples": self.new_samples, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "seconds": round(self.seconds, 3),
+                "tokens_per_s": round(self.tokens_per_s, 1), "shards_written": self.shards_written, **self.extra}
+
+
+@dataclass
+class SampleProgress:
+    """What a progress callback sees after each shard (and at the start of each round)."""
+
+    questions_done: int
+    questions_total: int
+    samples_done: int
+    samples_total: int
+    new_samples: int
+    completion_tokens: int
+    seconds: float
+    round: int
 
     @property
     def tokens_per_s(self) -> float:
@@ -176,11 +329,15 @@ class SampleStats:
 
 
 def run_fingerprint(recipe: Recipe) -> dict[str, Any]:
-    """What must match for shards on disk to be reused: teacher, prompt and the seed-bearing sampling settings."""
+    """What must match for shards on disk to be reused: teacher, prompt and the seed-bearing sampling settings.
+
+    Budget knobs (n, adaptive, shard size) and transport settings (base_url, concurrency, ...) may change between
+    runs: more samples later keep the earlier ones.
+    """
     s = recipe.sampling
     return {
         "teacher": recipe.teacher.model_dump(exclude={"concurrency", "timeout_s", "max_retries", "api_key_env",
-                                                      "engine_args"}),
+                                                      "engine_args", "base_url", "use_n"}),
         "prompt": recipe.prompt.model_dump(),
         "sampling": s.model_dump(exclude={"n", "shard_size", "adaptive"}),
         "tasks": recipe.tasks.model_dump(exclude={"benchmarks_dir"}),
@@ -213,6 +370,16 @@ def read_samples(run_dir: Path, columns: list[str] | None = None) -> pl.DataFram
     return df if columns else validate(df, "samples", where=str(samples_dir(run_dir)))
 
 
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Delete half-written shards (`.shard-*.tmp`) left by a killed run; they never count as samples."""
+    stale = sorted(samples_dir(run_dir).glob(TMP_GLOB))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d stale temp file(s) from a killed run in %s", len(stale), samples_dir(run_dir))
+    return stale
+
+
 def _check_fingerprint(run_dir: Path, recipe: Recipe) -> str:
     run_id = run_id_for(recipe)
     marker = run_dir / "sample_config.json"
@@ -230,15 +397,23 @@ def _check_fingerprint(run_dir: Path, recipe: Recipe) -> str:
     return run_id
 
 
-def missing_requests(questions: pl.DataFrame, done: pl.DataFrame, n: int, run_seed: int) -> pl.DataFrame:
-    """(qid, first_idx, count) runs of consecutive sample indices still to sample, in question order."""
-    want = questions.select("qid").with_row_index("q_order").join(
-        pl.DataFrame({"sample_idx": list(range(n))}, schema={"sample_idx": pl.Int32}), how="cross")
+def missing_requests(questions: pl.DataFrame, done: pl.DataFrame, n: int | pl.Expr, run_seed: int = 0
+                     ) -> pl.DataFrame:
+    """(q_order, qid, first_idx, count): runs of consecutive sample indices still to sample, in question order.
+
+    `n` is the wanted number of samples per question, or an expression over `questions` (e.g. a per-question
+    target column in adaptive rounds).
+    """
+    target = questions.select("qid", n_target=n if isinstance(n, pl.Expr) else pl.lit(n)).with_row_index("q_order")
+    top = int(target["n_target"].max() or 0)
+    want = (target.join(pl.DataFrame({"sample_idx": list(range(top))}, schema={"sample_idx": pl.Int32}),
+                        how="cross")
+            .filter(pl.col("sample_idx") < pl.col("n_target")))
     todo = want.join(done.select("qid", "sample_idx"), on=["qid", "sample_idx"], how="anti")
     runs = (todo.sort("q_order", "sample_idx")
             .with_columns(run=(pl.col("sample_idx") - pl.int_range(pl.len()).over("qid")))
             .group_by("q_order", "qid", "run", maintain_order=True)
-            .agg(first_idx=pl.col("sample_idx").min(), count=pl.len()))
+            .agg(first_idx=pl.col("sample_idx").min(), count=pl.len().cast(pl.Int64)))
     return runs.select("q_order", "qid", "first_idx", "count")
 
 
@@ -256,11 +431,50 @@ def _exemplars_for(recipe: Recipe, task: str) -> list[Any]:
     return list(ex)
 
 
+def round_targets(recipe: Recipe) -> list[int]:
+    """Samples per question wanted after each round: [n] without adaptive, else round_size, 2*round_size, ..."""
+    a = recipe.sampling.adaptive
+    if not a.enabled:
+        return [recipe.sampling.n]
+    return sorted({min(a.max_samples, r * a.round_size) for r in range(1, -(-a.max_samples // a.round_size) + 1)})
+
+
 # ------------------------------------------------------------------ the stage
+@dataclass
+class _Context:
+    recipe: Recipe
+    run_dir: Path
+    run_id: str
+    teacher: Any
+    qinfo: dict[str, dict[str, Any]]
+    exemplars: dict[str, list[Any]]
+    answer_prompts: dict[str, str]
+    prompts: dict[str, str] = field(default_factory=dict)
+
+    def prompt(self, qid: str) -> str:
+        if qid not in self.prompts:
+            q = self.qinfo[qid]
+            self.prompts[qid] = self.teacher.render(build_prompt(q["question"], self.recipe.prompt,
+                                                                 self.exemplars[q["task"]]))
+        return self.prompts[qid]
+
+    def shard_work(self, part: pl.DataFrame) -> ShardWork:
+        seed = self.recipe.sampling.seed
+        requests = [Request(qid, self.prompt(qid), first_idx, count, sample_seed(seed, qid, first_idx))
+                    for qid, first_idx, count in part.select("qid", "first_idx", "count").rows()]
+        return ShardWork(requests, {r.qid: self.answer_prompts.get(self.qinfo[r.qid]["task"]) for r in requests})
+
+
 def run(questions: pl.DataFrame, recipe: Recipe, *, engine: Any = None, teacher: Any = None,
-        run_dir: Path | None = None, progress: Callable[[int, int], None] | None = None
+        run_dir: Path | None = None, progress: Callable[[SampleProgress], None] | None = None
         ) -> tuple[pl.DataFrame, SampleStats]:
-    """Sample `recipe.sampling.n` rationales per question; resume from shards already in `run_dir`.
+    """Sample rationales per question; resume from shards already in `run_dir`.
+
+    Without `sampling.adaptive`, every question gets `sampling.n` samples. With it, questions are sampled in rounds
+    of `round_size` until they have `target_correct` correct rationales (graded with the recipe's grading mode
+    between rounds) or `max_samples` samples; round r wants min(max_samples, r * round_size) samples of each
+    question still open, so a resumed run replays the same decisions from the samples on disk. Per-question pass
+    rate and majority answer go to `<run_dir>/question_stats.parquet` and `stats.question_stats`.
 
     Args:
         questions: the questions table.
@@ -268,71 +482,149 @@ def run(questions: pl.DataFrame, recipe: Recipe, *, engine: Any = None, teacher:
         engine: an already started vLLM `LLM` to reuse (tests share one); started from the recipe otherwise.
         teacher: a ready teacher object (e.g. the OpenAI-compatible client); overrides `engine`.
         run_dir: working folder (default: the recipe's run dir).
-        progress: called with (samples_done, samples_total) after each shard.
+        progress: called with a `SampleProgress` after each shard.
 
     Returns:
-        The samples table (every shard on disk) and this call's statistics.
+        The samples table (every shard on disk for these questions) and this call's statistics.
+
+    Raises:
+        BuilderError: another sampler holds the run dir, the run dir was made with other settings, or a shard is
+            corrupt.
     """
     questions = validate(questions, "questions", where="questions")
     run_dir = run_dir or recipe.run_dir
     if recipe.teacher.backend == "import":
         return import_completions(questions, recipe, run_dir=run_dir)
+    from filelock import FileLock, Timeout
+
+    samples_dir(run_dir).mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(run_dir / ".sample.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise BuilderError(f"{run_dir}: another `rationale sample` is writing here (lock {lock.lock_file}); wait "
+                           "for it to finish") from None
+    try:
+        remove_stale_temp_files(run_dir)
+        return _run_locked(questions, recipe, engine, teacher, run_dir, progress)
+    finally:
+        lock.release()
+
+
+def _run_locked(questions: pl.DataFrame, recipe: Recipe, engine: Any, teacher: Any, run_dir: Path,
+                progress: Callable[[SampleProgress], None] | None) -> tuple[pl.DataFrame, SampleStats]:
     run_id = _check_fingerprint(run_dir, recipe)
-    s = recipe.sampling
+    adaptive = recipe.sampling.adaptive.enabled
     stats = SampleStats()
-    done = read_samples(run_dir, ["qid", "sample_idx"])
-    todo = missing_requests(questions, done, s.n, s.seed)
-    total = questions.height * s.n
-    if progress:
-        progress(total - int(todo["count"].sum() or 0), total)
-    if todo.height:
-        if teacher is None:
-            if recipe.teacher.backend != "vllm":
-                raise BuilderError(f"teacher.backend {recipe.teacher.backend!r} needs a teacher object")
-            teacher = VLLMTeacher(engine or load_engine(recipe.teacher), s, recipe.teacher.model)
-        answer_prompts = tasks.answer_prompts(recipe.tasks, questions) if recipe.prompt.two_stage else {}
-        qinfo = questions.select("qid", "task", "question").rows_by_key("qid", named=True, unique=True)
-        exemplars = {t: _exemplars_for(recipe, t) for t in questions["task"].unique()}
-        shard = _next_shard_index(run_dir)
-        q_per_shard = s.shard_size
-        todo = todo.with_columns(chunk=(pl.col("q_order").rank("dense") - 1) // q_per_shard)
-        for _, part in todo.group_by("chunk", maintain_order=True):
-            t0 = time.perf_counter()
-            df = _sample_shard(part, qinfo, exemplars, answer_prompts, teacher, recipe, run_id)
-            path = samples_dir(run_dir) / f"shard-{shard:05d}.parquet"
-            atomic_write_parquet(validate(df, "samples", where=str(path)), path)
-            shard += 1
-            stats.seconds += time.perf_counter() - t0
-            stats.shards_written += 1
-            stats.new_samples += df.height
-            stats.prompt_tokens += int(df["prompt_tokens"].sum() or 0)
-            stats.completion_tokens += int(df["completion_tokens"].sum() or 0)
-            if progress:
-                progress(total - int(todo["count"].sum()) + stats.new_samples, total)
-    samples = read_samples(run_dir)
-    samples = samples.join(questions.select("qid"), on="qid", how="semi")
+    ctx: _Context | None = None
+    open_q = questions.select("qid")  # questions still sampled in this round
+    finished = 0
+    targets = round_targets(recipe)
+    t_start = time.perf_counter()
+    for rnd, target in enumerate(targets, start=1):
+        stats.rounds = rnd
+        done = read_samples(run_dir, ["qid", "sample_idx"])
+        todo = missing_requests(questions.join(open_q, on="qid", how="semi"), done, target)
+        done_q = questions.height - (open_q.height if adaptive else todo["qid"].n_unique())
+        total = int(questions.height * targets[0] if not adaptive else
+                    done.filter(pl.col("sample_idx") < target).height + todo["count"].sum())
+        left = int(todo["count"].sum())
+        state = SampleProgress(finished if adaptive else done_q, questions.height, total - left, total, 0, 0, 0.0, rnd)
+        if progress:
+            progress(state)
+        if todo.height:
+            if ctx is None:
+                teacher = teacher or make_teacher(recipe, engine=engine)
+                ctx = _Context(recipe, run_dir, run_id, teacher,
+                               questions.select("qid", "task", "question").rows_by_key("qid", named=True,
+                                                                                       unique=True),
+                               {t: _exemplars_for(recipe, t) for t in questions["task"].unique()},
+                               tasks.answer_prompts(recipe.tasks, questions) if recipe.prompt.two_stage else {})
+            _sample_todo(ctx, todo, stats, state, progress, adaptive)
+        if not adaptive:
+            break
+        open_q, finished = _grade_round(run_dir, questions, open_q, recipe, target)
+        if not open_q.height:
+            break
+    stats.seconds = time.perf_counter() - t_start
+    samples = read_samples(run_dir).join(questions.select("qid"), on="qid", how="semi")
     stats.samples = samples.height
+    if adaptive:
+        stats.question_stats = _final_question_stats(run_dir, samples, questions, recipe)
+        qs = stats.question_stats
+        stats.extra["adaptive"] = {
+            "rounds": stats.rounds, "questions": qs.height,
+            "solved": int(qs["solved"].sum()), "capped": int((~qs["solved"]).sum()),
+            "mean_pass_rate": round(float(qs["pass_rate"].mean() or 0.0), 4),
+            "mean_samples_per_question": round(float(qs["n_samples"].mean() or 0.0), 2),
+        }
+    log.info("sampling: %s", stats.summary())
     return samples, stats
 
 
-def _sample_shard(part: pl.DataFrame, qinfo: dict, exemplars: dict, answer_prompts: dict, teacher: Any,
-                  recipe: Recipe, run_id: str) -> pl.DataFrame:
-    s = recipe.sampling
-    requests, prompts = [], {}
-    for qid, first_idx, count in part.select("qid", "first_idx", "count").rows():
-        q = qinfo[qid]
-        if qid not in prompts:
-            prompts[qid] = teacher.render(build_prompt(q["question"], recipe.prompt, exemplars[q["task"]]))
-        requests.append(Request(qid, prompts[qid], first_idx, count, sample_seed(s.seed, qid, first_idx)))
-    completions = teacher.rationales(requests)
-    answer_prompt = [answer_prompts.get(qinfo[c.qid]["task"]) for c in completions]
-    stage2 = [i for i, a in enumerate(answer_prompt) if a]
-    answers = teacher.answers([answer_stage_prompt(prompts[completions[i].qid], completions[i].text, answer_prompt[i])
-                               for i in stage2], s.answer_max_tokens)
-    answer_text: list[str | None] = [None] * len(completions)
-    answer_tokens = [0] * len(completions)
-    for i, (text, ntok) in zip(stage2, answers, strict=True):
-        answer_text[i], answer_tokens[i] = text, ntok
+def _sample_todo(ctx: _Context, todo: pl.DataFrame, stats: SampleStats, state: SampleProgress,
+                 progress: Callable[[SampleProgress], None] | None, adaptive: bool) -> None:
+    """Sample the missing runs of `todo`, `shard_size` questions per shard, writing each shard as it completes."""
+    s = ctx.recipe.sampling
+    todo = todo.with_columns(chunk=(pl.col("q_order").rank("dense") - 1) // s.shard_size)
+    works = (ctx.shard_work(part) for _, part in todo.group_by("chunk", maintain_order=True))
+    stream = getattr(ctx.teacher, "stream", None)
+    results = stream(works, s.answer_max_tokens) if stream else sequential_stream(ctx.teacher, works,
+                                                                                   s.answer_max_tokens)
+    shard, t0 = _next_shard_index(ctx.run_dir), time.perf_counter()
+    for work, completions, answers in results:
+        df = _shard_frame(work, completions, answers, ctx.recipe, ctx.run_id)
+        path = samples_dir(ctx.run_dir) / f"shard-{shard:05d}.parquet"
+        log.debug("shard %05d: %d samples of %d questions", shard, df.height, len({r.qid for r in work.requests}))
+        atomic_write_parquet(validate(df, "samples", where=str(path)), path)
+        shard += 1
+        stats.shards_written += 1
+        stats.new_samples += df.height
+        stats.prompt_tokens += int(df["prompt_tokens"].sum() or 0)
+        stats.completion_tokens += int(df["completion_tokens"].sum() or 0)
+        state.samples_done += df.height
+        state.new_samples, state.completion_tokens = stats.new_samples, stats.completion_tokens
+        state.seconds = state.seconds + (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        if not adaptive:
+            state.questions_done += len({r.qid for r in work.requests})
+        if progress:
+            progress(state)
+
+
+def _graded(samples: pl.DataFrame, questions: pl.DataFrame, recipe: Recipe) -> pl.DataFrame:
+    from builder import grade
+
+    return grade.run(samples, questions, recipe.grading)
+
+
+def _grade_round(run_dir: Path, questions: pl.DataFrame, open_q: pl.DataFrame, recipe: Recipe, target: int
+                 ) -> tuple[pl.DataFrame, int]:
+    """Which questions stay open after a round: fewer than target_correct correct among their first `target`."""
+    a = recipe.sampling.adaptive
+    on_disk = read_samples(run_dir).join(open_q, on="qid", how="semi").filter(pl.col("sample_idx") < target)
+    graded = _graded(on_disk, questions, recipe)
+    correct = graded.group_by("qid").agg(pl.col("correct").sum().alias("n_correct"))
+    still = (open_q.join(correct, on="qid", how="left")
+             .filter((pl.col("n_correct").fill_null(0) < a.target_correct) & pl.lit(target < a.max_samples))
+             .select("qid"))
+    return still, questions.height - still.height
+
+
+def _final_question_stats(run_dir: Path, samples: pl.DataFrame, questions: pl.DataFrame, recipe: Recipe
+                          ) -> pl.DataFrame:
+    from builder import grade
+
+    a = recipe.sampling.adaptive
+    qs = grade.question_stats(_graded(samples, questions, recipe)).with_columns(
+        solved=pl.col("n_correct") >= a.target_correct)
+    atomic_write_parquet(qs, run_dir / "question_stats.parquet")
+    return qs
+
+
+def _shard_frame(work: ShardWork, completions: Sequence[Completion], answers: Sequence[tuple[str, int | None] | None],
+                 recipe: Recipe, run_id: str) -> pl.DataFrame:
+    prompts = {r.qid: r.prompt for r in work.requests}
     return pl.DataFrame({
         "qid": [c.qid for c in completions],
         "sample_idx": [c.sample_idx for c in completions],
@@ -341,27 +633,33 @@ def _sample_shard(part: pl.DataFrame, qinfo: dict, exemplars: dict, answer_promp
         "teacher_revision": recipe.teacher.revision,
         "prompt": [prompts[c.qid] for c in completions],
         "rationale": [c.text for c in completions],
-        "answer_prompt": answer_prompt,
-        "answer_completion": answer_text,
+        "answer_prompt": [work.answer_prompt.get(c.qid) for c in completions],
+        "answer_completion": [a[0] if a else None for a in answers],
         "finish_reason": [c.finish_reason for c in completions],
         "prompt_tokens": [c.prompt_tokens for c in completions],
-        "completion_tokens": [c.completion_tokens + a for c, a in zip(completions, answer_tokens, strict=True)],
+        "completion_tokens": [None if c.completion_tokens is None else c.completion_tokens + ((a[1] or 0) if a else 0)
+                              for c, a in zip(completions, answers, strict=True)],
         "run_id": run_id,
-    }, schema_overrides={"sample_idx": pl.Int32, "prompt_tokens": pl.Int32, "completion_tokens": pl.Int32,
-                         "teacher_revision": pl.String, "answer_prompt": pl.String, "answer_completion": pl.String})
+    }, schema_overrides={"sample_idx": pl.Int32, "seed": pl.Int64, "prompt_tokens": pl.Int32,
+                         "completion_tokens": pl.Int32, "teacher_revision": pl.String, "answer_prompt": pl.String,
+                         "answer_completion": pl.String})
 
 
 def regenerate(recipe: Recipe, question: str, task: str, qid: str, sample_idx: int, *, engine: Any = None,
                teacher: Any = None) -> pl.DataFrame:
     """Sample exactly sample `sample_idx` of question `qid` again (same seed, same prompt): one-row samples table."""
     questions = pl.DataFrame({"qid": [qid], "task": [task], "question": [question]})
-    qinfo = questions.rows_by_key("qid", named=True, unique=True)
-    if teacher is None:
-        teacher = VLLMTeacher(engine or load_engine(recipe.teacher), recipe.sampling, recipe.teacher.model)
-    part = pl.DataFrame({"qid": [qid], "first_idx": [sample_idx], "count": [1]})
+    teacher = teacher or make_teacher(recipe, engine=engine)
     answer_prompts = tasks.answer_prompts(recipe.tasks) if recipe.prompt.two_stage else {}
-    return _sample_shard(part, qinfo, {task: _exemplars_for(recipe, task)}, answer_prompts, teacher, recipe,
-                         run_id_for(recipe))
+    ctx = _Context(recipe, recipe.run_dir, run_id_for(recipe), teacher,
+                   questions.rows_by_key("qid", named=True, unique=True), {task: _exemplars_for(recipe, task)},
+                   answer_prompts)
+    work = ctx.shard_work(pl.DataFrame({"qid": [qid], "first_idx": [sample_idx], "count": [1]}))
+    stream = getattr(teacher, "stream", None)
+    results = stream([work], recipe.sampling.answer_max_tokens) if stream else sequential_stream(
+        teacher, [work], recipe.sampling.answer_max_tokens)
+    work, completions, answers = next(iter(results))
+    return _shard_frame(work, completions, answers, recipe, ctx.run_id)
 
 
 # ------------------------------------------------------------------ import

@@ -4,9 +4,31 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+
+def _progress() -> Progress:
+    """Samples bar plus questions done, generated tokens/s and ETA (on stderr, so stdout stays clean)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from builder.cli._common import console
+
+    return Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("samples · {task.fields[questions]} questions · {task.fields[tps]} tok/s"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
 
 
 def register(app: typer.Typer) -> None:
@@ -19,7 +41,7 @@ def register(app: typer.Typer) -> None:
         """Sample rationales into <work_dir>/<name>/samples/ (resumes; only missing (qid, sample_idx) are sampled)."""
         from builder import sample as sample_stage
         from builder import tasks
-        from builder.cli._common import console, stage_progress
+        from builder.cli._common import console
         from builder.recipe import load_recipe
         from builder.schemas import write_table
 
@@ -36,9 +58,21 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(row.to_dicts()[0]))
             return
         write_table(questions, cfg.run_dir / "questions.parquet", "questions")
-        with stage_progress() as progress:
-            task = progress.add_task("sampling", total=questions.height * cfg.sampling.n)
-            samples, stats = sample_stage.run(
-                questions, cfg, progress=lambda done, total: progress.update(task, completed=done, total=total))
+        with _progress() as progress:
+            bar = progress.add_task("sampling", total=None, questions="0/?", tps="-")
+
+            def show(p: sample_stage.SampleProgress) -> None:
+                label = f"sampling (round {p.round})" if cfg.sampling.adaptive.enabled else "sampling"
+                progress.update(bar, description=label, completed=p.samples_done, total=p.samples_total,
+                                questions=f"{p.questions_done}/{p.questions_total}", tps=f"{p.tokens_per_s:.0f}")
+
+            samples, stats = sample_stage.run(questions, cfg, progress=show)
+        summary = stats.summary()
         console.print(f"{samples.height} samples in {cfg.run_dir / 'samples'}; this run sampled {stats.new_samples} "
-                      f"({stats.completion_tokens} tokens, {stats.tokens_per_s:.1f} tokens/s)")
+                      f"in {stats.shards_written} shards: {stats.prompt_tokens} prompt + {stats.completion_tokens} "
+                      f"completion tokens in {stats.seconds:.1f} s ({stats.tokens_per_s:.1f} generated tokens/s)")
+        if "adaptive" in summary:
+            a = summary["adaptive"]
+            console.print(f"adaptive: {a['solved']} of {a['questions']} questions solved in {a['rounds']} round(s), "
+                          f"mean pass rate {a['mean_pass_rate']:.3f}, {a['mean_samples_per_question']} samples per "
+                          f"question; per-question stats in {cfg.run_dir / 'question_stats.parquet'}")
