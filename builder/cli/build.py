@@ -14,6 +14,8 @@ def register(app: typer.Typer) -> None:
     def build(
         recipe: Annotated[Path, typer.Argument(help="Build recipe (YAML); see recipes/ and schemas/.")],
         json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+        work_dir: Annotated[Path | None, typer.Option(help="Override the recipe's work_dir (working state).")] = None,
+        store: Annotated[Path | None, typer.Option(help="Override the recipe's store.root.")] = None,
     ) -> None:
         """Turn a recipe's questions into a versioned rationale dataset (tasks -> sample -> grade -> curate -> store).
 
@@ -26,6 +28,10 @@ def register(app: typer.Typer) -> None:
         from builder.recipe import load_recipe
 
         cfg = load_recipe(recipe)
+        if work_dir is not None:
+            cfg.work_dir = str(work_dir.resolve())
+        if store is not None:
+            cfg.store.root = str(store.resolve())
         summary = build_stage.run(cfg, progress=stage_progress())
         if json_out:
             typer.echo(json.dumps(summary.to_dict()))
