@@ -188,22 +188,16 @@ def _word_hashes(data, offsets, byte_map):
     return out, starts
 
 
-@_njit_par
-def _row_hashes(words, word_starts):
-    """64-bit hash of each row's normalised word sequence: the exact-dedup key."""
-    n = len(word_starts) - 1
-    out = np.empty(n, np.uint64)
-    for r in prange(n):
-        h = np.uint64(0x243F6A8885A308D3) ^ np.uint64(word_starts[r + 1] - word_starts[r])
-        for i in range(word_starts[r], word_starts[r + 1]):
-            h = _fmix64(h ^ words[i]) * np.uint64(0x9E3779B97F4A7C15)
-        out[r] = _fmix64(h)
-    return out
+@_njit
+def _rotl(x, r):
+    return (x << np.uint64(r)) | (x >> np.uint64(64 - r))
 
 
 @_njit_par
 def _shingle_hashes(words, word_starts, ngram):
-    """32-bit hash of every word n-gram of every row (a row shorter than n is one shingle)."""
+    """32-bit hash of every word n-gram of every row (a row shorter than n is one shingle), and each row's
+    64-bit exact-dup key (its whole normalised word sequence). Word hashes are already mixed, so an n-gram
+    combines them with rotations (order matters) and one finaliser."""
     n = len(word_starts) - 1
     counts = np.zeros(n + 1, np.int64)
     for r in prange(n):
@@ -211,15 +205,21 @@ def _shingle_hashes(words, word_starts, ngram):
         counts[r + 1] = 0 if nw == 0 else max(1, nw - ngram + 1)
     starts = np.cumsum(counts)
     out = np.empty(starts[n], np.uint32)
+    keys = np.empty(n, np.uint64)
     for r in prange(n):
         w0 = word_starts[r]
         nw = word_starts[r + 1] - w0
+        key = np.uint64(0x243F6A8885A308D3) ^ np.uint64(nw)
+        for i in range(w0, w0 + nw):
+            key = (key ^ words[i]) * np.uint64(0x9E3779B97F4A7C15)
+        keys[r] = _fmix64(key)
+        m = min(ngram, nw)
         for s in range(starts[r + 1] - starts[r]):
-            h = np.uint64(0x9E3779B97F4A7C15)
-            for j in range(min(ngram, nw)):
-                h = _fmix64(h ^ words[w0 + s + j])
-            out[starts[r] + s] = np.uint32(h & np.uint64(0xFFFFFFFF))
-    return out, starts
+            h = np.uint64(0)
+            for j in range(m):
+                h = _rotl(h, 23) ^ words[w0 + s + j]
+            out[starts[r] + s] = np.uint32(_fmix64(h + np.uint64(m)) & np.uint64(0xFFFFFFFF))
+    return out, starts, keys
 
 
 @_njit_par
@@ -317,11 +317,9 @@ def shingle(texts: pl.Series, ngram: int, hash: str = "fast") -> Shingled:
         raise ValueError(f"unknown shingle hash {hash!r}; valid: fast, sha1")
     data, offsets = text_buffers(texts)
     word_h, word_starts = _word_hashes(data, offsets, _BYTE_MAP)
-    keys = _row_hashes(word_h, word_starts)
+    h, starts, keys = _shingle_hashes(word_h, word_starts, np.int64(ngram))
     if hash == "sha1":
         h, starts = sha1_shingle_hashes(texts, ngram)
-    else:
-        h, starts = _shingle_hashes(word_h, word_starts, np.int64(ngram))
     return Shingled(h, starts, keys)
 
 
