@@ -6,7 +6,8 @@ Stages, in order (a row dropped by one is not seen by later ones; reasons in `bu
 2. correctness: wrong answers (cfg.keep_correct_only).
 3. exact_dedup: same normalised text within a question (first sample kept).
 4. near_dedup: MinHash + LSH near-duplicates within each question and/or globally (cfg.minhash.scope); the
-   lowest sample of a cluster is kept; `cluster` holds the kept row's ledger position for every member.
+   lowest sample of a cluster is kept. For exact and near duplicates alike, `cluster` holds the ledger position
+   (row number in the returned ledger) of the row kept for the cluster, on the members and on that row.
 5. select: k = cfg.selection.max_per_question of the N survivors per question (diverse/random/first).
 6. decontaminate: questions (and optionally rationales) matching eval questions (`builder.decontaminate`).
 
