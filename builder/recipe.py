@@ -232,7 +232,7 @@ class Recipe(_Strict):
         if path is None:
             return None
         p = Path(os.path.expandvars(os.path.expanduser(path)))
-        return p if p.is_absolute() or self.base_dir is None else Path(self.base_dir) / p
+        return p if p.is_absolute() or self.base_dir is None else (Path(self.base_dir) / p).resolve()
 
     @property
     def run_dir(self) -> Path:
