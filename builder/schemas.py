@@ -140,11 +140,14 @@ def validate(df: pl.DataFrame, table: str, *, where: str | None = None, extra: b
                 row = df.select(pl.col(name).is_null().arg_max()).item()
                 raise SchemaError(f"table {table!r}{at}: column {name!r} is null in row {row} ({count} null rows)")
     if schema.key and df.height:
-        dup = df.select(pl.struct(list(schema.key)).is_duplicated().arg_max().alias("i"),
-                        pl.struct(list(schema.key)).is_duplicated().any().alias("any")).row(0, named=True)
-        if dup["any"]:
-            key = df.select(list(schema.key)).row(dup["i"], named=True)
-            raise SchemaError(f"table {table!r}{at}: duplicate key {key} (row {dup['i']})")
+        key_cols = list(schema.key)
+        # Fast path: distinct key hashes (a hash collision only sends us to the exact check below).
+        if df.select(pl.struct(key_cols).hash().n_unique()).item() != df.height:
+            dup = df.select(pl.struct(key_cols).is_duplicated())
+            if dup.to_series().any():
+                i = dup.to_series().arg_max()
+                key = df.select(key_cols).row(i, named=True)
+                raise SchemaError(f"table {table!r}{at}: duplicate key {key} (row {i})")
     rest = [c for c in df.columns if c not in schema.names] if extra else []
     return df.select(schema.names + rest)
 
