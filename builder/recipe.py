@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -175,7 +175,7 @@ class CurationConfig(_Strict):
     min_distinct_word_ratio: float = Field(
         0.15, ge=0.0, le=1.0, description="Degenerate filter: distinct/total words below this (16+ words) drops. "
         "Real text-davinci-002 rationales that count down step by step go to 0.2.")
-    max_line_repeats: int = Field(8, ge=2, description="Degenerate filter: a non-empty line repeated this often drops.")
+    max_line_repeats: int = Field(8, ge=2, description="Degenerate filter: a line repeated this often drops.")
     answer_first_chars: int = Field(
         40, ge=1, description="answer_first filter: the gold answer as a token within this many leading characters.")
     minhash: MinHashConfig = Field(default_factory=MinHashConfig)
@@ -243,27 +243,51 @@ class Recipe(_Strict):
         return self.store.name or self.name
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
+def format_validation_error(exc: ValidationError, source: str, schema_file: str = "recipe.schema.json") -> str:
     """One line per problem, each naming the field path, e.g. `recipe.yaml: sampling.n: Input should be ...`."""
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling; see schemas/recipe.schema.json)"
+            msg = f"unknown field (check the spelling; see schemas/{schema_file})"
         lines.append(f"{source}: {loc}: {msg}")
     return "\n".join(lines)
 
 
-def parse_recipe(data: Any, source: str = "<recipe>", base_dir: str | Path | None = None) -> Recipe:
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_model(model: type[M], data: Any, source: str, base_dir: str | Path | None, *, kind: str = "recipe",
+                schema_file: str = "recipe.schema.json") -> M:
+    """Validate parsed YAML against a recipe model; errors name the source and the dotted field path."""
     if not isinstance(data, dict):
-        raise RecipeError(f"{source}: a recipe must be a YAML mapping, found {type(data).__name__}")
+        raise RecipeError(f"{source}: a {kind} must be a YAML mapping, found {type(data).__name__}")
     try:
-        recipe = Recipe.model_validate(data)
+        obj = model.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError(format_validation_error(exc, source)) from None
-    recipe.base_dir = str(base_dir) if base_dir is not None else None
-    return recipe
+        raise RecipeError(format_validation_error(exc, source, schema_file)) from None
+    obj.base_dir = str(base_dir) if base_dir is not None else None
+    return obj
+
+
+def read_yaml(path: str | Path, kind: str = "recipe") -> Any:
+    """Read a YAML file; a missing file, non-UTF-8 bytes or broken YAML raise naming the file (and line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {kind} not found")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RecipeError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
+
+
+def parse_recipe(data: Any, source: str = "<recipe>", base_dir: str | Path | None = None) -> Recipe:
+    return parse_model(Recipe, data, source, base_dir)
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -274,18 +298,7 @@ def load_recipe(path: str | Path) -> Recipe:
         RecipeError: broken YAML (with line) or invalid fields (with their dotted path).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: recipe not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise RecipeError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise RecipeError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
-    recipe = parse_recipe(data, str(path), path.resolve().parent)
-    return recipe
+    return parse_recipe(read_yaml(path), str(path), path.resolve().parent)
 
 
 def export_json_schema(path: str | Path | None = None) -> str:
