@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from builder.errors import RecipeError
 
@@ -188,6 +188,16 @@ class CurationConfig(_Strict):
     decontam_jaccard: float = Field(
         0.7, gt=0.0, le=1.0, description="Estimated Jaccard (MinHash, 3-word shingles) that makes a hit.")
     eval_sets: list[str] = Field(default_factory=list, description="Extra eval files (JSONL/Parquet, 'question').")
+
+    @field_validator("filters")
+    @classmethod
+    def _known_filters(cls, names: list[str]) -> list[str]:
+        # Checked when the recipe loads, not after hours of sampling when curation first looks the names up.
+        from builder.filters import FILTERS
+
+        for name in names:
+            FILTERS.get(name)  # raises listing the valid names
+        return names
 
 
 # ---------------------------------------------------------------- store

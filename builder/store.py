@@ -450,7 +450,14 @@ def read_version(ref_or_path: str | Path, root: str | Path | None = None, *, con
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise StoreError(f"{missing[0]}: listed in {folder / MANIFEST} but missing; run `rationale pull` again")
-    rows = pl.read_parquet([str(f) for f in files]) if files else table_schema("rows").empty()
+    frames = []
+    for f in files:
+        try:
+            frames.append(pl.read_parquet(f))
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise StoreError(f"{f}: unreadable Parquet ({str(exc).splitlines()[0]}); the version is corrupt: "
+                             "`rationale pull` it again or rebuild it") from None
+    rows = pl.concat(frames, how="vertical_relaxed") if frames else table_schema("rows").empty()
     return validate(rows, "rows", where=str(folder)), manifest
 
 

@@ -590,6 +590,9 @@ def _load_generic(spec: TaskSpec, base_dir: str | Path | None) -> tuple[pl.DataF
         source = str(path)
     else:
         local = _resolve(spec.path, base_dir)
+        if not local.exists() and spec.path.startswith((".", "/", "~")):  # a local path, not an ORG/NAME Hub id
+            raise FileNotFoundError(f"{local}: no such dataset folder or file (tasks.items[].path of hub task "
+                                    f"{spec.name!r}; relative paths resolve against the recipe's folder)")
         hub_spec = spec.model_copy(update={"path": str(local)}) if local.exists() else spec
         df, unit = _read_hub(hub_spec)
         source = f"hub dataset {hub_spec.path} [{spec.hub_split}]"

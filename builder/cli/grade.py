@@ -119,6 +119,10 @@ def register(app: typer.Typer) -> None:
         with stage_progress() as progress:
             step = progress.add_task("read", total=3)
             df = prepare(read_input(input), input, answer_type)
+            if compare_with is not None and compare_with not in df.columns:  # fail before writing anything
+                from builder.errors import InputError
+
+                raise InputError(f"{input}: --compare-with column {compare_with!r} not found; columns: {df.columns}")
             progress.update(step, advance=1, description=f"grade {df.height:,} rows")
             graded = grade_frame(df, mode=mode)
             progress.update(step, advance=1, description="write")
