@@ -52,6 +52,10 @@ _SORT_KEY = ["task", "qid", "sample_idx"]
 ANSWER_SENTENCE = "Therefore, the answer is {answer}."
 
 
+class StoreWriteError(StoreError, OSError):
+    """Writing a version failed (disk full, permissions); still an OSError for callers that catch those."""
+
+
 @dataclass(frozen=True)
 class VersionInfo:
     """Where a version lives and whether this call wrote it (False: the newest version already had this hash)."""
@@ -277,8 +281,14 @@ def write_version(
         existing = list_versions(dataset_dir.parent, name)
         if existing and existing[-1]["content_hash"] == digest:
             newest = existing[-1]
+            folder = dataset_dir / newest["version"]
+            # "unchanged" must not point at a damaged copy: check its files, and heal an index a kill left stale.
+            _check_files(folder, load_manifest(folder), hint=f"{newest['version']} has this content but is corrupt; "
+                         f"move {folder} out of the store and rerun to write it again")
+            if _read_index(dataset_dir) != existing:
+                _write_index(dataset_dir, existing)
             logger.info("%s %s already has content hash %s; nothing written", name, newest["version"], digest[:12])
-            return VersionInfo(dataset_dir / newest["version"], newest["version"], digest, False)
+            return VersionInfo(folder, newest["version"], digest, False)
         number = 1 + max((int(v["version"][1:]) for v in existing), default=0)
         version = f"v{number}"
         tmp = dataset_dir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
@@ -291,10 +301,18 @@ def write_version(
                 raise StoreError(f"{final}: already exists but has no readable manifest; versions are immutable, "
                                  "move it away by hand")
             os.rename(tmp, final)
+        except OSError as exc:  # disk full, permissions: nothing half-written stays visible
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise StoreWriteError(f"{dataset_dir}: writing {version} failed ({exc}); nothing was written, the store "
+                                  "is unchanged; fix the cause (e.g. free disk space) and rerun") from exc
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _write_index(dataset_dir, [*existing, _index_entry(manifest)])
+        try:
+            _write_index(dataset_dir, [*existing, _index_entry(manifest)])
+        except OSError as exc:  # the version is complete; the index is rebuilt from the folders on the next write
+            logger.warning("%s: could not update %s (%s); the version folders remain the source of truth",
+                           dataset_dir, INDEX, exc)
         logger.info("wrote %s %s (%d rows, content hash %s)", name, version, rows.height, digest[:12])
         return VersionInfo(final, version, digest, True)
     finally:
@@ -368,6 +386,13 @@ def _write_folder(folder: Path, rows: pl.DataFrame, *, name: str, version: str, 
 
 def _index_entry(manifest: dict[str, Any]) -> dict[str, Any]:
     return {k: manifest[k] for k in ("version", "content_hash", "created_at", "rows", "tasks")}
+
+
+def _read_index(dataset_dir: Path) -> list[dict[str, Any]] | None:
+    try:
+        return json.loads((dataset_dir / INDEX).read_text())["versions"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _write_index(dataset_dir: Path, entries: list[dict[str, Any]]) -> None:
@@ -461,6 +486,18 @@ def read_version(ref_or_path: str | Path, root: str | Path | None = None, *, con
     return validate(rows, "rows", where=str(folder)), manifest
 
 
+def _check_files(folder: Path, manifest: dict[str, Any], hint: str = "do not use this copy") -> None:
+    """Every file the manifest lists exists with its recorded sha256; the first that does not is named."""
+    for rel, meta in sorted(manifest["files"].items()):
+        file = folder / rel
+        if not file.is_file():
+            raise StoreError(f"{file}: missing (listed in {folder / MANIFEST}); {hint}")
+        found = sha256_file(file)
+        if found != meta["sha256"]:
+            raise StoreError(f"{file}: sha256 {found[:16]}... does not match the manifest's {meta['sha256'][:16]}... "
+                             f"(file altered or corrupt); {hint}")
+
+
 def verify(path: str | Path) -> dict[str, Any]:
     """Check every file of a version folder against manifest.json, and the content hash against the rows.
 
@@ -475,14 +512,7 @@ def verify(path: str | Path) -> dict[str, Any]:
     """
     folder = Path(path)
     manifest = load_manifest(folder)
-    for rel, meta in sorted(manifest["files"].items()):
-        file = folder / rel
-        if not file.is_file():
-            raise StoreError(f"{file}: missing (listed in {folder / MANIFEST})")
-        found = sha256_file(file)
-        if found != meta["sha256"]:
-            raise StoreError(f"{file}: sha256 {found[:16]}... does not match the manifest's {meta['sha256'][:16]}... "
-                             "(file altered or corrupt); do not use this copy")
+    _check_files(folder, manifest)
     listed = set(manifest["files"]) | {MANIFEST}
     for file in sorted(folder.rglob("*")):
         rel = file.relative_to(folder).as_posix()
