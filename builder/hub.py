@@ -48,10 +48,14 @@ class PublishResult:
 
 def _hub_call(what: str, fn, *args, **kwargs):
     """Run one HfApi call; turn HTTP/offline failures into a one-line HubError saying what to do."""
+    import httpx2  # huggingface_hub's HTTP client
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
     try:
         return fn(*args, **kwargs)
+    except httpx2.TransportError as exc:  # connection refused/reset, timeout: nothing was tagged, a rerun resumes
+        raise HubError(f"{what}: network error ({type(exc).__name__}: {exc}); check the network and HF_ENDPOINT, "
+                       "then rerun: a publish that did not reach its tag is completed by the rerun") from None
     except OfflineModeIsEnabled:
         raise HubError(f"{what}: HF_HUB_OFFLINE is set; unset it to reach the Hub") from None
     except LocalEntryNotFoundError as exc:  # snapshot_download: Hub unreachable (or offline) and nothing cached
