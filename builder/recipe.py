@@ -195,8 +195,10 @@ class CurationConfig(_Strict):
         # Checked when the recipe loads, not after hours of sampling when curation first looks the names up.
         from builder.filters import FILTERS
 
-        for name in names:
-            FILTERS.get(name)  # raises listing the valid names
+        unknown = [name for name in names if name not in FILTERS]
+        if unknown:
+            raise ValueError(f"curation.filters lists an unknown quality filter {unknown[0]!r}; valid: "
+                             f"{', '.join(sorted(FILTERS.names()))}")
         return names
 
 
