@@ -28,8 +28,26 @@ def read_input(path: Path) -> pl.DataFrame:
         if suffix in (".parquet", ".pq"):
             return pl.read_parquet(path)
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputError(f"{path}: cannot read as {suffix[1:]} ({exc})") from exc
+        raise InputError(f"{path}: {_bad_line(path) or ''}cannot read as {suffix[1:]} ({exc})") from exc
     raise InputError(f"{path}: unknown file type {suffix!r}; use .jsonl or .parquet")
+
+
+def _bad_line(path: Path) -> str | None:
+    """'line N: ' of the first line of a JSONL file that is not a JSON object (polars only gives a byte offset)."""
+    import json
+
+    if path.suffix.lower() not in (".jsonl", ".ndjson", ".json"):
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if line.strip() and not isinstance(json.loads(line), dict):
+                    return f"line {lineno}: not a JSON object; "
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 ({exc.reason}); "
+    except json.JSONDecodeError as exc:
+        return f"line {lineno}: invalid JSON ({exc.msg} at column {exc.colno}); "
+    return None
 
 
 def prepare(df: pl.DataFrame, path: Path, answer_type: str | None) -> pl.DataFrame:
