@@ -71,17 +71,14 @@ def read_dataset(spec: DatasetSpec, recipe: TrainRecipe | None = None) -> Datase
         StoreError: the version is missing or has no rows left after the task filter.
     """
     resolve = recipe.resolve_path if recipe is not None else (lambda p: Path(p))
-    if spec.ref:
-        rows, manifest = _read_version(spec.ref, resolve(spec.root))
-        ref = spec.ref
-    elif spec.path:
-        path = resolve(spec.path)
-        rows, manifest = _read_version(path)
-        ref = f"{manifest.get('name', path.parent.name)}@{manifest.get('version', path.name)}"
+    if spec.ref or spec.path:  # named as NAME@vN even when the recipe says NAME (latest) or a folder
+        rows, manifest = (_read_version(spec.ref, resolve(spec.root)) if spec.ref
+                          else _read_version(resolve(spec.path)))
+        ref = f"{manifest.get('name')}@{manifest.get('version')}"
     else:
-        repo, _, tag = spec.hub.partition("@")
-        dest = (recipe.out if recipe is not None else Path(".")) / "dataset"
-        _pull(repo, tag or None, dest)
+        from builder.hub import pull
+
+        dest = pull(spec.hub, (recipe.out if recipe is not None else Path(".")) / "dataset")
         rows, manifest = _read_version(dest)
         ref = spec.hub
     if spec.tasks:
@@ -91,19 +88,6 @@ def read_dataset(spec: DatasetSpec, recipe: TrainRecipe | None = None) -> Datase
     if rows.height == 0:
         raise StoreError(f"dataset {ref}: no rows to train on (tasks filter: {spec.tasks})")
     return DatasetVersion(rows, manifest, ref)
-
-
-def _pull(repo: str, tag: str | None, dest: Path) -> None:
-    try:
-        from builder.hub import pull
-    except ImportError:
-        pull = None
-    if pull is not None:
-        pull(f"{repo}@{tag}" if tag else repo, dest)
-        return
-    from huggingface_hub import snapshot_download
-
-    snapshot_download(repo_id=repo, repo_type="dataset", revision=tag, local_dir=str(dest))
 
 
 def resolve_student(name: str, recipe: TrainRecipe | None = None) -> str:
@@ -150,9 +134,10 @@ def encode_example(tokenizer: Any, question: str, prompt: str, completion: str, 
     """
     if fmt == "seq2seq":
         enc = tokenizer(prompt, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
-        tgt = tokenizer(text_target=completion.strip(), add_special_tokens=True, truncation=True,
-                        max_length=max_length)["input_ids"]
-        return enc, tgt
+        tgt = tokenizer(text_target=completion.strip(), add_special_tokens=True)["input_ids"]
+        if not tgt or tgt[-1] != tokenizer.eos_token_id:  # T5 tokenizers append EOS; make sure every target ends
+            tgt = tgt + [tokenizer.eos_token_id]
+        return enc, tgt[:max_length]
     if fmt == "chat":
         p_text, c_text = chat_completion_text(tokenizer, question, completion)
         p_ids = tokenizer(p_text, add_special_tokens=False)["input_ids"]

@@ -282,3 +282,34 @@ def test_cli_train(tmp_path: Path, store_root: Path, tiny_model_dir: Path, capsy
     assert main(["train", str(path)]) == 2
     assert "nope" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+
+
+@pytest.mark.slow
+def test_seq2seq_student_trains_and_evaluates(tmp_path: Path, store_root: Path, tiny_model_dir: Path, tokenizer,
+                                              benchmarks_dir: Path):
+    """The Flan-T5 path on a tiny random T5: target-only loss ending on EOS, then transformers.generate eval."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from builder.eval import HFGenerator, evaluate, load_questions
+    from builder.train import encode_example, main
+    from builder.train_recipe import parse_train_recipe
+
+    t5 = tmp_path / "tiny-t5"
+    T5ForConditionalGeneration(T5Config(
+        vocab_size=len(tokenizer), d_model=32, d_kv=16, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id)).save_pretrained(t5)
+    tokenizer.save_pretrained(t5)
+    enc, target = encode_example(tokenizer, "q", "Q ###", " 3 + 4 = 7 --> 7", "seq2seq", 512)
+    assert enc == tokenizer("Q ###")["input_ids"]
+    assert target == tokenizer("3 + 4 = 7 --> 7")["input_ids"] + [tokenizer.eos_token_id]
+
+    recipe = parse_train_recipe(_recipe(tmp_path, store_root, t5, format="seq2seq",
+                                        eval={"enabled": False, "backend": "hf"},
+                                        hyperparameters={"max_steps": 8, "learning_rate": 1e-2}))
+    result = main(recipe)
+    assert result.steps == 8 and result.losses[-1] < result.losses[0]
+    questions = load_questions(["multiarith"], "test", benchmarks_dir=str(benchmarks_dir), limit=3)
+    run = evaluate(str(recipe.out), questions, recipe.eval.model_copy(update={"max_tokens": 8}), fmt="seq2seq",
+                   engine=HFGenerator(str(recipe.out), seq2seq=True))
+    assert run.predictions.height == 3 and (run.predictions["completion_tokens"] <= 8).all()
