@@ -1,13 +1,20 @@
-"""Sample stage: questions -> samples, with a teacher (vLLM in-process) or by importing existing completions.
+"""Sample stage: questions -> samples, with a teacher (vLLM in-process or an OpenAI-compatible server) or by
+importing existing completions.
 
-Work is keyed by (qid, sample_idx) and cut into shards of questions. Each shard is one `LLM.generate` call with
-vLLM's `n` (stage 1: the rationale) plus one greedy call for Zero-shot-CoT's answer stage, written atomically to
-`<run_dir>/samples/shard-NNNNN.parquet`. A rerun reads the keys already on disk and samples only what is missing,
-so a killed run loses at most the shard in flight.
+Work is keyed by (qid, sample_idx) and cut into shards of `shard_size` questions. On vLLM, shards flow through one
+engine loop: stage 1 (the rationale, vLLM's `n` per question), then as soon as a shard's rationales are done its
+greedy Zero-shot-CoT answer stage; each finished shard is written atomically to
+`<run_dir>/samples/shard-NNNNN.parquet`. A rerun reads the keys already on disk and samples only what is missing, so
+a killed run loses at most the shards in flight and never leaves a partial or duplicated row: half-written temp
+files (`.shard-*.tmp`) are deleted at start, and a lock keeps two samplers out of one run dir.
 
 Per-sample seeds: question q's base seed is derived from (run seed, qid); sample i gets base + i. vLLM gives the
 i-th child of a request with seed s and n > 1 the seed s + i, so one request with n samples and n requests with
 n = 1 produce the same samples, and any single sample can be regenerated (`regenerate`).
+
+Adaptive budget (`sampling.adaptive`): rounds of `round_size` samples per open question, graded between rounds
+(`builder.grade`), until a question has `target_correct` correct rationales or `max_samples` samples. A round is
+just a larger per-question target, so resuming replays the same decisions from the shards on disk.
 """
 
 from __future__ import annotations
@@ -537,6 +544,7 @@ def _run_locked(questions: pl.DataFrame, recipe: Recipe, engine: Any, teacher: A
     adaptive = recipe.sampling.adaptive.enabled
     stats = SampleStats()
     ctx: _Context | None = None
+    own_teacher = teacher is None
     open_q = questions.select("qid")  # questions still sampled in this round
     finished = 0
     targets = round_targets(recipe)
@@ -567,6 +575,8 @@ def _run_locked(questions: pl.DataFrame, recipe: Recipe, engine: Any, teacher: A
         if not open_q.height:
             break
     stats.seconds = time.perf_counter() - t_start
+    if own_teacher and hasattr(teacher, "close"):
+        teacher.close()
     samples = read_samples(run_dir).join(questions.select("qid"), on="qid", how="semi")
     stats.samples = samples.height
     if adaptive:

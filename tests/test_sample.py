@@ -74,6 +74,28 @@ def test_missing_requests_groups_consecutive_indices():
     assert runs.select("qid", "first_idx", "count").rows() == [("a", 1, 1), ("a", 3, 1), ("b", 0, 1), ("b", 2, 2)]
 
 
+def test_stale_temp_files_of_a_killed_run_are_removed(tmp_path):
+    shards = tmp_path / "samples"
+    shards.mkdir()
+    stale = shards / ".shard-00003.parquet.x1y2.tmp"
+    stale.write_bytes(b"PAR1 half")
+    keep = shards / "shard-00000.parquet"
+    keep.write_bytes(b"")
+    assert sample.remove_stale_temp_files(tmp_path) == [stale]
+    assert not stale.exists() and keep.exists()
+
+
+def test_a_second_sampler_on_the_same_run_dir_is_refused(tmp_path):
+    from filelock import FileLock
+
+    recipe = make_recipe(tmp_path, tmp_path / "no-model")
+    questions = tasks.run(recipe.tasks, recipe.base_dir)
+    recipe.run_dir.mkdir(parents=True)
+    with FileLock(str(recipe.run_dir / ".sample.lock")):
+        with pytest.raises(BuilderError, match="another `rationale sample` is writing here"):
+            sample.run(questions, recipe)
+
+
 # ------------------------------------------------------------------ real engine
 @pytest.mark.slow
 def test_sample_writes_every_key_once_with_recorded_seeds(tmp_path, tiny_model_dir, vllm_engine):
