@@ -151,3 +151,16 @@ def test_hf_backend_generates_and_grades(tiny_model_dir: Path, questions: pl.Dat
     assert run.predictions.height == 5 + 10
     assert (run.predictions["completion_tokens"] <= 6).all()
     assert {r["decoding"] for r in run.report["results"]} == {"greedy", "sc@2"}
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["eval", "some-model", "--mode", "few_shot"], "--mode 'few_shot': use one of student, zero_shot, zero_shot_cot"),
+    (["eval", "--task", "multiarith"], "give a MODEL"),
+    (["eval", "some-model"], "give --task TASK"),
+])
+def test_cli_eval_errors_are_one_line(argv: list[str], message: str, capsys):
+    from builder.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
