@@ -19,7 +19,7 @@ import polars as pl
 
 from builder import __version__
 from builder.recipe import Recipe
-from builder.schemas import write_table
+from builder.schemas import remove_stale_temp_files, write_table
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,8 @@ def run(recipe: Recipe, *, engine: Any = None, progress: Any = None) -> BuildSum
     t0 = time.perf_counter()
     run_dir = recipe.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    if stale := remove_stale_temp_files(run_dir):
+        log.info("removed %d half-written file(s) of a killed run from %s", len(stale), run_dir)
     ctx = progress if progress is not None else nullcontext()
     with ctx:
         step = progress.add_task("questions", total=None) if progress else None

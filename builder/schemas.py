@@ -169,6 +169,14 @@ def atomic_write_parquet(df: pl.DataFrame, path: str | Path) -> Path:
     return path
 
 
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete temp files of `atomic_write_parquet` left in `folder` by a killed process; they are never read."""
+    stale = sorted(Path(folder).glob(".*.parquet.*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def write_table(df: pl.DataFrame, path: str | Path, table: str, *, extra: bool = False) -> pl.DataFrame:
     """Validate `df` as `table`, then write it atomically to `path`. Returns the validated frame."""
     df = validate(df, table, where=str(path), extra=extra)

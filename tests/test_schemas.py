@@ -69,3 +69,13 @@ def test_unreadable_parquet_is_named(tmp_path):
 def test_unknown_table_lists_known_ones():
     with pytest.raises(SchemaError, match="known tables: questions, samples"):
         table_schema("nope")
+
+
+def test_stale_temp_files_of_a_killed_write_are_removed(tmp_path):
+    from builder.schemas import remove_stale_temp_files
+
+    (tmp_path / ".graded.parquet.k2j3.tmp").write_bytes(b"PAR1 half")
+    atomic_write_parquet(questions(), tmp_path / "q.parquet")
+    removed = remove_stale_temp_files(tmp_path)
+    assert [p.name for p in removed] == [".graded.parquet.k2j3.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.parquet"]
