@@ -106,7 +106,8 @@ def test_quickstart_recipe_with_the_real_model(tmp_path):
                            "--work-dir", str(tmp_path / "runs"), "--store", str(tmp_path / "store")],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    version = Path(proc.stdout.strip().splitlines()[-1])
+    assert len(proc.stdout.strip().splitlines()) == 1, proc.stdout  # stdout holds the version path alone
+    version = Path(proc.stdout.strip())
     assert version.parent.parent == tmp_path / "store"
     for word in ("questions", "samples", "correct", "kept", "version path"):
         assert word in proc.stderr

@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s")
     # vLLM logs every engine detail at INFO; keep the terminal for our progress unless --debug.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "DEBUG" if debug else "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout is for our results (paths, JSON)
     _register_commands()
     try:
         result = app(args=argv, prog_name="rationale", standalone_mode=False)
