@@ -74,11 +74,22 @@ class Generator:
                  stop: Sequence[str] = ()) -> list[list[Generation]]:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Free the engine (called only on engines `evaluate` started itself)."""
+
 
 class VLLMGenerator(Generator):
     def __init__(self, engine: Any):
         self.engine = engine
         self.tokenizer = engine.get_tokenizer()
+
+    def close(self) -> None:
+        """Stop vLLM's engine-core process now: left to the garbage collector it can outlive the run and keep
+        the interpreter from exiting, and a second engine (a baseline) would start beside it."""
+        core = getattr(getattr(self.engine, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()
+        self.engine = None
 
     def generate(self, prompts: Sequence[list[int]], *, n: int, temperature: float, max_tokens: int, seed: int,
                  stop: Sequence[str] = ()) -> list[list[Generation]]:
@@ -107,6 +118,13 @@ class HFGenerator(Generator):
         self.model = cls.from_pretrained(model_ref, dtype=dtype).to(self.device).eval()
         self.seq2seq = seq2seq
         self.batch_size = batch_size
+
+    def close(self) -> None:
+        import torch
+
+        self.model = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def generate(self, prompts: Sequence[list[int]], *, n: int, temperature: float, max_tokens: int, seed: int,
                  stop: Sequence[str] = ()) -> list[list[Generation]]:
@@ -344,7 +362,11 @@ def evaluate(model: str, questions: pl.DataFrame, spec: EvalSpec | None = None, 
     gen = as_generator(engine) if engine is not None else load_generator(
         model, backend=spec.backend, engine_args=spec.engine_args, seq2seq=fmt == "seq2seq")
     t0 = time.perf_counter()
-    generated = generate_answers(gen, questions, spec, mode=mode, fmt=fmt)
+    try:
+        generated = generate_answers(gen, questions, spec, mode=mode, fmt=fmt)
+    finally:
+        if engine is None:
+            gen.close()
     seconds = time.perf_counter() - t0
     graded = grade(generated, mode)
     compare_to = spec.compare_to or paper_student(model)
@@ -431,10 +453,6 @@ def evaluate_recipe(recipe: TrainRecipe, *, engine: Any = None, questions: pl.Da
     runs = [evaluate(str(recipe.out), questions, spec, mode="student", fmt=recipe.format, engine=engine,
                      name=recipe.name)]
     write_report(runs[0].report, runs[0].predictions, out / "student")
-    if engine is None:
-        import gc
-
-        gc.collect()  # let the student's engine go before a baseline starts its own
     for mode in spec.baselines:
         from builder.train import resolve_student
 

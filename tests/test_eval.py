@@ -164,3 +164,32 @@ def test_cli_eval_errors_are_one_line(argv: list[str], message: str, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.engine
+def test_an_engine_evaluate_starts_is_stopped_when_it_returns(tiny_model_dir: Path, questions: pl.DataFrame):
+    """Regression: a self-started vLLM engine outlived evaluate() and kept the interpreter from exiting."""
+    import time
+
+    import psutil
+
+    from builder.eval import evaluate
+
+    def engine_cores() -> set[int]:  # live engine-core children (an exited, unreaped one does not count)
+        live = set()
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                if proc.status() != psutil.STATUS_ZOMBIE and "EngineCore" in " ".join(proc.cmdline()):
+                    live.add(proc.pid)
+            except psutil.Error:
+                continue
+        return live
+
+    before = engine_cores()
+    run = evaluate(str(tiny_model_dir), questions.head(2), EvalSpec(max_tokens=4, engine_args={"max_model_len": 1024}))
+    assert run.predictions.height == 2
+    deadline = time.monotonic() + 30
+    while engine_cores() - before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert engine_cores() - before == set()
