@@ -323,11 +323,21 @@ def vote(graded: pl.DataFrame) -> pl.DataFrame:
             .with_columns(pl.col("voted_correct").fill_null(False), pl.col("votes").fill_null(0)))
 
 
-def score(graded: pl.DataFrame, *, model: str, mode: str, compare_to: str | None) -> list[dict[str, Any]]:
-    """Accuracy per (task, decoding), as report rows with the paper's number beside them."""
+def score(graded: pl.DataFrame, *, model: str, mode: str, compare_to: str | None,
+          items: pl.DataFrame | None = None) -> list[dict[str, Any]]:
+    """Accuracy per (task, decoding), as report rows with the paper's number beside them.
+
+    `items` (qid, items) weighs each question by the split items it stands for, so a split with repeated
+    questions is scored as the paper scored it (n counts items; n_distinct counts questions).
+    """
     voted = vote(graded)
+    weights = items.select("qid", pl.col("items").cast(pl.Int64)) if items is not None else None
+    voted = (voted.join(weights, on="qid", how="left") if weights is not None else voted.with_columns(items=None)
+             ).with_columns(pl.col("items").fill_null(1))
     per = (voted.group_by("task", "decoding", maintain_order=True)
-           .agg(pl.len().alias("n"), pl.col("voted_correct").sum().alias("correct"),
+           .agg(pl.col("items").sum().alias("n"), pl.len().alias("n_distinct"),
+                (pl.col("items") * pl.col("voted_correct")).sum().alias("correct"),
+                pl.col("voted_correct").sum().alias("correct_distinct"),
                 (pl.col("votes") == 0).sum().alias("no_answer"))
            .sort("task", "decoding"))
     rows = []
@@ -335,6 +345,7 @@ def score(graded: pl.DataFrame, *, model: str, mode: str, compare_to: str | None
         paper = paper_accuracy(r["task"], compare_to) if mode == "student" else None
         rows.append({"model": model, "mode": mode, "task": r["task"], "decoding": r["decoding"], "n": r["n"],
                      "correct": r["correct"], "accuracy_pct": round(100.0 * r["correct"] / r["n"], 2),
+                     "n_distinct": r["n_distinct"], "correct_distinct": r["correct_distinct"],
                      "no_answer": r["no_answer"], "paper_pct": paper,
                      "paper_student": PAPER_STUDENTS.get(compare_to) if compare_to else None})
     return rows
@@ -342,7 +353,7 @@ def score(graded: pl.DataFrame, *, model: str, mode: str, compare_to: str | None
 
 def evaluate(model: str, questions: pl.DataFrame, spec: EvalSpec | None = None, *, mode: str = "student",
              fmt: str = "ft_cot", engine: Any = None, out_dir: str | Path | None = None,
-             name: str | None = None) -> EvalRun:
+             name: str | None = None, items: pl.DataFrame | None = None) -> EvalRun:
     """Generate, grade and score `model` on `questions`; write predictions and report to `out_dir` if given.
 
     Args:
@@ -354,6 +365,7 @@ def evaluate(model: str, questions: pl.DataFrame, spec: EvalSpec | None = None, 
         engine: a running vllm.LLM or Generator to reuse (tests share one).
         out_dir: where predictions.parquet, report.json and report.md go.
         name: how the report names the model.
+        items: (qid, items) split items per question (see `tasks.paper_split_items`); one each by default.
     """
     from builder.schemas import validate
 
@@ -375,7 +387,7 @@ def evaluate(model: str, questions: pl.DataFrame, spec: EvalSpec | None = None, 
     tokens = int(generated["completion_tokens"].sum())
     report = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "results": score(graded, model=name or model, mode=mode, compare_to=compare_to),
+        "results": score(graded, model=name or model, mode=mode, compare_to=compare_to, items=items),
         "settings": {"format": fmt, **spec.model_dump(exclude={"enabled", "baselines", "engine_args"})},
         "generation": {"seconds": round(seconds, 2), "completion_tokens": tokens,
                        "tokens_per_s": round(tokens / seconds, 1) if seconds else None},
@@ -420,13 +432,21 @@ def report_markdown(report: dict[str, Any], *, heading: bool = True) -> str:
 # ------------------------------------------------------------------ recipes and task files
 def load_questions(tasks: Sequence[str], split: str = "test", *, benchmarks_dir: str | None = None,
                    limit: int | None = None, base_dir: str | Path | None = None) -> pl.DataFrame:
-    """A paper task's questions of one split, through the task loaders."""
-    from builder import tasks as task_mod
-    from builder.recipe import TasksConfig, TaskSpec
+    """Paper tasks' questions of one split, every listed item's question once (see `load_split_items`)."""
+    return load_split_items(tasks, split, benchmarks_dir=benchmarks_dir, limit=limit, base_dir=base_dir)[0]
 
-    cfg = TasksConfig(benchmarks_dir=benchmarks_dir,
-                      items=[TaskSpec(name=t, split=split, limit=limit) for t in tasks])
-    return task_mod.run(cfg, Path(base_dir) if base_dir is not None else Path.cwd())
+
+def load_split_items(tasks: Sequence[str], split: str = "test", *, benchmarks_dir: str | None = None,
+                     limit: int | None = None, base_dir: str | Path | None = None
+                     ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Questions and (qid, items) of the paper's split for each task, scored as the paper scored it."""
+    from builder import tasks as task_mod
+
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    parts = [task_mod.paper_split_items(t, split, benchmarks_dir, base) for t in tasks]
+    questions = pl.concat([q.head(limit) if limit else q for q, _ in parts])
+    items = pl.concat([i for _, i in parts]).join(questions.select("qid"), on="qid", how="semi")
+    return questions, items
 
 
 def evaluate_recipe(recipe: TrainRecipe, *, engine: Any = None, questions: pl.DataFrame | None = None
@@ -445,20 +465,22 @@ def evaluate_recipe(recipe: TrainRecipe, *, engine: Any = None, questions: pl.Da
             from builder.train import read_dataset
 
             tasks = sorted(set(read_dataset(recipe.dataset, recipe).rows["task"].to_list()))
-        questions = load_questions(tasks, spec.split, benchmarks_dir=spec.benchmarks_dir and str(
+        questions, items = load_split_items(tasks, spec.split, benchmarks_dir=spec.benchmarks_dir and str(
             recipe.resolve_path(spec.benchmarks_dir)), limit=spec.limit, base_dir=recipe.base_dir)
+    else:
+        items = None
     if spec.compare_to is None:
         spec = spec.model_copy(update={"compare_to": paper_student(recipe.student.model)})
     out = recipe.out / "eval"
     runs = [evaluate(str(recipe.out), questions, spec, mode="student", fmt=recipe.format, engine=engine,
-                     name=recipe.name)]
+                     name=recipe.name, items=items)]
     write_report(runs[0].report, runs[0].predictions, out / "student")
     for mode in spec.baselines:
         from builder.train import resolve_student
 
         run = evaluate(resolve_student(recipe.student.model, recipe), questions, spec, mode=mode,
                        fmt=spec.baseline_format if recipe.format != "seq2seq" else "raw",
-                       name=recipe.student.model)
+                       name=recipe.student.model, items=items)
         write_report(run.report, run.predictions, out / mode)
         runs.append(run)
     report = merge_reports([r.report for r in runs])

@@ -641,6 +641,7 @@ class LoadedTask:
     raw_count: int  # rows read from the source, before dedup and split
     duplicates: int  # exact duplicate questions dropped (first occurrence kept)
     split_counts: dict[str, int] = field(default_factory=dict)  # after dedup, before limit
+    row_qids: pl.DataFrame | None = None  # source_idx -> qid for every source row, duplicates included
 
 
 def resolve_benchmarks_dir(cfg_dir: str | Path | None, base_dir: str | Path | None = None) -> Path:
@@ -724,6 +725,7 @@ def load_task(spec: TaskSpec, *, benchmarks_dir: Path | None = None, base_dir: s
         return_dtype=pl.String).alias("qid"))
 
     raw_count = df.height
+    row_qids = df.select("source_idx", "qid")
     df = df.unique("qid", keep="first", maintain_order=True)
     duplicates = raw_count - df.height
     if duplicates:
@@ -742,7 +744,28 @@ def load_task(spec: TaskSpec, *, benchmarks_dir: Path | None = None, base_dir: s
     if spec.limit is not None:
         df = df.head(spec.limit)
     out = df.with_columns(pl.lit(spec.name).alias("task"), pl.lit(answer_type).alias("answer_type"))
-    return LoadedTask(spec.name, validate(out, "questions", where=where), raw_count, duplicates, split_counts)
+    return LoadedTask(spec.name, validate(out, "questions", where=where), raw_count, duplicates, split_counts,
+                      row_qids)
+
+
+def paper_split_items(task: str, split: str, benchmarks_dir: str | Path | None = None,
+                      base_dir: str | Path | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Every item the paper's split lists, as scored in the paper: (questions, items per qid).
+
+    Builds drop repeated questions before splitting so no question is in both splits; the paper's evaluation counts
+    every listed item (MultiArith: 180 test items, 177 distinct, 5 of them repeats of train questions). This returns
+    each distinct question of the split once (split set to `split`) and how many listed items it stands for.
+    """
+    bdir = resolve_benchmarks_dir(benchmarks_dir, base_dir)
+    loaded = load_task(TaskSpec(name=task, split="all"), benchmarks_dir=bdir, base_dir=base_dir)
+    wanted = _paper_splits(task, bdir).filter(pl.col("split") == split).select("source_idx")
+    items = (wanted.join(loaded.row_qids, on="source_idx", how="inner")
+             .group_by("qid", maintain_order=True).agg(items=pl.len()))
+    if items.is_empty():
+        raise ValueError(f"task {task!r}: the paper's {split!r} split lists no rows found in {bdir / task}")
+    questions = (loaded.questions.join(items.select("qid"), on="qid", how="semi")
+                 .with_columns(split=pl.lit(split)))
+    return validate(questions, "questions", where=f"{bdir / task} ({split} items)"), items
 
 
 def _apply_paper_split(df: pl.DataFrame, raw: pl.DataFrame, spec: TaskSpec,

@@ -193,3 +193,14 @@ def test_an_engine_evaluate_starts_is_stopped_when_it_returns(tiny_model_dir: Pa
     while engine_cores() - before and time.monotonic() < deadline:
         time.sleep(0.5)
     assert engine_cores() - before == set()
+
+
+def test_items_weigh_repeated_questions_like_the_paper():
+    graded = pl.DataFrame({"qid": ["a", "b", "c"], "task": "t", "decoding": "greedy", "sample_idx": 0,
+                           "pred": ["1", "2", None], "correct": [True, False, False]})
+    items = pl.DataFrame({"qid": ["a", "b"], "items": [3, 1]})
+    (row,) = score(graded, model="m", mode="student", compare_to=None, items=items)
+    assert (row["n"], row["correct"], row["n_distinct"], row["correct_distinct"]) == (5, 3, 3, 1)
+    assert row["accuracy_pct"] == 60.0 and row["no_answer"] == 1
+    (plain,) = score(graded, model="m", mode="student", compare_to=None)
+    assert (plain["n"], plain["correct"]) == (3, 1)

@@ -522,3 +522,14 @@ def test_load_eval_set(tmp_path):
     bad = _write(tmp_path, "bad.csv", "prompt\nx\n")
     with pytest.raises(InputError, match=r"bad\.csv: eval set needs a 'question' column; columns: prompt"):
         tasks.load_eval_set(bad)
+
+
+def test_paper_split_items_score_every_listed_item(benchmarks_dir):
+    """The paper scores 180 MultiArith test items; builds keep 175 (repeats of train questions go to train)."""
+    split_file = json.loads((benchmarks_dir / "splits" / "multiarith__default.json").read_text())
+    questions, items = tasks.paper_split_items("multiarith", "test", benchmarks_dir)
+    assert items["items"].sum() == len(split_file["test"]) == 180
+    assert questions.height == items.height == 177 and (items["items"] > 1).sum() == 3
+    assert set(questions["qid"]) == set(items["qid"]) and (questions["split"] == "test").all()
+    build_test = _load("multiarith", benchmarks_dir, split="test").questions
+    assert set(build_test["qid"]) < set(questions["qid"])

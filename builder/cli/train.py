@@ -58,7 +58,7 @@ def eval_(
     out: Annotated[Path | None, typer.Option(help="Report folder (default: <model>/eval/<mode>).")] = None,
 ) -> None:
     """Evaluate a model on task test splits (greedy and/or self-consistency), graded with the curation graders."""
-    from builder.eval import MODES, evaluate, evaluate_recipe, load_questions, report_markdown
+    from builder.eval import MODES, evaluate, evaluate_recipe, load_split_items, report_markdown
     from builder.train_recipe import EvalSpec, load_train_recipe
 
     if mode not in MODES:
@@ -81,9 +81,9 @@ def eval_(
         raise ValueError("give a MODEL (folder, Hub id or alias) or --recipe RECIPE.yaml")
     if not spec.tasks:
         raise ValueError("give --task TASK (repeatable), or a --recipe whose eval.tasks lists them")
-    questions = load_questions(spec.tasks, spec.split, benchmarks_dir=spec.benchmarks_dir, limit=spec.limit)
+    questions, items = load_split_items(spec.tasks, spec.split, benchmarks_dir=spec.benchmarks_dir, limit=spec.limit)
     dest = out or (Path(model) / "eval" / mode if Path(model).is_dir() else Path("eval") / Path(model).name / mode)
-    run = evaluate(model, questions, spec, mode=mode, fmt=fmt, out_dir=dest)
+    run = evaluate(model, questions, spec, mode=mode, fmt=fmt, out_dir=dest, items=items)
     typer.echo(report_markdown(run.report, heading=False))
     typer.echo(f"predictions and report in {dest}")
 
