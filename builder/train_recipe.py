@@ -13,11 +13,9 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from builder.errors import RecipeError
-from builder.recipe import format_validation_error
+from builder.recipe import parse_model, read_yaml
 
 FORMATS = ("ft_cot", "chat", "seq2seq")
 EVAL_MODES = ("student", "zero_shot", "zero_shot_cot")
@@ -157,15 +155,8 @@ class TrainRecipe(_Strict):
 
 def parse_train_recipe(data: Any, source: str = "<train recipe>",
                        base_dir: str | Path | None = None) -> TrainRecipe:
-    if not isinstance(data, dict):
-        raise RecipeError(f"{source}: a training recipe must be a YAML mapping, found {type(data).__name__}")
-    try:
-        recipe = TrainRecipe.model_validate(data)
-    except ValidationError as exc:
-        raise RecipeError(format_validation_error(exc, source).replace(
-            "schemas/recipe.schema.json", "schemas/train_recipe.schema.json")) from None
-    recipe.base_dir = str(base_dir) if base_dir is not None else None
-    return recipe
+    return parse_model(TrainRecipe, data, source, base_dir, kind="training recipe",
+                       schema_file="train_recipe.schema.json")
 
 
 def load_train_recipe(path: str | Path) -> TrainRecipe:
@@ -173,18 +164,10 @@ def load_train_recipe(path: str | Path) -> TrainRecipe:
 
     Raises:
         FileNotFoundError: no such file.
-        RecipeError: broken YAML (with line) or invalid fields (with their dotted path).
+        RecipeError: non-UTF-8 bytes, broken YAML (with line) or invalid fields (with their dotted path).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: training recipe not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise RecipeError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
-    return parse_train_recipe(data, str(path), path.resolve().parent)
+    return parse_train_recipe(read_yaml(path, "training recipe"), str(path), path.resolve().parent)
 
 
 def train_recipe_json_schema() -> str:
