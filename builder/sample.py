@@ -232,11 +232,22 @@ class VLLMTeacher:
         owner: dict[str, tuple[_Inflight, int, int]] = {}  # request id -> (shard, stage, position)
         internal: dict[str, str] = {}
         window, pending, inflight, active = self._window(), iter(shards), 0, 0
+        stage1_seqs = 0
+        ready: list[tuple[_Inflight, list[str]]] = []  # answer stages waiting to be queued together
+        flush_at = max(1, window // 4)
 
         def enqueue(state: _Inflight, stage: int, prompts: list[str], params: Any) -> None:
             for pos, rid in enumerate(llm.enqueue(prompts, params, use_tqdm=False)):
                 owner[rid.split("-")[0]] = (state, stage, pos)
                 internal[rid.split("-")[0]] = rid
+
+        def flush() -> None:
+            # answer prompts are long (prompt + rationale): queued in large groups they prefill in few big steps
+            # instead of one small prefill per finished shard interleaved with every decode step
+            for state, texts in ready:
+                enqueue(state, 2, texts, answer_params)
+                log.debug("answer stage queued: %d prompts of %s", len(texts), state.work.requests[0].qid)
+            ready.clear()
 
         try:
             while True:
@@ -249,9 +260,12 @@ class VLLMTeacher:
                             [SamplingParams(n=r.n, seed=r.seed, temperature=s.temperature, top_p=s.top_p,
                                             max_tokens=s.max_tokens, stop=s.stop or None) for r in work.requests])
                     inflight += work.sequences
+                    stage1_seqs += work.sequences
                     active += 1
                 if not active:
                     return
+                if ready and (not stage1_seqs or sum(len(t) for _, t in ready) >= flush_at):
+                    flush()
                 for out in core.step():
                     if not out.finished or out.request_id not in owner:
                         continue
@@ -263,6 +277,7 @@ class VLLMTeacher:
                         continue
                     if stage == 1:
                         inflight -= state.work.sequences
+                        stage1_seqs -= state.work.sequences
                         state.completions = _vllm_completions(state.work.requests, state.outputs)
                         state.stage2 = _stage2_items(state.work, state.completions)
                         state.answers = [None] * len(state.completions)
@@ -272,8 +287,7 @@ class VLLMTeacher:
                                                          state.work.answer_prompt[state.completions[i].qid])
                                      for i in state.stage2]
                             state.outputs, state.left = [None] * len(texts), len(texts)
-                            enqueue(state, 2, texts, answer_params)
-                            log.debug("answer stage queued: %d prompts of %s", len(texts), state.work.requests[0].qid)
+                            ready.append((state, texts))
                             inflight += len(texts)
                             continue
                     else:
