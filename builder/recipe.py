@@ -17,6 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from builder.errors import RecipeError
 
 
+def resolve_recipe_path(base_dir: str | Path | None, path: str | None) -> Path | None:
+    """Expand ~ and $VARS; relative paths are relative to the recipe's folder (`base_dir`)."""
+    if path is None:
+        return None
+    p = Path(os.path.expandvars(os.path.expanduser(path)))
+    return p if p.is_absolute() or base_dir is None else (Path(base_dir) / p).resolve()
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -240,11 +248,7 @@ class Recipe(_Strict):
         return self
 
     def resolve_path(self, path: str | None) -> Path | None:
-        """Expand ~ and $VARS; relative paths are relative to the recipe's folder."""
-        if path is None:
-            return None
-        p = Path(os.path.expandvars(os.path.expanduser(path)))
-        return p if p.is_absolute() or self.base_dir is None else (Path(self.base_dir) / p).resolve()
+        return resolve_recipe_path(self.base_dir, path)
 
     @property
     def run_dir(self) -> Path:

@@ -9,13 +9,12 @@ batch 8, max length 512, 20 epochs).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from builder.recipe import parse_model, read_yaml
+from builder.recipe import parse_model, read_yaml, resolve_recipe_path
 
 FORMATS = ("ft_cot", "chat", "seq2seq")
 EVAL_MODES = ("student", "zero_shot", "zero_shot_cot")
@@ -142,11 +141,7 @@ class TrainRecipe(_Strict):
         return self
 
     def resolve_path(self, path: str | None) -> Path | None:
-        """Expand ~ and $VARS; relative paths are relative to the recipe's folder."""
-        if path is None:
-            return None
-        p = Path(os.path.expandvars(os.path.expanduser(path)))
-        return p if p.is_absolute() or self.base_dir is None else Path(self.base_dir) / p
+        return resolve_recipe_path(self.base_dir, path)
 
     @property
     def out(self) -> Path:

@@ -7,6 +7,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
@@ -16,7 +17,7 @@ from rich.progress import (
 console = Console(stderr=True)
 
 
-def stage_progress() -> Progress:
-    """A progress bar for long stages: description, bar, done/total, elapsed and ETA (on stderr)."""
+def stage_progress(*extra: ProgressColumn) -> Progress:
+    """A progress bar for long stages: description, bar, done/total, `extra` columns, elapsed and ETA (on stderr)."""
     return Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+                    *extra, TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)

@@ -14,21 +14,11 @@ if TYPE_CHECKING:
 
 def _progress() -> Progress:
     """Samples bar plus questions done, generated tokens/s and ETA (on stderr, so stdout stays clean)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import TextColumn
 
-    from builder.cli._common import console
+    from builder.cli._common import stage_progress
 
-    return Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("samples · {task.fields[questions]} questions · {task.fields[tps]} tok/s"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+    return stage_progress(TextColumn("samples · {task.fields[questions]} questions · {task.fields[tps]} tok/s"))
 
 
 def register(app: typer.Typer) -> None:
