@@ -2,8 +2,8 @@
 `LLM.generate` on the same prompts and the same SamplingParams, on the same engine, in one run.
 
 Both sides run both Zero-shot-CoT stages (rationales with n samples and per-question seeds, then the greedy answer
-stage). Warm-up first; the order alternates between repetitions and the prefix cache is reset before each
-measurement. Throughput is generated (completion) tokens per second of wall time. Last line: JSON.
+stage). Both sides are warmed up at full size first; the order alternates between repetitions and the prefix cache
+is reset before each measurement. Throughput is generated (completion) tokens per second of wall time. Last line: JSON.
 
     python benchmarks/sample_bench.py --model smollm2-135m-instruct --questions 48 --n 4 --max-tokens 96 --reps 3
 """
@@ -25,7 +25,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main(args: argparse.Namespace) -> dict:
-    import polars as pl
     from vllm import SamplingParams
 
     from builder import sample, tasks
@@ -48,29 +47,29 @@ def main(args: argparse.Namespace) -> dict:
                              top_p=s.top_p, max_tokens=s.max_tokens, stop=s.stop) for qid in questions["qid"]]
     stage2 = SamplingParams(n=1, temperature=0.0, max_tokens=s.answer_max_tokens, stop=["\n"])
 
-    def bare(qs: pl.DataFrame | None = None) -> tuple[int, float, list[str]]:
-        k = len(prompts) if qs is None else qs.height
+    def bare() -> tuple[int, float, list[str]]:
         t0 = time.perf_counter()
-        outs = llm.generate(prompts[:k], stage1[:k], use_tqdm=False)
+        outs = llm.generate(prompts, stage1, use_tqdm=False)
         second = [sample.answer_stage_prompt(p, c.text, answer_prompt)
-                  for p, o in zip(prompts[:k], outs, strict=True) for c in o.outputs]
+                  for p, o in zip(prompts, outs, strict=True) for c in o.outputs]
         answers = llm.generate(second, stage2, use_tqdm=False)
         seconds = time.perf_counter() - t0
         tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
         tokens += sum(len(a.outputs[0].token_ids) for a in answers)
         return tokens, seconds, sorted(c.text for o in outs for c in o.outputs)
 
-    def ours(tag: str, qs: pl.DataFrame | None = None) -> tuple[int, float, list[str]]:
+    def ours(tag: str) -> tuple[int, float, list[str]]:
         run_dir = Path(recipe.work_dir) / tag
         t0 = time.perf_counter()
-        samples, stats = sample.run(questions if qs is None else qs, recipe, engine=llm, run_dir=run_dir)
+        samples, stats = sample.run(questions, recipe, engine=llm, run_dir=run_dir)
         seconds = time.perf_counter() - t0
         assert stats.new_samples == samples.height
         return int(samples["completion_tokens"].sum()), seconds, sorted(samples["rationale"].to_list())
 
-    warm = questions.head(8)
-    bare(warm)
-    ours("warmup", warm)
+    # warm-up at full size on both sides: the first batch of a new shape pays for compilation and allocator growth,
+    # which would otherwise land on whichever side runs first in rep 0
+    bare()
+    ours("warmup")
     totals = {"ours": [0, 0.0], "bare": [0, 0.0]}
     same: list[float] = []  # share of identical rationales per rep (vLLM on CPU is not batch-invariant in bf16)
     for rep in range(args.reps):

@@ -117,14 +117,19 @@ def load_engine(teacher: TeacherConfig) -> LLM:
     return llm
 
 
+def shutdown_engine(llm: LLM) -> None:
+    """Stop the engine-core process now (tests and long-lived callers; the CLI relies on the exit hook)."""
+    try:
+        llm.llm_engine.engine_core.shutdown()
+    except Exception:  # noqa: BLE001 - best effort: the engine may already be gone
+        log.debug("engine shutdown failed", exc_info=True)
+
+
 def _shutdown_engine(ref: weakref.ref) -> None:
-    """Stop the engine-core process before multiprocessing's exit hook joins it (else the CLI hangs at exit)."""
+    """At exit, stop the engine-core process before multiprocessing's exit hook joins it (else the CLI hangs)."""
     llm = ref()
     if llm is not None:
-        try:
-            llm.llm_engine.engine_core.shutdown()
-        except Exception:  # noqa: BLE001 - best effort at interpreter exit
-            log.debug("engine shutdown at exit failed", exc_info=True)
+        shutdown_engine(llm)
 
 
 @dataclass

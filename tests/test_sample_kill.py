@@ -8,9 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -33,7 +31,7 @@ def write_recipe(tmp_path: Path, model: Path) -> Path:
         "name": "kill", "work_dir": str(tmp_path / "runs"),
         "tasks": {"items": [{"name": "arith", "source": "file", "path": str(qfile),
                              "columns": {"question": "q", "gold": "a"}, "answer_type": "number"}]},
-        # a small batch makes shards finish one after another, so the kills land at distinct points
+        # a small batch: a few shards in flight at once, so every kill point has shards before and after it
         "teacher": {"model": str(model), "engine_args": {"max_model_len": 1024, "max_num_seqs": 4}},
         "sampling": {"n": N, "max_tokens": 24, "answer_max_tokens": 4, "shard_size": 1, "seed": 11},
     }
@@ -46,31 +44,24 @@ def shard_count(run_dir: Path) -> int:
     return len(list((run_dir / "samples").glob("shard-*.parquet")))
 
 
-def run_cli(recipe: Path, run_dir: Path, kill_when: Callable[[list[str], int], bool] | None,
-            timeout: float = 300) -> tuple[int, list[str]]:
-    """Run `python -m builder sample` in its own session; SIGKILL its whole process group once `kill_when` holds."""
+def temp_files(run_dir: Path) -> list[Path]:
+    return list((run_dir / "samples").glob(".*.tmp"))
+
+
+def run_cli(recipe: Path, kill_at: tuple[str, int] | None = None, timeout: float = 300) -> tuple[int, str]:
+    """Run `rationale sample` in its own session; with `kill_at`, it SIGKILLs its whole process group at that point
+    (tests/kill_points.py). Fails if any process of the group outlives the run."""
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "builder", "--debug", "sample", str(recipe)], cwd=ROOT, env=env,
+    launcher = ["-m", "builder"] if kill_at is None else [str(ROOT / "tests" / "kill_points.py"), kill_at[0],
+                                                            str(kill_at[1]), "--"]
+    proc = subprocess.Popen([sys.executable, *launcher, "--debug", "sample", str(recipe)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
-    reader.start()
-    deadline = time.monotonic() + timeout
     try:
-        while proc.poll() is None:
-            if kill_when is not None and kill_when(lines, shard_count(run_dir)):
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(f"rationale sample did not finish in {timeout} s:\n{''.join(lines[-30:])}")
-            time.sleep(0.01)
-        rc = proc.wait(timeout=60)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # nothing of the group may outlive the test
-        except ProcessLookupError:
-            pass
-    reader.join(timeout=10)
+        _, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        pytest.fail(f"rationale sample did not finish in {timeout} s:\n{stderr[-3000:]}")
     for _ in range(200):  # the engine's children die with the group
         try:
             os.killpg(proc.pid, 0)
@@ -78,45 +69,40 @@ def run_cli(recipe: Path, run_dir: Path, kill_when: Callable[[list[str], int], b
             break
         time.sleep(0.05)
     else:
-        pytest.fail(f"process group {proc.pid} still alive after SIGKILL")
-    return rc, lines
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"process group {proc.pid} still alive after the run")
+    if kill_at is not None:
+        assert "kill_points: SIGKILL" in stderr, f"the run ended before reaching {kill_at}:\n{stderr[-3000:]}"
+    return proc.returncode, stderr
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="timing race: on an idle machine the run can finish all shards before the "
-                   "third kill lands (assert third < N_QUESTIONS); the kill points must be made deterministic")
 def test_sigkill_at_several_points_then_resume_equals_uninterrupted_run(tmp_path, tiny_model_dir, vllm_engine):
     recipe_path = write_recipe(tmp_path, tiny_model_dir)
     recipe = load_recipe(recipe_path)
     run_dir = recipe.run_dir
     questions = tasks.run(recipe.tasks, recipe.base_dir)
 
-    # 1. killed as soon as the first shard is on disk
-    rc, lines = run_cli(recipe_path, run_dir, lambda _, shards: shards >= 1)
-    assert rc == -signal.SIGKILL, "".join(lines[-20:])
-    first = shard_count(run_dir)
-    assert 1 <= first < N_QUESTIONS
+    # 1. killed right after the first shard is renamed into place
+    rc, err = run_cli(recipe_path, ("after_shard", 1))
+    assert rc == -signal.SIGKILL, err[-3000:]
+    assert shard_count(run_dir) == 1 and not temp_files(run_dir)
 
-    # 2. resumed, killed again once two more shards are written
-    rc, lines = run_cli(recipe_path, run_dir, lambda _, shards: shards >= first + 2)
-    assert rc == -signal.SIGKILL, "".join(lines[-20:])
-    second = shard_count(run_dir)
-    assert first + 2 <= second < N_QUESTIONS
+    # 2. resumed, killed in the middle of writing its third shard: temp file complete, rename not done
+    rc, err = run_cli(recipe_path, ("mid_write", 3))
+    assert rc == -signal.SIGKILL, err[-3000:]
+    assert shard_count(run_dir) == 3
+    assert len(temp_files(run_dir)) == 1, "the kill must land between the temp write and the rename"
 
-    # 3. a half-written shard left by a kill mid-write; resumed and killed while an answer stage is in flight
-    stale = run_dir / "samples" / ".shard-00999.parquet.k1ll3d.tmp"
-    stale.write_bytes(b"PAR1 half a shard")
-    rc, lines = run_cli(recipe_path, run_dir, lambda ls, shards: shards > second and any(
-        "answer stage queued" in line for line in ls[-50:]))
-    assert rc == -signal.SIGKILL, "".join(lines[-20:])
-    assert not stale.exists(), "a stale temp file from a killed run must be removed at start"
-    assert any("stale temp file" in line for line in lines)
-    third = shard_count(run_dir)
-    assert third < N_QUESTIONS
+    # 3. resumed: the half-done shard's temp file is removed at start; killed while an answer stage is in flight
+    rc, err = run_cli(recipe_path, ("answer_stage", 2))
+    assert rc == -signal.SIGKILL, err[-3000:]
+    assert "stale temp file" in err
+    assert 5 <= shard_count(run_dir) < N_QUESTIONS and not temp_files(run_dir)
 
     # 4. resumed to the end
-    rc, lines = run_cli(recipe_path, run_dir, None)
-    assert rc == 0, "".join(lines[-30:])
+    rc, err = run_cli(recipe_path)
+    assert rc == 0, err[-3000:]
     assert not list((run_dir / "samples").glob(".*tmp"))
     resumed = sample.read_samples(run_dir)
 

@@ -1,4 +1,4 @@
-"""Tiny random Llama models with a locally trained BPE tokenizer: real weights and tokenizer files, built in seconds."""
+"""Tiny random Llama models with a locally trained BPE tokenizer: real weights and tokenizer files, in seconds."""
 
 from __future__ import annotations
 
