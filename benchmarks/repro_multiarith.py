@@ -2,6 +2,7 @@
 
     python benchmarks/repro_multiarith.py                       # the full run (see recipes/train/multiarith/)
     python benchmarks/repro_multiarith.py --max-steps 2 --limit 10   # a smoke run of the same path
+    python benchmarks/repro_multiarith.py --student DIR --eval-backend hf   # another student; no vLLM (GPU check)
 
 1. Builds a dataset version from ../shared/teacher-completions/multiarith.jsonl (text-davinci-002, the paper's
    teacher): the paper's MultiArith train split, correct rationales only (`rationale build`, import backend).
@@ -45,11 +46,27 @@ def build_version(work: Path) -> tuple[str, str]:
     return f"multiarith-davinci@{summary.version}", summary.content_hash
 
 
+def _device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def _peak_gpu_mib() -> float | None:
+    """Peak memory the run took on the GPU: proof that training and eval ran there."""
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work-dir", default=str(ROOT / "runs" / "repro-multiarith"))
     parser.add_argument("--max-steps", type=int, default=None, help="Override the recipe's steps (smoke runs).")
     parser.add_argument("--limit", type=int, default=None, help="First N test questions (smoke runs).")
+    parser.add_argument("--student", default=None, help="Another student model (path or name) than the recipe's.")
+    parser.add_argument("--eval-backend", choices=["vllm", "hf"], default=None,
+                        help="Evaluate with vLLM or transformers.generate (machines without vLLM).")
     args = parser.parse_args()
 
     from builder.train import main as train
@@ -67,12 +84,17 @@ def main() -> None:
     recipe.eval.limit = args.limit
     if args.max_steps:
         recipe.hyperparameters.max_steps = args.max_steps
+    if args.student:
+        recipe.student.model = args.student
+    if args.eval_backend:
+        recipe.eval.backend = args.eval_backend
     result = train(recipe)
     total = time.perf_counter() - t0
 
     rows = {r["mode"]: r for r in result.eval_report["results"] if r["decoding"] == "greedy"}
     student, baseline = rows["student"], rows.get("zero_shot_cot")
     figures = {
+        "student": recipe.student.model, "device": _device_name(),
         "dataset": ref, "content_hash": digest, "train_rows": None, "steps": result.steps,
         "student_accuracy_pct": student["accuracy_pct"], "student_correct": student["correct"], "n": student["n"],
         "zero_shot_cot_accuracy_pct": baseline["accuracy_pct"] if baseline else None,
@@ -80,12 +102,13 @@ def main() -> None:
         "build_s": round(t_build, 1), "train_s": round(result.seconds, 1),
         "train_tokens_per_s": round(result.tokens_per_s, 1),
         "eval_s": round(total - t_build - result.seconds, 1), "total_s": round(total, 1),
+        "peak_gpu_mib": _peak_gpu_mib(),
     }
     from builder.store import read_version
 
     figures["train_rows"] = read_version(ref, work / "store")[0].height
     print(f"dataset {ref} ({figures['train_rows']} rows, content hash {digest[:12]})")
-    print(f"SmolLM2-135M-Instruct Fine-tune-CoT student: {student['accuracy_pct']:.2f}% "
+    print(f"{recipe.student.model} Fine-tune-CoT student: {student['accuracy_pct']:.2f}% "
           f"({student['correct']}/{student['n']}) on MultiArith test, greedy")
     if baseline:
         print(f"same model, Zero-shot-CoT (untrained): {baseline['accuracy_pct']:.2f}%")
