@@ -17,37 +17,18 @@ from builder.cli import main
 from builder.errors import StoreError
 from builder.recipe import load_recipe
 from builder.schemas import read_table
+from tests.helpers import write_import_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def write_import_recipe(tmp_path: Path, benchmarks_dir: Path, completions: Path) -> Path:
-    path = tmp_path / "import.yaml"
-    path.write_text(f"""\
-name: multiarith-davinci
-work_dir: {tmp_path / 'runs'}
-tasks:
-  benchmarks_dir: {benchmarks_dir}
-  items:
-    - name: multiarith
-      split: train
-teacher:
-  backend: import
-  model: text-davinci-002
-  import_path: {completions}
-curation:
-  selection: {{mode: first, max_per_question: 1}}
-store:
-  root: {tmp_path / 'store'}
-""")
-    return path
 
 
 def test_build_from_imported_teacher_completions_end_to_end(tmp_path, benchmarks_dir, teacher_completions_dir,
                                                             capsys):
     import datasets
 
-    recipe_path = write_import_recipe(tmp_path, benchmarks_dir, teacher_completions_dir / "multiarith.jsonl")
+    recipe_path = write_import_recipe(tmp_path / "import.yaml", benchmarks_dir,
+                                      teacher_completions_dir / "multiarith.jsonl", work_dir=tmp_path / "runs",
+                                      store={"root": str(tmp_path / "store")})
     assert main(["build", str(recipe_path), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     run_dir = tmp_path / "runs" / "multiarith-davinci"

@@ -27,6 +27,7 @@ from builder import store
 from builder.cli import main
 from builder.errors import BuilderError
 from builder.schemas import read_table
+from tests.helpers import write_import_recipe
 from tests.test_hub import FakeHub, fake_hub  # noqa: F401 - the fake Hub fixture, reused
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,28 +99,8 @@ sys.exit(main(sys.argv[1:]))
 
 
 def write_recipe(folder: Path, benchmarks_dir: Path, completions: Path, *, lock_timeout_s: float = 10) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "recipe.yaml"
-    path.write_text(f"""\
-name: {NAME}
-work_dir: runs
-tasks:
-  benchmarks_dir: {benchmarks_dir}
-  items:
-    - name: multiarith
-      split: train
-      limit: 80
-teacher:
-  backend: import
-  model: text-davinci-002
-  import_path: {completions}
-curation:
-  selection: {{mode: first, max_per_question: 1}}
-store:
-  root: store
-  lock_timeout_s: {lock_timeout_s}
-""")
-    return path
+    return write_import_recipe(folder / "recipe.yaml", benchmarks_dir, completions, name=NAME, limit=80,
+                               store={"root": "store", "lock_timeout_s": lock_timeout_s})
 
 
 def build_env(**extra: str) -> dict[str, str]:

@@ -12,24 +12,14 @@ from polars.testing import assert_frame_equal
 from builder import sample, tasks
 from builder.errors import BuilderError, InputError
 from builder.recipe import Exemplar, PromptConfig, Recipe
-
-QUESTIONS = [
-    ("Tom has 3 apples and buys 4 more. How many apples does he have?", 7),
-    ("There are 9 birds and 5 fly away. How many birds are left?", 4),
-    ("Mia has 6 pens and gets 2 more. How many pens does she have?", 8),
-    ("A box has 10 cookies and Tom eats 3. How many are left?", 7),
-    ("Anna reads 5 pages and then 4 pages. How many pages in total?", 9),
-]
+from tests.helpers import ARITH_QUESTIONS, arith_task
 
 
 def make_recipe(tmp_path: Path, model: Path, **sampling) -> Recipe:
-    qfile = tmp_path / "questions.jsonl"
-    qfile.write_text("".join(json.dumps({"q": q, "a": a}) + "\n" for q, a in QUESTIONS))
     return Recipe.model_validate({
         "name": "t",
         "work_dir": str(tmp_path / "runs"),
-        "tasks": {"items": [{"name": "arith", "source": "file", "path": str(qfile),
-                             "columns": {"question": "q", "gold": "a"}, "answer_type": "number"}]},
+        "tasks": {"items": [arith_task(tmp_path)]},
         "teacher": {"model": str(model)},
         "sampling": {"n": 4, "max_tokens": 12, "answer_max_tokens": 4, "shard_size": 2, "seed": 3, **sampling},
     })
@@ -102,7 +92,7 @@ def test_sample_writes_every_key_once_with_recorded_seeds(tmp_path, tiny_model_d
     recipe = make_recipe(tmp_path, tiny_model_dir)
     questions = tasks.run(recipe.tasks, recipe.base_dir)
     samples, stats = sample.run(questions, recipe, engine=vllm_engine)
-    assert samples.height == len(QUESTIONS) * 4
+    assert samples.height == len(ARITH_QUESTIONS) * 4
     assert samples.select("qid", "sample_idx").is_duplicated().sum() == 0
     assert sorted(samples["sample_idx"].unique().to_list()) == [0, 1, 2, 3]
     expected = [sample.sample_seed(3, q, i) for q, i in samples.select("qid", "sample_idx").rows()]
@@ -138,7 +128,7 @@ def test_more_samples_later_keeps_earlier_ones(tmp_path, tiny_model_dir, vllm_en
     first, _ = sample.run(questions, recipe, engine=vllm_engine)
     recipe.sampling.n = 4
     more, stats = sample.run(questions, recipe, engine=vllm_engine)
-    assert stats.new_samples == len(QUESTIONS) * 2
+    assert stats.new_samples == len(ARITH_QUESTIONS) * 2
     assert_frame_equal(sorted_samples(more.filter(pl.col("sample_idx") < 2)), sorted_samples(first))
 
 

@@ -23,16 +23,10 @@ from polars.testing import assert_frame_equal
 from builder import sample, tasks
 from builder.errors import EngineError
 from builder.recipe import Recipe
+from tests.helpers import ARITH_QUESTIONS, arith_task
 
 SECRET = "sk-test-9f8e7d6c5b4a-never-write-me"
 KEY_ENV = "RB_TEST_TEACHER_KEY"
-QUESTIONS = [
-    ("Tom has 3 apples and buys 4 more. How many apples does he have?", 7),
-    ("There are 9 birds and 5 fly away. How many birds are left?", 4),
-    ("Mia has 6 pens and gets 2 more. How many pens does she have?", 8),
-    ("A box has 10 cookies and Tom eats 3. How many are left?", 7),
-    ("Anna reads 5 pages and then 4 pages. How many pages in total?", 9),
-]
 COMPARE = ["qid", "sample_idx", "seed", "prompt", "rationale", "answer_prompt", "answer_completion", "finish_reason"]
 
 
@@ -103,9 +97,12 @@ class FlakyProxy:
                     return
                 if action == "sleep":
                     time.sleep(sleep_s)
-                resp = httpx.post(upstream + self.path.removeprefix("/v1"), content=body, timeout=120,
-                                  headers={k: v for k, v in self.headers.items()
-                                           if k.lower() in ("authorization", "content-type")})
+                try:
+                    resp = httpx.post(upstream + self.path.removeprefix("/v1"), content=body, timeout=120,
+                                      headers={k: v for k, v in self.headers.items()
+                                               if k.lower() in ("authorization", "content-type")})
+                except httpx.HTTPError:  # a late ('sleep') request can outlive the server it forwards to
+                    resp = httpx.Response(502, content=b'{"error": "upstream gone"}')
                 try:
                     self.send_response(resp.status_code)
                     self.send_header("Content-Type", "application/json")
@@ -129,13 +126,10 @@ class FlakyProxy:
 
 
 def make_recipe(tmp_path: Path, model: Path, base_url: str, work: str = "runs", **teacher) -> Recipe:
-    qfile = tmp_path / "questions.jsonl"
-    qfile.write_text("".join(json.dumps({"q": q, "a": a}) + "\n" for q, a in QUESTIONS))
     prompt = teacher.pop("prompt", {})
     return Recipe.model_validate({
         "name": "api", "work_dir": str(tmp_path / work),
-        "tasks": {"items": [{"name": "arith", "source": "file", "path": str(qfile),
-                             "columns": {"question": "q", "gold": "a"}, "answer_type": "number"}]},
+        "tasks": {"items": [arith_task(tmp_path)]},
         "teacher": {"backend": "openai", "model": str(model), "base_url": base_url, "api_key_env": KEY_ENV,
                     "concurrency": 4, "timeout_s": 60, **teacher},
         "prompt": prompt,
@@ -154,7 +148,8 @@ def test_openai_backend_shards_resumes_and_matches_the_offline_engine(tmp_path, 
     recipe = make_recipe(tmp_path, tiny_model_dir, vllm_server)
     questions = tasks.run(recipe.tasks, recipe.base_dir)
     samples, stats = sample.run(questions, recipe)
-    assert samples.height == len(QUESTIONS) * 3 and samples.select("qid", "sample_idx").is_duplicated().sum() == 0
+    assert samples.height == len(ARITH_QUESTIONS) * 3
+    assert samples.select("qid", "sample_idx").is_duplicated().sum() == 0
     assert samples["seed"].to_list() == [sample.sample_seed(3, q, i)
                                          for q, i in samples.select("qid", "sample_idx").rows()]
     assert samples["answer_completion"].null_count() == 0
@@ -191,7 +186,7 @@ def test_openai_chat_format_two_stage(tmp_path, tiny_model_dir, vllm_server, mon
     recipe = make_recipe(tmp_path, tiny_model_dir, vllm_server, prompt={"format": "chat"})
     questions = tasks.run(recipe.tasks, recipe.base_dir)
     samples, _ = sample.run(questions, recipe)
-    assert samples.height == len(QUESTIONS) * 3
+    assert samples.height == len(ARITH_QUESTIONS) * 3
     messages = json.loads(samples["prompt"][0])
     assert messages[-1]["role"] == "user" and messages[-1]["content"].endswith("Let's think step by step.")
     assert samples["answer_completion"].null_count() == 0  # stage 2 continued the assistant turn

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from builder.cli import main
+from tests.helpers import write_import_recipe
 from tests.test_hub import TOKEN, fake_hub  # noqa: F401 - the fake Hub fixture sets HF_TOKEN=TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,24 +43,9 @@ def test_tokens_and_api_keys_never_reach_files_logs_cards_or_manifests(fake_hub,
     monkeypatch.setenv("RATIONALE_TEACHER_KEY", TEACHER_KEY)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.setattr(constants, "ENDPOINT", fake_hub.endpoint)
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(f"""\
-name: secrets-demo
-work_dir: runs
-tasks:
-  benchmarks_dir: {benchmarks_dir}
-  items:
-    - name: multiarith
-      split: train
-      limit: 40
-teacher:
-  backend: import
-  model: text-davinci-002
-  api_key_env: RATIONALE_TEACHER_KEY
-  import_path: {teacher_completions_dir / 'multiarith.jsonl'}
-store:
-  root: store
-""")
+    completions = teacher_completions_dir / "multiarith.jsonl"
+    recipe = write_import_recipe(tmp_path / "recipe.yaml", benchmarks_dir, completions, name="secrets-demo",
+                                 limit=40, teacher={"api_key_env": "RATIONALE_TEACHER_KEY"})
     # The build in its own process with --debug (every logger at DEBUG), its output kept as a log file.
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     log = tmp_path / "build.log"
