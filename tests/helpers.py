@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,11 @@ ARITH_QUESTIONS = [
 ]
 
 
-def arith_task(tmp_path: Path) -> dict[str, Any]:
-    """Write ARITH_QUESTIONS as JSONL (columns q, a) and return the recipe's `file` task item reading it."""
-    qfile = tmp_path / "questions.jsonl"
-    qfile.write_text("".join(json.dumps({"q": q, "a": a}) + "\n" for q, a in ARITH_QUESTIONS))
+def arith_task(folder: Path, questions: Iterable[tuple[str, int | str]] = ARITH_QUESTIONS,
+               file: str = "questions.jsonl") -> dict[str, Any]:
+    """Write (question, gold) pairs as JSONL (columns q, a) and return the recipe's `file` task item reading it."""
+    qfile = folder / file
+    qfile.write_text("".join(json.dumps({"q": q, "a": a}) + "\n" for q, a in questions))
     return {"name": "arith", "source": "file", "path": str(qfile), "columns": {"question": "q", "gold": "a"},
             "answer_type": "number"}
 

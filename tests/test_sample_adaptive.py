@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import polars as pl
@@ -11,6 +10,7 @@ from polars.testing import assert_frame_equal
 
 from builder import grade, sample, tasks
 from builder.recipe import Recipe
+from tests.helpers import arith_task
 
 QUESTIONS = [f"Mia has {i} pens and gets {i + 2} more. How many pens does she have?" for i in range(6)]
 ROUND, K, MAX = 2, 1, 6
@@ -18,12 +18,9 @@ NEVER = 987654321  # a gold the tiny random model never says
 
 
 def make_recipe(tmp_path: Path, model: Path, golds: list[int | str], name: str, **adaptive) -> Recipe:
-    qfile = tmp_path / f"{name}.jsonl"
-    qfile.write_text("".join(json.dumps({"q": q, "a": a}) + "\n" for q, a in zip(QUESTIONS, golds, strict=True)))
     return Recipe.model_validate({
         "name": name, "work_dir": str(tmp_path / "runs"),
-        "tasks": {"items": [{"name": "arith", "source": "file", "path": str(qfile),
-                             "columns": {"question": "q", "gold": "a"}, "answer_type": "number"}]},
+        "tasks": {"items": [arith_task(tmp_path, zip(QUESTIONS, golds, strict=True), f"{name}.jsonl")]},
         "teacher": {"model": str(model)},
         "grading": {"mode": "rationale"},  # the sampled rationale's last number (greedy answers rarely have one)
         "sampling": {"n": 1, "max_tokens": 24, "answer_max_tokens": 8, "shard_size": 4, "seed": 7,

@@ -3,7 +3,6 @@ points and resumed ends with exactly the uninterrupted run's samples: every (qid
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -18,19 +17,18 @@ from polars.testing import assert_frame_equal
 
 from builder import sample, tasks
 from builder.recipe import load_recipe
+from tests.helpers import arith_task
 
 ROOT = Path(__file__).resolve().parent.parent
 N_QUESTIONS, N = 24, 3
 
 
 def write_recipe(tmp_path: Path, model: Path) -> Path:
-    qfile = tmp_path / "questions.jsonl"
-    qfile.write_text("".join(json.dumps({"q": f"Tom has {i} apples and buys {i + 3} more. How many apples now?",
-                                         "a": 2 * i + 3}) + "\n" for i in range(N_QUESTIONS)))
+    questions = [(f"Tom has {i} apples and buys {i + 3} more. How many apples now?", 2 * i + 3)
+                 for i in range(N_QUESTIONS)]
     recipe = {
         "name": "kill", "work_dir": str(tmp_path / "runs"),
-        "tasks": {"items": [{"name": "arith", "source": "file", "path": str(qfile),
-                             "columns": {"question": "q", "gold": "a"}, "answer_type": "number"}]},
+        "tasks": {"items": [arith_task(tmp_path, questions)]},
         # a small batch: a few shards in flight at once, so every kill point has shards before and after it
         "teacher": {"model": str(model), "engine_args": {"max_model_len": 1024, "max_num_seqs": 4}},
         "sampling": {"n": N, "max_tokens": 24, "answer_max_tokens": 4, "shard_size": 1, "seed": 11},
@@ -103,7 +101,7 @@ def test_sigkill_at_several_points_then_resume_equals_uninterrupted_run(tmp_path
     # 4. resumed to the end
     rc, err = run_cli(recipe_path)
     assert rc == 0, err[-3000:]
-    assert not list((run_dir / "samples").glob(".*tmp"))
+    assert not temp_files(run_dir)
     resumed = sample.read_samples(run_dir)
 
     keys = resumed.select("qid", "sample_idx")
