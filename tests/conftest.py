@@ -50,3 +50,22 @@ def vllm_engine(tiny_model_dir: Path):
     engine = load_engine(TeacherConfig(model=str(tiny_model_dir), engine_args={"max_model_len": 1024}))
     yield engine
     shutdown_engine(engine)  # while pytest's streams are still open (the exit hook would log into closed files)
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """Route every huggingface_hub request to a FakeHub (HfApi, hf_hub_download: the real client code)."""
+    import httpx2
+    from huggingface_hub import constants
+    from huggingface_hub.utils import _http
+
+    from tests.helpers import TOKEN, FakeHub
+
+    fake = FakeHub()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    _http.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(fake.handler),
+                                                   event_hooks={"request": [_http.hf_request_event_hook]},
+                                                   follow_redirects=True))
+    yield fake
+    _http.set_client_factory(_http.default_client_factory)

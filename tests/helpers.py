@@ -1,13 +1,28 @@
-"""Builders of test inputs that several test files share: a small question file and import-backend recipes."""
+"""Builders of test inputs that several test files share (test modules never import each other).
+
+Question files and import-backend recipes; ledgers, stats and versions as curate/store hand them over (with the
+project's real stage and reason names from builder.reasons); graded frames with planted duplicates from real
+teacher completions; and `FakeHub`, the in-memory Hub behind huggingface_hub's real client (fixture `fake_hub`
+in conftest.py).
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
+import polars as pl
 import yaml
+
+from builder import reasons as R
+from builder import store
+from builder.schemas import table_schema
 
 ARITH_QUESTIONS = [
     ("Tom has 3 apples and buys 4 more. How many apples does he have?", 7),
@@ -43,3 +58,237 @@ def write_import_recipe(path: Path, benchmarks_dir: Path, completions: Path, *, 
         "store": store or {"root": "store"},
     }, sort_keys=False))
     return path
+
+
+# ---------------------------------------------------------------- ledgers, stats, versions
+STORE_RECIPE = {
+    "name": "demo",
+    "work_dir": "/home/a/runs",
+    "tasks": {"benchmarks_dir": "/data/benchmarks", "items": [{"name": "multiarith", "source": "paper"}]},
+    "teacher": {"model": "tiny-llama", "backend": "vllm", "revision": None},
+    "prompt": {"style": "zero_shot_cot", "trigger": "Let's think step by step.", "format": "raw"},
+    "sampling": {"n": 4, "temperature": 0.7, "top_p": 1.0, "max_tokens": 64, "seed": 0},
+    "curation": {"keep_correct_only": True},
+    "store": {"root": "/home/a/store", "shard_rows": 100_000},
+}
+
+
+def make_ledger(tasks: tuple[str, ...] = ("multiarith", "coin_flip"), questions: int = 4, samples: int = 3,
+                salt: str = "") -> pl.DataFrame:
+    """A ledger as curate would hand it over: every sample, kept when its answer is right (2 of 3 here)."""
+    recs = []
+    for task in tasks:
+        for q in range(questions):
+            gold = str(q + 2) if task != "coin_flip" else ("yes" if q % 2 else "no")
+            for s in range(samples):
+                ok = (q + s) % 3 != 0
+                pred = gold if ok else ("0" if task != "coin_flip" else "maybe")
+                recs.append({
+                    "qid": f"{task}-{q:03d}", "sample_idx": s, "seed": 1000 * q + s, "teacher": "tiny-llama",
+                    "teacher_revision": None, "prompt": f"Q: {task} question {q}?\nA: Let's think step by step.",
+                    "rationale": f"  First we look at {task} item {q}. Sample {s} reasons{salt}.\n",
+                    "answer_prompt": "Therefore, the answer is", "answer_completion": f" {pred}.",
+                    "finish_reason": "stop", "prompt_tokens": 12, "completion_tokens": 20, "run_id": "run-1",
+                    "task": task, "question": f"{task} question {q}?", "gold": gold, "answer_type": "number",
+                    "pred": pred, "correct": ok, "grade_status": "ok", "grader": "number",
+                    "state": R.KEPT if ok else R.DROPPED, "stage": None if ok else R.STAGE_CORRECTNESS,
+                    "reason": None if ok else R.INCORRECT, "cluster": None,
+                })
+    return pl.DataFrame(recs, schema=table_schema("ledger").polars_schema)
+
+
+def make_stats(ledger: pl.DataFrame) -> dict:
+    funnel = {}
+    for (task,), part in ledger.group_by(["task"]):
+        kept = part.filter(pl.col("state") == R.KEPT).height
+        funnel[task] = {"sampled": part.height, "answered": part.height, "correct": int(part["correct"].sum()),
+                        "deduped": kept, "selected": kept, "kept": kept}
+    return {
+        "funnel": funnel,
+        "dropped": {R.STAGE_CORRECTNESS: {R.INCORRECT: int((~ledger["correct"]).sum())}},
+        "diversity": {t: {"before": {"mean_pairwise_jaccard": 0.61, "distinct_ngrams": 0.42},
+                          "after": {"mean_pairwise_jaccard": 0.55, "distinct_ngrams": 0.47}} for t in funnel},
+        "decontamination": {"checked": 8, "eval_questions": 20, "hits": []},
+        "settings": {"minhash": {"num_perm": 128, "threshold": 0.8}},
+        "sampling": {"teacher": "tiny-llama", "teacher_revision": None, "backend": "vllm",
+                     "params": {"n": 3}, "prompt_tokens": 288, "completion_tokens": 480, "seconds": 2.5},
+    }
+
+
+def build_version(root: Path, ledger: pl.DataFrame | None = None, *, name: str = "demo", recipe: dict | None = None,
+                  **kw) -> store.VersionInfo:
+    ledger = make_ledger() if ledger is None else ledger
+    return store.write_version(store.rows_from_ledger(ledger), root=root, name=name, recipe=recipe or STORE_RECIPE,
+                               stats=make_stats(ledger), tool_version="test", **kw)
+
+
+def load_version_dataset(path: Path, tmp_path: Path, config: str | None = None):
+    import datasets
+
+    return datasets.load_dataset(str(path), config, split="train", cache_dir=str(tmp_path / "hf-cache"))
+
+
+# ---------------------------------------------------------------- graded frames with planted duplicates
+CURATE_TASKS = ("multiarith", "svamp", "coin_flip")
+
+
+def graded_frame(df: pl.DataFrame) -> pl.DataFrame:
+    """Completions-like rows (task, question, rationale, gold, sample_idx, correct?) -> a valid graded table."""
+    qid = pl.col("question").map_batches(
+        lambda s: pl.Series([hashlib.sha1(q.encode()).hexdigest()[:16] for q in s.to_list()]), return_dtype=pl.String)
+    defaults = {"finish_reason": pl.lit("stop"), "grade_status": pl.lit("ok"), "correct": pl.lit(True),
+                "answer_completion": pl.lit(" 1."), "pred": pl.col("gold")}
+    df = df.with_columns([v.alias(k) for k, v in defaults.items() if k not in df.columns])
+    return df.select(
+        qid.alias("qid"), pl.col("sample_idx").cast(pl.Int32), seed=pl.lit(0, pl.Int64),
+        teacher=pl.lit("text-davinci-002"),
+        teacher_revision=pl.lit(None, pl.String), prompt=pl.lit("Q: ") + pl.col("question"), rationale="rationale",
+        answer_prompt=pl.lit("\nTherefore, the answer (arabic numerals) is"), answer_completion="answer_completion",
+        finish_reason="finish_reason", prompt_tokens=pl.lit(None, pl.Int32), completion_tokens=pl.lit(None, pl.Int32),
+        run_id=pl.lit("test"), task="task", question="question", gold=pl.col("gold").cast(pl.String),
+        answer_type=pl.lit("number"), pred=pl.col("pred").cast(pl.String), correct="correct",
+        grade_status="grade_status", grader=pl.lit("number"))
+
+
+PLANTS = {  # sample_idx -> how the copy of sample 0 is edited (None: sample 0 itself)
+    0: None,
+    1: "exact",     # case, punctuation and spacing only: same normalised text
+    2: "near",      # one closing sentence appended: Jaccard ~0.9
+    3: "distinct",  # words reversed: nothing shared at 5-gram level
+}
+
+
+def planted(teacher_completions_dir: Path, tasks=CURATE_TASKS, limit: int = 120) -> pl.DataFrame:
+    base = pl.concat([pl.read_ndjson(teacher_completions_dir / f"{t}.jsonl").head(limit)
+                      .select("task", "question", "rationale", pl.col("gold").cast(pl.String), "reference_correct")
+                      for t in tasks]).unique("question", keep="first", maintain_order=True)
+    edits = {
+        None: pl.col("rationale"),
+        "exact": pl.col("rationale").str.to_uppercase().str.replace_all(r"\.", " ! ").str.replace_all(" ", "  "),
+        "near": pl.col("rationale") + " So that is the final answer.",
+        "distinct": pl.col("rationale").str.split(" ").list.reverse().list.join(" "),
+    }
+    frames = [base.with_columns(edits[kind].alias("rationale"), sample_idx=pl.lit(i))
+              for i, kind in PLANTS.items()]
+    return graded_frame(pl.concat(frames).with_columns(correct=pl.col("reference_correct")))
+
+
+# ---------------------------------------------------------------- fake Hub (recorder)
+TOKEN = "hf_fake_secret_token_0123456789"
+
+
+class FakeHub:
+    """In-memory Hub answering the endpoints HfApi uses to publish; records every request."""
+
+    def __init__(self, endpoint: str = "https://fake-hub.test"):
+        self.endpoint = endpoint
+        self.requests: list[dict] = []
+        self.repos: dict[str, dict] = {}
+
+    # state helpers
+    def _commit(self, repo: dict, files: dict[str, bytes], message: str) -> str:
+        oid = hashlib.sha1(json.dumps([message, sorted((p, hashlib.sha256(b).hexdigest())
+                                                       for p, b in files.items())]).encode()).hexdigest()
+        repo["commits"][oid] = {"files": files, "message": message, "parent": repo["branches"].get("main")}
+        repo["branches"]["main"] = oid
+        return oid
+
+    def _rev(self, repo: dict, rev: str) -> str | None:
+        rev = unquote(rev)
+        return repo["branches"].get(rev) or repo["tags"].get(rev) or (rev if rev in repo["commits"] else None)
+
+    def files_at(self, repo_id: str, rev: str) -> dict[str, bytes]:
+        repo = self.repos[repo_id]
+        return repo["commits"][self._rev(repo, rev)]["files"]
+
+    # transport
+    def handler(self, request):
+        import httpx2
+
+        url = urlparse(str(request.url))
+        body = request.read()
+        self.requests.append({"method": request.method, "path": url.path, "query": url.query,
+                              "auth": request.headers.get("authorization"), "body": body})
+        path, method = url.path, request.method
+
+        def js(data, status=200, headers=None):
+            return httpx2.Response(status, json=data, headers=headers or {})
+
+        def err(status, code, msg):
+            return httpx2.Response(status, json={"error": msg}, headers={"X-Error-Code": code, "X-Error-Message": msg})
+
+        if path == "/api/repos/create" and method == "POST":
+            data = json.loads(body)
+            repo_id = f"{data['organization']}/{data['name']}"
+            if repo_id in self.repos:
+                return js({"error": "You already created this dataset repo",
+                           "url": f"{self.endpoint}/datasets/{repo_id}"}, 409)
+            repo = {"visibility": data.get("visibility"), "type": data.get("type"), "commits": {}, "branches": {},
+                    "tags": {}}
+            self.repos[repo_id] = repo
+            self._commit(repo, {".gitattributes": b"*.parquet filter=lfs\n"}, "initial commit")
+            return js({"url": f"{self.endpoint}/datasets/{repo_id}"})
+        if path == "/api/validate-yaml":
+            return js({"errors": [], "warnings": []})
+        m = re.match(r"^/api/datasets/([^/]+/[^/]+)/(refs|preupload|commit|tag|tree)(?:/([^/]+))?(?:/(.*))?$", path)
+        if m:
+            repo_id, op, rev = m.group(1), m.group(2), m.group(3)
+            repo = self.repos.get(repo_id)
+            if repo is None:
+                return err(404, "RepoNotFound", f"Repository {repo_id} not found")
+            if op == "refs":
+                return js({
+                    "branches": [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": c}
+                                 for b, c in repo["branches"].items()],
+                    "tags": [{"name": t, "ref": f"refs/tags/{t}", "targetCommit": c} for t, c in repo["tags"].items()],
+                    "converts": [],
+                })
+            if op == "tree":
+                oid = self._rev(repo, rev)
+                if oid is None:
+                    return err(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+                files = repo["commits"][oid]["files"]
+                return js([{"type": "file", "path": p, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
+                           for p, b in sorted(files.items())])
+            if op == "preupload":
+                files = json.loads(body)["files"]
+                return js({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
+                                      "oid": None} for f in files]})
+            if op == "commit":
+                lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
+                header = lines[0]["value"]
+                if header.get("parentCommit") and header["parentCommit"] != repo["branches"]["main"]:
+                    return err(412, "ParentCommitMismatch", "A commit has happened since the parent commit")
+                files = dict(repo["commits"][repo["branches"]["main"]]["files"])
+                for op_line in lines[1:]:
+                    value = op_line["value"]
+                    if op_line["key"] == "file":
+                        files[value["path"]] = base64.b64decode(value["content"])
+                    elif op_line["key"] == "deletedFile":
+                        files.pop(value["path"], None)
+                    else:
+                        return err(400, "BadRequest", f"unexpected commit operation {op_line['key']}")
+                oid = self._commit(repo, files, header["summary"])
+                return js({"commitUrl": f"{self.endpoint}/datasets/{repo_id}/commit/{oid}", "commitOid": oid,
+                           "pullRequestUrl": None})
+            if op == "tag":
+                tag = json.loads(body)["tag"]
+                if tag in repo["tags"]:
+                    return js({"error": f"Tag {tag} already exists"}, 409)
+                repo["tags"][tag] = self._rev(repo, rev)
+                return js({})
+        m = re.match(r"^/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path)
+        if m:
+            repo = self.repos.get(m.group(1))
+            if repo is None:
+                return err(404, "RepoNotFound", "Repository not found")
+            oid = self._rev(repo, m.group(2))
+            if oid is None:
+                return err(404, "RevisionNotFound", f"Invalid rev id: {m.group(2)}")
+            content = repo["commits"][oid]["files"].get(unquote(m.group(3)))
+            if content is None:
+                return err(404, "EntryNotFound", f"{m.group(3)} does not exist")
+            headers = {"X-Repo-Commit": oid, "ETag": f'"{hashlib.sha1(content).hexdigest()}"',
+                       "Content-Length": str(len(content))}
+            return httpx2.Response(200, content=b"" if method == "HEAD" else content, headers=headers)
+        return err(404, "NotFound", f"fake hub has no route {method} {path}")

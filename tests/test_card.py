@@ -9,7 +9,7 @@ import pytest
 
 from builder import store
 from builder.errors import StoreError
-from tests.test_store import RECIPE, load, make_ledger, make_stats
+from tests.helpers import STORE_RECIPE, load_version_dataset, make_ledger, make_stats
 
 
 def _png_size(path) -> tuple[int, int]:
@@ -19,8 +19,8 @@ def _png_size(path) -> tuple[int, int]:
 
 
 def _write(root, ledger, stats, **kw):
-    return store.write_version(store.rows_from_ledger(ledger), root=root, name="demo", recipe=RECIPE, stats=stats,
-                               tool_version="test", **kw)
+    return store.write_version(store.rows_from_ledger(ledger), root=root, name="demo", recipe=STORE_RECIPE,
+                               stats=stats, tool_version="test", **kw)
 
 
 def test_card_header_matches_the_data_and_loads_with_huggingface_hub_and_datasets(tmp_path):
@@ -39,7 +39,7 @@ def test_card_header_matches_the_data_and_loads_with_huggingface_hub_and_dataset
                                                                               "multiarith": 8}
     assert list(infos["default"].features) == store.load_manifest(info.path)["columns"]
     assert "chain-of-thought" in card.data.tags and card.data.pretty_name == "demo (v1)"
-    assert load(info.path, tmp_path, "multiarith").num_rows == 8
+    assert load_version_dataset(info.path, tmp_path, "multiarith").num_rows == 8
 
 
 def test_card_body_reports_funnel_accuracy_diversity_decontamination_and_how_it_was_made(tmp_path):
@@ -55,7 +55,7 @@ def test_card_body_reports_funnel_accuracy_diversity_decontamination_and_how_it_
     assert "| task | sampled | answered | correct | deduped | selected | kept | teacher accuracy |" in body
     assert "| coin_flip | 12 | 12 | 8 | 8 | 8 | 8 | 66.7% (8/12) |" in body
     assert "| multiarith | 12 | 12 | 8 | 8 | 8 | 8 | 66.7% (8/12) |" in body
-    assert "| correct | wrong_answer | 8 |" in body
+    assert "| correctness | incorrect | 8 |" in body
     assert "| multiarith | 0.610 | 0.550 | 0.420 | 0.470 |" in body
     assert "8 questions checked against 20 evaluation questions" in body
     assert "`multiarith` multiarith-009 matched `multiarith_test` (minhash, score 0.93)" in body
@@ -88,7 +88,7 @@ def test_card_survives_missing_optional_sections(tmp_path, stats):
     if "decontamination" in stats:
         assert "3 questions checked against - evaluation questions" in body
     assert (info.path / "assets" / "rationale_lengths.png").exists()
-    assert load(info.path, tmp_path).num_rows == 8
+    assert load_version_dataset(info.path, tmp_path).num_rows == 8
     store.verify(info.path)
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -14,49 +12,7 @@ from builder import reasons as R
 from builder.cli import main
 from builder.recipe import CurationConfig
 from builder.schemas import table_schema, write_table
-
-TASKS = ("multiarith", "svamp", "coin_flip")
-
-
-def graded_frame(df: pl.DataFrame) -> pl.DataFrame:
-    """Completions-like rows (task, question, rationale, gold, sample_idx, correct?) -> a valid graded table."""
-    qid = pl.col("question").map_batches(
-        lambda s: pl.Series([hashlib.sha1(q.encode()).hexdigest()[:16] for q in s.to_list()]), return_dtype=pl.String)
-    defaults = {"finish_reason": pl.lit("stop"), "grade_status": pl.lit("ok"), "correct": pl.lit(True),
-                "answer_completion": pl.lit(" 1."), "pred": pl.col("gold")}
-    df = df.with_columns([v.alias(k) for k, v in defaults.items() if k not in df.columns])
-    return df.select(
-        qid.alias("qid"), pl.col("sample_idx").cast(pl.Int32), seed=pl.lit(0, pl.Int64),
-        teacher=pl.lit("text-davinci-002"),
-        teacher_revision=pl.lit(None, pl.String), prompt=pl.lit("Q: ") + pl.col("question"), rationale="rationale",
-        answer_prompt=pl.lit("\nTherefore, the answer (arabic numerals) is"), answer_completion="answer_completion",
-        finish_reason="finish_reason", prompt_tokens=pl.lit(None, pl.Int32), completion_tokens=pl.lit(None, pl.Int32),
-        run_id=pl.lit("test"), task="task", question="question", gold=pl.col("gold").cast(pl.String),
-        answer_type=pl.lit("number"), pred=pl.col("pred").cast(pl.String), correct="correct",
-        grade_status="grade_status", grader=pl.lit("number"))
-
-
-PLANTS = {  # sample_idx -> how the copy of sample 0 is edited (None: sample 0 itself)
-    0: None,
-    1: "exact",     # case, punctuation and spacing only: same normalised text
-    2: "near",      # one closing sentence appended: Jaccard ~0.9
-    3: "distinct",  # words reversed: nothing shared at 5-gram level
-}
-
-
-def planted(teacher_completions_dir: Path, tasks=TASKS, limit: int = 120) -> pl.DataFrame:
-    base = pl.concat([pl.read_ndjson(teacher_completions_dir / f"{t}.jsonl").head(limit)
-                      .select("task", "question", "rationale", pl.col("gold").cast(pl.String), "reference_correct")
-                      for t in tasks]).unique("question", keep="first", maintain_order=True)
-    edits = {
-        None: pl.col("rationale"),
-        "exact": pl.col("rationale").str.to_uppercase().str.replace_all(r"\.", " ! ").str.replace_all(" ", "  "),
-        "near": pl.col("rationale") + " So that is the final answer.",
-        "distinct": pl.col("rationale").str.split(" ").list.reverse().list.join(" "),
-    }
-    frames = [base.with_columns(edits[kind].alias("rationale"), sample_idx=pl.lit(i))
-              for i, kind in PLANTS.items()]
-    return graded_frame(pl.concat(frames).with_columns(correct=pl.col("reference_correct")))
+from tests.helpers import PLANTS, graded_frame, planted
 
 
 @pytest.fixture(scope="module")

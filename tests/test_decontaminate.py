@@ -9,7 +9,7 @@ from builder import curate
 from builder import reasons as R
 from builder.decontaminate import find_question_hits, find_rationale_hits
 from builder.recipe import CurationConfig
-from tests.test_curate import graded_frame
+from tests.helpers import graded_frame
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,6 @@ from builder.cli import main
 from builder.errors import BuilderError
 from builder.schemas import read_table
 from tests.helpers import write_import_recipe
-from tests.test_hub import FakeHub, fake_hub  # noqa: F401 - the fake Hub fixture, reused
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "ma-faults"
@@ -338,7 +337,7 @@ def test_disk_full_on_a_real_tiny_filesystem(recipe, reference, capsys):
 
 # ---------------------------------------------------------------- Hub upload failing midway
 @pytest.mark.parametrize("failure", ["http-500", "connection-drop"])
-def test_hub_upload_failing_midway_leaves_no_tag_and_a_rerun_completes(failure, fake_hub, recipe, reference,  # noqa: F811
+def test_hub_upload_failing_midway_leaves_no_tag_and_a_rerun_completes(failure, fake_hub, recipe, reference,
                                                                        monkeypatch, capsys):
     import httpx2
     from huggingface_hub import constants

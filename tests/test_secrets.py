@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 
 from builder.cli import main
-from tests.helpers import write_import_recipe
-from tests.test_hub import TOKEN, fake_hub  # noqa: F401 - the fake Hub fixture sets HF_TOKEN=TOKEN
+from tests.helpers import TOKEN, write_import_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 OPENAI_KEY = "sk-fake-openai-4c3b2a1f0e9d8c7b"
@@ -33,7 +32,7 @@ def files_containing(root: Path, needles: list[str]) -> dict[str, list[str]]:
     return found
 
 
-def test_tokens_and_api_keys_never_reach_files_logs_cards_or_manifests(fake_hub, tmp_path, benchmarks_dir,  # noqa: F811
+def test_tokens_and_api_keys_never_reach_files_logs_cards_or_manifests(fake_hub, tmp_path, benchmarks_dir,
                                                                        teacher_completions_dir, monkeypatch,
                                                                        capsys, caplog):
     from huggingface_hub import constants

@@ -13,7 +13,7 @@ from builder import reasons as R
 from builder.dedup import signatures
 from builder.recipe import CurationConfig
 from builder.select import distinct_ngrams, select
-from tests.test_curate import graded_frame, planted
+from tests.helpers import graded_frame, planted
 
 
 @settings(max_examples=150, deadline=None)

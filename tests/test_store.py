@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -16,72 +15,7 @@ from builder import store
 from builder.cli import main
 from builder.errors import StoreError
 from builder.schemas import table_schema
-
-RECIPE = {
-    "name": "demo",
-    "work_dir": "/home/a/runs",
-    "tasks": {"benchmarks_dir": "/data/benchmarks", "items": [{"name": "multiarith", "source": "paper"}]},
-    "teacher": {"model": "tiny-llama", "backend": "vllm", "revision": None},
-    "prompt": {"style": "zero_shot_cot", "trigger": "Let's think step by step.", "format": "raw"},
-    "sampling": {"n": 4, "temperature": 0.7, "top_p": 1.0, "max_tokens": 64, "seed": 0},
-    "curation": {"keep_correct_only": True},
-    "store": {"root": "/home/a/store", "shard_rows": 100_000},
-}
-
-
-def make_ledger(tasks: tuple[str, ...] = ("multiarith", "coin_flip"), questions: int = 4, samples: int = 3,
-                salt: str = "") -> pl.DataFrame:
-    """A ledger as curate would hand it over: every sample, kept when its answer is right (2 of 3 here)."""
-    recs = []
-    for task in tasks:
-        for q in range(questions):
-            gold = str(q + 2) if task != "coin_flip" else ("yes" if q % 2 else "no")
-            for s in range(samples):
-                ok = (q + s) % 3 != 0
-                pred = gold if ok else ("0" if task != "coin_flip" else "maybe")
-                recs.append({
-                    "qid": f"{task}-{q:03d}", "sample_idx": s, "seed": 1000 * q + s, "teacher": "tiny-llama",
-                    "teacher_revision": None, "prompt": f"Q: {task} question {q}?\nA: Let's think step by step.",
-                    "rationale": f"  First we look at {task} item {q}. Sample {s} reasons{salt}.\n",
-                    "answer_prompt": "Therefore, the answer is", "answer_completion": f" {pred}.",
-                    "finish_reason": "stop", "prompt_tokens": 12, "completion_tokens": 20, "run_id": "run-1",
-                    "task": task, "question": f"{task} question {q}?", "gold": gold, "answer_type": "number",
-                    "pred": pred, "correct": ok, "grade_status": "ok", "grader": "number",
-                    "state": "kept" if ok else "dropped", "stage": None if ok else "correct",
-                    "reason": None if ok else "wrong_answer", "cluster": None,
-                })
-    return pl.DataFrame(recs, schema=table_schema("ledger").polars_schema)
-
-
-def make_stats(ledger: pl.DataFrame) -> dict:
-    funnel = {}
-    for (task,), part in ledger.group_by(["task"]):
-        kept = part.filter(pl.col("state") == "kept").height
-        funnel[task] = {"sampled": part.height, "answered": part.height, "correct": int(part["correct"].sum()),
-                        "deduped": kept, "selected": kept, "kept": kept}
-    return {
-        "funnel": funnel,
-        "dropped": {"correct": {"wrong_answer": int((~ledger["correct"]).sum())}},
-        "diversity": {t: {"before": {"mean_pairwise_jaccard": 0.61, "distinct_ngrams": 0.42},
-                          "after": {"mean_pairwise_jaccard": 0.55, "distinct_ngrams": 0.47}} for t in funnel},
-        "decontamination": {"checked": 8, "eval_questions": 20, "hits": []},
-        "settings": {"minhash": {"num_perm": 128, "threshold": 0.8}},
-        "sampling": {"teacher": "tiny-llama", "teacher_revision": None, "backend": "vllm",
-                     "params": {"n": 3}, "prompt_tokens": 288, "completion_tokens": 480, "seconds": 2.5},
-    }
-
-
-def build_version(root: Path, ledger: pl.DataFrame | None = None, *, name: str = "demo", recipe: dict | None = None,
-                  **kw) -> store.VersionInfo:
-    ledger = make_ledger() if ledger is None else ledger
-    return store.write_version(store.rows_from_ledger(ledger), root=root, name=name, recipe=recipe or RECIPE,
-                               stats=make_stats(ledger), tool_version="test", **kw)
-
-
-def load(path: Path, tmp_path: Path, config: str | None = None):
-    import datasets
-
-    return datasets.load_dataset(str(path), config, split="train", cache_dir=str(tmp_path / "hf-cache"))
+from tests.helpers import STORE_RECIPE, build_version, load_version_dataset, make_ledger
 
 
 # ---------------------------------------------------------------- rows
@@ -121,7 +55,7 @@ def test_version_loads_with_datasets_default_and_per_task_configs(tmp_path):
     manifest = json.loads((info.path / "manifest.json").read_text())
     assert list(manifest["configs"]) == ["default", "coin_flip", "multiarith"]
     rows = store.rows_from_ledger(make_ledger())
-    ds = load(info.path, tmp_path)
+    ds = load_version_dataset(info.path, tmp_path)
     assert ds.num_rows == rows.height == 16
     loaded = sorted(zip(ds["qid"], ds["sample_idx"], strict=True))
     assert loaded == sorted(zip(rows["qid"], rows["sample_idx"], strict=True))
@@ -129,7 +63,7 @@ def test_version_loads_with_datasets_default_and_per_task_configs(tmp_path):
     assert type(messages).__name__ == "List" and messages.feature["role"].dtype == "string"
     assert ds[0]["messages"][1]["role"] == "assistant"
     for task in ("multiarith", "coin_flip"):
-        part = load(info.path, tmp_path, task)
+        part = load_version_dataset(info.path, tmp_path, task)
         assert set(part["task"]) == {task}
         assert part.num_rows == rows.filter(pl.col("task") == task).height == 8
     # sharded: 8 rows per task at 3 rows per file -> 3 files per task
@@ -142,14 +76,14 @@ def test_single_task_version_has_one_default_config_that_loads(tmp_path):
     info = build_version(tmp_path / "store", make_ledger(tasks=("multiarith",)))
     assert (info.path / "data" / "train-00000-of-00001.parquet").is_file()
     assert list(store.load_manifest(info.path)["configs"]) == ["default"]
-    assert load(info.path, tmp_path).num_rows == 8
+    assert load_version_dataset(info.path, tmp_path).num_rows == 8
 
 
 def test_manifest_records_hashes_recipe_teacher_sampling_funnel_and_decontamination(tmp_path):
     info = build_version(tmp_path / "store")
     m = store.load_manifest(info.path)
     assert m["content_hash"] == info.content_hash and m["version"] == "v1" and m["tool_version"] == "test"
-    assert m["recipe"] == RECIPE
+    assert m["recipe"] == STORE_RECIPE
     assert m["teacher"] == {"model": "tiny-llama", "revision": None, "backend": "vllm"}
     assert m["sampling_settings"]["temperature"] == 0.7
     assert m["funnel"]["coin_flip"]["sampled"] == 12 and m["funnel"]["coin_flip"]["kept"] == 8
@@ -165,8 +99,8 @@ def test_manifest_records_hashes_recipe_teacher_sampling_funnel_and_decontaminat
 # ---------------------------------------------------------------- content hash
 def test_same_inputs_give_the_same_content_hash_in_any_store_and_machine_paths(tmp_path):
     a = build_version(tmp_path / "a")
-    moved = {**RECIPE, "work_dir": "/other/runs", "store": {**RECIPE["store"], "root": "/elsewhere"},
-             "tasks": {**RECIPE["tasks"], "benchmarks_dir": "/mnt/b"}}
+    moved = {**STORE_RECIPE, "work_dir": "/other/runs", "store": {**STORE_RECIPE["store"], "root": "/elsewhere"},
+             "tasks": {**STORE_RECIPE["tasks"], "benchmarks_dir": "/mnt/b"}}
     b = build_version(tmp_path / "b", recipe=moved)
     shuffled = make_ledger().sample(fraction=1.0, shuffle=True, seed=7)
     c = build_version(tmp_path / "c", shuffled)
@@ -176,7 +110,7 @@ def test_same_inputs_give_the_same_content_hash_in_any_store_and_machine_paths(t
 @pytest.mark.parametrize("change", ["rationale", "answer", "drop_row", "temperature", "teacher"])
 def test_any_data_or_recipe_change_changes_the_content_hash(tmp_path, change):
     rows = store.rows_from_ledger(make_ledger())
-    recipe = json.loads(json.dumps(RECIPE))
+    recipe = json.loads(json.dumps(STORE_RECIPE))
     if change == "rationale":
         rows = rows.with_columns(pl.when(pl.int_range(pl.len()) == 5).then(pl.col("rationale") + " ")
                                  .otherwise(pl.col("rationale")).alias("rationale"))
@@ -189,7 +123,7 @@ def test_any_data_or_recipe_change_changes_the_content_hash(tmp_path, change):
         recipe["sampling"]["temperature"] = 0.8
     elif change == "teacher":
         recipe["teacher"]["revision"] = "abc123"
-    base = store.content_hash(store.rows_from_ledger(make_ledger()), RECIPE)
+    base = store.content_hash(store.rows_from_ledger(make_ledger()), STORE_RECIPE)
     assert store.content_hash(rows, recipe) != base
 
 
@@ -332,7 +266,7 @@ def test_diff_reports_rows_added_removed_per_task_funnel_and_settings(tmp_path):
         pl.when((pl.col("qid") == "coin_flip-002") & (pl.col("sample_idx") == 0))
         .then(pl.lit("dropped")).otherwise(pl.col("state")).alias("state"),
     )
-    recipe = json.loads(json.dumps(RECIPE))
+    recipe = json.loads(json.dumps(STORE_RECIPE))
     recipe["sampling"]["temperature"] = 0.9
     build_version(root, ledger, recipe=recipe)
     d = store.diff_versions("demo@v1", "demo@v2", root)
@@ -381,4 +315,4 @@ def test_same_seeds_on_the_same_engine_give_the_same_content_hash(vllm_engine, t
     c = build_version(tmp_path / "c", sampled_ledger(12))
     assert a.content_hash == b.content_hash
     assert c.content_hash != a.content_hash
-    assert load(a.path, tmp_path).num_rows == 6
+    assert load_version_dataset(a.path, tmp_path).num_rows == 6
