@@ -193,6 +193,7 @@ def main() -> None:
     ledger, stats = curate.run(graded, cfg, eval_questions=evals)
     seconds = time.perf_counter() - t
     print(f"curate.run: {graded.height:,} rows in {seconds:.2f}s = {graded.height / seconds:,.0f} rows/s")
+    stats = stats.to_json()
     print("funnel:", json.dumps(stats["funnel"]))
     print("dropped:", json.dumps(stats["dropped"]))
     print("diversity:", json.dumps(stats["diversity"]))

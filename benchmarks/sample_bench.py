@@ -28,7 +28,9 @@ def main(args: argparse.Namespace) -> dict:
     from vllm import SamplingParams
 
     from builder import sample, tasks
+    from builder.prompts import answer_stage_prompt, teacher_prompt
     from builder.recipe import Recipe
+    from builder.teachers.vllm import load_engine
 
     recipe = Recipe.model_validate({
         "name": "bench", "work_dir": tempfile.mkdtemp(prefix="sample-bench-"),
@@ -41,8 +43,9 @@ def main(args: argparse.Namespace) -> dict:
     questions = tasks.run(recipe.tasks, recipe.base_dir)
     s = recipe.sampling
     answer_prompt = tasks.answer_prompts(recipe.tasks, questions)["multiarith"]
-    llm = sample.load_engine(recipe.teacher)
-    prompts = [sample.build_prompt(q, recipe.prompt) for q in questions["question"]]
+    llm = load_engine(recipe.teacher)
+    pc = recipe.prompt
+    prompts = [teacher_prompt(q, style=pc.style, fmt=pc.format, trigger=pc.trigger) for q in questions["question"]]
     stage1 = [SamplingParams(n=s.n, seed=sample.sample_seed(s.seed, qid, 0), temperature=s.temperature,
                              top_p=s.top_p, max_tokens=s.max_tokens, stop=s.stop) for qid in questions["qid"]]
     stage2 = SamplingParams(n=1, temperature=0.0, max_tokens=s.answer_max_tokens, stop=["\n"])
@@ -50,7 +53,7 @@ def main(args: argparse.Namespace) -> dict:
     def bare() -> tuple[int, float, list[str]]:
         t0 = time.perf_counter()
         outs = llm.generate(prompts, stage1, use_tqdm=False)
-        second = [sample.answer_stage_prompt(p, c.text, answer_prompt)
+        second = [answer_stage_prompt(p, c.text, answer_prompt)
                   for p, o in zip(prompts, outs, strict=True) for c in o.outputs]
         answers = llm.generate(second, stage2, use_tqdm=False)
         seconds = time.perf_counter() - t0

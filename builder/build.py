@@ -20,6 +20,7 @@ import polars as pl
 from builder import __version__
 from builder.recipe import Recipe
 from builder.schemas import remove_stale_temp_files, write_table
+from builder.stats import BuildStats, SamplingSummary
 
 log = logging.getLogger(__name__)
 
@@ -87,20 +88,13 @@ def run(recipe: Recipe, *, engine: Any = None, progress: Any = None) -> BuildSum
         graded = grade.run(samples, questions, recipe.grading)
         write_table(graded, run_dir / "graded.parquet", "graded")
         advance("curating")
-        ledger, stats = curate.run(graded, recipe.curation, eval_questions=eval_questions_for(recipe))
+        ledger, curation = curate.run(graded, recipe.curation, eval_questions=eval_questions_for(recipe))
         write_table(ledger, run_dir / "ledger.parquet", "ledger")
-        stats["sampling"] = {
-            "teacher": recipe.teacher.model,
-            "teacher_revision": recipe.teacher.revision,
-            "backend": recipe.teacher.backend,
-            "params": recipe.sampling.model_dump(mode="json"),
-            "prompt": recipe.prompt.model_dump(mode="json"),
-            "prompt_tokens": int(samples["prompt_tokens"].sum() or 0),
-            "completion_tokens": int(samples["completion_tokens"].sum() or 0),
-            "seconds": round(sstats.seconds, 3),
-            **sstats.extra,
-        }
-        (run_dir / "stats.json").write_text(json.dumps(stats, indent=2, default=str))
+        stats = BuildStats(curation, SamplingSummary(
+            prompt_tokens=int(samples["prompt_tokens"].sum() or 0),
+            completion_tokens=int(samples["completion_tokens"].sum() or 0),
+            seconds=round(sstats.seconds, 3), extra=sstats.extra))
+        (run_dir / "stats.json").write_text(json.dumps(stats.to_json(), indent=2, default=str))
         advance("writing version")
         rows = store.rows_from_ledger(ledger)
         info = store.write_version(rows, root=recipe.resolve_path(recipe.store.root), name=recipe.dataset_name,

@@ -13,10 +13,12 @@ from typing import Any
 
 import polars as pl
 
+from builder import reasons as R
+from builder.prompts import ZERO_SHOT_COT_TRIGGER
+
 logger = logging.getLogger(__name__)
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "dataset_card.md.j2"
-FUNNEL_STAGES = ("sampled", "answered", "correct", "deduped", "selected", "kept")
 _SAMPLING_KEYS = ("n", "temperature", "top_p", "max_tokens", "answer_max_tokens", "seed")
 
 
@@ -29,7 +31,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def _funnel_rows(funnel: dict[str, dict[str, int]]) -> tuple[list[str], list[dict[str, Any]]]:
-    stages = [s for s in FUNNEL_STAGES if any(s in f for f in funnel.values())]
+    stages = [s for s in R.FUNNEL if any(s in f for f in funnel.values())]
     stages += sorted({s for f in funnel.values() for s in f} - set(stages))
     rows = []
     for task in sorted(funnel):
@@ -46,8 +48,9 @@ def _length_stats(rows: pl.DataFrame) -> pl.DataFrame:
 
 
 def _prompting(settings: dict[str, Any]) -> str:
+    """One sentence on how the teacher was prompted, from the recipe's `prompt` section."""
     style = settings.get("style", "zero_shot_cot")
-    trigger = settings.get("trigger", "Let's think step by step.")
+    trigger = settings.get("trigger", ZERO_SHOT_COT_TRIGGER)
     fmt = "chat template" if settings.get("format") == "chat" else "raw completion"
     if style == "few_shot_cot":
         ex = settings.get("exemplars")
@@ -137,7 +140,8 @@ def _size_category(n: int) -> str:
 def write_card(folder: str | Path, rows: pl.DataFrame, manifest: dict[str, Any]) -> Path:
     """Render README.md and assets/*.png for a version folder whose data/ is already written.
 
-    Every stats section is optional: a missing funnel, diversity or decontamination report is said so in the card.
+    Reads the manifest the store is writing: the stats sections (empty when the build recorded none,
+    which the card says) and the recipe.
 
     Returns:
         The README.md path.
@@ -147,7 +151,7 @@ def write_card(folder: str | Path, rows: pl.DataFrame, manifest: dict[str, Any])
     folder = Path(folder)
     assets = folder / "assets"
     assets.mkdir(parents=True, exist_ok=True)
-    funnel = manifest.get("funnel") or {}
+    funnel = manifest["funnel"]
     stages, funnel_rows = _funnel_rows(funnel)
     has_funnel_plot = bool(funnel_rows and stages)
     if has_funnel_plot:
@@ -162,25 +166,17 @@ def write_card(folder: str | Path, rows: pl.DataFrame, manifest: dict[str, Any])
     )
     if rows.height:
         _plot_lengths(lengths, assets / "rationale_lengths.png")
-    diversity = manifest.get("diversity") or {}
     diversity_rows = [
-        {"task": t, "jb": _fmt((d.get("before") or {}).get("mean_pairwise_jaccard")),
-         "ja": _fmt((d.get("after") or {}).get("mean_pairwise_jaccard")),
-         "db": _fmt((d.get("before") or {}).get("distinct_ngrams")),
-         "da": _fmt((d.get("after") or {}).get("distinct_ngrams"))}
-        for t, d in sorted(diversity.items())
+        {"task": t, "jb": _fmt(d["before"]["mean_pairwise_jaccard"]), "ja": _fmt(d["after"]["mean_pairwise_jaccard"]),
+         "db": _fmt(d["before"]["distinct_ngrams"]), "da": _fmt(d["after"]["distinct_ngrams"])}
+        for t, d in sorted(manifest["diversity"].items())
     ]
-    decon = manifest.get("decontamination") or {}
-    if decon:
-        decon = {"checked": decon.get("checked", "-"), "eval_questions": decon.get("eval_questions", "-"),
-                 "hits": [{**{k: "-" for k in ("task", "qid", "matched_task", "method", "score")}, **h}
-                          for h in decon.get("hits") or []]}
-    dropped = manifest.get("dropped") or {}
-    dropped_rows = [(stage, reason, n) for stage, reasons in sorted(dropped.items())
+    dropped_rows = [(stage, reason, n) for stage, reasons in sorted(manifest["dropped"].items())
                     for reason, n in sorted(reasons.items())]
-    sampling_settings = manifest.get("sampling_settings") or {}
+    recipe = manifest["recipe"]
+    sampling_settings = recipe.get("sampling", {})
     sampling_items = [(k, sampling_settings[k]) for k in _SAMPLING_KEYS if k in sampling_settings]
-    sampling = manifest.get("sampling") or {}
+    sampling = manifest["sampling"]
     usage = ", ".join(f"{k.replace('_', ' ')} {_fmt(sampling[k], 1)}"
                       for k in ("prompt_tokens", "completion_tokens", "seconds") if sampling.get(k) is not None)
     example = None
@@ -188,7 +184,6 @@ def write_card(folder: str | Path, rows: pl.DataFrame, manifest: dict[str, Any])
         first = rows.row(0, named=True)
         example = {k: (first[k][:300] + " ...") if len(first[k]) > 300 else first[k]
                    for k in ("task", "prompt", "completion")}
-    recipe = manifest.get("recipe") or {}
     description = recipe.get("description") or (
         f"A rationale dataset for {', '.join(sorted(manifest['tasks'])) or 'no tasks'}.")
     card = DatasetCard.from_template(
@@ -200,14 +195,14 @@ def write_card(folder: str | Path, rows: pl.DataFrame, manifest: dict[str, Any])
         content_hash=manifest["content_hash"],
         rows=manifest["rows"],
         tasks=sorted(manifest["tasks"]),
-        teacher=manifest.get("teacher") or {},
+        teacher=manifest["teacher"],
         tool_version=manifest.get("tool_version"),
         created_at=manifest.get("created_at"),
         configs=list(manifest["configs"]),
         task_configs=[c for c in manifest["configs"] if c != "default"],
         columns=manifest.get("columns", rows.columns),
         example=example,
-        prompting=_prompting(manifest.get("prompt_settings") or {}),
+        prompting=_prompting(recipe.get("prompt", {})),
         sampling_items=sampling_items,
         usage=usage,
         funnel_stages=stages,
@@ -217,7 +212,7 @@ def write_card(folder: str | Path, rows: pl.DataFrame, manifest: dict[str, Any])
         length_rows=length_rows,
         has_length_plot=bool(rows.height),
         diversity_rows=diversity_rows,
-        decon=decon,
+        decon=manifest["decontamination"],
     )
     path = folder / "README.md"
     path.write_text(str(card), encoding="utf-8")

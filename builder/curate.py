@@ -14,26 +14,33 @@ Stages, in order (a row dropped by one is not seen by later ones; reasons in `bu
 Rows are processed in chunks of whole questions, so signatures for a million rationales never sit in memory
 at once (except with global scope, which needs them all: num_perm * 4 bytes per row).
 
-Returns the ledger (schemas/ledger.table.json, sorted by task, qid, sample_idx) and the stats dict whose shape
-is fixed in docs/ARCHITECTURE.md ("The stats dict").
+Returns the ledger (schemas/ledger.table.json, sorted by task, qid, sample_idx) and `builder.stats.CurationStats`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import numpy as np
 import polars as pl
 
 from builder import reasons as R
-from builder.dedup import cluster_global, cluster_within_groups, exact_within_groups, pairwise_jaccard
-from builder.dedup.minhash import HAVE_NUMBA, permutations, shingle, signatures_from_hashes
+from builder.dedup import (
+    cluster_global,
+    cluster_within_groups,
+    exact_within_groups,
+    pairwise_jaccard,
+    permutations,
+    shingle,
+    signatures_from_hashes,
+)
 from builder.filters import reason_expr
+from builder.kernels import HAVE_NUMBA
 from builder.recipe import CurationConfig
 from builder.schemas import validate
 from builder.select import distinct_ngrams, select
+from builder.stats import ContaminationHit, CurationStats, Decontamination, Diversity, DiversityFigures, Funnel
 
 log = logging.getLogger(__name__)
 
@@ -101,20 +108,17 @@ class _Diversity:
         self.distinct[which] += np.bincount(task_of_group, weights=ratio, minlength=n_tasks)
         self.questions[which] += np.bincount(task_of_group, weights=has.astype(float), minlength=n_tasks)
 
-    def figures(self, tasks: list[str]) -> dict[str, dict[str, dict[str, float]]]:
-        out = {}
-        for t, task in enumerate(tasks):
-            out[task] = {
-                name: {"mean_pairwise_jaccard": float(self.jac[w, t] / self.pairs[w, t]) if self.pairs[w, t] else 0.0,
-                       "distinct_ngrams": float(self.distinct[w, t] / self.questions[w, t])
-                       if self.questions[w, t] else 0.0}
-                for w, name in enumerate(("before", "after"))
-            }
-        return out
+    def figures(self, tasks: list[str]) -> dict[str, Diversity]:
+        def side(w: int, t: int) -> DiversityFigures:
+            return DiversityFigures(
+                mean_pairwise_jaccard=float(self.jac[w, t] / self.pairs[w, t]) if self.pairs[w, t] else 0.0,
+                distinct_ngrams=float(self.distinct[w, t] / self.questions[w, t]) if self.questions[w, t] else 0.0)
+
+        return {task: Diversity(before=side(0, t), after=side(1, t)) for t, task in enumerate(tasks)}
 
 
 def run(graded: pl.DataFrame, cfg: CurationConfig, *,
-        eval_questions: pl.DataFrame | None = None) -> tuple[pl.DataFrame, dict[str, Any]]:
+        eval_questions: pl.DataFrame | None = None) -> tuple[pl.DataFrame, CurationStats]:
     """Curate graded samples into the ledger.
 
     Args:
@@ -124,7 +128,7 @@ def run(graded: pl.DataFrame, cfg: CurationConfig, *,
             cfg.decontaminate is on.
 
     Returns:
-        (ledger, stats): every input row once with state/stage/reason/cluster, and the stats dict.
+        (ledger, stats): every input row once with state/stage/reason/cluster, and the curation stats.
 
     Raises:
         SchemaError: graded does not match its schema.
@@ -222,7 +226,7 @@ def run(graded: pl.DataFrame, cfg: CurationConfig, *,
 
     timings["dedup_select"] = time.perf_counter() - t0 - sum(timings.values())
     # 6. decontamination
-    decon: dict[str, Any] = {"checked": 0, "eval_questions": 0, "hits": []}
+    decon = Decontamination()
     if cfg.decontaminate:
         decon = _decontaminate(df, code, cfg, eval_questions)
 
@@ -231,14 +235,13 @@ def run(graded: pl.DataFrame, cfg: CurationConfig, *,
     stats = _stats(df, code, tasks, diversity, decon, cfg)
     timings["ledger_stats"] = time.perf_counter() - t0 - sum(timings.values())
     log.debug("curate timings: %s", ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
-    stats_log = stats["funnel"]
     log.info("curate: %d rows -> %d kept in %.2fs (%s)", n, int((code == 0).sum()), time.perf_counter() - t0,
-             ", ".join(f"{t}: {f['kept']}/{f['sampled']}" for t, f in stats_log.items()))
+             ", ".join(f"{t}: {f.kept}/{f.sampled}" for t, f in stats.funnel.items()))
     return ledger, stats
 
 
 def _decontaminate(df: pl.DataFrame, code: np.ndarray, cfg: CurationConfig,
-                   eval_questions: pl.DataFrame | None) -> dict[str, Any]:
+                   eval_questions: pl.DataFrame | None) -> Decontamination:
     from builder.decontaminate import find_question_hits, find_rationale_hits
 
     if eval_questions is None:
@@ -265,7 +268,8 @@ def _decontaminate(df: pl.DataFrame, code: np.ndarray, cfg: CurationConfig,
             out_hits += (rhits.join(questions, on="qid").select("qid", "task", "question", "matched_task",
                                                                 "matched_question", "method", "score")
                          .unique("qid", keep="first", maintain_order=True).to_dicts())
-    return {"checked": questions.height, "eval_questions": eval_questions["question"].n_unique(), "hits": out_hits}
+    return Decontamination(checked=questions.height, eval_questions=eval_questions["question"].n_unique(),
+                           hits=[ContaminationHit(**h) for h in out_hits])
 
 
 def _ledger(df: pl.DataFrame, code: np.ndarray, cluster: np.ndarray) -> pl.DataFrame:
@@ -281,20 +285,16 @@ def _ledger(df: pl.DataFrame, code: np.ndarray, cluster: np.ndarray) -> pl.DataF
     return validate(ledger, "ledger", where="curate output")
 
 
-def _stats(df: pl.DataFrame, code: np.ndarray, tasks: list[str], diversity: _Diversity, decon: dict[str, Any],
-           cfg: CurationConfig) -> dict[str, Any]:
+def _stats(df: pl.DataFrame, code: np.ndarray, tasks: list[str], diversity: _Diversity, decon: Decontamination,
+           cfg: CurationConfig) -> CurationStats:
     stage = _STAGE_OF_CODE[code]  # -1 kept, else index into R.STAGES
-    survived_through = {  # funnel step -> rows not dropped at or before that stage index
-        "sampled": -1, "answered": R.STAGES.index(R.STAGE_FILTER),
-        "correct": R.STAGES.index(R.STAGE_CORRECTNESS), "deduped": R.STAGES.index(R.STAGE_NEAR_DEDUP),
-        "selected": R.STAGES.index(R.STAGE_SELECT), "kept": R.STAGES.index(R.STAGE_DECONTAMINATE)}
     task_id = _task_ids(df, tasks)
-    funnel = {t: {} for t in tasks}
-    for step in R.FUNNEL:
-        ok = (stage == -1) | (stage > survived_through[step])
-        counts = np.bincount(task_id[ok], minlength=len(tasks))
-        for i, t in enumerate(tasks):
-            funnel[t][step] = int(counts[i])
+    counts = {}  # funnel step -> rows per task not dropped at or before the step's stage
+    for step, after in R.FUNNEL_AFTER.items():
+        last = -1 if after is None else R.STAGES.index(after)
+        ok = (stage == -1) | (stage > last)
+        counts[step] = np.bincount(task_id[ok], minlength=len(tasks))
+    funnel = {t: Funnel(**{step: int(c[i]) for step, c in counts.items()}) for i, t in enumerate(tasks)}
     dropped: dict[str, dict[str, int]] = {}
     by_code = np.bincount(code.astype(np.int64), minlength=len(_CODES) + 1)
     for k, (st, reason) in enumerate(_CODES, start=1):
@@ -303,5 +303,5 @@ def _stats(df: pl.DataFrame, code: np.ndarray, tasks: list[str], diversity: _Div
     settings = cfg.model_dump(mode="json")
     settings["minhash"]["rows_per_band"] = cfg.minhash.num_perm // cfg.minhash.bands
     settings["kernels"] = "numba" if HAVE_NUMBA else "numpy"
-    return {"funnel": funnel, "dropped": dropped, "diversity": diversity.figures(tasks),
-            "decontamination": decon, "settings": settings}
+    return CurationStats(funnel=funnel, dropped=dropped, diversity=diversity.figures(tasks), decontamination=decon,
+                         settings=settings)

@@ -14,12 +14,15 @@ Rationale check (opt-in): a rationale containing >= decontam_overlap of an eval 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import polars as pl
 
-from builder.dedup.lsh import _band_keys
-from builder.dedup.minhash import permutations, shingle, signatures_from_hashes
-from builder.recipe import CurationConfig
+from builder.dedup import band_keys, permutations, shingle, signatures_from_hashes
+
+if TYPE_CHECKING:
+    from builder.recipe import CurationConfig
 
 HIT_SCHEMA = {"qid": pl.String, "row": pl.Int64, "method": pl.String, "score": pl.Float64,
               "matched_task": pl.String, "matched_question": pl.String}
@@ -62,7 +65,7 @@ def _minhash_hits(train: pl.Series, evals: pl.Series, cfg: CurationConfig) -> pl
     st, se = sigs
     frames = []
     for sig, name in ((st, "idx"), (se, "eval_idx")):
-        keys = _band_keys(sig[:, : bands * rows], bands, rows)  # (bands, n)
+        keys = band_keys(sig[:, : bands * rows], bands, rows)  # (bands, n)
         frames.append(pl.DataFrame({"band": np.repeat(np.arange(bands), len(sig)), "key": keys.ravel(),
                                     name: np.tile(np.arange(len(sig), dtype=np.int64), bands)}))
     pairs = frames[0].join(frames[1], on=["band", "key"]).select("idx", "eval_idx").unique()

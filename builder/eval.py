@@ -3,8 +3,9 @@
 Modes: `student` (a Fine-tune-CoT model: its training prompt, the answer after "-->"), and the untrained baselines
 `zero_shot` ("Q: ..\\nA: The answer (arabic numerals) is") and `zero_shot_cot` (the teacher's two-stage prompt).
 Decodings: greedy, and self-consistency sc@k (k samples at a temperature, majority vote over extracted answers).
-Generation runs on vLLM (`builder.sample.load_engine`) or transformers.generate (seq2seq students, or machines
-without vLLM); grading is `builder.grade.grade_frame`, the graders that filtered the training data.
+A student is evaluated as a teacher (`builder.teachers`) with greedy or self-consistency sampling: the vllm backend,
+or hf (transformers.generate: seq2seq students, machines without vLLM); grading is `builder.grade.grade_frame`, the
+graders that filtered the training data.
 
 Output: predictions.parquet (one row per question, decoding and sample), report.json and report.md (accuracy per
 task beside the paper's Fine-tune-CoT number for the same student size when known).
@@ -16,16 +17,19 @@ import json
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from builder.errors import BuilderError
 from builder.train_recipe import EvalSpec, TrainRecipe
+
+if TYPE_CHECKING:
+    from builder.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -57,134 +61,11 @@ def paper_accuracy(task: str, student: str | None) -> float | None:
     return PAPER_FINE_TUNE_COT.get((task, student)) if student else None
 
 
-# ------------------------------------------------------------------ generation backends
-@dataclass
-class Generation:
-    text: str
-    finish_reason: str
-    tokens: int
-
-
-class Generator:
-    """One interface over vLLM and transformers: token-id prompts in, n generations per prompt out."""
-
-    tokenizer: Any
-
-    def generate(self, prompts: Sequence[list[int]], *, n: int, temperature: float, max_tokens: int, seed: int,
-                 stop: Sequence[str] = ()) -> list[list[Generation]]:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Free the engine (called only on engines `evaluate` started itself)."""
-
-
-class VLLMGenerator(Generator):
-    def __init__(self, engine: Any):
-        self.engine = engine
-        self.tokenizer = engine.get_tokenizer()
-
-    def close(self) -> None:
-        """Stop vLLM's engine-core process now: left to the garbage collector it can outlive the run and keep
-        the interpreter from exiting, and a second engine (a baseline) would start beside it."""
-        core = getattr(getattr(self.engine, "llm_engine", None), "engine_core", None)
-        if core is not None:
-            core.shutdown()
-        self.engine = None
-
-    def generate(self, prompts: Sequence[list[int]], *, n: int, temperature: float, max_tokens: int, seed: int,
-                 stop: Sequence[str] = ()) -> list[list[Generation]]:
-        from vllm import SamplingParams
-
-        if not prompts:
-            return []
-        params = SamplingParams(n=n, temperature=temperature, max_tokens=max_tokens, seed=seed,
-                                stop=list(stop) or None)
-        outs = self.engine.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
-        return [[Generation(c.text, c.finish_reason or "stop", len(c.token_ids))
-                 for c in sorted(o.outputs, key=lambda c: c.index)] for o in outs]
-
-
-class HFGenerator(Generator):
-    """transformers.generate in batches (left padding); CUDA + bf16 when there is a GPU."""
-
-    def __init__(self, model_ref: str, *, seq2seq: bool = False, batch_size: int = 16):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        self.tokenizer = AutoTokenizer.from_pretrained(model_ref)
-        cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
-        self.model = cls.from_pretrained(model_ref, dtype=dtype).to(self.device).eval()
-        self.seq2seq = seq2seq
-        self.batch_size = batch_size
-
-    def close(self) -> None:
-        import torch
-
-        self.model = None
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-    def generate(self, prompts: Sequence[list[int]], *, n: int, temperature: float, max_tokens: int, seed: int,
-                 stop: Sequence[str] = ()) -> list[list[Generation]]:
-        import torch
-
-        tok = self.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        torch.manual_seed(seed)
-        results: list[list[Generation]] = []
-        for start in range(0, len(prompts), self.batch_size):
-            chunk = [list(p) for p in prompts[start:start + self.batch_size]]
-            width = max(len(p) for p in chunk)
-            ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=self.device)
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=self.device)
-            kw: dict[str, Any] = {"max_new_tokens": max_tokens, "pad_token_id": pad, "num_return_sequences": n}
-            kw.update({"do_sample": True, "temperature": temperature, "top_k": 0} if temperature > 0 else
-                      {"do_sample": False})
-            with torch.no_grad():
-                out = self.model.generate(input_ids=ids, attention_mask=mask, **kw)
-            new = out if self.seq2seq else out[:, width:]
-            for i in range(len(chunk)):
-                gens = []
-                for row in new[i * n:(i + 1) * n].tolist():
-                    ended = tok.eos_token_id in row
-                    row = row[:row.index(tok.eos_token_id)] if ended else row
-                    row = [t for t in row if t != pad]
-                    text = tok.decode(row, skip_special_tokens=True)
-                    text, stopped = _cut_at_stop(text, stop)
-                    gens.append(Generation(text, "stop" if ended or stopped else "length", len(row)))
-                results.append(gens)
-        return results
-
-
-def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    cuts = [text.find(s) for s in stop if s and s in text]
-    return (text[:min(cuts)], True) if cuts else (text, False)
-
-
-def load_generator(model: str, *, backend: str = "vllm", engine_args: dict[str, Any] | None = None,
-                   seq2seq: bool = False) -> Generator:
-    """Start the engine for `model` (a folder, Hub id or alias)."""
-    from builder.models import resolve_model
-
-    if backend == "hf" or seq2seq:
-        return HFGenerator(resolve_model(model), seq2seq=seq2seq)
-    from builder.recipe import TeacherConfig
-    from builder.sample import load_engine
-
-    return VLLMGenerator(load_engine(TeacherConfig(model=model, engine_args=dict(engine_args or {}))))
-
-
-def as_generator(engine: Any) -> Generator:
-    """Accept a Generator or a bare vllm.LLM (the tests' shared engine)."""
-    return engine if isinstance(engine, Generator) else VLLMGenerator(engine)
-
-
-# ------------------------------------------------------------------ prompts
+# ------------------------------------------------------------------ students as teachers
 def _answer_prompts(questions: pl.DataFrame) -> dict[str, str]:
     """Each task's Zero-shot-CoT answer trigger, as the teacher used it."""
-    from builder.tasks import answer_prompt_for, task_info
+    from builder.prompts import answer_prompt_for
+    from builder.tasks import task_info
 
     prompts = {}
     for task, answer_type, n_choices in questions.select(
@@ -196,20 +77,35 @@ def _answer_prompts(questions: pl.DataFrame) -> dict[str, str]:
     return prompts
 
 
-def _direct_prompt(answer_prompt: str) -> str:
-    """Kojima et al.'s zero-shot trigger: 'Therefore, the answer (..) is' -> 'The answer (..) is'."""
-    return re.sub(r"^\s*Therefore,\s*the answer", "The answer", answer_prompt.strip())
+def stage1_prompts(render: Callable[[str | list[dict[str, str]]], str], questions: pl.DataFrame, *, mode: str,
+                   fmt: str, answer_prompts: dict[str, str]) -> list[str]:
+    """The text each question is asked with: the student's training prompt, the teacher's Zero-shot-CoT prompt, or
+    Kojima et al.'s direct zero-shot prompt ("Q: ..\\nA: The answer (arabic numerals) is"); `render` is the
+    teacher's (chat messages through the model's template)."""
+    from builder.prompts import direct_answer_prompt, student_prompt, teacher_prompt
+
+    chat = fmt == "chat"
+    rows = questions.select("task", "question").rows()
+    if mode == "student":
+        return [render([{"role": "user", "content": q}]) if chat else student_prompt(q) for _, q in rows]
+    if mode == "zero_shot_cot":
+        return [render(teacher_prompt(q, style="zero_shot_cot", fmt="chat" if chat else "raw")) for _, q in rows]
+    direct = {t: direct_answer_prompt(p) for t, p in answer_prompts.items()}
+    if chat:  # the trigger opens the assistant turn
+        return [render([{"role": "user", "content": q}]) + direct[t] for t, q in rows]
+    return [render(teacher_prompt(q, style="zero_shot_cot", fmt="raw", trigger=direct[t])) for t, q in rows]
 
 
-def _render(tokenizer: Any, text_or_messages: str | list[dict[str, str]]) -> tuple[str, bool]:
-    """Prompt text and whether the tokenizer should add its special tokens (raw text yes, a chat render no)."""
-    if isinstance(text_or_messages, str):
-        return text_or_messages, True
-    return tokenizer.apply_chat_template(text_or_messages, tokenize=False, add_generation_prompt=True), False
+def student_recipe(model: str, spec: EvalSpec, *, backend: str, fmt: str, n: int, temperature: float,
+                   max_tokens: int, stop: list[str]) -> Recipe:
+    """A student as a teacher: the teacher, prompt and sampling parts of a recipe (all a sampling backend reads)."""
+    from builder.recipe import PromptConfig, Recipe, SamplingConfig, TeacherConfig
 
-
-def _ids(tokenizer: Any, text: str, special: bool) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+    return Recipe.model_construct(
+        name="eval", base_dir=None,
+        teacher=TeacherConfig(backend=backend, model=model, engine_args=dict(spec.engine_args)),
+        prompt=PromptConfig(format="chat" if fmt == "chat" else "raw"),
+        sampling=SamplingConfig(n=n, temperature=temperature, max_tokens=max_tokens, stop=stop, seed=spec.seed))
 
 
 # ------------------------------------------------------------------ evaluation
@@ -227,68 +123,46 @@ def _decodings(spec: EvalSpec) -> list[tuple[str, int, float]]:
     return out
 
 
-def generate_answers(gen: Generator, questions: pl.DataFrame, spec: EvalSpec, *, mode: str,
-                     fmt: str) -> pl.DataFrame:
-    """One row per (qid, decoding, sample_idx) with rationale and answer_completion, ready for the graders."""
+def generate_answers(model: str, engine: Any, questions: pl.DataFrame, spec: EvalSpec, *, mode: str, fmt: str,
+                     backend: str = "vllm") -> pl.DataFrame:
+    """One row per (qid, decoding, sample_idx) with rationale and answer_completion, ready for the graders.
+
+    Each decoding is one shard through the `backend` teacher on `engine`: every question asked for k samples with
+    the spec's seed; zero_shot_cot adds the teacher's greedy answer stage, zero_shot reads the answer directly.
+    """
+    from builder.teachers import Request, ShardWork, make_teacher
+
     if mode not in MODES:
         raise ValueError(f"eval mode {mode!r}: use one of {', '.join(MODES)}")
-    from builder.recipe import PromptConfig
-    from builder.sample import answer_stage_prompt, build_prompt
-
-    tok = gen.tokenizer
-    qs = questions.select("qid", "task", "question").rows()
-    chat = fmt == "chat"
-    if mode == "student":
-        from builder.train import prompt_ids
-
-        stage1 = [prompt_ids(tok, q, "chat" if chat else "ft_cot") for _, _, q in qs]
-        texts, specials = None, None
-    else:
-        answer_prompts = _answer_prompts(questions)
-        if mode == "zero_shot_cot":
-            cfg = PromptConfig(style="zero_shot_cot", format="chat" if chat else "raw")
-            rendered = [_render(tok, build_prompt(q, cfg)) for _, _, q in qs]
-        else:
-            rendered = [(_render(tok, [{"role": "user", "content": q}])[0] if chat else f"Q: {q}\nA: ", not chat)
-                        for _, _, q in qs]
-            rendered = [(text + _direct_prompt(answer_prompts[t]), sp) for (text, sp), (_, t, _) in
-                        zip(rendered, qs, strict=True)]
-        texts = [r[0] for r in rendered]
-        specials = [r[1] for r in rendered]
-        stage1 = [_ids(tok, text, sp) for text, sp in rendered]
-
+    answer_prompts = _answer_prompts(questions) if mode != "student" else {}
+    direct = mode == "zero_shot"
+    stop = [] if mode == "student" else ["\n\n", "\nQ:"] if direct else ["\nQ:", "\n\nQ"]
+    order = questions.select("qid").with_row_index("q_order")
+    prompts: list[str] | None = None
     frames = []
     for decoding, k, temperature in _decodings(spec):
-        if mode == "zero_shot":
-            outs = gen.generate(stage1, n=k, temperature=temperature, max_tokens=spec.answer_max_tokens,
-                                seed=spec.seed, stop=["\n\n", "\nQ:"])
-            rationale = [[None] * k for _ in outs]
-            answer = [[g.text for g in o] for o in outs]
-            finish = [[g.finish_reason for g in o] for o in outs]
-            tokens = [[g.tokens for g in o] for o in outs]
-        else:
-            stop = [] if mode == "student" else ["\nQ:", "\n\nQ"]
-            outs = gen.generate(stage1, n=k, temperature=temperature, max_tokens=spec.max_tokens, seed=spec.seed,
-                                stop=stop)
-            rationale = [[g.text for g in o] for o in outs]
-            finish = [[g.finish_reason for g in o] for o in outs]
-            tokens = [[g.tokens for g in o] for o in outs]
-            answer = [[None] * k for _ in outs]
-            if mode == "zero_shot_cot":  # stage 2: greedy answer after each rationale
-                flat = [(i, j) for i in range(len(outs)) for j in range(k)]
-                stage2 = [_ids(tok, answer_stage_prompt(texts[i], rationale[i][j], answer_prompts[qs[i][1]]),
-                               specials[i]) for i, j in flat]
-                ans = gen.generate(stage2, n=1, temperature=0.0, max_tokens=spec.answer_max_tokens, seed=spec.seed,
-                                   stop=["\n"])
-                for (i, j), a in zip(flat, ans, strict=True):
-                    answer[i][j] = a[0].text
-                    tokens[i][j] += a[0].tokens
+        teacher = make_teacher(student_recipe(
+            model, spec, backend=backend, fmt=fmt, n=k, temperature=temperature,
+            max_tokens=spec.answer_max_tokens if direct else spec.max_tokens, stop=stop), engine=engine)
+        if prompts is None:
+            prompts = stage1_prompts(teacher.render, questions, mode=mode, fmt=fmt, answer_prompts=answer_prompts)
+        tasks = questions["task"].to_list()
+        work = ShardWork([Request(qid, p, 0, k, spec.seed) for qid, p in zip(questions["qid"], prompts, strict=True)],
+                         {qid: answer_prompts[t] for qid, t in zip(questions["qid"], tasks, strict=True)}
+                         if mode == "zero_shot_cot" else {})
+        _, completions, answers = next(iter(teacher.stream([work], spec.answer_max_tokens)))
+        text = [c.text for c in completions]
         frames.append(pl.DataFrame({
-            "qid": [q[0] for q in qs], "decoding": decoding, "rationale": rationale, "answer_completion": answer,
-            "finish_reason": finish, "completion_tokens": tokens,
-        }, schema_overrides={"rationale": pl.List(pl.String), "answer_completion": pl.List(pl.String)})
-            .with_columns(pl.int_ranges(0, pl.col("rationale").list.len(), dtype=pl.Int32).alias("sample_idx"))
-            .explode(["rationale", "answer_completion", "finish_reason", "completion_tokens", "sample_idx"]))
+            "qid": [c.qid for c in completions], "decoding": decoding,
+            "rationale": [None] * len(text) if direct else text,
+            "answer_completion": text if direct else [a[0] if a else None for a in answers],
+            "finish_reason": [c.finish_reason for c in completions],
+            "completion_tokens": [c.completion_tokens + ((a[1] or 0) if a else 0)
+                                  for c, a in zip(completions, answers, strict=True)],
+            "sample_idx": [c.sample_idx for c in completions],
+        }, schema={"qid": pl.String, "decoding": pl.String, "rationale": pl.String, "answer_completion": pl.String,
+                   "finish_reason": pl.String, "completion_tokens": pl.Int64, "sample_idx": pl.Int32})
+            .join(order, on="qid").sort("q_order", "sample_idx").drop("q_order"))
     out = pl.concat(frames)
     return out.join(questions.select("qid", "task", "question", "gold", "answer_type", "choices"), on="qid",
                     how="left", maintain_order="left")
@@ -362,23 +236,32 @@ def evaluate(model: str, questions: pl.DataFrame, spec: EvalSpec | None = None, 
         spec: decodings, caps, seed, backend; defaults to EvalSpec().
         mode: student, zero_shot or zero_shot_cot.
         fmt: the student's training format (ft_cot, chat, seq2seq); for baselines, chat means the chat template.
-        engine: a running vllm.LLM or Generator to reuse (tests share one).
+        engine: a running engine to reuse (tests share one): a vllm.LLM, or a `builder.teachers.hf.HFModel`
+            (then generation runs on transformers).
         out_dir: where predictions.parquet, report.json and report.md go.
         name: how the report names the model.
         items: (qid, items) split items per question (see `tasks.paper_split_items`); one each by default.
     """
     from builder.schemas import validate
+    from builder.teachers.hf import HFModel, load_model
+    from builder.teachers.vllm import load_engine, shutdown_engine
 
     spec = spec or EvalSpec()
     questions = validate(questions, "questions", where="eval questions")
-    gen = as_generator(engine) if engine is not None else load_generator(
-        model, backend=spec.backend, engine_args=spec.engine_args, seq2seq=fmt == "seq2seq")
+    backend = "hf" if spec.backend == "hf" or fmt == "seq2seq" or isinstance(engine, HFModel) else "vllm"
+    own = engine is None
+    if own:
+        engine = (load_model(model, seq2seq=fmt == "seq2seq") if backend == "hf" else
+                  load_engine(student_recipe(model, spec, backend=backend, fmt=fmt, n=1, temperature=0.0,
+                                             max_tokens=spec.max_tokens, stop=[]).teacher))
     t0 = time.perf_counter()
     try:
-        generated = generate_answers(gen, questions, spec, mode=mode, fmt=fmt)
+        generated = generate_answers(model, engine, questions, spec, mode=mode, fmt=fmt, backend=backend)
     finally:
-        if engine is None:
-            gen.close()
+        if own and backend == "hf":
+            engine.close()
+        elif own:  # left to the garbage collector, vLLM's engine core can outlive the run and block the exit
+            shutdown_engine(engine)
     seconds = time.perf_counter() - t0
     graded = grade(generated, mode)
     compare_to = spec.compare_to or paper_student(model)
@@ -462,7 +345,7 @@ def evaluate_recipe(recipe: TrainRecipe, *, engine: Any = None, questions: pl.Da
     if questions is None:
         tasks = spec.tasks
         if not tasks:
-            from builder.train import read_dataset
+            from builder.student import read_dataset
 
             tasks = sorted(set(read_dataset(recipe.dataset, recipe).rows["task"].to_list()))
         questions, items = load_split_items(tasks, spec.split, benchmarks_dir=spec.benchmarks_dir and str(
@@ -476,7 +359,7 @@ def evaluate_recipe(recipe: TrainRecipe, *, engine: Any = None, questions: pl.Da
                      name=recipe.name, items=items)]
     write_report(runs[0].report, runs[0].predictions, out / "student")
     for mode in spec.baselines:
-        from builder.train import resolve_student
+        from builder.student import resolve_student
 
         run = evaluate(resolve_student(recipe.student.model, recipe), questions, spec, mode=mode,
                        fmt=spec.baseline_format if recipe.format != "seq2seq" else "raw",

@@ -9,26 +9,29 @@ Grading is vectorised: `grade_frame` cuts the answer region with polars string e
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from builder.errors import InputError
 from builder.graders import GRADERS
-from builder.recipe import GradingConfig
+from builder.prompts import student_answer_expr
 from builder.schemas import validate
 from builder.tasks import PAPER_TASKS
+
+if TYPE_CHECKING:
+    from builder.recipe import GradingConfig
 
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "answer_completion", "rationale", "student")
 
 # Answer type of each of the 12 paper tasks, from the task registry (date_understanding is graded by letter).
-TASK_ANSWER_TYPES: dict[str, str] = {name: info.answer_type for name, info in PAPER_TASKS.items()}
+TASK_ANSWER_TYPES: dict[str, str] = {task.name: task.answer_type for task in PAPER_TASKS}
 
 # "The answer is", "the final answer:", "Answer (arabic numerals) is", "answer would be", "answer =".
 ANSWER_ANCHOR = r"(?i)\banswer\s*(?:\([^)\n]{0,40}\)\s*)?(?:is|was|would be|will be|should be|:|=)"
 BOXED = r"\\(?:boxed|fbox)\s*\{(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*\}"
-STUDENT_SEP = "-->"
 _CUT = "\x00"
 
 CHOICE_TYPES = frozenset({"choice", "date"})  # graders that read choices (parsed from the question when absent)
@@ -53,12 +56,6 @@ def _rationale_region(frame: pl.DataFrame) -> pl.DataFrame:
                               (~anchored).alias("_last")).drop("_boxed", "_parts", "_after")
 
 
-def _student_region() -> pl.Expr:
-    """A student's " {rationale} --> {answer}": the text after the last '-->' (null when it never says it)."""
-    parts = pl.col("rationale").str.split(STUDENT_SEP)
-    return pl.when(parts.list.len() > 1).then(parts.list.last())
-
-
 def choices_from_question(question: pl.Expr) -> pl.Expr:
     """Choices listed in the question text ("Answer Choices: (A) x (B) y"), null when there are none."""
     tail = question.str.extract(r"(?s)Answer Choices:(.*)$", 1)
@@ -77,7 +74,8 @@ def grade_frame(df: pl.DataFrame, *, mode: str = "auto") -> pl.DataFrame:
             completion. "rationale": inline answers of chat teachers: the last \\boxed{}, else the first candidate
             after the last "answer is"/"Answer:", else the last candidate in the whole rationale. "auto": the
             answer completion when it is non-empty, else as "rationale". "student": a Fine-tune-CoT student's
-            output " {rationale} --> {answer}" in the `rationale` column: the first candidate after the last "-->".
+            output in the `rationale` column: the first candidate in its answer part
+            (`builder.prompts.student_answer`, the text after the last separator).
 
     Raises:
         ValueError: unknown mode, missing column, null gold, or an unknown answer type (naming the row).
@@ -112,7 +110,8 @@ def grade_frame(df: pl.DataFrame, *, mode: str = "auto") -> pl.DataFrame:
     if mode == "answer_completion":
         work = base.with_columns(text=pl.col("_completion"), anchored=pl.lit(True), _last=pl.lit(False))
     elif mode == "student":
-        work = base.with_columns(text=_student_region(), anchored=pl.lit(True), _last=pl.lit(False))
+        work = base.with_columns(text=student_answer_expr(pl.col("rationale")), anchored=pl.lit(True),
+                                 _last=pl.lit(False))
     elif mode == "rationale":
         work = _rationale_region(base)
     else:

@@ -22,6 +22,7 @@ from typing import Any
 
 from builder import store
 from builder.errors import BuilderError, StoreError
+from builder.paths import repo_id_problem, tag_problem
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +110,9 @@ def publish(
         StoreError: the local version fails verification (names the file).
         HubError: the tag exists with different content, or the Hub refused a call.
     """
-    if repo.count("/") != 1 or not all(repo.split("/")):
-        raise HubError(f"--repo {repo!r}: expected ORG/NAME, e.g. my-org/multiarith-cot")
+    problem = repo_id_problem(repo)
+    if problem:
+        raise HubError(f"--repo {repo!r}: {problem}, e.g. my-org/multiarith-cot")
     folder = store.resolve(ref, root)
     manifest = store.verify(folder)
     tag, digest = manifest["version"], manifest["content_hash"]
@@ -160,10 +162,11 @@ def publish(
 
 
 def parse_repo_ref(ref: str) -> tuple[str, str]:
-    """'ORG/NAME@TAG' -> (repo, tag); no tag means 'main'."""
-    repo, _, tag = ref.partition("@")
-    if repo.count("/") != 1 or not all(repo.split("/")):
-        raise HubError(f"{ref!r}: expected ORG/NAME@TAG, e.g. my-org/multiarith-cot@v1")
+    """'ORG/NAME@TAG' -> (repo, tag); no tag means 'main'. Both are checked before either becomes a path."""
+    repo, at, tag = ref.partition("@")
+    problem = repo_id_problem(repo) or (at and not tag and "nothing after '@'") or (tag and tag_problem(tag))
+    if problem:
+        raise HubError(f"{ref!r}: expected ORG/NAME@TAG, e.g. my-org/multiarith-cot@v1 ({problem})")
     return repo, tag or "main"
 
 
@@ -181,6 +184,8 @@ def pull(ref: str, dest: str | Path | None = None, *, endpoint: str | None = Non
 
     repo, tag = parse_repo_ref(ref)
     dest = Path(dest) if dest is not None else Path(repo.split("/")[1]) / tag
+    if dest.exists() and not dest.is_dir():
+        raise StoreError(f"{dest}: exists and is not a folder; remove it or pick another --dest")
     if dest.exists() and any(dest.iterdir()):
         try:
             manifest = store.verify(dest)
@@ -191,6 +196,7 @@ def pull(ref: str, dest: str | Path | None = None, *, endpoint: str | None = Non
             logger.info("%s already holds %s@%s; verified, nothing downloaded", dest, repo, tag)
             return dest
         raise StoreError(f"{dest}: holds {manifest['version']}, not {tag}; remove it or pick another --dest")
+    made = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]  # removed again on failure
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".pull-{dest.name}-{uuid.uuid4().hex[:8]}"
     try:
@@ -202,9 +208,17 @@ def pull(ref: str, dest: str | Path | None = None, *, endpoint: str | None = Non
             manifest = store.verify(tmp)
         except StoreError as exc:
             raise StoreError(f"{repo}@{tag} rejected: {str(exc).replace(str(tmp) + '/', '')}") from None
-        if tag != "main" and store._VERSION_RE.match(tag) and manifest["version"] != tag:
+        if tag != "main" and store.is_version_name(tag) and manifest["version"] != tag:
             raise StoreError(f"{repo}@{tag} rejected: {store.MANIFEST} says version {manifest['version']}")
         tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for folder in made:  # innermost first; only folders this pull created, and only while empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info("pulled %s@%s into %s (content hash %s, all files verified)", repo, tag, dest,

@@ -9,8 +9,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
+import polars as pl
 from pydantic import BaseModel, ConfigDict
+
+from builder.errors import BuilderError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 # Answer letters of choice tasks: "(A) x (B) y ..." in questions, "A" in gold answers and grades.
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -81,3 +88,100 @@ def show_choices(question: str, choices: Sequence[str] | None) -> str:
         return question
     shown = " ".join(f"({LETTERS[i]}) {c}" for i, c in enumerate(choices))
     return f"{question} Answer Choices: {shown}"
+
+
+# ------------------------------------------------------------------ student formats
+# Fine-tune-CoT (Ho et al. 2022): the student reads "{question} ###" and writes " {rationale} --> {answer}" + EOS.
+StudentFormat = Literal["ft_cot", "chat", "seq2seq"]
+STUDENT_FORMATS: tuple[str, ...] = get_args(StudentFormat)
+STUDENT_SEP = "-->"  # between a student's rationale and its answer; the grader reads the answer after the last one
+STUDENT_PROMPT = "{question} ###"
+STUDENT_COMPLETION = " {rationale} " + STUDENT_SEP + " {answer}"
+# The rows' `messages` column (chat SFT without our separator): the rationale, then the generic answer sentence.
+STUDENT_MESSAGE = "{rationale}\n" + answer_prompt_for("string") + " {answer}."
+# How each format lays the pair out; the training recipe's and the model card's descriptions.
+STUDENT_FORMAT_DOCS: dict[str, str] = {
+    "ft_cot": f"prompt `{STUDENT_PROMPT}`, completion `{STUDENT_COMPLETION}` + EOS; loss on the completion",
+    "chat": f"user turn `{{question}}`, assistant turn `{STUDENT_COMPLETION.strip()}` via the chat template; loss on "
+            "the assistant turn",
+    "seq2seq": f"encoder input `{STUDENT_PROMPT}`, decoder target `{STUDENT_COMPLETION.strip()}`",
+}
+
+
+def _fields(template: str) -> list[str]:
+    return re.findall(r"\{(\w+)\}", template)
+
+
+def _format_expr(template: str, **columns: pl.Expr) -> pl.Expr:
+    """`template` over columns: "{a} x {b}" -> pl.format("{} x {}", a, b), so rows and strings share one template."""
+    return pl.format(re.sub(r"\{\w+\}", "{}", template), *(columns[name] for name in _fields(template)))
+
+
+def student_prompt(question: str) -> str:
+    return STUDENT_PROMPT.format(question=question)
+
+
+def student_completion(rationale: str, answer: str) -> str:
+    return STUDENT_COMPLETION.format(rationale=rationale, answer=answer)
+
+
+def student_prompt_expr(question: pl.Expr) -> pl.Expr:
+    return _format_expr(STUDENT_PROMPT, question=question)
+
+
+def student_completion_expr(rationale: pl.Expr, answer: pl.Expr) -> pl.Expr:
+    return _format_expr(STUDENT_COMPLETION, rationale=rationale, answer=answer)
+
+
+def student_messages_expr(question: pl.Expr, rationale: pl.Expr, answer: pl.Expr) -> pl.Expr:
+    """The rows' `messages` column: [{user: question}, {assistant: rationale + answer sentence}]."""
+    return pl.concat_list(
+        pl.struct(pl.lit("user").alias("role"), question.alias("content")),
+        pl.struct(pl.lit("assistant").alias("role"),
+                  _format_expr(STUDENT_MESSAGE, rationale=rationale, answer=answer).alias("content")),
+    )
+
+
+def student_target(completion: str) -> str:
+    """The seq2seq decoder target and the chat assistant turn: the completion without its leading space."""
+    return completion.strip()
+
+
+def student_answer(output: str) -> str | None:
+    """The answer part of a student's output: the text after the last separator, None when it never writes one."""
+    head, sep, answer = output.rpartition(STUDENT_SEP)
+    return answer if sep else None
+
+
+def student_answer_expr(output: pl.Expr) -> pl.Expr:
+    """`student_answer` over a column (null when the output has no separator)."""
+    parts = output.str.split(STUDENT_SEP)
+    return pl.when(parts.list.len() > 1).then(parts.list.last())
+
+
+def chat_completion_text(tokenizer: PreTrainedTokenizerBase | Any, question: str, completion: str) -> tuple[str, str]:
+    """(prompt text, completion text) of the chat format: the template's text split at the assistant turn."""
+    user = [{"role": "user", "content": question}]
+    prompt = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": student_target(completion)}],
+                                         tokenize=False)
+    if not full.startswith(prompt):
+        raise BuilderError("format chat: the model's chat template does not render the prompt as a prefix of the "
+                           "conversation; use format ft_cot for this student")
+    return prompt, full[len(prompt):]
+
+
+def student_prompt_ids(tokenizer: PreTrainedTokenizerBase | Any, question: str, fmt: str,
+                       max_length: int | None = None) -> list[int]:
+    """Token ids a student sees before it writes: the same ids at training and at evaluation.
+
+    ft_cot and seq2seq: `student_prompt(question)` with the tokenizer's special tokens (cut at `max_length`,
+    keeping them, when given); chat: the chat template up to the assistant turn.
+    """
+    if fmt == "chat":
+        prompt, _ = chat_completion_text(tokenizer, question, "")
+        return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if fmt not in STUDENT_FORMATS:
+        raise ValueError(f"unknown student format {fmt!r}; valid: {', '.join(STUDENT_FORMATS)}")
+    cut = {"truncation": True, "max_length": max_length} if max_length else {}
+    return tokenizer(student_prompt(question), add_special_tokens=True, **cut)["input_ids"]

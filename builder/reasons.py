@@ -1,4 +1,4 @@
-"""Stage and drop-reason names of the curate stage: one place, so the ledger, the stats and the card agree.
+"""Stage, drop-reason and funnel names of the curate stage: one place, so the ledger, the stats and the card agree.
 
 A ledger row is either `KEPT`, or `DROPPED` with one `STAGE_*` and one reason from `REASONS[stage]`
 (datatrove's `dropped_<reason>` counts, kept per stage).
@@ -45,5 +45,14 @@ REASONS: dict[str, tuple[str, ...]] = {
     STAGE_DECONTAMINATE: (CONTAMINATED_QUESTION, CONTAMINATED_RATIONALE),
 }
 
-# Funnel steps of stats["funnel"][task], in order.
-FUNNEL = ("sampled", "answered", "correct", "deduped", "selected", "kept")
+# Funnel steps (the fields of builder.stats.Funnel), in order, each with the last stage a row must have passed to
+# count there (None: every sampled row counts).
+FUNNEL_AFTER: dict[str, str | None] = {
+    "sampled": None,
+    "answered": STAGE_FILTER,
+    "correct": STAGE_CORRECTNESS,
+    "deduped": STAGE_NEAR_DEDUP,
+    "selected": STAGE_SELECT,
+    "kept": STAGE_DECONTAMINATE,
+}
+FUNNEL = tuple(FUNNEL_AFTER)

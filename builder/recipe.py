@@ -7,7 +7,7 @@ a test fails when it is stale).
 from __future__ import annotations
 
 import json
-import os
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -15,18 +15,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from builder.errors import RecipeError
-
-
-def resolve_recipe_path(base_dir: str | Path | None, path: str | None) -> Path | None:
-    """Expand ~ and $VARS; relative paths are relative to the recipe's folder (`base_dir`)."""
-    if path is None:
-        return None
-    p = Path(os.path.expandvars(os.path.expanduser(path)))
-    return p if p.is_absolute() or base_dir is None else (Path(base_dir) / p).resolve()
+from builder.paths import resolve_recipe_path
+from builder.prompts import Exemplar
+from builder.readers import is_blank_text
+from builder.teachers import TEACHERS
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan=False: `.inf`/`.nan` are YAML floats, but no temperature, threshold or timeout is infinite.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------- tasks
@@ -54,6 +51,8 @@ class TaskSpec(_Strict):
 
     @model_validator(mode="after")
     def _known_task(self) -> TaskSpec:
+        if is_blank_text(self.name):
+            raise ValueError("name is empty; every task needs a name (a paper task key, or any name for a file)")
         if self.source == "paper":
             from builder.tasks import task_info
 
@@ -71,17 +70,12 @@ class TasksConfig(_Strict):
 
 
 # ---------------------------------------------------------------- teacher + sampling
-class Exemplar(_Strict):
-    question: str
-    rationale: str
-    answer: str
-
-
 class TeacherConfig(_Strict):
     """The teacher model and the engine that runs it."""
 
-    backend: Literal["vllm", "openai", "import"] = Field("vllm", description="vLLM in-process, an OpenAI-compatible "
-                                                         "server, or import existing completions.")
+    backend: str = Field("vllm", description="A registered teacher backend (builder.teachers.TEACHERS): vllm "
+                         "in-process, an OpenAI-compatible server (openai), existing completions (import), or "
+                         "transformers.generate (hf).", json_schema_extra={"enum": TEACHERS.names()})
     model: str = Field(description="Hub id, local folder, or a local alias (smollm2-135m-instruct).")
     revision: str | None = Field(None, description="Model revision, recorded in every sample.")
     engine_args: dict[str, Any] = Field(
@@ -100,6 +94,13 @@ class TeacherConfig(_Strict):
     import_columns: dict[str, str] = Field(
         default_factory=dict, description="Map sample fields (question, rationale, answer_completion, ...) to "
         "columns of the imported file.")
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, name: str) -> str:
+        if name not in TEACHERS:
+            raise ValueError(f"unknown teacher backend {name!r}; valid: {', '.join(TEACHERS.names())}")
+        return name
 
 
 class PromptConfig(_Strict):
@@ -141,7 +142,7 @@ class GradingConfig(_Strict):
 
 
 class MinHashConfig(_Strict):
-    """Near-duplicate detection knobs (datasketch semantics); copied into the manifest's stats["settings"]."""
+    """Near-duplicate detection knobs (datasketch semantics)."""
 
     enabled: bool = True
     num_perm: int = Field(128, ge=16, description="Permutations per signature (datasketch's num_perm).")
@@ -196,6 +197,13 @@ class CurationConfig(_Strict):
     decontam_jaccard: float = Field(
         0.7, gt=0.0, le=1.0, description="Estimated Jaccard (MinHash, 3-word shingles) that makes a hit.")
     eval_sets: list[str] = Field(default_factory=list, description="Extra eval files (JSONL/Parquet, 'question').")
+
+    @model_validator(mode="after")
+    def _length_bounds(self) -> CurationConfig:
+        if self.max_chars is not None and self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars ({self.min_chars}) is greater than max_chars ({self.max_chars}): the "
+                             "length filter would drop every rationale")
+        return self
 
     @field_validator("filters")
     @classmethod
@@ -287,15 +295,91 @@ def parse_model(model: type[M], data: Any, source: str, base_dir: str | Path | N
     return obj
 
 
+# YAML 1.1 reads these plain words as booleans (`seed: yes` became 1); only true/false are booleans here.
+_YAML11_BOOL = re.compile(r"^(?:yes|Yes|YES|no|No|NO|on|On|ON|off|Off|OFF)$")
+_BOOL_TAG, _STR_TAG, _MERGE_TAG = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:str", "tag:yaml.org,2002:merge"
+MAX_YAML_NODES = 100_000  # a recipe has hundreds of nodes; aliases may not expand past this (billion laughs)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader whose implicit booleans are only true/false (any case); `read_yaml` checks the node graph."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL_TAG]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+
+_StrictLoader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def _check_yaml_nodes(root: yaml.Node, path: Path) -> None:
+    """Refuse what would load as something the author did not write, before anything is constructed.
+
+    Duplicate keys (the second silently won), YAML 1.1 booleans (yes/no/on/off), and aliases that expand past
+    MAX_YAML_NODES or refer to themselves. Each unique node is visited once, so a bomb costs its file size.
+    """
+    sizes: dict[int, int] = {}
+
+    def line(node: yaml.Node) -> int:
+        return node.start_mark.line + 1
+
+    def visit(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            if sizes[key] < 0:
+                raise RecipeError(f"{path}: line {line(node)}: an alias refers to the node that holds it "
+                                  "(a recursive structure); recipes are plain trees")
+            return sizes[key]
+        sizes[key] = -1
+        total = 1
+        if isinstance(node, yaml.ScalarNode):
+            if node.style is None and node.tag == _STR_TAG and _YAML11_BOOL.match(node.value):
+                raise RecipeError(f"{path}: line {line(node)}, column {node.start_mark.column + 1}: "
+                                  f"{node.value!r} is refused: YAML 1.1 reads it as a boolean, YAML 1.2 as text; "
+                                  f"write true or false, or quote it ('{node.value}') for text")
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(visit(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.tag != _MERGE_TAG:
+                    if k.value in seen:
+                        raise RecipeError(f"{path}: line {line(k)}: duplicate key {k.value!r} (first on line "
+                                          f"{seen[k.value]}); YAML would silently keep only the last one")
+                    seen[k.value] = line(k)
+                total += visit(k) + visit(v)
+        if total > MAX_YAML_NODES:
+            raise RecipeError(f"{path}: line {line(node)}: aliases expand to more than {MAX_YAML_NODES:,} values "
+                              "(an alias bomb?); write the recipe out without nested aliases")
+        sizes[key] = total
+        return total
+
+    visit(root)
+
+
 def read_yaml(path: str | Path, kind: str = "recipe") -> Any:
-    """Read a YAML file; a missing file, non-UTF-8 bytes or broken YAML raise naming the file (and line)."""
+    """Read a YAML file strictly; a missing file, non-UTF-8 bytes or broken YAML raise naming the file (and line).
+
+    Strict: duplicate keys, YAML 1.1 booleans (yes/no/on/off) and alias bombs are errors (see `_check_yaml_nodes`).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {kind} not found")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        loader = _StrictLoader(path.read_text(encoding="utf-8"))
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            _check_yaml_nodes(node, path)
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
     except UnicodeDecodeError as exc:
         raise RecipeError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:
+        raise RecipeError(f"{path}: nested too deeply to be a {kind}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

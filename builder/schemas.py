@@ -152,11 +152,15 @@ def validate(df: pl.DataFrame, table: str, *, where: str | None = None, extra: b
     return df.select(schema.names + rest)
 
 
+# Temp files of atomic_write_parquet: ".<name>.parquet.<random>.tmp" beside the target.
+TEMP_GLOB = ".*.parquet.*.tmp"
+
+
 def atomic_write_parquet(df: pl.DataFrame, path: str | Path) -> Path:
     """Write Parquet (zstd) to a temp file in the same folder, fsync, then rename: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # matches TEMP_GLOB
     try:
         with os.fdopen(fd, "wb") as fh:
             df.write_parquet(fh, compression="zstd")
@@ -170,8 +174,11 @@ def atomic_write_parquet(df: pl.DataFrame, path: str | Path) -> Path:
 
 
 def remove_stale_temp_files(folder: str | Path) -> list[Path]:
-    """Delete temp files of `atomic_write_parquet` left in `folder` by a killed process; they are never read."""
-    stale = sorted(Path(folder).glob(".*.parquet.*.tmp"))
+    """Delete temp files of `atomic_write_parquet` left in `folder` by a killed process; they are never read.
+
+    Any folder of atomically written tables: a run dir, its samples/ shards. Returns what was deleted.
+    """
+    stale = sorted(Path(folder).glob(TEMP_GLOB))
     for path in stale:
         path.unlink(missing_ok=True)
     return stale

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from builder.dedup.lsh import _jaccard
-from builder.dedup.minhash import _njit_par, prange
+from builder.dedup import jaccard
+from builder.kernels import njit_par, prange
 
 MODES = ("diverse", "random", "first")
 
 
-@_njit_par
+@njit_par
 def _diverse(sig, group_starts, k):
     n = sig.shape[0]
     chosen = np.zeros(n, np.bool_)
@@ -39,7 +39,7 @@ def _diverse(sig, group_starts, k):
             for i in range(lo, hi):
                 if chosen[i]:
                     continue
-                s = _jaccard(sig, i, pick)
+                s = jaccard(sig, i, pick)
                 if s > maxsim[i - lo]:
                     maxsim[i - lo] = s
                 if maxsim[i - lo] < best_val:
@@ -82,7 +82,7 @@ def select(group_starts: np.ndarray, k: int | None, mode: str = "diverse", *, si
     return _diverse(sig, group_starts, int(k))
 
 
-@_njit_par
+@njit_par
 def _distinct(hashes, starts, group_starts, mask):
     g_n = len(group_starts) - 1
     distinct = np.zeros(g_n, np.int64)

@@ -1,13 +1,14 @@
 """Dataset store: the curation ledger becomes an immutable, content-addressed dataset version on disk.
 
-Input: the ledger table (schemas/ledger.table.json) and the curation stats. Output: a version folder
+Input: the ledger table (schemas/ledger.table.json) and the build stats (`builder.stats.BuildStats`). Output: a
+version folder
 
     <root>/<name>/v<N>/
         data/train-00000-of-0000K.parquet        (one task, or task_configs off)
         data/<task>/train-00000-of-0000K.parquet (several tasks: one `datasets` config per task + default)
         README.md                                (card with the YAML `configs` / `dataset_info` header)
         assets/*.png                             (funnel and rationale-length plots)
-        manifest.json                            (content hash, file sha256s, recipe, teacher, funnel, ...)
+        manifest.json                            (content hash, file sha256s, the recipe once, teacher, funnel, ...)
     <root>/<name>/versions.json                  (index: v1, v2, ... -> content hashes)
 
 The content hash covers the rows (canonical NDJSON, sorted by task, qid, sample_idx) and the resolved recipe
@@ -33,8 +34,11 @@ from typing import Any
 
 import polars as pl
 
+from builder import reasons as R
 from builder.errors import StoreError
+from builder.prompts import student_completion_expr, student_messages_expr, student_prompt_expr
 from builder.schemas import table_schema, validate
+from builder.stats import BuildStats
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +49,14 @@ SPLIT = "train"
 DEFAULT_CONFIG = "default"
 HASH_SPEC = ("sha256 over: 'rows\\n' + sha256(rows as NDJSON sorted by task, qid, sample_idx) + '\\nrecipe\\n' + "
              "canonical JSON of the recipe without machine-specific fields (paths, store location)")
+MANIFEST_DIGEST_SPEC = ("sha256 of the manifest as canonical JSON (sorted keys, no spaces) without its own "
+                        "manifest_sha256 field")
 # Recipe fields that name places on one machine, not what the data is: left out of the content hash.
 _VOLATILE_KEYS = frozenset({"work_dir", "benchmarks_dir", "base_dir", "import_path", "root", "lock_timeout_s"})
 _VERSION_RE = re.compile(r"^v([1-9][0-9]*)$")
 _SORT_KEY = ["task", "qid", "sample_idx"]
-ANSWER_SENTENCE = "Therefore, the answer is {answer}."
+# What manifest.json keeps of the build stats: measured facts only (the settings are in its `recipe`).
+_STATS_SECTIONS = ("sampling", "funnel", "dropped", "diversity", "decontamination")
 
 
 class StoreWriteError(StoreError, OSError):
@@ -68,36 +75,29 @@ class VersionInfo:
 
 # ---------------------------------------------------------------- ledger -> rows
 def rows_from_ledger(ledger: pl.DataFrame) -> pl.DataFrame:
-    """The kept rows of a ledger as the `rows` table, in Fine-tune-CoT and chat formats.
+    """The kept rows of a ledger as the `rows` table, in the student formats of `builder.prompts`.
 
-    prompt is "{question} ###", completion " {rationale} --> {answer}" (EOS is added at training time), and
-    messages holds the question and the rationale followed by the final answer sentence.
+    prompt/completion are the Fine-tune-CoT pair (EOS is added at training time); messages holds the question and
+    the rationale followed by the answer sentence.
 
     Raises:
         SchemaError: the ledger or the resulting rows do not match their schemas.
         StoreError: a kept row has no extracted answer (names its qid and sample_idx).
     """
     ledger = validate(ledger, "ledger", where="ledger")
-    kept = ledger.filter(pl.col("state") == "kept")
+    kept = ledger.filter(pl.col("state") == R.KEPT)
     no_answer = kept.filter(pl.col("pred").is_null() | (pl.col("pred").str.strip_chars() == ""))
     if no_answer.height:
         first = no_answer.row(0, named=True)
         raise StoreError(f"ledger: {no_answer.height} kept row(s) have no extracted answer (column 'pred'), first "
                          f"qid={first['qid']} sample_idx={first['sample_idx']}; drop them in curation "
                          "(filter 'no_answer') before storing")
-    rationale = pl.col("rationale").str.strip_chars()
-    answer = pl.col("pred").str.strip_chars()
-    rows = kept.with_columns(rationale.alias("rationale"), answer.alias("answer")).with_columns(
-        pl.format("{} ###", pl.col("question")).alias("prompt"),
-        pl.format(" {} --> {}", pl.col("rationale"), pl.col("answer")).alias("completion"),
-        pl.concat_list(
-            pl.struct(pl.lit("user").alias("role"), pl.col("question").alias("content")),
-            pl.struct(
-                pl.lit("assistant").alias("role"),
-                pl.format("{}\n" + ANSWER_SENTENCE.replace("{answer}", "{}"), pl.col("rationale"), pl.col("answer"))
-                .alias("content"),
-            ),
-        ).alias("messages"),
+    question, rationale, answer = pl.col("question"), pl.col("rationale"), pl.col("answer")
+    rows = kept.with_columns(rationale.str.strip_chars(), pl.col("pred").str.strip_chars().alias("answer"))
+    rows = rows.with_columns(
+        student_prompt_expr(question).alias("prompt"),
+        student_completion_expr(rationale, answer).alias("completion"),
+        student_messages_expr(question, rationale, answer).alias("messages"),
     )
     return validate(rows.sort(_SORT_KEY), "rows", where="rows from ledger")
 
@@ -136,6 +136,17 @@ def content_hash(rows: pl.DataFrame, recipe: dict[str, Any]) -> str:
     h = hashlib.sha256()
     h.update(b"rows\n" + rows_digest(rows).encode() + b"\nrecipe\n" + _canonical_json(canonical_recipe(recipe)))
     return h.hexdigest()
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest without its own digest (see MANIFEST_DIGEST_SPEC).
+
+    The content hash covers rows and recipe; this covers every other field (teacher, funnel, file list, ...), so
+    a manifest edited by hand (or by a tool that did not recompute it) is detected. It is a checksum, not a
+    signature: whoever can rewrite the whole version can recompute it.
+    """
+    plain = json.loads(json.dumps({k: v for k, v in manifest.items() if k != "manifest_sha256"}, default=str))
+    return hashlib.sha256(_canonical_json(plain)).hexdigest()
 
 
 def sha256_file(path: Path) -> str:
@@ -209,15 +220,12 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(fh.fileno())
 
 
-def _teacher(recipe: dict[str, Any], stats: dict[str, Any], rows: pl.DataFrame) -> dict[str, Any]:
-    sampling = stats.get("sampling") or {}
-    teacher = recipe.get("teacher") or {}
+def _teacher(recipe: dict[str, Any], rows: pl.DataFrame) -> dict[str, Any]:
+    """The teacher as the card names it: the recipe's, else the model(s) the rows were written by."""
+    teacher = recipe.get("teacher", {})
     models = sorted(rows.get_column("teacher").unique().to_list()) if rows.height else []
-    return {
-        "model": sampling.get("teacher") or teacher.get("model") or (models[0] if len(models) == 1 else models),
-        "revision": sampling.get("teacher_revision") or teacher.get("revision"),
-        "backend": sampling.get("backend") or teacher.get("backend"),
-    }
+    return {"model": teacher.get("model") or (models[0] if len(models) == 1 else models),
+            "revision": teacher.get("revision"), "backend": teacher.get("backend")}
 
 
 def write_version(
@@ -226,7 +234,7 @@ def write_version(
     root: str | Path,
     name: str,
     recipe: dict[str, Any],
-    stats: dict[str, Any] | None = None,
+    stats: BuildStats | None = None,
     tool_version: str | None = None,
     shard_rows: int | None = None,
     task_configs: bool | None = None,
@@ -239,7 +247,7 @@ def write_version(
         root: the store folder; the dataset lives in <root>/<name>/.
         name: dataset name (letters, digits, '_', '-', '.').
         recipe: the resolved recipe as a JSON-able dict (hashed without paths, copied into manifest.json).
-        stats: curation/sampling stats (shape in docs/ARCHITECTURE.md); every section is optional.
+        stats: the build's stats; without them the manifest and card record no funnel, diversity or usage.
         tool_version: recorded in the manifest (default: this package's version).
         shard_rows, task_configs, lock_timeout_s: default to recipe["store"] values, then StoreConfig defaults.
 
@@ -260,7 +268,6 @@ def write_version(
     shard_rows = shard_rows or store_cfg.shard_rows
     task_configs = store_cfg.task_configs if task_configs is None else task_configs
     lock_timeout_s = store_cfg.lock_timeout_s if lock_timeout_s is None else lock_timeout_s
-    stats = stats or {}
     rows = validate(rows, "rows", where=f"rows for {name}").sort(_SORT_KEY)
     if rows.height == 0:  # `datasets` cannot load a version without rows, and there is nothing to train on
         raise StoreError(f"dataset {name!r}: no rows to store (curation kept no sample; see the funnel in the "
@@ -320,7 +327,7 @@ def write_version(
 
 
 def _write_folder(folder: Path, rows: pl.DataFrame, *, name: str, version: str, digest: str,
-                  recipe: dict[str, Any], stats: dict[str, Any], tool_version: str, shard_rows: int,
+                  recipe: dict[str, Any], stats: BuildStats | None, tool_version: str, shard_rows: int,
                   task_configs: bool) -> dict[str, Any]:
     from builder.card import write_card
 
@@ -342,7 +349,7 @@ def _write_folder(folder: Path, rows: pl.DataFrame, *, name: str, version: str, 
         default = {"pattern": f"data/*/{SPLIT}-*.parquet", "files": all_files, "rows": rows.height}
         configs = {DEFAULT_CONFIG: default, **configs}
     per_task = dict(rows.group_by("task").len().sort("task").iter_rows())
-    sampling = stats.get("sampling") or {}
+    measured = stats.to_json() if stats is not None else {}
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "name": name,
@@ -360,15 +367,8 @@ def _write_folder(folder: Path, rows: pl.DataFrame, *, name: str, version: str, 
             for c, v in configs.items()
         },
         "columns": table_schema("rows").names,
-        "teacher": _teacher(recipe, stats, rows),
-        "sampling": sampling,
-        "sampling_settings": recipe.get("sampling") or sampling.get("params") or {},
-        "prompt_settings": recipe.get("prompt") or {},
-        "funnel": stats.get("funnel") or {},
-        "dropped": stats.get("dropped") or {},
-        "diversity": stats.get("diversity") or {},
-        "decontamination": stats.get("decontamination") or {},
-        "curation_settings": stats.get("settings") or recipe.get("curation") or {},
+        "teacher": _teacher(recipe, rows),
+        **{section: measured.get(section, {}) for section in _STATS_SECTIONS},
         "recipe": recipe,
     }
     write_card(folder, rows, manifest)
@@ -376,6 +376,7 @@ def _write_folder(folder: Path, rows: pl.DataFrame, *, name: str, version: str, 
         p.relative_to(folder).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
         for p in sorted(folder.rglob("*")) if p.is_file()
     }
+    manifest["manifest_sha256"] = manifest_digest(manifest)
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n")
     _fsync_tree(folder)
     for p in folder.rglob("*"):
@@ -402,18 +403,97 @@ def _write_index(dataset_dir: Path, entries: list[dict[str, Any]]) -> None:
 
 
 # ---------------------------------------------------------------- reading
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_REQUIRED = ("version", "content_hash", "files", "configs", "name", "rows", "tasks", "manifest_sha256")
+
+
+def _inside(rel: Any) -> bool:
+    """A relative POSIX path that stays inside its folder: no '..', no absolute path, no backslash, no './'."""
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel or ":" in rel.split("/")[0]:
+        return False
+    return all(part not in ("", ".", "..") for part in rel.split("/"))
+
+
+def _manifest_problem(m: Any) -> str | None:
+    """What is structurally wrong with a parsed manifest (wrong types, paths outside the folder), or None."""
+    if not isinstance(m, dict):
+        return f"expected a JSON object, found {type(m).__name__}"
+    for key in _REQUIRED:
+        if key not in m:
+            older = " (older manifests have none: rebuild the version to add it)" if (
+                key == "manifest_sha256") else ""
+            return f"field {key!r} is missing{older}"
+    if not isinstance(m["version"], str) or not _VERSION_RE.match(m["version"]):
+        return f"field 'version' is {m['version']!r}, not v1, v2, ..."
+    for key in ("content_hash", "manifest_sha256"):
+        if not isinstance(m[key], str) or not _HEX64.match(m[key]):
+            return f"field {key!r} is not a sha256 hex digest"
+    if not isinstance(m["name"], str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", m["name"]):
+        return f"field 'name' is {m['name']!r}, not a dataset name"
+    if not isinstance(m["rows"], int) or isinstance(m["rows"], bool) or m["rows"] < 0:
+        return f"field 'rows' is {m['rows']!r}, not a row count"
+    if not isinstance(m["tasks"], dict) or not all(isinstance(n, int) for n in m["tasks"].values()):
+        return "field 'tasks' is not an object of task -> row count"
+    files = m["files"]
+    if not isinstance(files, dict) or not all(isinstance(v, dict) for v in files.values()):
+        return "field 'files' is not an object of path -> {sha256, bytes}"
+    for rel, meta in files.items():
+        if not _inside(rel) or rel == MANIFEST:
+            return f"files lists {rel!r}, a path outside the version folder (or the manifest itself)"
+        if not isinstance(meta.get("sha256"), str) or not _HEX64.match(meta["sha256"]):
+            return f"files[{rel!r}] has no sha256 hex digest"
+        if not isinstance(meta.get("bytes"), int) or isinstance(meta["bytes"], bool):
+            return f"files[{rel!r}] has no byte count"
+    configs = m["configs"]
+    if not isinstance(configs, dict) or not configs or not all(isinstance(c, dict) for c in configs.values()):
+        return "field 'configs' is not an object of config -> {data_files, files, rows}"
+    for name, config in configs.items():
+        listed = config.get("files")
+        if not isinstance(listed, list) or not isinstance(config.get("data_files"), str):
+            return f"configs[{name!r}] has no files list or data_files pattern"
+        if not _inside(config["data_files"]):
+            return f"configs[{name!r}].data_files {config['data_files']!r} points outside the version folder"
+        for rel in listed:
+            if not _inside(rel) or rel not in files:
+                return f"configs[{name!r}] lists {rel!r}, which is outside the version folder or not in files"
+        if not isinstance(config.get("rows"), int):
+            return f"configs[{name!r}].rows is not a row count"
+    if not isinstance(m.get("recipe", {}), dict):
+        return "field 'recipe' is not an object"
+    if m["manifest_sha256"] != manifest_digest(m):
+        return ("manifest_sha256 does not match the manifest's fields: the manifest was edited after the version "
+                "was written")
+    return None
+
+
 def load_manifest(version_dir: Path) -> dict[str, Any]:
+    """Read manifest.json and check it on its own: fields and types, paths inside the folder, its digest, and
+    its version against the folder's name (when the folder is named like a version).
+
+    Raises:
+        StoreError: naming the manifest and what is wrong; the version is then treated as corrupt.
+    """
     path = version_dir / MANIFEST
     if not path.is_file():
         raise StoreError(f"{path}: missing; {version_dir} is not a dataset version folder")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise StoreError(f"{path}: not valid JSON (line {exc.lineno}): the version is corrupt") from None
-    for key in ("version", "content_hash", "files", "configs"):
-        if key not in manifest:
-            raise StoreError(f"{path}: field {key!r} is missing: the version is corrupt")
+    except UnicodeDecodeError:
+        raise StoreError(f"{path}: not UTF-8 text: the version is corrupt") from None
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise StoreError(f"{path}: {problem}: the version is corrupt")
+    if _VERSION_RE.match(version_dir.name) and manifest["version"] != version_dir.name:
+        raise StoreError(f"{path}: says version {manifest['version']} but lives in folder {version_dir.name}: the "
+                         "version is corrupt (a folder is never renamed)")
     return manifest
+
+
+def is_version_name(text: str) -> bool:
+    """Whether `text` names a version ("v1", "v2", ...), as folders and Hub tags are named."""
+    return _VERSION_RE.match(text) is not None
 
 
 def resolve_root(root: str | Path | None = None) -> Path:
@@ -428,7 +508,11 @@ def list_versions(root: str | Path, name: str) -> list[dict[str, Any]]:
     for child in dataset_dir.iterdir() if dataset_dir.is_dir() else []:
         m = _VERSION_RE.match(child.name)
         if m and child.is_dir():
-            found.append((int(m.group(1)), _index_entry(load_manifest(child))))
+            manifest = load_manifest(child)
+            if manifest["name"] != name:
+                raise StoreError(f"{child / MANIFEST}: names dataset {manifest['name']!r} but lives under {name!r}: "
+                                 "the version is corrupt")
+            found.append((int(m.group(1)), _index_entry(manifest)))
     return [entry for _, entry in sorted(found, key=lambda t: t[0])]
 
 
@@ -442,7 +526,12 @@ def resolve(ref: str | Path, root: str | Path | None = None) -> Path:
     if path.is_dir() and (path / MANIFEST).is_file():
         return path
     text = str(ref)
-    name, _, want = text.partition("@")
+    name, at, want = text.partition("@")
+    if at and not want:
+        raise StoreError(f"{text}: nothing after '@'; write NAME@vN, NAME@latest, NAME@<hash prefix> or NAME")
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", name):
+        raise StoreError(f"{text}: {name!r} is not a dataset name (letters, digits, '_', '-', '.') nor a version "
+                         "folder")
     want = want or "latest"
     root = resolve_root(root)
     versions = list_versions(root, name)
@@ -475,31 +564,70 @@ def read_version(ref_or_path: str | Path, root: str | Path | None = None, *, con
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise StoreError(f"{missing[0]}: listed in {folder / MANIFEST} but missing; run `rationale pull` again")
+    rows = _read_files(folder, manifest["configs"][config]["files"])
+    return validate(rows, "rows", where=str(folder)), manifest
+
+
+def _check_files(folder: Path, manifest: dict[str, Any], hint: str = "do not use this copy") -> None:
+    """Every file the manifest lists exists inside the folder with its recorded size and sha256; the first that
+    does not is named. A symlink is refused: its content lives elsewhere."""
+    inside = folder.resolve()
+    for rel, meta in sorted(manifest["files"].items()):
+        file = folder / rel
+        if file.is_symlink() or (file.exists() and not file.resolve().is_relative_to(inside)):
+            raise StoreError(f"{file}: a link to a file outside the version folder; {hint}")
+        if not file.is_file():
+            raise StoreError(f"{file}: missing (listed in {folder / MANIFEST}); {hint}")
+        found = sha256_file(file)
+        if found != meta["sha256"] or file.stat().st_size != meta["bytes"]:
+            raise StoreError(f"{file}: sha256 {found[:16]}... does not match the manifest's {meta['sha256'][:16]}... "
+                             f"(file altered or corrupt); {hint}")
+
+
+def _read_files(folder: Path, files: list[str]) -> pl.DataFrame:
     frames = []
-    for f in files:
+    for rel in files:
+        f = folder / rel
         try:
             frames.append(pl.read_parquet(f))
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise StoreError(f"{f}: unreadable Parquet ({str(exc).splitlines()[0]}); the version is corrupt: "
                              "`rationale pull` it again or rebuild it") from None
-    rows = pl.concat(frames, how="vertical_relaxed") if frames else table_schema("rows").empty()
-    return validate(rows, "rows", where=str(folder)), manifest
+    return pl.concat(frames, how="vertical_relaxed") if frames else table_schema("rows").empty()
 
 
-def _check_files(folder: Path, manifest: dict[str, Any], hint: str = "do not use this copy") -> None:
-    """Every file the manifest lists exists with its recorded sha256; the first that does not is named."""
-    for rel, meta in sorted(manifest["files"].items()):
-        file = folder / rel
-        if not file.is_file():
-            raise StoreError(f"{file}: missing (listed in {folder / MANIFEST}); {hint}")
-        found = sha256_file(file)
-        if found != meta["sha256"]:
-            raise StoreError(f"{file}: sha256 {found[:16]}... does not match the manifest's {meta['sha256'][:16]}... "
-                             f"(file altered or corrupt); {hint}")
+def _derive_problem(folder: Path, manifest: dict[str, Any], rows: pl.DataFrame) -> str | None:
+    """The first manifest field that disagrees with the data (rows, tasks, configs, columns, rows_sha256)."""
+    if manifest["rows"] != rows.height:
+        return f"says {manifest['rows']} rows, the data has {rows.height}"
+    tasks = dict(rows.group_by("task").len().sort("task").iter_rows())
+    if manifest["tasks"] != tasks:
+        return f"says tasks {manifest['tasks']}, the data has {tasks}"
+    if manifest.get("columns", rows.columns) != rows.columns:
+        return f"says columns {manifest['columns']}, the data has {rows.columns}"
+    if manifest.get("rows_sha256", rows_digest(rows)) != rows_digest(rows):
+        return "rows_sha256 does not match the rows"
+    if manifest["configs"].get(DEFAULT_CONFIG, {}).get("files") is None:
+        return f"has no {DEFAULT_CONFIG!r} config"
+    data_files = sorted(rel for rel in manifest["files"] if rel.endswith(".parquet"))
+    if sorted(manifest["configs"][DEFAULT_CONFIG]["files"]) != data_files:
+        return f"the {DEFAULT_CONFIG!r} config does not list every data file"
+    for name, config in manifest["configs"].items():
+        # `datasets` loads a config by its pattern, so the pattern must match exactly the listed files
+        matched = sorted(p.relative_to(folder).as_posix() for p in folder.glob(config["data_files"]) if p.is_file())
+        if matched != sorted(config["files"]):
+            return f"config {name!r}: data_files {config['data_files']!r} matches {matched}, not its files"
+        part = rows if name == DEFAULT_CONFIG else _read_files(folder, config["files"])
+        if config["rows"] != part.height:
+            return f"config {name!r} says {config['rows']} rows, its files hold {part.height}"
+        if name != DEFAULT_CONFIG and part.height and part.get_column("task").n_unique() != 1:
+            return f"config {name!r} mixes tasks {sorted(part.get_column('task').unique().to_list())}"
+    return None
 
 
 def verify(path: str | Path) -> dict[str, Any]:
-    """Check every file of a version folder against manifest.json, and the content hash against the rows.
+    """Check a version folder: the manifest on its own (`load_manifest`), every file against it, no unlisted
+    file, the manifest's fields re-derived from the data, and the content hash against the rows and recipe.
 
     Files under .cache/ (huggingface_hub's download bookkeeping) and the Hub's .gitattributes are ignored; any
     other file the manifest does not list is an error, since `datasets` could pick it up.
@@ -508,7 +636,8 @@ def verify(path: str | Path) -> dict[str, Any]:
         The manifest.
 
     Raises:
-        StoreError: naming the first missing, altered or unexpected file, or a content hash mismatch.
+        StoreError: naming the first missing, altered or unexpected file, a manifest field that disagrees with
+            the data, or a content hash mismatch.
     """
     folder = Path(path)
     manifest = load_manifest(folder)
@@ -518,7 +647,11 @@ def verify(path: str | Path) -> dict[str, Any]:
         rel = file.relative_to(folder).as_posix()
         if file.is_file() and rel not in listed and not rel.startswith(".cache/") and rel != ".gitattributes":
             raise StoreError(f"{file}: not listed in {folder / MANIFEST} (unexpected file in a version folder)")
-    rows, _ = read_version(folder)
+    rows = validate(_read_files(folder, manifest["configs"][DEFAULT_CONFIG]["files"]) if
+                    DEFAULT_CONFIG in manifest["configs"] else table_schema("rows").empty(), "rows", where=str(folder))
+    problem = _derive_problem(folder, manifest, rows.sort(_SORT_KEY))
+    if problem:
+        raise StoreError(f"{folder / MANIFEST}: {problem}; the manifest or data was altered")
     found = content_hash(rows, manifest.get("recipe") or {})
     if found != manifest["content_hash"]:
         raise StoreError(f"{folder / MANIFEST}: content_hash {manifest['content_hash'][:12]} does not match the "
@@ -538,7 +671,11 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 def diff_versions(a: str | Path, b: str | Path, root: str | Path | None = None) -> dict[str, Any]:
     """Compare two versions: rows added/removed per task (a row is (qid, sample_idx, completion)),
-    funnel changes per task and stage, and changed recipe/curation settings."""
+    funnel changes per task and stage, and changed recipe settings and teacher (flattened dotted keys).
+
+    Both versions are verified first (`verify`): a diff of corrupt data would be a wrong answer, not an error."""
+    for ref in (a, b):
+        verify(resolve(ref, root))
     rows_a, man_a = read_version(a, root)
     rows_b, man_b = read_version(b, root)
     key = ["qid", "sample_idx", "completion"]
@@ -560,7 +697,7 @@ def diff_versions(a: str | Path, b: str | Path, root: str | Path | None = None) 
         if changed:
             funnel[task] = changed
     settings: dict[str, list[Any]] = {}
-    for section in ("recipe", "curation_settings", "teacher"):
+    for section in ("recipe", "teacher"):
         flat_a, flat_b = _flatten(man_a.get(section) or {}, section), _flatten(man_b.get(section) or {}, section)
         for k in sorted(set(flat_a) | set(flat_b)):
             if flat_a.get(k) != flat_b.get(k):

@@ -1,6 +1,7 @@
 """Student training: a dataset version's `rows` table -> a fine-tuned model folder with a model card.
 
-Input: the rows table (schemas/rows.table.json) of one dataset version, read through `read_dataset`. Output: under
+Input: the rows table (schemas/rows.table.json) of one dataset version, read through `builder.student.read_dataset`,
+in a student format of `builder.prompts`. Output: under
 `recipe.output_dir`, the model (merged when LoRA was used) and tokenizer, README.md (model card naming the dataset
 version and its content hash), train_log.jsonl (one line per optimiser step) and checkpoints/step-NNNNNN/.
 
@@ -25,8 +26,10 @@ from typing import Any
 
 import polars as pl
 
-from builder.errors import BuilderError, StoreError
-from builder.train_recipe import DatasetSpec, TrainRecipe
+from builder.errors import BuilderError
+from builder.prompts import STUDENT_FORMAT_DOCS, chat_completion_text, student_prompt_ids, student_target
+from builder.student import DatasetVersion, read_dataset, resolve_student
+from builder.train_recipe import TrainRecipe
 
 log = logging.getLogger(__name__)
 
@@ -35,115 +38,28 @@ CHECKPOINT_DIR = "checkpoints"
 TRAIN_LOG = "train_log.jsonl"
 
 
-# ------------------------------------------------------------------ dataset versions
-def _read_version(ref_or_path: str | Path, root: str | Path | None = None) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Rows and manifest of one version (NAME@VERSION under `root`, or a version folder), via the store."""
-    from builder.store import read_version
-
-    return read_version(ref_or_path, root)
-
-
-def content_hash(manifest: dict[str, Any]) -> str | None:
-    """The version's content hash, whatever the manifest calls it."""
-    for key in ("content_hash", "hash", "sha256", "fingerprint"):
-        value = manifest.get(key)
-        if isinstance(value, str):
-            return value
-    hashes = manifest.get("hashes")
-    if isinstance(hashes, dict):
-        for key in ("content", "content_hash", "data"):
-            if isinstance(hashes.get(key), str):
-                return hashes[key]
-    return None
-
-
-@dataclass
-class DatasetVersion:
-    rows: pl.DataFrame
-    manifest: dict[str, Any]
-    ref: str  # how the card names it: NAME@VERSION, repo@tag or the folder
-
-
-def read_dataset(spec: DatasetSpec, recipe: TrainRecipe | None = None) -> DatasetVersion:
-    """Load the training rows a recipe names (local ref, version folder or Hub repo@tag), filtered and limited.
-
-    Raises:
-        StoreError: the version is missing or has no rows left after the task filter.
-    """
-    resolve = recipe.resolve_path if recipe is not None else (lambda p: Path(p))
-    if spec.ref or spec.path:  # named as NAME@vN even when the recipe says NAME (latest) or a folder
-        rows, manifest = (_read_version(spec.ref, resolve(spec.root)) if spec.ref
-                          else _read_version(resolve(spec.path)))
-        ref = f"{manifest.get('name')}@{manifest.get('version')}"
-    else:
-        from builder.hub import pull
-
-        dest = pull(spec.hub, (recipe.out if recipe is not None else Path(".")) / "dataset")
-        rows, manifest = _read_version(dest)
-        ref = spec.hub
-    if spec.tasks:
-        rows = rows.filter(pl.col("task").is_in(spec.tasks))
-    if spec.limit:
-        rows = rows.head(spec.limit)
-    if rows.height == 0:
-        raise StoreError(f"dataset {ref}: no rows to train on (tasks filter: {spec.tasks})")
-    return DatasetVersion(rows, manifest, ref)
-
-
-def resolve_student(name: str, recipe: TrainRecipe | None = None) -> str:
-    """A loadable model reference: a local folder (relative to the recipe), an alias, or a Hub id."""
-    if recipe is not None:
-        local = recipe.resolve_path(name)
-        if local is not None and local.exists():
-            return str(local)
-    try:
-        from builder.models import resolve_model
-    except ImportError:
-        return name
-    return resolve_model(name)
-
-
-# ------------------------------------------------------------------ formats
-def chat_completion_text(tokenizer: Any, question: str, completion: str) -> tuple[str, str]:
-    """(prompt text, completion text) of the chat format: the template's text split at the assistant turn."""
-    user = [{"role": "user", "content": question}]
-    prompt = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": completion.strip()}],
-                                         tokenize=False)
-    if not full.startswith(prompt):
-        raise BuilderError("format chat: the model's chat template does not render the prompt as a prefix of the "
-                           "conversation; use format ft_cot for this student")
-    return prompt, full[len(prompt):]
-
-
-def prompt_ids(tokenizer: Any, question: str, fmt: str) -> list[int]:
-    """Token ids a student sees before generating: the same ids at training and at evaluation."""
-    if fmt == "chat":
-        prompt, _ = chat_completion_text(tokenizer, question, "")
-        return tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    return tokenizer(f"{question} ###", add_special_tokens=True)["input_ids"]
-
-
-def encode_example(tokenizer: Any, question: str, prompt: str, completion: str, fmt: str,
+# ------------------------------------------------------------------ encoding
+def encode_example(tokenizer: Any, question: str, completion: str, fmt: str,
                    max_length: int) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) of one row; labels are -100 on prompt tokens so only the completion carries loss.
+    """(input_ids, labels) of one row in student format `fmt`; labels are -100 on prompt tokens so only the
+    completion carries loss.
 
-    ft_cot: prompt '{question} ###' + completion ' {rationale} --> {answer}' + EOS, tokenised apart so the boundary
-    is exact. chat: the same pair through the chat template (the end-of-turn token ends the completion). seq2seq:
-    input_ids is the encoder input, labels the whole target (the tokenizer appends EOS). Cut at max_length.
+    The prompt ids are `builder.prompts.student_prompt_ids`, the ones the student is evaluated with. ft_cot: then the
+    row's completion + EOS, tokenised apart so the boundary is exact. chat: the assistant turn of the chat template
+    (its end-of-turn token ends the completion). seq2seq: input_ids is the encoder input, labels the whole target
+    (ending in EOS). Cut at max_length.
     """
     if fmt == "seq2seq":
-        enc = tokenizer(prompt, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
-        tgt = tokenizer(text_target=completion.strip(), add_special_tokens=True)["input_ids"]
+        enc = student_prompt_ids(tokenizer, question, fmt, max_length=max_length)
+        tgt = tokenizer(text_target=student_target(completion), add_special_tokens=True)["input_ids"]
         if not tgt or tgt[-1] != tokenizer.eos_token_id:  # T5 tokenizers append EOS; make sure every target ends
             tgt = tgt + [tokenizer.eos_token_id]
         return enc, tgt[:max_length]
+    p_ids = student_prompt_ids(tokenizer, question, fmt)
     if fmt == "chat":
-        p_text, c_text = chat_completion_text(tokenizer, question, completion)
-        p_ids = tokenizer(p_text, add_special_tokens=False)["input_ids"]
+        _, c_text = chat_completion_text(tokenizer, question, completion)
         c_ids = tokenizer(c_text, add_special_tokens=False)["input_ids"]
     else:
-        p_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
         c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     ids = (p_ids + c_ids)[:max_length]
     labels = ([IGNORE_INDEX] * len(p_ids) + c_ids)[:max_length]
@@ -152,10 +68,8 @@ def encode_example(tokenizer: Any, question: str, prompt: str, completion: str, 
 
 def encode_rows(tokenizer: Any, rows: pl.DataFrame, fmt: str, max_length: int) -> list[tuple[list[int], list[int]]]:
     """Encode every row; rows whose completion is cut away entirely are an error naming the row."""
-    cols = rows.select("question", "prompt", "completion")
-    examples = [encode_example(tokenizer, q, p, c, fmt, max_length)
-                for q, p, c in zip(cols["question"].to_list(), cols["prompt"].to_list(),
-                                   cols["completion"].to_list(), strict=True)]
+    examples = [encode_example(tokenizer, q, c, fmt, max_length)
+                for q, c in zip(rows["question"].to_list(), rows["completion"].to_list(), strict=True)]
     if fmt != "seq2seq":
         empty = [i for i, (_, lab) in enumerate(examples) if all(t == IGNORE_INDEX for t in lab)]
         if empty:
@@ -164,7 +78,7 @@ def encode_rows(tokenizer: Any, rows: pl.DataFrame, fmt: str, max_length: int) -
     return examples
 
 
-def collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int, fmt: str) -> dict[str, Any]:
+def collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, Any]:
     """Right-pad a micro-batch; pads are masked in attention and labelled -100."""
     import torch
 
@@ -174,9 +88,8 @@ def collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int, fmt: str)
 
     ids = [b[0] for b in batch]
     labels = [b[1] for b in batch]
-    out = {"input_ids": pad(ids, pad_id), "attention_mask": pad([[1] * len(s) for s in ids], 0),
-           "labels": pad(labels, IGNORE_INDEX)}
-    return out
+    return {"input_ids": pad(ids, pad_id), "attention_mask": pad([[1] * len(s) for s in ids], 0),
+            "labels": pad(labels, IGNORE_INDEX)}
 
 
 def completion_loss_sum(model: Any, batch: dict[str, Any], fmt: str) -> tuple[Any, int]:
@@ -353,7 +266,7 @@ class TrainResult:
     tokens: int = 0
     seconds: float = 0.0
     dataset_ref: str = ""
-    content_hash: str | None = None
+    content_hash: str = ""
     eval_report: dict[str, Any] | None = None
 
     @property
@@ -411,7 +324,7 @@ def main(recipe: TrainRecipe, *, evaluate: bool | None = None) -> TrainResult:
     log_path = out / TRAIN_LOG
     _truncate_log(log_path, start)
 
-    result = TrainResult(out, total, start, dataset_ref=data.ref, content_hash=content_hash(data.manifest))
+    result = TrainResult(out, total, start, dataset_ref=data.ref, content_hash=data.content_hash)
     pad_id = tokenizer.pad_token_id
     use_bf16 = hp.bf16 and (_device() == "cuda" or torch.backends.mkldnn.is_available())
     model.train()
@@ -419,7 +332,7 @@ def main(recipe: TrainRecipe, *, evaluate: bool | None = None) -> TrainResult:
     with _progress() as progress, log_path.open("a") as log_fh:
         bar = progress.add_task("train", total=total, completed=start, loss="-", tps="-")
         for step in range(start, total):
-            batches = [collate([examples[i] for i in idx], pad_id, recipe.format) for idx in sched.step_batches(step)]
+            batches = [collate([examples[i] for i in idx], pad_id) for idx in sched.step_batches(step)]
             n_tok = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
             step_loss = 0.0
             for batch in batches:
@@ -492,14 +405,11 @@ def write_model_card(recipe: TrainRecipe, result: TrainResult, model_ref: str, d
         recipe.description, "",
         "## Training data", "",
         f"- dataset version: `{data.ref}`",
-        f"- content hash: `{result.content_hash or 'unknown (manifest has none)'}`",
+        f"- content hash: `{result.content_hash}`",
         f"- rows: {data.rows.height} ({', '.join(tasks)})",
         f"- teacher: {', '.join(sorted(set(data.rows['teacher'].to_list())))}", "",
         "## Format", "",
-        {"ft_cot": "Prompt `{question} ###`, completion ` {rationale} --> {answer}` + EOS; loss on the completion.",
-         "chat": "User turn `{question}`, assistant turn `{rationale} --> {answer}` via the chat template; loss on "
-                 "the assistant turn.",
-         "seq2seq": "Encoder input `{question} ###`, decoder target `{rationale} --> {answer}`."}[recipe.format], "",
+        f"`{recipe.format}`: {STUDENT_FORMAT_DOCS[recipe.format]}.", "",
         "## Training", "",
         "| setting | value |", "|---|---|",
         f"| optimiser | AdamW, lr {hp.learning_rate:g}, {hp.scheduler} schedule, warm-up {hp.warmup_steps} |",

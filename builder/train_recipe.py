@@ -12,16 +12,17 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
-from builder.recipe import parse_model, read_yaml, resolve_recipe_path
-
-FORMATS = ("ft_cot", "chat", "seq2seq")
-EVAL_MODES = ("student", "zero_shot", "zero_shot_cot")
+from builder.paths import HUB_REF_PATTERN, repo_id_problem, resolve_recipe_path
+from builder.prompts import STUDENT_COMPLETION, STUDENT_PROMPT, StudentFormat
+from builder.readers import is_blank_text
+from builder.recipe import parse_model, read_yaml
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan=False: `.inf`/`.nan` are YAML floats, but no learning rate or epoch count is infinite.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------- data
@@ -32,10 +33,18 @@ class DatasetSpec(_Strict):
                             description="Local version under `root`: NAME@vN, NAME@<hash prefix>, or NAME (latest).")
     root: str = Field("store", description="Store root holding <name>/<version>/ (used with `ref`).")
     path: str | None = Field(None, description="A version folder (holding data/ and manifest.json).")
-    hub: str | None = Field(None, pattern=r"^[\w.-]+/[\w.-]+(@[\w./-]+)?$",
+    hub: str | None = Field(None, pattern=HUB_REF_PATTERN,
                             description="Hub dataset repo@tag (e.g. org/multiarith-cot@v1); pulled, then read.")
     tasks: list[str] | None = Field(None, description="Train only on rows of these tasks (default: all).")
     limit: int | None = Field(None, ge=1, description="Keep only the first N rows (smoke tests).")
+
+    @field_validator("hub")
+    @classmethod
+    def _repo_id(cls, hub: str | None) -> str | None:
+        problem = hub and repo_id_problem(hub.partition("@")[0])
+        if problem:
+            raise ValueError(f"{hub!r}: {problem}")
+        return hub
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSpec:
@@ -49,6 +58,13 @@ class StudentSpec(_Strict):
     model: str = Field(description="Hub id, local folder, or the local alias smollm2-135m-instruct.")
     revision: str | None = Field(None, description="Hub revision of the student weights.")
     trust_remote_code: bool = False
+
+    @field_validator("model")
+    @classmethod
+    def _named(cls, model: str) -> str:
+        if is_blank_text(model):
+            raise ValueError("the student model is empty; give a Hub id or a local folder")
+        return model
 
 
 # ---------------------------------------------------------------- optimisation
@@ -97,7 +113,7 @@ class EvalSpec(_Strict):
     benchmarks_dir: str | None = Field(None, description="Task files (default: $RATIONALE_BENCHMARKS_DIR).")
     limit: int | None = Field(None, ge=1, description="First N questions per task (smoke tests).")
     greedy: bool = Field(True, description="Greedy decoding, one answer per question.")
-    self_consistency: list[int] = Field(default_factory=list,
+    self_consistency: list[PositiveInt] = Field(default_factory=list,
                                         description="k values for self-consistency (k samples, majority vote).")
     temperature: float = Field(0.7, gt=0, description="Sampling temperature for self-consistency.")
     max_tokens: int = Field(256, ge=1, description="Generation cap per answer.")
@@ -114,6 +130,23 @@ class EvalSpec(_Strict):
         None, description="Paper student row shown beside the accuracy (gpt2-124m, gpt2-355m, gpt2-774m, "
         "flan-t5-small, ...); default: guessed from the student's name.")
 
+    @field_validator("tasks")
+    @classmethod
+    def _paper_tasks(cls, tasks: list[str]) -> list[str]:
+        # Checked when the recipe loads, not after training when evaluation first reads the task files.
+        from builder.tasks import task_info
+
+        for task in tasks:
+            task_info(task)  # raises listing the valid names
+        return tasks
+
+    @field_validator("split")
+    @classmethod
+    def _paper_split(cls, split: str) -> str:
+        if split not in ("train", "test", "all"):
+            raise ValueError(f"split {split!r} is not train, test or all (the paper splits)")
+        return split
+
 
 # ---------------------------------------------------------------- the recipe
 class TrainRecipe(_Strict):
@@ -123,9 +156,10 @@ class TrainRecipe(_Strict):
     description: str = ""
     dataset: DatasetSpec
     student: StudentSpec
-    format: Literal["ft_cot", "chat", "seq2seq"] = Field(
-        "ft_cot", description="ft_cot: '{question} ###' -> ' {rationale} --> {answer}' + EOS; chat: the same "
-        "pair through the chat template; seq2seq: encoder input '{question} ###', target '{rationale} --> {answer}'.")
+    format: StudentFormat = Field(
+        "ft_cot", description=f"ft_cot: '{STUDENT_PROMPT}' -> '{STUDENT_COMPLETION}' + EOS; chat: the same pair "
+        f"through the chat template; seq2seq: encoder input '{STUDENT_PROMPT}', "
+        f"target '{STUDENT_COMPLETION.strip()}'.")
     hyperparameters: HyperParams = Field(default_factory=HyperParams)
     lora: LoraSpec | None = Field(None, description="Train LoRA adapters instead of all weights.")
     seed: int = Field(42, description="Seeds model init of new heads, data order and dropout.")

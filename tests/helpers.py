@@ -23,6 +23,15 @@ import yaml
 from builder import reasons as R
 from builder import store
 from builder.schemas import table_schema
+from builder.stats import (
+    BuildStats,
+    CurationStats,
+    Decontamination,
+    Diversity,
+    DiversityFigures,
+    Funnel,
+    SamplingSummary,
+)
 
 ARITH_QUESTIONS = [
     ("Tom has 3 apples and buys 4 more. How many apples does he have?", 7),
@@ -97,22 +106,22 @@ def make_ledger(tasks: tuple[str, ...] = ("multiarith", "coin_flip"), questions:
     return pl.DataFrame(recs, schema=table_schema("ledger").polars_schema)
 
 
-def make_stats(ledger: pl.DataFrame) -> dict:
+def make_stats(ledger: pl.DataFrame) -> BuildStats:
+    """Build stats as curate and build hand them to the store, counted from the ledger."""
     funnel = {}
     for (task,), part in ledger.group_by(["task"]):
         kept = part.filter(pl.col("state") == R.KEPT).height
-        funnel[task] = {"sampled": part.height, "answered": part.height, "correct": int(part["correct"].sum()),
-                        "deduped": kept, "selected": kept, "kept": kept}
-    return {
-        "funnel": funnel,
-        "dropped": {R.STAGE_CORRECTNESS: {R.INCORRECT: int((~ledger["correct"]).sum())}},
-        "diversity": {t: {"before": {"mean_pairwise_jaccard": 0.61, "distinct_ngrams": 0.42},
-                          "after": {"mean_pairwise_jaccard": 0.55, "distinct_ngrams": 0.47}} for t in funnel},
-        "decontamination": {"checked": 8, "eval_questions": 20, "hits": []},
-        "settings": {"minhash": {"num_perm": 128, "threshold": 0.8}},
-        "sampling": {"teacher": "tiny-llama", "teacher_revision": None, "backend": "vllm",
-                     "params": {"n": 3}, "prompt_tokens": 288, "completion_tokens": 480, "seconds": 2.5},
-    }
+        funnel[task] = Funnel(sampled=part.height, answered=part.height, correct=int(part["correct"].sum()),
+                              deduped=kept, selected=kept, kept=kept)
+    curation = CurationStats(
+        funnel=funnel,
+        dropped={R.STAGE_CORRECTNESS: {R.INCORRECT: int((~ledger["correct"]).sum())}},
+        diversity={t: Diversity(before=DiversityFigures(0.61, 0.42), after=DiversityFigures(0.55, 0.47))
+                   for t in funnel},
+        decontamination=Decontamination(checked=8, eval_questions=20),
+        settings={"minhash": {"num_perm": 128, "threshold": 0.8}},
+    )
+    return BuildStats(curation, SamplingSummary(prompt_tokens=288, completion_tokens=480, seconds=2.5))
 
 
 def build_version(root: Path, ledger: pl.DataFrame | None = None, *, name: str = "demo", recipe: dict | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 
 import polars as pl
 import pytest
@@ -12,6 +13,7 @@ from builder import reasons as R
 from builder.cli import main
 from builder.recipe import CurationConfig
 from builder.schemas import table_schema, write_table
+from builder.stats import Funnel
 from tests.helpers import PLANTS, graded_frame, planted
 
 
@@ -63,21 +65,23 @@ def test_ledger_accounts_for_every_row_once(graded, curated):
     assert dropped["stage"].null_count() == 0 and dropped["reason"].null_count() == 0
     for stage, reason in dropped.select("stage", "reason").unique().rows():
         assert reason in R.REASONS[stage]
-    counted = sum(n for rs in stats["dropped"].values() for n in rs.values())
+    counted = sum(n for rs in stats.dropped.values() for n in rs.values())
     assert counted == dropped.height
     wrong_unfiltered = ledger.filter(~pl.col("correct") & (pl.col("stage") != R.STAGE_FILTER).fill_null(True))
-    assert stats["dropped"][R.STAGE_CORRECTNESS][R.INCORRECT] == wrong_unfiltered.height
-    for task, f in stats["funnel"].items():
-        steps = [f[k] for k in R.FUNNEL]
+    assert stats.dropped[R.STAGE_CORRECTNESS][R.INCORRECT] == wrong_unfiltered.height
+    for task, f in stats.funnel.items():
+        steps = [getattr(f, k) for k in R.FUNNEL]
         assert steps == sorted(steps, reverse=True), (task, f)
         t = ledger.filter(pl.col("task") == task)
-        assert f["sampled"] == t.height and f["kept"] == (t["state"] == R.KEPT).sum()
+        assert f.sampled == t.height and f.kept == (t["state"] == R.KEPT).sum()
 
 
 def test_stats_shape_is_the_documented_contract(curated):
-    _, stats = curated
+    _, typed = curated
+    stats = typed.to_json()
     json.dumps(stats)
     assert set(stats) == {"funnel", "dropped", "diversity", "decontamination", "settings"}
+    assert [f.name for f in fields(Funnel)] == list(R.FUNNEL) == list(next(iter(stats["funnel"].values())))
     for d in stats["diversity"].values():
         assert set(d) == {"before", "after"}
         for side in d.values():
@@ -120,7 +124,7 @@ def test_quality_filters(row, filters, reason):
     assert ledger["reason"].to_list() == [reason]
     if reason:
         assert ledger["stage"].to_list() == [R.STAGE_FILTER]
-        assert stats["dropped"] == {R.STAGE_FILTER: {reason: 1}}
+        assert stats.dropped == {R.STAGE_FILTER: {reason: 1}}
 
 
 def test_real_rationales_that_count_down_are_not_degenerate(teacher_completions_dir):
@@ -135,7 +139,7 @@ def test_real_rationales_that_count_down_are_not_degenerate(teacher_completions_
 
 def test_keep_wrong_answers_when_asked(graded):
     ledger, stats = curate.run(graded, CurationConfig(keep_correct_only=False))
-    assert R.STAGE_CORRECTNESS not in stats["dropped"]
+    assert R.STAGE_CORRECTNESS not in stats.dropped
     wrong = ledger.filter(~pl.col("correct") & (pl.col("sample_idx") == 0))
     assert wrong.height > 50
     assert wrong.filter(pl.col("stage").ne(R.STAGE_FILTER).fill_null(True))["state"].eq(R.KEPT).all()
@@ -150,7 +154,7 @@ def test_global_scope_finds_duplicates_across_questions(graded):
     glob, stats = curate.run(both, CurationConfig(minhash={"scope": "both"}))
     copies = glob.filter(pl.col("qid").str.ends_with("-copy") & pl.col("correct"))
     assert copies.height and copies["reason"].eq(R.NEAR_DUPLICATE_GLOBAL).all()
-    assert stats["dropped"][R.STAGE_NEAR_DEDUP][R.NEAR_DUPLICATE_GLOBAL] == copies.height
+    assert stats.dropped[R.STAGE_NEAR_DEDUP][R.NEAR_DUPLICATE_GLOBAL] == copies.height
 
 
 def test_sha1_mode_agrees_with_fast_hash(graded, curated):
@@ -194,13 +198,13 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 def test_empty_input_and_nothing_surviving(graded):
     ledger, stats = curate.run(table_schema("graded").empty(), CurationConfig(selection={"max_per_question": 2}))
-    assert ledger.height == 0 and stats["funnel"] == {} and stats["dropped"] == {}
+    assert ledger.height == 0 and stats.funnel == {} and stats.dropped == {}
     wrong = graded.with_columns(correct=pl.lit(False))
     ledger, stats = curate.run(wrong, CurationConfig(minhash={"scope": "both"}, decontaminate=True),
                                eval_questions=pl.DataFrame({"task": ["x"], "question": ["q"]}))
     assert (ledger["state"] == R.DROPPED).all()
-    assert all(f["kept"] == 0 for f in stats["funnel"].values())
-    assert stats["decontamination"]["checked"] == 0
+    assert all(f.kept == 0 for f in stats.funnel.values())
+    assert stats.decontamination.checked == 0
 
 
 def test_cli_eval_file_turns_decontamination_on(tmp_path, graded, capsys):

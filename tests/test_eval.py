@@ -71,20 +71,33 @@ def test_paper_numbers_only_where_known():
     assert paper_accuracy("gsm8k", "gpt2-124m") is None
 
 
-def test_baseline_prompts(tiny_model_dir: Path):
-    """Zero-shot uses Kojima's direct trigger; Zero-shot-CoT the teacher's stage-1 prompt."""
+def test_baseline_and_student_prompts(tiny_model_dir: Path):
+    """Zero-shot uses Kojima's direct trigger; Zero-shot-CoT the teacher's stage-1 prompt; a student its training
+    prompt. Chat formats go through the teacher's render (the model's chat template)."""
     from transformers import AutoTokenizer
 
-    from builder.eval import _direct_prompt, _render
-    from builder.recipe import PromptConfig
-    from builder.sample import build_prompt
+    from builder.eval import stage1_prompts
 
-    assert _direct_prompt("Therefore, the answer (arabic numerals) is") == "The answer (arabic numerals) is"
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    text, special = _render(tok, build_prompt("Q1?", PromptConfig(style="zero_shot_cot", format="chat")))
-    assert text.endswith("<|im_start|>assistant\n") and "Let's think step by step." in text and not special
-    text, special = _render(tok, build_prompt("Q1?", PromptConfig(style="zero_shot_cot")))
-    assert text == "Q: Q1?\nA: Let's think step by step." and special
+
+    def render(prompt):
+        if isinstance(prompt, str):
+            return prompt
+        return tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+    q = pl.DataFrame({"task": ["multiarith"], "question": ["Q1?"]})
+    answer = {"multiarith": "Therefore, the answer (arabic numerals) is"}
+
+    def prompt(mode: str, fmt: str) -> str:
+        return stage1_prompts(render, q, mode=mode, fmt=fmt, answer_prompts=answer)[0]
+
+    assert prompt("zero_shot", "raw") == "Q: Q1?\nA: The answer (arabic numerals) is"
+    assert prompt("zero_shot_cot", "raw") == "Q: Q1?\nA: Let's think step by step."
+    chat = prompt("zero_shot_cot", "chat")
+    assert chat.endswith("<|im_start|>assistant\n") and "Let's think step by step." in chat
+    assert prompt("zero_shot", "chat").endswith("<|im_start|>assistant\nThe answer (arabic numerals) is")
+    assert prompt("student", "ft_cot") == "Q1? ###"
+    assert prompt("student", "chat") == render([{"role": "user", "content": "Q1?"}])
 
 
 # ------------------------------------------------------------------ real engine
@@ -143,11 +156,12 @@ def test_zero_shot_cot_baseline_runs_two_stages(vllm_engine, tiny_model_dir: Pat
 @pytest.mark.slow
 def test_hf_backend_generates_and_grades(tiny_model_dir: Path, questions: pl.DataFrame, tmp_path: Path):
     """transformers.generate path (seq2seq students, GPU machines without vLLM)."""
-    from builder.eval import HFGenerator, evaluate
+    from builder.eval import evaluate
+    from builder.teachers.hf import load_model
 
-    gen = HFGenerator(str(tiny_model_dir), batch_size=4)
+    model = load_model(str(tiny_model_dir), batch_size=4)
     run = evaluate(str(tiny_model_dir), questions.head(5), EvalSpec(max_tokens=6, self_consistency=[2]),
-                   engine=gen, out_dir=tmp_path)
+                   engine=model, out_dir=tmp_path)
     assert run.predictions.height == 5 + 10
     assert (run.predictions["completion_tokens"] <= 6).all()
     assert {r["decoding"] for r in run.report["results"]} == {"greedy", "sc@2"}

@@ -209,7 +209,7 @@ def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
-def test_truncated_samples_shard_is_named_and_the_import_rerun_remakes_it(recipe, reference, capsys):
+def test_truncated_samples_shard_is_named_and_the_rerun_after_deleting_it_remakes_it(recipe, reference, capsys):
     from builder import sample
 
     assert main(["build", str(recipe), "--json"]) == 0
@@ -217,11 +217,15 @@ def test_truncated_samples_shard_is_named_and_the_import_rerun_remakes_it(recipe
     shard = run_dir / "samples" / "shard-00000.parquet"
     _truncate(shard)
     with pytest.raises(BuilderError, match=r"shard-00000\.parquet: corrupt sample shard .*delete it and rerun"):
-        sample.read_samples(run_dir)  # how the vLLM/OpenAI resume path finds it: refused, by name
+        sample.read_samples(run_dir)
     _truncate(run_dir / "graded.parquet")
     _truncate(run_dir / "ledger.parquet")
     capsys.readouterr()
-    assert main(["build", str(recipe), "--json"]) == 0  # import re-makes the shard; graded/ledger are recomputed
+    # imported completions resume like sampled ones: the build refuses the shard by name, exit 2
+    assert main(["build", str(recipe), "--json"]) == 2
+    assert "shard-00000.parquet: corrupt sample shard" in capsys.readouterr().err
+    shard.unlink()  # what the message says to do
+    assert main(["build", str(recipe), "--json"]) == 0  # the shard is re-made; graded/ledger are recomputed
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["content_hash"] == reference["content_hash"] and again["created"] is False
     assert sample.read_samples(run_dir).height == reference["samples"]

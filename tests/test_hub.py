@@ -10,6 +10,7 @@ for local repos) through the endpoints snapshot_download uses: /api/.../revision
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import threading
@@ -125,6 +126,47 @@ def test_fake_hub_publish_refuses_a_corrupt_local_version(fake_hub, tmp_path):
     with pytest.raises(StoreError, match="README.md: sha256"):
         hub.publish(info.path, "org/demo-cot", api=_api(fake_hub))
     assert fake_hub.requests == []
+
+
+def _list_outside_file(version: Path, outside: Path) -> str:
+    """Add `outside` (with its real sha256) to the version's manifest and recompute the manifest's digest."""
+    path = version / "manifest.json"
+    m = json.loads(path.read_text())
+    rel = os.path.relpath(outside, version)
+    m["files"][rel] = {"sha256": store.sha256_file(outside), "bytes": outside.stat().st_size}
+    m["manifest_sha256"] = store.manifest_digest(m)
+    path.chmod(0o644)
+    path.write_text(json.dumps(m))
+    return rel
+
+
+def test_fake_hub_publish_refuses_a_manifest_listing_a_file_outside_the_version(fake_hub, tmp_path):
+    info = build_version(tmp_path / "store")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("a file elsewhere on the machine")
+    rel = _list_outside_file(info.path, secret)
+    for dry_run in (True, False):
+        with pytest.raises(StoreError, match=rf"files lists {re.escape(repr(rel))}, a path outside the version"):
+            hub.publish(info.path, "org/demo-cot", api=_api(fake_hub), dry_run=dry_run)
+    assert fake_hub.requests == []
+
+
+@pytest.mark.parametrize("repo", ["good", "org/my good", "org/../x", "org/caf\u00e9", "a..b/c", "org/x/y", "org/",
+                                  "org/-x"])
+def test_publish_refuses_repo_ids_the_hub_would_refuse(fake_hub, tmp_path, repo):
+    info = build_version(tmp_path / "store")
+    with pytest.raises(hub.HubError, match=rf"--repo {re.escape(repr(repo))}: "):
+        hub.publish(info.path, repo, api=_api(fake_hub), dry_run=True)
+    assert fake_hub.requests == []
+
+
+@pytest.mark.parametrize("ref", ["org/demo@../../x", "org/demo@v1/../../x", "org/demo@", "org/../demo@v1",
+                                 "org/de mo@v1", "org/demo@.."])
+def test_pull_refuses_refs_and_tags_before_they_become_paths(tmp_path, monkeypatch, ref):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(hub.HubError, match="expected ORG/NAME@TAG"):
+        hub.pull(ref)
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------- read-only local mirror (git repos over HTTP)
@@ -310,6 +352,23 @@ def test_pull_errors_name_the_repo_and_tag(mirror, tmp_path):
     with pytest.raises(hub.HubError, match=r"download org/demo-cot@v1: cannot reach the Hub \(ConnectError"):
         hub.pull("org/demo-cot@v1", tmp_path / "y", endpoint=closed)
     assert not (tmp_path / "y").exists()
+    with pytest.raises(hub.HubError, match=r"download org/demo-cot@v9"):  # folders it made for --dest go again
+        hub.pull("org/demo-cot@v9", tmp_path / "new" / "nested" / "v9", endpoint=mirror.endpoint)
+    assert not (tmp_path / "new").exists()
+
+
+def test_pull_refuses_a_manifest_listing_a_file_outside_the_download(mirror, tmp_path):
+    """A published manifest naming ../../<a file on this machine> with that file's real hash must not verify."""
+    info = build_version(tmp_path / "store")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("a file elsewhere on the machine")
+    dest = tmp_path / "a" / "b" / "pulled"
+    _list_outside_file(info.path, secret)
+    files = _folder_files(info.path)
+    mirror.publish_to("org/demo-cot", files, "v1")
+    with pytest.raises(StoreError, match=r"org/demo-cot@v1 rejected: .*a path outside the version folder"):
+        hub.pull("org/demo-cot@v1", dest, endpoint=mirror.endpoint)
+    assert not (tmp_path / "a").exists() and not list(tmp_path.glob("**/.pull-*"))
 
 
 def test_cli_pull_in_a_fresh_process_against_the_mirror(mirror, tmp_path):

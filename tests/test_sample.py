@@ -11,7 +11,8 @@ from polars.testing import assert_frame_equal
 
 from builder import sample, tasks
 from builder.errors import BuilderError, InputError
-from builder.recipe import Exemplar, PromptConfig, Recipe
+from builder.prompts import Exemplar, answer_stage_prompt, teacher_prompt
+from builder.recipe import Recipe
 from tests.helpers import ARITH_QUESTIONS, arith_task
 
 
@@ -31,20 +32,21 @@ def sorted_samples(df: pl.DataFrame) -> pl.DataFrame:
 
 # ------------------------------------------------------------------ prompts and seeds (no engine)
 def test_zero_shot_cot_prompt_is_the_papers():
-    assert sample.build_prompt("What is 2+2?", PromptConfig()) == "Q: What is 2+2?\nA: Let's think step by step."
-    stage2 = sample.answer_stage_prompt("Q: x\nA: Let's think step by step.", " 2 and 2 make 4. \n",
-                                        "Therefore, the answer (arabic numerals) is")
+    zero_shot = teacher_prompt("What is 2+2?", style="zero_shot_cot", fmt="raw")
+    assert zero_shot == "Q: What is 2+2?\nA: Let's think step by step."
+    stage2 = answer_stage_prompt("Q: x\nA: Let's think step by step.", " 2 and 2 make 4. \n",
+                                 "Therefore, the answer (arabic numerals) is")
     assert stage2 == "Q: x\nA: Let's think step by step. 2 and 2 make 4.\nTherefore, the answer (arabic numerals) is"
 
 
 def test_few_shot_and_chat_prompts():
     ex = [Exemplar(question="1+1?", rationale="One and one make 2.", answer="2")]
-    raw = sample.build_prompt("2+2?", PromptConfig(style="few_shot_cot", exemplars=ex))
+    raw = teacher_prompt("2+2?", style="few_shot_cot", fmt="raw", exemplars=ex)
     assert raw == "Q: 1+1?\nA: One and one make 2. The answer is 2.\n\nQ: 2+2?\nA:"
-    chat = sample.build_prompt("2+2?", PromptConfig(style="few_shot_cot", format="chat", exemplars=ex))
+    chat = teacher_prompt("2+2?", style="few_shot_cot", fmt="chat", exemplars=ex)
     assert [m["role"] for m in chat] == ["user", "assistant", "user"]
     assert chat[1]["content"] == "One and one make 2. The answer is 2."
-    zs = sample.build_prompt("2+2?", PromptConfig(format="chat"))
+    zs = teacher_prompt("2+2?", style="zero_shot_cot", fmt="chat")
     assert zs == [{"role": "user", "content": "2+2?\nLet's think step by step."}]
 
 
@@ -71,7 +73,7 @@ def test_stale_temp_files_of_a_killed_run_are_removed(tmp_path):
     stale.write_bytes(b"PAR1 half")
     keep = shards / "shard-00000.parquet"
     keep.write_bytes(b"")
-    assert sample.remove_stale_temp_files(tmp_path) == [stale]
+    assert sample.remove_stale_temp_files(shards) == [stale]
     assert not stale.exists() and keep.exists()
 
 

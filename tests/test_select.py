@@ -61,7 +61,7 @@ def test_selection_never_drops_a_solved_question(teacher_completions_dir, mode):
     solved = ledger.filter(pl.col("correct") & pl.col("stage").ne(R.STAGE_FILTER).fill_null(True))["qid"].unique()
     kept = ledger.filter(pl.col("state") == R.KEPT).group_by("qid").len()
     assert set(kept["qid"]) == set(solved) and (kept["len"] == 1).all()
-    assert stats["dropped"][R.STAGE_SELECT][R.NOT_SELECTED] > 0
+    assert stats.dropped[R.STAGE_SELECT][R.NOT_SELECTED] > 0
 
 
 def test_diverse_selection_raises_diversity(teacher_completions_dir):
@@ -77,8 +77,8 @@ def test_diverse_selection_raises_diversity(teacher_completions_dir):
     _, diverse = curate.run(graded, cfg)
     _, first = curate.run(graded, cfg.model_copy(update={"selection": cfg.selection.model_copy(
         update={"mode": "first"})}))
-    d, f = diverse["diversity"]["svamp"], first["diversity"]["svamp"]
-    assert d["before"] == f["before"]
-    assert d["after"]["mean_pairwise_jaccard"] < d["before"]["mean_pairwise_jaccard"]
-    assert d["after"]["mean_pairwise_jaccard"] < f["after"]["mean_pairwise_jaccard"]
-    assert d["after"]["distinct_ngrams"] > f["after"]["distinct_ngrams"]
+    d, f = diverse.diversity["svamp"], first.diversity["svamp"]
+    assert d.before == f.before
+    assert d.after.mean_pairwise_jaccard < d.before.mean_pairwise_jaccard
+    assert d.after.mean_pairwise_jaccard < f.after.mean_pairwise_jaccard
+    assert d.after.distinct_ngrams > f.after.distinct_ngrams

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -84,8 +85,9 @@ def test_manifest_records_hashes_recipe_teacher_sampling_funnel_and_decontaminat
     m = store.load_manifest(info.path)
     assert m["content_hash"] == info.content_hash and m["version"] == "v1" and m["tool_version"] == "test"
     assert m["recipe"] == STORE_RECIPE
+    assert not {"sampling_settings", "prompt_settings", "curation_settings", "settings"} & set(m)  # the recipe, once
     assert m["teacher"] == {"model": "tiny-llama", "revision": None, "backend": "vllm"}
-    assert m["sampling_settings"]["temperature"] == 0.7
+    assert m["sampling"] == {"prompt_tokens": 288, "completion_tokens": 480, "seconds": 2.5}
     assert m["funnel"]["coin_flip"]["sampled"] == 12 and m["funnel"]["coin_flip"]["kept"] == 8
     assert m["decontamination"]["eval_questions"] == 20
     assert m["created_at"].endswith("+00:00")
@@ -248,10 +250,112 @@ def test_verify_names_the_altered_file(tmp_path, tamper):
         path.chmod(0o644)
         m = json.loads(path.read_text())
         m["content_hash"] = "0" * 64
+        m["manifest_sha256"] = store.manifest_digest(m)  # an editor who also recomputes the manifest's digest
         path.write_text(json.dumps(m))
         expect = r"manifest.json: content_hash 000000000000 does not match"
     with pytest.raises(StoreError, match=expect):
         store.verify(info.path)
+
+
+def _leaves(value, path=()):
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            yield from _leaves(v, (*path, k))
+    elif isinstance(value, list) and value:
+        for i, v in enumerate(value):
+            yield from _leaves(v, (*path, i))
+    else:
+        yield path
+
+
+def _edit(manifest: dict, path: tuple) -> None:
+    *parents, last = path
+    holder = manifest
+    for key in parents:
+        holder = holder[key]
+    old = holder[last]
+    holder[last] = (old + 1 if isinstance(old, int) and not isinstance(old, bool) else
+                    f"{old}x" if isinstance(old, str) else "edited" if old is None else not old
+                    if isinstance(old, bool) else [old])
+
+
+def _rewrite(folder, change) -> None:
+    path = folder / "manifest.json"
+    path.chmod(0o644)
+    m = json.loads(path.read_text())
+    change(m)
+    path.write_text(json.dumps(m))
+
+
+def test_a_manifest_edited_in_any_field_is_detected(tmp_path):
+    info = build_version(tmp_path / "store")
+    original = (info.path / "manifest.json").read_text()
+    leaves = [p for p in _leaves(json.loads(original)) if p]
+    assert len(leaves) > 50 and ("recipe", "sampling", "seed") in leaves and ("funnel",) not in leaves
+    for leaf in leaves:
+        _rewrite(info.path, lambda m, leaf=leaf: _edit(m, leaf))
+        with pytest.raises(StoreError, match="manifest.json: "):
+            store.verify(info.path)
+        (info.path / "manifest.json").write_text(original)
+    assert store.verify(info.path)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.update(rows=m["rows"] + 1), r"says \d+ rows, the data has"),
+    (lambda m: m["tasks"].update(extra=1), r"says tasks .*extra"),
+    (lambda m: m.update(version="v7"), r"says version v7 but lives in folder v1"),
+    (lambda m: m["configs"]["default"].update(rows=1), r"config 'default' says 1 rows"),
+    (lambda m: m["configs"]["default"].update(data_files="data/multiarith/*"), r"data_files 'data/multiarith/\*' matches"),
+    (lambda m: m["files"].update({"../../outside.txt": {"sha256": "0" * 64, "bytes": 1}}),
+     r"files lists '\.\./\.\./outside\.txt', a path outside the version folder"),
+    (lambda m: m["files"].update({"/etc/hostname": {"sha256": "0" * 64, "bytes": 1}}), r"outside the version folder"),
+    (lambda m: m.update(files="x"), r"field 'files' is not an object"),
+    (lambda m: m.update(configs={"default": {"files": ["../x.parquet"], "data_files": "x", "rows": 1}}),
+     r"outside the version folder"),
+])
+def test_a_recomputed_digest_does_not_hide_a_manifest_that_disagrees_with_the_data(tmp_path, change, message):
+    info = build_version(tmp_path / "store")
+
+    def resign(m):
+        change(m)
+        m["manifest_sha256"] = store.manifest_digest(m)
+    _rewrite(info.path, resign)
+    with pytest.raises(StoreError, match=message):
+        store.verify(info.path)
+
+
+def test_a_file_listed_outside_the_version_folder_with_its_real_hash_is_refused(tmp_path):
+    info = build_version(tmp_path / "store")
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not part of the dataset")
+    rel = os.path.relpath(outside, info.path)
+
+    def add(m):
+        m["files"][rel] = {"sha256": store.sha256_file(outside), "bytes": outside.stat().st_size}
+        m["manifest_sha256"] = store.manifest_digest(m)
+    _rewrite(info.path, add)
+    with pytest.raises(StoreError, match=r"a path outside the version folder"):
+        store.verify(info.path)
+    with pytest.raises(StoreError, match=r"a path outside the version folder"):
+        store.list_versions(tmp_path / "store", "demo")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("null", "expected a JSON object, found NoneType"),
+    ("[1, 2]", "expected a JSON object, found list"),
+])
+def test_a_manifest_that_is_not_an_object_is_corrupt(tmp_path, text, message):
+    info = build_version(tmp_path / "store")
+    (info.path / "manifest.json").chmod(0o644)
+    (info.path / "manifest.json").write_text(text)
+    with pytest.raises(StoreError, match=message):
+        store.verify(info.path)
+
+
+def test_ref_with_nothing_after_the_at_is_refused(tmp_path):
+    build_version(tmp_path / "store")
+    with pytest.raises(StoreError, match=r"demo@: nothing after '@'"):
+        store.resolve("demo@", tmp_path / "store")
 
 
 # ---------------------------------------------------------------- diff + CLI
@@ -293,6 +397,40 @@ def test_cli_versions_show_diff(tmp_path, capsys):
     assert sum(r["added"] for r in d["tasks"]) == 16 and sum(r["removed"] for r in d["tasks"]) == 16
     assert main(["show", "demo@v9", "--store", str(root)]) == 2
     assert "demo@v9: no such version" in capsys.readouterr().err
+
+
+def test_versions_written_before_the_recipe_was_stored_once_still_show_diff_and_verify(tmp_path, capsys):
+    """Older manifests also hold sampling_settings / prompt_settings / curation_settings copies of the recipe."""
+    root = tmp_path / "store"
+    v1 = build_version(root)
+    recipe = json.loads(json.dumps(STORE_RECIPE))
+    recipe["sampling"]["temperature"] = 0.9
+    build_version(root, recipe=recipe)
+    path = v1.path / "manifest.json"
+    old = json.loads(path.read_text())
+    old |= {"sampling_settings": {**old["recipe"]["sampling"], "temperature": 0.5},
+            "prompt_settings": old["recipe"]["prompt"], "curation_settings": {"minhash": {"num_perm": 64}}}
+    old["manifest_sha256"] = store.manifest_digest(old)
+    path.chmod(0o644)
+    path.write_text(json.dumps(old))
+    assert store.verify(v1.path)["content_hash"] == v1.content_hash
+    assert main(["show", "demo@v1", "--store", str(root)]) == 0
+    assert "temperature=0.7" in capsys.readouterr().out  # from the recipe, not the stale copy
+    d = store.diff_versions("demo@v1", "demo@v2", root)
+    assert d["settings"] == {"recipe.sampling.temperature": [0.7, 0.9]}
+
+
+def test_the_stored_completion_is_what_the_student_grader_reads_back():
+    """Round trip of the Fine-tune-CoT format: store writes it, grade's "student" mode parses the answer back."""
+    from builder.grade import grade_frame
+    from builder.prompts import student_answer
+
+    rows = store.rows_from_ledger(make_ledger(tasks=("multiarith",)))
+    graded = grade_frame(rows.select(pl.lit("number").alias("answer_type"), "gold",
+                                     pl.col("completion").alias("rationale")), mode="student")
+    assert graded["pred"].to_list() == rows["answer"].to_list()
+    assert graded["correct"].all() and (graded["grade_status"] == "ok").all()
+    assert [student_answer(c).strip() for c in rows["completion"]] == rows["answer"].to_list()
 
 
 # ---------------------------------------------------------------- same engine + seeds -> same hash

@@ -13,8 +13,11 @@ import pytest
 from builder import tasks
 from builder.cli import main
 from builder.errors import InputError
+from builder.prompts import LETTERS, answer_prompt_for
+from builder.readers import read_jsonl
 from builder.recipe import TasksConfig, TaskSpec
 from builder.schemas import read_table, validate
+from builder.tasks.normalise import canonical_number, raw_frame
 
 DATA = Path(__file__).parent / "data" / "tasks"
 
@@ -58,9 +61,65 @@ def test_paper_task_counts(task, benchmarks_dir):
 
 
 def test_paper_task_list_is_the_twelve():
-    assert tasks.TASK_LOADERS.names() == sorted(README_COUNTS)
-    assert sorted(tasks.PAPER_TASKS) == sorted(README_COUNTS)
+    assert tasks.PAPER_TASKS.names() == sorted(README_COUNTS)
 
+
+
+# ---------------------------------------------------------------- adding a paper task
+@pytest.fixture
+def scratch_paper_tasks(monkeypatch):
+    """Paper tasks registered in a test are gone after it."""
+    monkeypatch.setattr(tasks.PAPER_TASKS, "_items", dict(tasks.PAPER_TASKS._items))
+
+
+def _toy_benchmarks(root: Path, rows: list[dict], splits: dict[str, list[int]]) -> Path:
+    (root / "toy").mkdir(parents=True)
+    (root / "toy" / "toy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "splits").mkdir()
+    (root / "splits" / "toy__default.json").write_text(json.dumps(splits))
+    return root
+
+
+def _load_toy(folder: Path) -> pl.DataFrame:
+    return raw_frame([{"source_idx": i, "question": r["q"], "gold": r["a"], "choices": r.get("c"),
+                       "where": f"{folder} line {i + 1}"} for i, r in enumerate(read_jsonl(folder / "toy.jsonl"))])
+
+
+def test_new_paper_task_is_one_registration(tmp_path, scratch_paper_tasks, capsys, monkeypatch):
+    bdir = _toy_benchmarks(tmp_path, [{"q": "What is 1 + 1?", "a": "2.0"}, {"q": "What is 2 + 2?", "a": "4"},
+                                      {"q": "What is 3 + 3?", "a": "6"}], {"train": [0, 2], "test": [1]})
+    with pytest.raises(ValueError, match="unknown paper task 'toy'; valid: addsub"):
+        TaskSpec(name="toy")  # not registered: the recipe rejects it
+
+    tasks.PAPER_TASKS.register("toy", answer_type="number", fields=("q", "a"), answer_prompt="The sum is")(_load_toy)
+
+    cfg = TasksConfig(benchmarks_dir=str(bdir), items=[TaskSpec(name="toy", split="train")])
+    df = tasks.run(cfg)
+    assert df["question"].to_list() == ["What is 1 + 1?", "What is 3 + 3?"]
+    assert df["gold"].to_list() == ["2", "6"] and (df["answer_type"] == "number").all()
+    assert df["qid"][0] == tasks.make_qid("toy", "What is 1 + 1?")
+    assert tasks.answer_prompts(cfg) == {"toy": "The sum is"} and tasks.task_info("toy").answer_prompt == "The sum is"
+    monkeypatch.delenv(tasks.BENCHMARKS_ENV, raising=False)
+    assert main(["tasks", "list"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].split() == ["toy", "number", "-", "The", "sum", "is"]
+    (bdir / "toy" / "toy.jsonl").write_text('{"q": "x?", "a": "seven"}\n')
+    with pytest.raises(InputError, match=r"toy line 1: field 'a': gold 'seven' is not a number"):
+        tasks.run(cfg)  # errors name the source field given at registration
+
+
+def test_new_paper_task_choice_defaults(tmp_path, scratch_paper_tasks):
+    rows = [{"q": f"Pick {i}.", "a": "A", "c": [f"right {i}", f"wrong {i}", f"other {i}"]} for i in range(12)]
+    bdir = _toy_benchmarks(tmp_path, rows, {"train": list(range(12)), "test": []})
+    tasks.PAPER_TASKS.register("toy", answer_type="choice", n_choices=3, fields=("q", "a"),
+                               shuffle_choices=True)(_load_toy)
+
+    df = tasks.run(TasksConfig(benchmarks_dir=str(bdir), items=[TaskSpec(name="toy")]))
+    assert tasks.task_info("toy").answer_prompt == "Therefore, among A through C, the answer is"
+    assert set(df["gold"]) != {"A"}  # shuffled by default
+    for row in df.to_dicts():
+        assert row["choices"][LETTERS.index(row["gold"])].startswith("right")
+    plain = tasks.run(TasksConfig(benchmarks_dir=str(bdir), items=[TaskSpec(name="toy", shuffle_choices=False)]))
+    assert set(plain["gold"]) == {"A"}
 
 @pytest.mark.parametrize("task", [t for t in README_COUNTS if t not in ("gsm8k", "aqua")])
 def test_paper_splits_partition(task, benchmarks_dir):
@@ -155,7 +214,7 @@ def test_teacher_completions_map_to_our_qids(task, benchmarks_dir, teacher_compl
             assert ours["gold"] == row["gold"]
         else:  # compare the gold choice's text: the two sides show choices in different orders
             theirs = dict(re.findall(r"\(([A-F])\) (.*?)(?= \([A-F]\) |$)", row["question"]))
-            assert ours["choices"][tasks.LETTERS.index(ours["gold"])] == theirs[row["gold"]]
+            assert ours["choices"][LETTERS.index(ours["gold"])] == theirs[row["gold"]]
 
 
 def test_cross_task_overlap_addsub_single_eq(benchmarks_dir):
@@ -190,7 +249,7 @@ def test_number_gold_has_no_trailing_zero(task, benchmarks_dir):
     ("2.50", "2.5"), ("abc", None), ("", None), ("nan", None), ("1/2", None), ("1e999999", None),
 ])
 def test_canonical_number(raw, canonical):
-    assert tasks._canonical_number(raw) == canonical
+    assert canonical_number(raw) == canonical
 
 
 @pytest.mark.parametrize("task", ["coin_flip", "strategy_qa"])
@@ -204,9 +263,9 @@ def test_choice_questions_show_choices(task, benchmarks_dir):
     df = _load(task, benchmarks_dir, split="all").questions
     n = tasks.task_info(task).n_choices
     for row in df.head(50).to_dicts():
-        assert row["gold"] in tasks.LETTERS[: len(row["choices"])]
+        assert row["gold"] in LETTERS[: len(row["choices"])]
         assert 2 <= len(row["choices"]) <= n
-        shown = " ".join(f"({tasks.LETTERS[i]}) {c}" for i, c in enumerate(row["choices"]))
+        shown = " ".join(f"({LETTERS[i]}) {c}" for i, c in enumerate(row["choices"]))
         assert row["question"].endswith(" Answer Choices: " + shown)
 
 
@@ -217,12 +276,12 @@ def test_bigbench_choices_shuffled_and_correct(task, benchmarks_dir):
     right = {i: next(k for k, v in e["target_scores"].items() if v == 1).strip() for i, e in enumerate(examples)}
     df = _load(task, benchmarks_dir, split="all").questions
     for row in df.to_dicts():
-        assert row["choices"][tasks.LETTERS.index(row["gold"])] == right[row["source_idx"]]
+        assert row["choices"][LETTERS.index(row["gold"])] == right[row["source_idx"]]
         file_order = [k.strip() for k in examples[row["source_idx"]]["target_scores"]]
         assert sorted(row["choices"]) == sorted(file_order)
     share = Counter(df["gold"]).most_common(1)[0][1] / df.height
     assert share < 0.4  # date_understanding's file puts the right choice first in 364 of 369
-    assert set(df["gold"]) == set(tasks.LETTERS[: tasks.task_info(task).n_choices])
+    assert set(df["gold"]) == set(LETTERS[: tasks.task_info(task).n_choices])
 
 
 def test_shuffle_depends_on_seed_not_on_run(benchmarks_dir):
@@ -332,7 +391,7 @@ def test_task_info_and_answer_prompts():
     assert tasks.task_info("tracking_shuffled_objects").answer_prompt == "Therefore, among A through C, the answer is"
     assert tasks.task_info("coin_flip").answer_prompt == "Therefore, the answer (Yes or No) is"
     assert tasks.task_info("last_letter_concatenation").answer_prompt == "Therefore, the answer is"
-    assert tasks.answer_prompt_for("choice", 4) == "Therefore, among A through D, the answer is"
+    assert answer_prompt_for("choice", 4) == "Therefore, among A through D, the answer is"
     cfg = TasksConfig(items=[TaskSpec(name="gsm8k", answer_prompt="The answer is"),
                              TaskSpec(name="f", source="file", path="x.jsonl", answer_type="yesno")])
     assert tasks.answer_prompts(cfg) == {"gsm8k": "The answer is", "f": "Therefore, the answer (Yes or No) is"}
@@ -501,7 +560,7 @@ def test_cli_tasks_list(benchmarks_dir, capsys):
     assert lines[0].split() == ["task", "answer_type", "choices", "answer_prompt", "items", "duplicates", "train",
                                 "test"]
     rows = {line.split()[0]: line.split() for line in lines[1:]}
-    assert list(rows) == list(tasks.PAPER_TASKS)
+    assert list(rows) == [t.name for t in tasks.PAPER_TASKS]
     for task, count in README_COUNTS.items():
         assert rows[task][-4:-2] == [str(count), str(README_DUPLICATES.get(task, 0))]
     assert rows["multiarith"][-2:] == ["405", "175"]

@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # ------------------------------------------------------------------ fixtures
 def _rows(teacher_completions_dir: Path, n: int) -> pl.DataFrame:
-    """The first n correct MultiArith text-davinci-002 rationales as a `rows` table (short ones, to keep it fast)."""
+    """The first n correct MultiArith text-davinci-002 rationales as a `rows` table (short ones, to keep it fast),
+    in the store's student formats."""
+    from builder.prompts import student_completion_expr, student_messages_expr, student_prompt_expr
     from builder.tasks import make_qid
 
     src = pl.read_ndjson(teacher_completions_dir / "multiarith.jsonl").filter(pl.col("reference_correct"))
@@ -28,11 +30,9 @@ def _rows(teacher_completions_dir: Path, n: int) -> pl.DataFrame:
                                        return_dtype=pl.String).alias("qid"),
         pl.lit(0, pl.Int32).alias("sample_idx"), pl.lit("multiarith").alias("task"), "question", "rationale",
         pl.col("reference_pred").alias("answer"), "gold",
-        pl.format("{} ###", "question").alias("prompt"),
-        pl.format(" {} --> {}", "rationale", "reference_pred").alias("completion"),
-        pl.concat_list(pl.struct(pl.lit("user").alias("role"), pl.col("question").alias("content")),
-                       pl.struct(pl.lit("assistant").alias("role"), pl.col("rationale").alias("content")),
-                       ).alias("messages"),
+        student_prompt_expr(pl.col("question")).alias("prompt"),
+        student_completion_expr(pl.col("rationale"), pl.col("reference_pred")).alias("completion"),
+        student_messages_expr(pl.col("question"), pl.col("rationale"), pl.col("reference_pred")).alias("messages"),
         pl.lit(0, pl.Int64).alias("seed"), pl.lit("text-davinci-002").alias("teacher"),
     )
 
@@ -133,8 +133,9 @@ def tokenizer(tiny_model_dir: Path):
 def test_ft_cot_masking_is_completion_only(tokenizer):
     from builder.train import IGNORE_INDEX, encode_example
 
-    prompt, completion = "Tom has 3 apples and buys 4 more. How many? ###", " 3 + 4 = 7. --> 7"
-    ids, labels = encode_example(tokenizer, "unused", prompt, completion, "ft_cot", 512)
+    question, completion = "Tom has 3 apples and buys 4 more. How many?", " 3 + 4 = 7. --> 7"
+    prompt = f"{question} ###"  # the Fine-tune-CoT prompt, spelled out here as the spec
+    ids, labels = encode_example(tokenizer, question, completion, "ft_cot", 512)
     p_ids = tokenizer(prompt)["input_ids"]
     c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
     assert ids == p_ids + c_ids + [tokenizer.eos_token_id]
@@ -142,17 +143,18 @@ def test_ft_cot_masking_is_completion_only(tokenizer):
     assert labels[len(p_ids):] == c_ids + [tokenizer.eos_token_id]
     assert tokenizer.decode(ids[len(p_ids):]) == completion + tokenizer.eos_token
     # cut at max_length: the tail of the completion goes, the prompt mask stays
-    ids_cut, labels_cut = encode_example(tokenizer, "unused", prompt, completion, "ft_cot", len(p_ids) + 2)
+    ids_cut, labels_cut = encode_example(tokenizer, question, completion, "ft_cot", len(p_ids) + 2)
     assert ids_cut == ids[:len(p_ids) + 2] and labels_cut == labels[:len(p_ids) + 2]
 
 
 def test_chat_masking_covers_the_assistant_turn_only(tokenizer):
-    from builder.train import IGNORE_INDEX, encode_example, prompt_ids
+    from builder.prompts import student_prompt_ids
+    from builder.train import IGNORE_INDEX, encode_example
 
     question, completion = "How many apples?", " 3 + 4 = 7. --> 7"
-    ids, labels = encode_example(tokenizer, question, f"{question} ###", completion, "chat", 512)
+    ids, labels = encode_example(tokenizer, question, completion, "chat", 512)
     n_prompt = sum(t == IGNORE_INDEX for t in labels)
-    assert ids[:n_prompt] == prompt_ids(tokenizer, question, "chat")
+    assert ids[:n_prompt] == student_prompt_ids(tokenizer, question, "chat")
     assert tokenizer.decode(ids[:n_prompt]).endswith("<|im_start|>assistant\n")
     assert tokenizer.decode(ids[n_prompt:]) == "3 + 4 = 7. --> 7<|im_end|>\n"
     assert labels[n_prompt:] == ids[n_prompt:]
@@ -167,9 +169,9 @@ def test_loss_counts_completion_tokens_only(tiny_model_dir: Path, tokenizer):
     from builder.train import collate, completion_loss_sum, encode_example
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    examples = [encode_example(tokenizer, "q", "Tom has 3 apples. ###", " 3 + 4 = 7 --> 7", "ft_cot", 512),
-                encode_example(tokenizer, "q", "Take the last letters. ###", " ab --> ab", "ft_cot", 512)]
-    batch = collate(examples, tokenizer.pad_token_id, "ft_cot")
+    examples = [encode_example(tokenizer, "Tom has 3 apples.", " 3 + 4 = 7 --> 7", "ft_cot", 512),
+                encode_example(tokenizer, "Take the last letters.", " ab --> ab", "ft_cot", 512)]
+    batch = collate(examples, tokenizer.pad_token_id)
     with torch.no_grad():
         total, count = completion_loss_sum(model, batch, "ft_cot")
         expected, n = 0.0, 0
@@ -290,7 +292,8 @@ def test_seq2seq_student_trains_and_evaluates(tmp_path: Path, store_root: Path, 
     """The Flan-T5 path on a tiny random T5: target-only loss ending on EOS, then transformers.generate eval."""
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from builder.eval import HFGenerator, evaluate, load_questions
+    from builder.eval import evaluate, load_questions
+    from builder.teachers.hf import load_model
     from builder.train import encode_example, main
     from builder.train_recipe import parse_train_recipe
 
@@ -300,7 +303,7 @@ def test_seq2seq_student_trains_and_evaluates(tmp_path: Path, store_root: Path, 
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.pad_token_id)).save_pretrained(t5)
     tokenizer.save_pretrained(t5)
-    enc, target = encode_example(tokenizer, "q", "Q ###", " 3 + 4 = 7 --> 7", "seq2seq", 512)
+    enc, target = encode_example(tokenizer, "Q", " 3 + 4 = 7 --> 7", "seq2seq", 512)
     assert enc == tokenizer("Q ###")["input_ids"]
     assert target == tokenizer("3 + 4 = 7 --> 7")["input_ids"] + [tokenizer.eos_token_id]
 
@@ -311,5 +314,5 @@ def test_seq2seq_student_trains_and_evaluates(tmp_path: Path, store_root: Path, 
     assert result.steps == 8 and result.losses[-1] < result.losses[0]
     questions = load_questions(["multiarith"], "test", benchmarks_dir=str(benchmarks_dir), limit=3)
     run = evaluate(str(recipe.out), questions, recipe.eval.model_copy(update={"max_tokens": 8}), fmt="seq2seq",
-                   engine=HFGenerator(str(recipe.out), seq2seq=True))
+                   engine=load_model(str(recipe.out), seq2seq=True))
     assert run.predictions.height == 3 and (run.predictions["completion_tokens"] <= 8).all()

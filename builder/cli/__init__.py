@@ -7,6 +7,7 @@ non-zero; `--debug` shows the traceback.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import os
@@ -36,14 +37,40 @@ def _register_commands() -> None:
     if _registered:
         return
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"builder.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"builder.cli.{name}":
-                continue  # group not built yet
-            raise
-        module.register(app)
+        importlib.import_module(f"builder.cli.{name}").register(app)
     _registered = True
+
+
+# What to do about the OS errors a user's paths cause (the path itself comes from the error).
+_OS_HINTS = {
+    errno.EROFS: "read-only file system; write somewhere else (--output, work_dir, store.root, --dest)",
+    errno.ENAMETOOLONG: "file name too long; use a shorter name or folder",
+    errno.ENOTDIR: "a file is where a folder is expected; move it or pick another path",
+    errno.EISDIR: "a folder is where a file is expected; pick a file path",
+    errno.ENOSPC: "no space left on the device; free some and rerun",
+    errno.EACCES: "permission denied; check the owner and mode of the path",
+    errno.EPERM: "operation not permitted; check the owner and mode of the path",
+    errno.EEXIST: "already exists",
+    errno.ENOENT: "no such file or folder",
+}
+
+
+def user_error_line(exc: BaseException) -> str | None:
+    """The one-line message for an OS, polars or pyarrow error caused by the user's files, else None.
+
+    OSError: "<path>: <what to do>" from its filename and errno (messages we raise ourselves are kept as they
+    are). polars/pyarrow: their first line, which names the column (cast and schema errors) or the file.
+    """
+    if isinstance(exc, OSError):
+        if exc.filename is None:
+            return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        where = str(exc.filename) + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
+        return f"{where}: {_OS_HINTS.get(exc.errno) or exc.strerror or type(exc).__name__}"
+    bases = {cls.__name__ for cls in type(exc).__mro__}  # no polars/pyarrow import just to name their errors
+    if bases & {"PolarsError", "ArrowException"}:
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        return f"cannot process the data ({type(exc).__name__}: {first})"
+    return None
 
 
 def _error(message: str) -> None:
@@ -77,14 +104,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _error(str(exc))
         return exc.exit_code
-    except (FileNotFoundError, IsADirectoryError, PermissionError, ValueError) as exc:
-        if debug:
-            raise
-        _error(str(exc))
-        return 2
     except Exception as exc:  # noqa: BLE001 - last resort: one line, traceback with --debug
         if debug:
             raise
+        line = user_error_line(exc)
+        if line is not None or isinstance(exc, ValueError):  # the user's path or data: exit 2
+            _error(line if line is not None else str(exc))
+            return 2
         _error(f"{type(exc).__name__}: {exc} (run again with --debug for the traceback)")
         return 1
 

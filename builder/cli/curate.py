@@ -16,8 +16,8 @@ def register(app: typer.Typer) -> None:
         recipe: Annotated[Path | None, typer.Option(
             "--recipe", "-r", help="Build recipe whose `curation:` settings (and test splits) to use; default: "
             "the default curation settings.")] = None,
-        stats: Annotated[Path | None, typer.Option(help="Also write the stats dict (funnel, drops, diversity, "
-                                                   "decontamination hits) as JSON here.")] = None,
+        stats: Annotated[Path | None, typer.Option(help="Also write the curation stats (funnel, drops, diversity, "
+                                                   "decontamination hits, settings) as JSON here.")] = None,
         eval_file: Annotated[list[Path] | None, typer.Option(
             "--eval", help="Extra eval questions (JSONL/Parquet with 'question'; repeatable); turns "
             "decontamination on.")] = None,
@@ -29,6 +29,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from builder import curate
+        from builder import reasons as R
         from builder.cli._common import console
         from builder.recipe import CurationConfig, load_recipe
         from builder.schemas import read_table, write_table
@@ -60,16 +61,15 @@ def register(app: typer.Typer) -> None:
         write_table(ledger, output, "ledger")
         if stats is not None:
             stats.parent.mkdir(parents=True, exist_ok=True)
-            stats.write_text(json.dumps(st, indent=2) + "\n")
+            stats.write_text(json.dumps(st.to_json(), indent=2) + "\n")
 
-        table = Table("task", "sampled", "answered", "correct", "deduped", "selected", "kept")
-        for task, f in st["funnel"].items():
-            table.add_row(task, *(f"{f[k]:,}" for k in ("sampled", "answered", "correct", "deduped", "selected",
-                                                        "kept")))
+        table = Table("task", *R.FUNNEL)
+        for task, f in st.funnel.items():
+            table.add_row(task, *(f"{getattr(f, step):,}" for step in R.FUNNEL))
         console.print(table)
-        drops = ", ".join(f"{stage}/{reason} {n:,}" for stage, rs in st["dropped"].items() for reason, n in rs.items())
+        drops = ", ".join(f"{stage}/{reason} {n:,}" for stage, rs in st.dropped.items() for reason, n in rs.items())
         console.print(f"dropped: {drops or 'none'}")
-        if st["decontamination"]["hits"]:
-            console.print(f"decontamination: {len(st['decontamination']['hits'])} contaminated question(s)")
+        if st.decontamination.hits:
+            console.print(f"decontamination: {len(st.decontamination.hits)} contaminated question(s)")
         where = f", stats to {stats}" if stats else ""
         console.print(f"wrote the ledger ({ledger.height:,} rows) to {output}{where}")

@@ -31,10 +31,10 @@ def register(app: typer.Typer) -> None:
         bdir = tasks.resolve_benchmarks_dir(str(benchmarks_dir or env)) if (benchmarks_dir or env) else None
         header = ["task", "answer_type", "choices", "answer_prompt"]
         rows = []
-        for name, info in tasks.PAPER_TASKS.items():
-            cells = [name, info.answer_type, str(info.n_choices or "-"), info.answer_prompt]
+        for task in tasks.PAPER_TASKS:
+            cells = [task.name, task.answer_type, str(task.n_choices or "-"), task.answer_prompt]
             if bdir is not None:
-                loaded = tasks.load_task(TaskSpec(name=name, split="all"), benchmarks_dir=bdir)
+                loaded = tasks.load_task(TaskSpec(name=task.name, split="all"), benchmarks_dir=bdir)
                 counts = loaded.split_counts
                 cells += [str(loaded.raw_count), str(loaded.duplicates), str(counts.get("train", 0)),
                           str(counts.get("test", 0))]

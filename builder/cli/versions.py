@@ -25,7 +25,7 @@ def versions(
     store: StoreOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """List the versions of a dataset: version, content hash, rows, tasks, creation time."""
+    """List the versions of a dataset: version, content hash, rows, tasks, creation time (each verified first)."""
     from rich.table import Table
 
     from builder import store as st
@@ -35,10 +35,12 @@ def versions(
     found = st.list_versions(root, name)
     if not found:
         raise StoreError(f"{root / name}: no versions of {name!r} in store {root}; pass --store DIR")
+    for v in found:  # files, rows and content hash: a listed version is one that can be used
+        st.verify(root / name / v["version"])
     if as_json:
         typer.echo(json.dumps(found, indent=2))
         return
-    table = Table(title=f"{name} in {root}")
+    table = Table(title=f"{name} in {root} (every version verified)")
     for col in ("version", "content hash", "rows", "tasks", "created"):
         table.add_column(col)
     for v in found:
@@ -52,13 +54,14 @@ def show(
     store: StoreOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole manifest as JSON.")] = False,
 ) -> None:
-    """Print a version's manifest summary: identity, teacher, sampling, funnel, files."""
+    """Print a version's manifest summary: identity, teacher, sampling, funnel, files (verified first)."""
     from rich.table import Table
 
+    from builder import reasons as R
     from builder import store as st
 
     folder = st.resolve(ref, st.resolve_root(store))
-    manifest = st.load_manifest(folder)
+    manifest = st.verify(folder)
     if as_json:
         typer.echo(json.dumps(manifest, indent=2, ensure_ascii=False))
         return
@@ -71,13 +74,12 @@ def show(
     con.print(f"configs       {', '.join(manifest['configs'])}")
     con.print(f"teacher       {teacher.get('model')}  revision={teacher.get('revision')}  "
               f"backend={teacher.get('backend')}")
-    sampling = manifest.get("sampling_settings") or {}
+    sampling = manifest.get("recipe", {}).get("sampling", {})
     if sampling:
         con.print("sampling      " + ", ".join(f"{k}={v}" for k, v in sampling.items() if not isinstance(v, dict)))
     funnel = manifest.get("funnel") or {}
     if funnel:
-        stages = [s for s in ("sampled", "answered", "correct", "deduped", "selected", "kept")
-                  if any(s in f for f in funnel.values())]
+        stages = [s for s in R.FUNNEL if any(s in f for f in funnel.values())]
         table = Table(title="funnel")
         for col in ("task", *stages, "accuracy"):
             table.add_column(col, justify="left" if col == "task" else "right")
@@ -99,7 +101,7 @@ def diff(
     store: StoreOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
 ) -> None:
-    """Compare two versions: rows added/removed per task, funnel changes, settings changes."""
+    """Compare two versions (both verified first): rows added/removed per task, funnel changes, settings changes."""
     from rich.table import Table
 
     from builder import store as st

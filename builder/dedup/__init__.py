@@ -1,6 +1,17 @@
-"""Exact and MinHash near-duplicate detection in bulk (datasketch semantics, compiled kernels)."""
+"""Exact and MinHash near-duplicate detection in bulk (datasketch semantics, compiled kernels).
 
-from builder.dedup.lsh import cluster_global, cluster_within_groups, exact_within_groups, pairwise_jaccard
+The public API other stages use: signatures (`shingle`, `permutations`, `signatures_from_hashes`), LSH band keys
+(`band_keys`, decontamination's candidates), clustering, and `jaccard`, the signature estimate that selection's own
+kernel calls."""
+
+from builder.dedup.lsh import (
+    band_keys,
+    cluster_global,
+    cluster_within_groups,
+    exact_within_groups,
+    jaccard,
+    pairwise_jaccard,
+)
 from builder.dedup.minhash import (
     Permutations,
     Shingled,
@@ -12,6 +23,6 @@ from builder.dedup.minhash import (
 )
 
 __all__ = [
-    "Permutations", "Shingled", "cluster_global", "cluster_within_groups", "exact_within_groups", "normalize",
-    "pairwise_jaccard", "permutations", "shingle", "signatures", "signatures_from_hashes",
+    "Permutations", "Shingled", "band_keys", "cluster_global", "cluster_within_groups", "exact_within_groups",
+    "jaccard", "normalize", "pairwise_jaccard", "permutations", "shingle", "signatures", "signatures_from_hashes",
 ]

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from builder.dedup.minhash import _fmix64, _njit, _njit_par, prange
+from builder.kernels import fmix64, njit, njit_par, prange
 
 
-@_njit
+@njit
 def _find(parent, i):
     while parent[i] != i:
         parent[i] = parent[parent[i]]
@@ -25,7 +25,7 @@ def _find(parent, i):
     return i
 
 
-@_njit
+@njit
 def _union(parent, i, j):
     ri = _find(parent, i)
     rj = _find(parent, j)
@@ -35,8 +35,9 @@ def _union(parent, i, j):
         parent[ri] = rj
 
 
-@_njit
-def _jaccard(sig, i, j):
+@njit
+def jaccard(sig, i, j):
+    """Estimated Jaccard of rows i and j: the share of equal signature values (datasketch's MinHash.jaccard)."""
     p = sig.shape[1]
     eq = 0
     for k in range(p):
@@ -45,7 +46,7 @@ def _jaccard(sig, i, j):
     return eq / p
 
 
-@_njit
+@njit
 def _band_match(sig, i, j, bands, rows):
     for band in range(bands):
         same = True
@@ -58,7 +59,7 @@ def _band_match(sig, i, j, bands, rows):
     return False
 
 
-@_njit_par
+@njit_par
 def _within_groups(sig, group_starts, bands, rows, threshold):
     n = sig.shape[0]
     parent = np.arange(n)
@@ -67,14 +68,14 @@ def _within_groups(sig, group_starts, bands, rows, threshold):
         hi = group_starts[g + 1]
         for i in range(lo, hi):
             for j in range(i + 1, hi):
-                if _band_match(sig, i, j, bands, rows) and _jaccard(sig, i, j) >= threshold:
+                if _band_match(sig, i, j, bands, rows) and jaccard(sig, i, j) >= threshold:
                     _union(parent, i, j)  # both in this group: no other thread touches them
     for i in range(n):
         parent[i] = _find(parent, i)
     return parent
 
 
-@_njit
+@njit
 def _exact_within_groups(keys, group_starts):
     n = len(keys)
     root = np.arange(n)
@@ -89,20 +90,21 @@ def _exact_within_groups(keys, group_starts):
     return root
 
 
-@_njit_par
-def _band_keys(sig, bands, rows):
+@njit_par
+def band_keys(sig, bands, rows):
+    """(bands, n) uint64: one hash of each row's values in each band; equal keys are LSH candidates."""
     n = sig.shape[0]
     out = np.empty((bands, n), np.uint64)
     for i in prange(n):
         for band in range(bands):
             h = np.uint64(band) * np.uint64(0x9E3779B97F4A7C15)
             for k in range(band * rows, (band + 1) * rows):
-                h = _fmix64(h ^ np.uint64(sig[i, k]))
+                h = fmix64(h ^ np.uint64(sig[i, k]))
             out[band, i] = h
     return out
 
 
-@_njit
+@njit
 def _link_sorted(sig, order, keys, parent, bands, rows, threshold, window):
     n = len(order)
     run = 0
@@ -114,7 +116,7 @@ def _link_sorted(sig, order, keys, parent, bands, rows, threshold, window):
             for b in range(max(run, a - window), a):
                 i = order[b]
                 j = order[a]
-                if _band_match(sig, i, j, bands, rows) and _jaccard(sig, i, j) >= threshold:
+                if _band_match(sig, i, j, bands, rows) and jaccard(sig, i, j) >= threshold:
                     _union(parent, i, j)
         run = pos
 
@@ -141,14 +143,14 @@ def cluster_global(sig: np.ndarray, *, bands: int, threshold: float, window: int
     if not n:
         return parent
     rows = sig.shape[1] // bands
-    keys = _band_keys(sig, bands, rows)
+    keys = band_keys(sig, bands, rows)
     for band in range(bands):
         order = np.argsort(keys[band], kind="stable")
         _link_sorted(sig, order, keys[band], parent, bands, rows, float(threshold), window)
     return _resolve(parent)
 
 
-@_njit
+@njit
 def _resolve(parent):
     for i in range(len(parent)):
         parent[i] = _find(parent, i)
@@ -162,7 +164,7 @@ def exact_within_groups(keys: np.ndarray, group_starts: np.ndarray) -> np.ndarra
     return _exact_within_groups(keys, group_starts.astype(np.int64))
 
 
-@_njit_par
+@njit_par
 def _pair_stats(sig, group_starts, mask):
     g_n = len(group_starts) - 1
     sums = np.zeros(g_n)
@@ -177,7 +179,7 @@ def _pair_stats(sig, group_starts, mask):
                 continue
             for j in range(i + 1, hi):
                 if mask[j]:
-                    s += _jaccard(sig, i, j)
+                    s += jaccard(sig, i, j)
                     c += 1
         sums[g] = s
         counts[g] = c

@@ -27,21 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-try:  # numba ships with vllm; without it the same kernels run as (slow) Python, and signatures use numpy
-    import numba
-
-    _njit = numba.njit(cache=True, nogil=True)
-    _njit_par = numba.njit(cache=True, nogil=True, parallel=True)
-    prange = numba.prange
-    HAVE_NUMBA = True
-except ImportError:  # pragma: no cover - exercised only where numba is missing
-    HAVE_NUMBA = False
-
-    def _njit(fn):
-        return fn
-
-    _njit_par = _njit
-    prange = range
+from builder.kernels import BYTE_MAP, HAVE_NUMBA, fmix64, njit, njit_par, prange, text_buffers
 
 MERSENNE_PRIME = np.uint64((1 << 61) - 1)
 MAX_HASH32 = np.uint64((1 << 32) - 1)
@@ -101,34 +87,8 @@ def permutations(num_perm: int, seed: int, scheme: str = "affine32") -> Permutat
     return Permutations(a, b, scheme)
 
 
-def text_buffers(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    """UTF-8 bytes and int64 row offsets of a string Series (zero-copy where Arrow allows)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    arr = texts.fill_null("").rechunk().to_arrow()
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    if arr.type != pa.large_string():
-        arr = pc.cast(arr, pa.large_string())
-    _, off_buf, data_buf = arr.buffers()
-    offsets = np.frombuffer(off_buf, dtype=np.int64)[arr.offset: arr.offset + len(arr) + 1]
-    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
-    return data, offsets
-
-
 # ------------------------------------------------------------------------------------------- kernels
-@_njit
-def _fmix64(h):
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xFF51AFD7ED558CCD)
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xC4CEB9FE1A85EC53)
-    h ^= h >> np.uint64(33)
-    return h
-
-
-@_njit
+@njit
 def _fmix32(h):
     """MurmurHash3's 32-bit finaliser (datasketch's affine32 pre-mix), in uint64 with explicit 32-bit masks."""
     m = np.uint64(0xFFFFFFFF)
@@ -141,19 +101,7 @@ def _fmix32(h):
     return h
 
 
-def _byte_map() -> np.ndarray:
-    """0 for a separator byte, else the byte ASCII-lower-cased (see `normalize`)."""
-    m = np.zeros(256, np.uint64)
-    for c in range(256):
-        if c >= 128 or chr(c).isalnum() or c == 95:
-            m[c] = c + 32 if 65 <= c <= 90 else c
-    return m
-
-
-_BYTE_MAP = _byte_map()
-
-
-@_njit_par
+@njit_par
 def _word_hashes(data, offsets, byte_map):
     """Split each raw row into normalised words (see `normalize`) and hash each: (hashes, per-row word starts)."""
     n = len(offsets) - 1
@@ -177,23 +125,23 @@ def _word_hashes(data, offsets, byte_map):
             cur = byte_map[data[i]]
             if cur == 0:
                 if prev != 0:
-                    out[k] = _fmix64(h)
+                    out[k] = fmix64(h)
                     k += 1
                     h = _FNV_OFFSET
             else:
                 h = (h ^ cur) * _FNV_PRIME
             prev = cur
         if prev != 0:
-            out[k] = _fmix64(h)
+            out[k] = fmix64(h)
     return out, starts
 
 
-@_njit
+@njit
 def _rotl(x, r):
     return (x << np.uint64(r)) | (x >> np.uint64(64 - r))
 
 
-@_njit_par
+@njit_par
 def _shingle_hashes(words, word_starts, ngram):
     """32-bit hash of every word n-gram of every row (a row shorter than n is one shingle), and each row's
     64-bit exact-dup key (its whole normalised word sequence). Word hashes are already mixed, so an n-gram
@@ -212,17 +160,17 @@ def _shingle_hashes(words, word_starts, ngram):
         key = np.uint64(0x243F6A8885A308D3) ^ np.uint64(nw)
         for i in range(w0, w0 + nw):
             key = (key ^ words[i]) * np.uint64(0x9E3779B97F4A7C15)
-        keys[r] = _fmix64(key)
+        keys[r] = fmix64(key)
         m = min(ngram, nw)
         for s in range(starts[r + 1] - starts[r]):
             h = np.uint64(0)
             for j in range(m):
                 h = _rotl(h, 23) ^ words[w0 + s + j]
-            out[starts[r] + s] = np.uint32(_fmix64(h + np.uint64(m)) & np.uint64(0xFFFFFFFF))
+            out[starts[r] + s] = np.uint32(fmix64(h + np.uint64(m)) & np.uint64(0xFFFFFFFF))
     return out, starts, keys
 
 
-@_njit_par
+@njit_par
 def _signatures_affine32(hashes, starts, a, b):
     n = len(starts) - 1
     p = len(a)
@@ -238,7 +186,7 @@ def _signatures_affine32(hashes, starts, a, b):
     return sig
 
 
-@_njit_par
+@njit_par
 def _signatures_legacy(hashes, starts, a, b):
     n = len(starts) - 1
     p = len(a)
@@ -316,7 +264,7 @@ def shingle(texts: pl.Series, ngram: int, hash: str = "fast") -> Shingled:
     if hash not in ("fast", "sha1"):
         raise ValueError(f"unknown shingle hash {hash!r}; valid: fast, sha1")
     data, offsets = text_buffers(texts)
-    word_h, word_starts = _word_hashes(data, offsets, _BYTE_MAP)
+    word_h, word_starts = _word_hashes(data, offsets, BYTE_MAP)
     h, starts, keys = _shingle_hashes(word_h, word_starts, np.int64(ngram))
     if hash == "sha1":
         h, starts = sha1_shingle_hashes(texts, ngram)

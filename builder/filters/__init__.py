@@ -8,16 +8,21 @@ reason (a `builder.reasons` constant) or null to keep the row, so every filter r
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
 from builder import reasons as R
-from builder.dedup.minhash import _BYTE_MAP, _fmix64, _njit, _njit_par, prange, text_buffers
-from builder.recipe import CurationConfig
+from builder.kernels import BYTE_MAP, fmix64, njit, njit_par, prange, text_buffers
 from builder.registry import Registry
 
-Filter = Callable[[CurationConfig], pl.Expr]
+if TYPE_CHECKING:
+    from builder.recipe import CurationConfig
+
+# A filter reads its knobs from the curation config (recipe types only under TYPE_CHECKING: recipe.py validates
+# `curation.filters` against FILTERS, so this module must not import it back).
+Filter = Callable[["CurationConfig"], pl.Expr]
 FILTERS: Registry[Filter] = Registry("quality filter")
 
 def _when(cond: pl.Expr, reason: str) -> pl.Expr:
@@ -51,7 +56,7 @@ def length(cfg: CurationConfig) -> pl.Expr:
             .when(too_long).then(pl.lit(R.TOO_LONG)).otherwise(pl.lit(None, dtype=pl.String)))
 
 
-@_njit
+@njit
 def _insert(table, counts, used, nused, h):
     """Open-addressing insert of hash h (never 0); returns (count after insert, nused)."""
     mask = len(table) - 1
@@ -66,7 +71,7 @@ def _insert(table, counts, used, nused, h):
     return counts[k], nused
 
 
-@_njit_par
+@njit_par
 def _repetition(data, offsets, byte_map, block):
     """Per row: word count, distinct words and the top count of one line (lines compared as normalised words).
 
@@ -111,7 +116,7 @@ def _repetition(data, offsets, byte_map, block):
                     continue
                 if inword:
                     _, nwu = _insert(wt, wc, wu, nwu, h | np.uint64(1))
-                    line = _fmix64(line ^ h) * np.uint64(0x9E3779B97F4A7C15)
+                    line = fmix64(line ^ h) * np.uint64(0x9E3779B97F4A7C15)
                     line_words += 1
                     nw += 1
                     h = np.uint64(0xCBF29CE484222325)
@@ -136,7 +141,7 @@ def _repetition(data, offsets, byte_map, block):
 def repetition_stats(texts: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(words, distinct words, count of the most repeated line with words) per text; lines compare normalised."""
     data, offsets = text_buffers(texts)
-    return _repetition(data, offsets, _BYTE_MAP, 4096)
+    return _repetition(data, offsets, BYTE_MAP, 4096)
 
 
 @FILTERS.register("degenerate")

@@ -8,18 +8,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 import polars as pl
 
-from builder.registry import Registry
-
-
-class Grader(Protocol):
-    def __call__(self, frame: pl.DataFrame, *, last: bool = False) -> pl.DataFrame: ...
-
-
-GRADERS: Registry[Grader] = Registry("grader")
+from builder.graders import choice, date, number, string, yesno  # noqa: F401 - register the built-in graders
+from builder.graders.base import GRADERS, Grader
 
 
 @dataclass(frozen=True)
@@ -41,8 +34,5 @@ def grade_one(answer_type: str, gold: str, text: str | None, *, choices: list[st
     row = GRADERS.get(answer_type)(frame, last=last).row(0, named=True)
     return Verdict(row["pred"], row["correct"], row["grade_status"])
 
-
-# Register the built-in graders (import order is registry order; names are what matters).
-from builder.graders import choice, date, number, string, yesno  # noqa: E402,F401
 
 __all__ = ["GRADERS", "Grader", "Verdict", "grade_one"]

@@ -3,14 +3,20 @@
 A grader gets a frame with one row per sample and these columns:
 
 - `text` (str | null): the region to search, already cut by `builder.grade` (the stage-2 answer completion, the
-  text after the last "answer is" / `\\boxed{}` anchor, a student's text after "-->", or the whole rationale);
+  text after the last "answer is" / `\\boxed{}` anchor, a student's answer part (`builder.prompts.student_answer`),
+  or the whole rationale);
 - `anchored` (bool): the region is meant to hold the answer (so a region without a candidate is `wrong_format`),
   rather than a whole rationale searched as a fallback (then it is `no_answer`);
 - `gold` (str) and `choices` (list[str] | null).
 
 It returns a frame of the same height and order with `pred` (str | null), `correct` (bool) and `grade_status`
-(`ok`, `no_answer`, `wrong_format`, `parse_error`). `last=True` takes the last candidate in the region instead of
-the first (used for un-anchored rationales, where the final answer comes last).
+(one of `STATUSES`). `last=True` takes the last candidate in the region instead of the first (used for un-anchored
+rationales, where the final answer comes last).
+
+An anchored region is first cut to its final answer (`answer_span`): the first sentence, stopping at "because" or a
+new question, with "not X" phrases removed ("The answer is not 5, it is 6." reads 6). Every candidate left in that
+span counts: two different ones ("A or C", "7 or 8", "yes and no", two dates) make the answer `ambiguous`, which is
+never correct; the same value twice ("3/8 or 0.375") is one answer.
 """
 
 from __future__ import annotations
@@ -19,16 +25,28 @@ from collections.abc import Callable
 
 import polars as pl
 
+from builder.prompts import LETTERS
+
 OK = "ok"
 NO_ANSWER = "no_answer"
 WRONG_FORMAT = "wrong_format"
 PARSE_ERROR = "parse_error"
-STATUSES = (OK, NO_ANSWER, WRONG_FORMAT, PARSE_ERROR)
+AMBIGUOUS = "ambiguous"
+TIMEOUT = "timeout"
+STATUSES = (OK, NO_ANSWER, WRONG_FORMAT, AMBIGUOUS, PARSE_ERROR, TIMEOUT)
+"""Every grade_status: ok (a candidate was read), no_answer (nothing to read), wrong_format (an answer region with no
+valid candidate), ambiguous (two different candidates), parse_error (gold unreadable, or the expression parser
+failed), timeout (the expression parser ran out of time)."""
 
-LETTERS = "ABCDEFGHIJ"
+# A choice letter standing alone: "(B)", "(b)", "B)", "B.", "B" at the end, "Answer: B" ("A coin" is not a letter).
+LETTER_TOKEN = r"\([A-Ja-j]\)|(?:^|[\s:\"'*])[A-J](?:[).:,\"'*]|\s*$|\s*\n)|(?:^|\s)[a-j]\)"
 
-# A choice letter standing alone: "(B)", "B)", "B.", "B" at the end, "Answer: B" ("A coin" is not a letter).
-LETTER_TOKEN = r"\([A-J]\)|(?:^|[\s:\"'*])[A-J](?:[).:,\"'*]|\s*$|\s*\n)"
+# Where a final answer ends: a sentence end, "because", a new question, or a second "answer is".
+_SPAN_END = (r"[.!?](?:\s|$)|\bbecause\b|\bQ(?:uestion)?\s*:|\n\s*\n\s*(?:Explanation|Note)\b"
+             r"|\b(?:the\s+)?(?:final\s+)?answer\s+(?:is|was)\b")
+_LEADING_ANCHOR = r"(?i)^[\s:,]*(?:so,?\s+)?(?:therefore,?\s+)?(?:the\s+)?(?:final\s+)?answer\s*(?:is|was|:)"
+# "not 5", "isn't (A)": the negated candidate and the word itself go ("not 5.5," loses "5.5", keeps ",").
+_NEGATED = r"(?i)(?:\bnot|n't)\s+\S*?([,;:](?:\s|$)|[.!?](?:\s|$)|\s|$)"
 
 
 def token(text: pl.Expr, pattern: str, *, last: bool) -> pl.Expr:
@@ -38,18 +56,40 @@ def token(text: pl.Expr, pattern: str, *, last: bool) -> pl.Expr:
     return text.str.extract(pattern, 0)
 
 
+def answer_span(text: pl.Expr) -> pl.Expr:
+    """The final answer inside an answer region: a leading "the answer is" dropped, negated candidates removed, then
+    cut at the first sentence end after the first letter or digit (`_SPAN_END`). Decimal points, "3/8 or .375"
+    and quoted "l r n z." are not sentence ends (a sentence end is followed by a space or the end)."""
+    text = text.str.replace(_LEADING_ANCHOR, "").str.replace_all(_NEGATED, "$1")
+    cut = text.str.extract(rf"(?si)^(.*?[\p{{L}}\p{{N}}].*?)(?:{_SPAN_END})", 1)
+    return pl.coalesce(cut, text)
+
+
+def region(*, last: bool) -> pl.Expr:
+    """The text a grader reads: the answer span of an anchored region, the whole text of a rationale fallback."""
+    if last:
+        return pl.col("text")
+    return pl.when(pl.col("anchored")).then(answer_span(pl.col("text"))).otherwise(pl.col("text"))
+
+
 def is_blank(text: pl.Expr) -> pl.Expr:
     return text.is_null() | (text.str.strip_chars() == "")
 
 
-def status(pred: pl.Expr, gold_ok: pl.Expr, *, wrong_format: pl.Expr | None = None) -> pl.Expr:
+def status(pred: pl.Expr, gold_ok: pl.Expr, *, wrong_format: pl.Expr | None = None,
+           ambiguous: pl.Expr | None = None, failed: pl.Expr | None = None) -> pl.Expr:
     """The shared status rules: a bad gold is `parse_error` (a data problem, never the model's fault); an empty
-    region is `no_answer`; an anchored region without a candidate (or with an out-of-range one) is
-    `wrong_format`; a candidate found is `ok`."""
+    region is `no_answer`; `failed` (a status string from the expression parser, null when it did not fail) comes
+    next; an anchored region without a candidate (or with an out-of-range one) is `wrong_format`; two different
+    candidates are `ambiguous`; a candidate found is `ok`."""
     text, anchored = pl.col("text"), pl.col("anchored")
     expr = pl.when(~gold_ok).then(pl.lit(PARSE_ERROR)).when(is_blank(text)).then(pl.lit(NO_ANSWER))
+    if failed is not None:
+        expr = expr.when(failed.is_not_null()).then(failed)
     if wrong_format is not None:
-        expr = expr.when(wrong_format).then(pl.lit(WRONG_FORMAT))
+        expr = expr.when(wrong_format.fill_null(False)).then(pl.lit(WRONG_FORMAT))
+    if ambiguous is not None:
+        expr = expr.when(pred.is_not_null() & ambiguous.fill_null(False)).then(pl.lit(AMBIGUOUS))
     return (
         expr.when(pred.is_null() & anchored).then(pl.lit(WRONG_FORMAT))
         .when(pred.is_null()).then(pl.lit(NO_ANSWER))

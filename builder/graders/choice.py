@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from builder.graders import GRADERS
 from builder.graders._common import LETTER_TOKEN, finish, letter_index, match_choice_text, status, token
+from builder.graders.base import GRADERS
 
 GOLD_LETTER = r"^\s*\(?([A-Ja-j])\)?[.:]?\s*$"
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from builder.graders import GRADERS
 from builder.graders._common import LETTER_TOKEN, finish, letter_index, match_choice_text, status, token
+from builder.graders.base import GRADERS
 from builder.graders.choice import GOLD_LETTER
 
 DATE_TOKEN = r"\b\d{1,2}/\d{1,2}/\d{4}\b"

@@ -19,8 +19,8 @@ import re
 
 import polars as pl
 
-from builder.graders import GRADERS
 from builder.graders._common import finish, is_blank, status, token
+from builder.graders.base import GRADERS
 
 REL_TOL = 1e-12
 ABS_TOL = 1e-12

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from builder.graders import GRADERS
 from builder.graders._common import finish, status, token
+from builder.graders.base import GRADERS
 
 QUOTED = r"[\"\u201c\u201d]([^\"\u201c\u201d\n]+)[\"\u201c\u201d]"
 LINE = r"[^\n]*[\p{L}\p{N}][^\n]*"

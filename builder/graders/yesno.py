@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from builder.graders import GRADERS
 from builder.graders._common import finish, status, token
+from builder.graders.base import GRADERS
 
 YESNO_TOKEN = r"(?i)\b(?:yes|no|true|false)\b"
 

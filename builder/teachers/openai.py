@@ -22,32 +22,45 @@ import logging
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from builder.errors import EngineError
-from builder.recipe import SamplingConfig, TeacherConfig
-from builder.sample import Completion, Request
+from builder.teachers.base import (
+    TEACHERS,
+    Answer,
+    Completion,
+    Request,
+    ShardResult,
+    ShardWork,
+    Teacher,
+    sequential_stream,
+)
+
+if TYPE_CHECKING:
+    from builder.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 
-class OpenAITeacher:
+@TEACHERS.register("openai")
+class OpenAITeacher(Teacher):
     """A teacher behind an OpenAI-compatible HTTP API (completions for raw prompts, chat completions for chat)."""
 
     backoff_s = 0.5  # first retry delay; doubles per attempt
     backoff_max_s = 30.0
 
-    def __init__(self, teacher: TeacherConfig, sampling: SamplingConfig, prompt_format: str = "raw") -> None:
+    def __init__(self, recipe: Recipe, *, engine: Any = None) -> None:
         import httpx
 
+        teacher = recipe.teacher
         if not teacher.base_url:
             raise EngineError("teacher.base_url is required for backend=openai (e.g. http://127.0.0.1:8000/v1)")
-        self.cfg, self.sampling, self.chat = teacher, sampling, prompt_format == "chat"
+        self.cfg, self.sampling, self.chat = teacher, recipe.sampling, recipe.prompt.format == "chat"
         self.base_url = teacher.base_url.rstrip("/")
         self.client = httpx.Client(timeout=httpx.Timeout(teacher.timeout_s),
                                    limits=httpx.Limits(max_connections=teacher.concurrency))
@@ -167,16 +180,19 @@ class OpenAITeacher:
     def rationales(self, requests: Sequence[Request]) -> list[Completion]:
         return [c for part in self.pool.map(self._one, requests) for c in part]
 
-    def _answer(self, item: tuple[str, str, str], max_tokens: int) -> tuple[str, int | None]:
+    def _answer(self, item: tuple[str, str, str], max_tokens: int) -> Answer:
         prompt, rationale, answer_prompt = item
         resp = self._sample(prompt, 1, None, temperature=0.0, top_p=1.0, max_tokens=max_tokens,
                             stop=["\n"], continuation=f"{rationale.rstrip()}\n{answer_prompt}")
         _, text, _, ntok = self._choices(resp)[0]
         return text, ntok
 
-    def answers(self, items: Sequence[tuple[str, str, str]], max_tokens: int) -> list[tuple[str, int | None]]:
+    def answers(self, items: Sequence[tuple[str, str, str]], max_tokens: int) -> list[Answer]:
         """Zero-shot-CoT stage 2, greedy: (prompt, rationale, answer trigger) -> (answer text, tokens)."""
         return list(self.pool.map(partial(self._answer, max_tokens=max_tokens), items))
+
+    def stream(self, shards: Iterable[ShardWork], answer_max_tokens: int) -> Iterator[ShardResult]:
+        return sequential_stream(self, shards, answer_max_tokens)
 
 
 def _retry_after(value: str | None) -> float | None:

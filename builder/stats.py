@@ -1,0 +1,93 @@
+"""Typed stats of a build: curate's funnel, drops, diversity and decontamination, and build's sampling summary.
+
+curate.run returns `CurationStats`; build.py wraps it with a `SamplingSummary` in `BuildStats`; the store writes
+`BuildStats.to_json()` sections into manifest.json (stats.json holds all of it) and renders the card from them.
+The JSON shape is fixed in docs/ARCHITECTURE.md ("The stats"): versions on disk are read as that JSON, so old
+ones stay readable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Funnel:
+    """Rows of one task left after each step (`builder.reasons.FUNNEL_AFTER` says which stage ends each)."""
+
+    sampled: int
+    answered: int
+    correct: int
+    deduped: int
+    selected: int
+    kept: int
+
+
+@dataclass(frozen=True)
+class DiversityFigures:
+    mean_pairwise_jaccard: float  # over pairs of rationales of the same question (lower: more diverse)
+    distinct_ngrams: float  # distinct / total n-grams, mean per question
+
+
+@dataclass(frozen=True)
+class Diversity:
+    before: DiversityFigures  # the rationales selection saw
+    after: DiversityFigures  # the ones it kept
+
+
+@dataclass(frozen=True)
+class ContaminationHit:
+    qid: str
+    task: str
+    question: str
+    matched_task: str
+    matched_question: str
+    method: str  # "ngram" | "minhash"
+    score: float
+
+
+@dataclass(frozen=True)
+class Decontamination:
+    checked: int = 0  # questions checked
+    eval_questions: int = 0
+    hits: list[ContaminationHit] = field(default_factory=list)
+
+
+@dataclass
+class CurationStats:
+    """What curate.run measured; `settings` is the resolved curation config it ran with (for `rationale curate`'s
+    stats.json, which has no recipe beside it)."""
+
+    funnel: dict[str, Funnel]
+    dropped: dict[str, dict[str, int]]  # stage -> reason -> rows; every dropped ledger row counted once
+    diversity: dict[str, Diversity]
+    decontamination: Decontamination
+    settings: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SamplingSummary:
+    """Teacher usage of a build (the teacher and its settings are in the recipe)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)  # backend facts: adaptive rounds, imported rows, ...
+
+    def to_json(self) -> dict[str, Any]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "seconds": self.seconds, **self.extra}
+
+
+@dataclass
+class BuildStats:
+    curation: CurationStats
+    sampling: SamplingSummary | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """stats.json: the curation stats plus "sampling"."""
+        return {**self.curation.to_json(), "sampling": self.sampling.to_json() if self.sampling else {}}

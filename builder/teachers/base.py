@@ -1,0 +1,151 @@
+"""What a teacher backend is: the `Teacher` protocol, the work it is given and what it gives back, and `TEACHERS`.
+
+The sample stage cuts its (qid, sample_idx) keys into shards of `Request`s; a teacher streams each shard back as
+`Completion`s (stage 1, the rationales) plus, per completion, the greedy Zero-shot-CoT answer (stage 2) where the
+shard names an answer prompt. The stage owns everything else: seeds, prompts, the lock, the run fingerprint and
+writing shards, so a backend is only the transport. Add one with a class and a decorator:
+
+    @TEACHERS.register("echo")
+    class EchoTeacher(Teacher):
+        def __init__(self, recipe, *, engine=None): ...
+        def stream(self, shards, answer_max_tokens): ...
+
+This module imports no recipe types at runtime, so `builder.recipe` can validate `teacher.backend` against
+`TEACHERS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from builder.registry import Registry
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from builder.recipe import Recipe
+
+# The TeacherConfig fields in the run fingerprint of the built-in backends. import_path/import_columns are None/{}
+# for sampling backends, but every run id made so far includes them: dropping them would orphan existing run dirs.
+SAMPLE_FIELDS: tuple[str, ...] = ("backend", "model", "revision", "import_path", "import_columns")
+
+
+@dataclass
+class Request:
+    """n samples of one question starting at sample index `first_idx` (seed = base + first_idx)."""
+
+    qid: str
+    prompt: str
+    first_idx: int
+    n: int
+    seed: int
+
+
+@dataclass
+class Completion:
+    """One sample's stage-1 text. `prompt`, `teacher` and `answer_prompt` are set only by teachers whose rows carry
+    their own (imported completions); None means the request's prompt, the recipe's model, the shard's answer prompt.
+    """
+
+    qid: str
+    sample_idx: int
+    seed: int
+    text: str
+    finish_reason: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    prompt: str | None = None
+    teacher: str | None = None
+    answer_prompt: str | None = None
+
+
+@dataclass
+class ShardWork:
+    """One shard: the stage-1 requests of a few questions and, per qid, the task's answer prompt (None: inline)."""
+
+    requests: list[Request]
+    answer_prompt: dict[str, str | None]
+
+    @property
+    def sequences(self) -> int:
+        return sum(r.n for r in self.requests)
+
+
+# A stage-2 answer: (text, completion tokens); None where the shard runs no answer stage for that completion.
+Answer = tuple[str, int | None]
+# (shard, its completions, per completion its answer)
+ShardResult = tuple[ShardWork, list[Completion], list[Answer | None]]
+
+
+class Teacher(Protocol):
+    """A backend that turns shards of requests into completions; subclass it to inherit the defaults."""
+
+    # TeacherConfig fields that change what this backend generates: they enter the run fingerprint (run id).
+    fingerprint_fields: ClassVar[tuple[str, ...]] = SAMPLE_FIELDS
+
+    def render(self, prompt: str | list[dict[str, str]]) -> str:
+        """The stage-1 prompt as the text this backend sends (chat messages through the model's template)."""
+        ...
+
+    def stream(self, shards: Iterable[ShardWork], answer_max_tokens: int) -> Iterator[ShardResult]:
+        """Each shard's completions and stage-2 answers (greedy, `answer_max_tokens`), yielded as shards finish."""
+        ...
+
+    def budget(self, questions: pl.DataFrame, n: int) -> int | pl.Expr:
+        """Samples per question to hold (an expression over `questions` may vary it): `n`, unless the backend has a
+        fixed set of completions (import)."""
+        return n
+
+    def stats(self) -> dict[str, Any]:
+        """Backend counts added to the sample stage's statistics."""
+        return {}
+
+    def close(self) -> None:
+        """Release what the teacher started (called by whoever made it)."""
+
+
+class TeacherFactory(Protocol):
+    """What `TEACHERS` holds: a teacher class (or any callable with its fingerprint fields)."""
+
+    fingerprint_fields: tuple[str, ...]
+
+    def __call__(self, recipe: Recipe, *, engine: Any = None) -> Teacher: ...
+
+
+TEACHERS: Registry[TeacherFactory] = Registry("teacher backend")
+
+
+def make_teacher(recipe: Recipe, *, engine: Any = None) -> Teacher:
+    """The recipe's teacher backend; `engine` is a running engine to reuse (a vllm.LLM the tests share)."""
+    return TEACHERS.get(recipe.teacher.backend)(recipe, engine=engine)
+
+
+def answer_items(work: ShardWork, completions: Sequence[Completion]) -> list[int]:
+    """Positions of the completions that get a stage-2 answer (their question's task has an answer prompt)."""
+    return [i for i, c in enumerate(completions) if work.answer_prompt.get(c.qid)]
+
+
+class SequentialTeacher(Protocol):
+    def rationales(self, requests: Sequence[Request]) -> list[Completion]: ...
+
+    def answers(self, items: Sequence[tuple[str, str, str]], max_tokens: int) -> list[Answer]:
+        """Stage 2 of (stage-1 prompt, rationale, answer prompt) items."""
+        ...
+
+
+def sequential_stream(teacher: SequentialTeacher, shards: Iterable[ShardWork], answer_max_tokens: int
+                      ) -> Iterator[ShardResult]:
+    """`Teacher.stream` for backends with a stage-1 call and a stage-2 call: shard after shard, `rationales`, then
+    `answers` on (prompt, rationale, answer prompt) of the completions that get one."""
+    for work in shards:
+        completions = teacher.rationales(work.requests)
+        prompts = {r.qid: r.prompt for r in work.requests}
+        idx = answer_items(work, completions)
+        items = [(prompts[completions[i].qid], completions[i].text, work.answer_prompt[completions[i].qid])
+                 for i in idx]
+        answers: list[Answer | None] = [None] * len(completions)
+        for i, a in zip(idx, teacher.answers(items, answer_max_tokens), strict=True):
+            answers[i] = a
+        yield work, completions, answers
