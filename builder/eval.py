@@ -169,16 +169,11 @@ def generate_answers(model: str, engine: Any, questions: pl.DataFrame, spec: Eva
 
 
 def grade(generated: pl.DataFrame, mode: str) -> pl.DataFrame:
-    """Add pred, correct, grade_status, grader with the curation graders ("student" takes the text after "-->")."""
+    """Add pred, correct, grade_status, grader with the curation graders (a student's answer follows its
+    STUDENT_SEP; a baseline's is its answer completion)."""
     from builder.grade import grade_frame
 
-    graded = grade_frame(generated, mode="student" if mode == "student" else "answer_completion")
-    added = [c for c in ("pred", "correct", "grade_status", "grader") if c in graded.columns]
-    if graded.height != generated.height:
-        raise BuilderError(f"grader returned {graded.height} rows for {generated.height}")
-    if all(c in graded.columns for c in generated.columns):
-        return graded
-    return generated.hstack(graded.select(added))
+    return grade_frame(generated, mode="student" if mode == "student" else "answer_completion")
 
 
 def vote(graded: pl.DataFrame) -> pl.DataFrame:
