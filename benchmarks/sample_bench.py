@@ -3,7 +3,8 @@
 
 Both sides run both Zero-shot-CoT stages (rationales with n samples and per-question seeds, then the greedy answer
 stage). Both sides are warmed up at full size first; the order alternates between repetitions and the prefix cache
-is reset before each measurement. Throughput is generated (completion) tokens per second of wall time. Last line: JSON.
+is reset before each measurement. Throughput is generated (completion) tokens per second of wall time. stdout holds
+one line, the JSON result: progress and vLLM's logs go to stderr, and the engine is shut down before it is printed.
 
     python benchmarks/sample_bench.py --model smollm2-135m-instruct --questions 48 --n 4 --max-tokens 96 --reps 3
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout is for the JSON result only
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -30,7 +32,7 @@ def main(args: argparse.Namespace) -> dict:
     from builder import sample, tasks
     from builder.prompts import answer_stage_prompt, teacher_prompt
     from builder.recipe import Recipe
-    from builder.teachers.vllm import load_engine
+    from builder.teachers.vllm import load_engine, shutdown_engine
 
     recipe = Recipe.model_validate({
         "name": "bench", "work_dir": tempfile.mkdtemp(prefix="sample-bench-"),
@@ -84,7 +86,7 @@ def main(args: argparse.Namespace) -> dict:
             totals[name][0] += tokens
             totals[name][1] += seconds
             print(f"rep {rep} {name:>4}: {tokens} tokens in {seconds:.2f} s = {tokens / seconds:.1f} tokens/s",
-                  flush=True)
+                  file=sys.stderr, flush=True)
         common = sum((Counter(texts["ours"]) & Counter(texts["bare"])).values())
         same.append(common / max(len(texts["bare"]), 1))
     ours_tps = totals["ours"][0] / totals["ours"][1]
@@ -94,7 +96,9 @@ def main(args: argparse.Namespace) -> dict:
               "questions": questions.height, "n": s.n, "max_tokens": s.max_tokens, "shard_size": s.shard_size,
               "reps": args.reps, "stages": "rationale + answer (both sides)",
               "ours_tokens": totals["ours"][0], "bare_tokens": totals["bare"][0]}
-    print(f"ours {ours_tps:.1f} tokens/s, bare LLM.generate {bare_tps:.1f} tokens/s, ratio {result['ratio']:.3f}")
+    print(f"ours {ours_tps:.1f} tokens/s, bare LLM.generate {bare_tps:.1f} tokens/s, ratio {result['ratio']:.3f}",
+          file=sys.stderr)
+    shutdown_engine(llm)  # its shutdown logs come now, on stderr, not after the JSON line
     return result
 
 
@@ -109,4 +113,6 @@ if __name__ == "__main__":
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--shard-size", type=int, default=8)
     parser.add_argument("--reps", type=int, default=3)
-    print(json.dumps(main(parser.parse_args())))
+    result = main(parser.parse_args())
+    sys.stderr.flush()
+    print(json.dumps(result), flush=True)

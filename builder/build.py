@@ -17,7 +17,8 @@ from typing import Any
 
 import polars as pl
 
-from builder import __version__
+from builder.version import __version__
+from builder.errors import BuilderError
 from builder.recipe import Recipe
 from builder.schemas import remove_stale_temp_files, write_table
 from builder.stats import BuildStats, SamplingSummary
@@ -62,12 +63,31 @@ def eval_questions_for(recipe: Recipe) -> pl.DataFrame | None:
 
 
 def run(recipe: Recipe, *, engine: Any = None, progress: Any = None) -> BuildSummary:
-    """Run every stage of `recipe`; return the summary. `progress` is a rich Progress (or None for quiet runs)."""
+    """Run every stage of `recipe`; return the summary. `progress` is a rich Progress (or None for quiet runs).
+
+    One build at a time per run folder: a second one would delete the first's temp files at start-up and race it
+    through graded/ledger, so it fails at once (BuilderError, exit 2) instead.
+    """
+    from filelock import FileLock, Timeout
+
+    recipe.run_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(recipe.run_dir / ".build.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise BuilderError(f"{recipe.run_dir}: another `rationale build` is running in this run folder (lock "
+                           f"{lock.lock_file}); wait for it to finish and run again") from None
+    try:
+        return _run_locked(recipe, engine, progress)
+    finally:
+        lock.release()
+
+
+def _run_locked(recipe: Recipe, engine: Any, progress: Any) -> BuildSummary:
     from builder import curate, grade, sample, store, tasks
 
     t0 = time.perf_counter()
     run_dir = recipe.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
     if stale := remove_stale_temp_files(run_dir):
         log.info("removed %d half-written file(s) of a killed run from %s", len(stale), run_dir)
     ctx = progress if progress is not None else nullcontext()

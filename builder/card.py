@@ -19,6 +19,9 @@ from builder.prompts import ZERO_SHOT_COT_TRIGGER
 logger = logging.getLogger(__name__)
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "dataset_card.md.j2"
+# The usage snippet's Hub id until `rationale publish` writes the real one into the published copy (`for_repo`).
+REPO_PLACEHOLDER = "<org>/{name}"
+UNPUBLISHED_NOTE = " (not published yet: `rationale publish` writes the repo id here)"
 _SAMPLING_KEYS = ("n", "temperature", "top_p", "max_tokens", "answer_max_tokens", "seed")
 
 
@@ -42,9 +45,30 @@ def _funnel_rows(funnel: dict[str, dict[str, int]]) -> tuple[list[str], list[dic
     return stages, rows
 
 
-def _length_stats(rows: pl.DataFrame) -> pl.DataFrame:
-    words = pl.col("rationale").str.split(" ").list.len().alias("words")
-    return rows.select("task", words)
+def _length_stats(rows: pl.DataFrame, column: str = "rationale") -> pl.DataFrame:
+    words = pl.col(column).str.split(" ").list.len().alias("words")
+    return rows.filter(pl.col(column).is_not_null()).select("task", words)
+
+
+def _length_table(lengths: pl.DataFrame) -> list[dict[str, Any]]:
+    return lengths.group_by("task").agg(
+        pl.len().alias("rows"), pl.col("words").mean().round(1).alias("mean"),
+        pl.col("words").median().alias("median"), pl.col("words").max().alias("max"),
+    ).sort("task").to_dicts()
+
+
+def _reasoning_section(rows: pl.DataFrame, manifest: dict[str, Any], assets: Path) -> dict[str, Any] | None:
+    """Trace lengths (table + histogram) and the unfinished-thinking count; None when no row has a trace and no
+    trace was dropped unfinished (a dataset without traces shows nothing)."""
+    filters = (manifest["recipe"].get("curation") or {}).get("filters") or []
+    unfinished = manifest["dropped"].get(R.STAGE_FILTER, {}).get(R.UNFINISHED_THINKING, 0)
+    lengths = _length_stats(rows, "reasoning") if "reasoning" in rows.columns else pl.DataFrame()
+    if not lengths.height and not unfinished:
+        return None
+    if lengths.height:
+        _plot_lengths(lengths, assets / "reasoning_lengths.png", what="reasoning trace")
+    return {"rows": _length_table(lengths) if lengths.height else [], "has_plot": bool(lengths.height),
+            "unfinished": unfinished, "filtered": "unfinished_thinking" in filters}
 
 
 def _prompting(settings: dict[str, Any]) -> str:
@@ -81,7 +105,7 @@ def _plot_funnel(funnel: dict[str, dict[str, int]], stages: list[str], path: Pat
     fig.savefig(path, format="png", metadata={"Software": None})
 
 
-def _plot_lengths(lengths: pl.DataFrame, path: Path) -> None:
+def _plot_lengths(lengths: pl.DataFrame, path: Path, what: str = "rationale") -> None:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.0, 3.6), dpi=100)
@@ -90,24 +114,42 @@ def _plot_lengths(lengths: pl.DataFrame, path: Path) -> None:
     bins = min(40, top)
     for (task,), part in lengths.sort("task").group_by(["task"], maintain_order=True):
         ax.hist(part.get_column("words").to_numpy(), bins=bins, range=(0, top), alpha=0.6, label=str(task))
-    ax.set_xlabel("rationale length (words)")
+    ax.set_xlabel(f"{what} length (words)")
     ax.set_ylabel("rows")
-    ax.set_title("Rationale lengths")
+    ax.set_title(f"{what[0].upper()}{what[1:]} lengths")
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, format="png", metadata={"Software": None})
 
 
+def source_datasets(recipe: dict[str, Any]) -> list[str]:
+    """The task sources as the card's `source_datasets`: a Hub dataset's id, a paper task's key, a file's name."""
+    out = []
+    for item in (recipe.get("tasks") or {}).get("items") or []:
+        source, path = item.get("source", "paper"), item.get("path")
+        out.append(path if source == "hub" and path else Path(path).name if source == "file" and path
+                   else item.get("name"))
+    return sorted({s for s in out if s})
+
+
 def card_data(folder: Path, manifest: dict[str, Any]) -> Any:
-    """The YAML header: `configs` (data_files per config, default first) and `dataset_info` per config."""
+    """The YAML header: Hub metadata (license, language, annotations_creators, source_datasets, ...), `configs`
+    (data_files per config, default first) and `dataset_info` per config."""
     import pyarrow.parquet as pq
     from datasets import DatasetInfo, Features, SplitDict, SplitInfo
     from datasets.info import DatasetInfosDict
     from datasets.utils.metadata import MetadataConfigs
     from huggingface_hub import DatasetCardData
 
+    recipe = manifest.get("recipe") or {}
+    store_cfg = recipe.get("store") or {}
     data = DatasetCardData(
         pretty_name=f"{manifest['name']} ({manifest['version']})",
+        license=store_cfg.get("license"),
+        language=store_cfg.get("language") or ["en"],
+        annotations_creators=["machine-generated"],
+        language_creators=["machine-generated"],
+        source_datasets=source_datasets(recipe) or None,
         task_categories=["text-generation"],
         tags=["chain-of-thought", "rationales", "fine-tune-cot", "rationale-builder"],
         size_categories=[_size_category(manifest["rows"])],
@@ -137,6 +179,19 @@ def _size_category(n: int) -> str:
     return "1M<n<10M"
 
 
+def for_repo(text: str, name: str, repo: str) -> str:
+    """A rendered card as published to `repo`: the usage snippet names the real repo id."""
+    return text.replace(f'load_dataset("{REPO_PLACEHOLDER.format(name=name)}"', f'load_dataset("{repo}"').replace(
+        UNPUBLISHED_NOTE, "")
+
+
+def _decontamination(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The decontamination report, or None when it did not run (no eval questions: nothing was checked)."""
+    decon = manifest.get("decontamination") or {}
+    ran = decon.get("eval_questions") or (manifest.get("recipe") or {}).get("curation", {}).get("decontaminate")
+    return decon if ran else None
+
+
 def write_card(folder: str | Path, rows: pl.DataFrame, manifest: dict[str, Any]) -> Path:
     """Render README.md and assets/*.png for a version folder whose data/ is already written.
 
@@ -157,13 +212,7 @@ def write_card(folder: str | Path, rows: pl.DataFrame, manifest: dict[str, Any])
     if has_funnel_plot:
         _plot_funnel(funnel, stages, assets / "funnel.png")
     lengths = _length_stats(rows)
-    length_rows = (
-        lengths.group_by("task").agg(
-            pl.len().alias("rows"), pl.col("words").mean().round(1).alias("mean"),
-            pl.col("words").median().alias("median"), pl.col("words").max().alias("max"),
-        ).sort("task").to_dicts()
-        if rows.height else []
-    )
+    length_rows = _length_table(lengths) if rows.height else []
     if rows.height:
         _plot_lengths(lengths, assets / "rationale_lengths.png")
     diversity_rows = [
@@ -211,8 +260,14 @@ def write_card(folder: str | Path, rows: pl.DataFrame, manifest: dict[str, Any])
         dropped_rows=dropped_rows,
         length_rows=length_rows,
         has_length_plot=bool(rows.height),
+        reasoning=_reasoning_section(rows, manifest, assets),
         diversity_rows=diversity_rows,
-        decon=manifest["decontamination"],
+        decon=_decontamination(manifest),
+        repo_id=REPO_PLACEHOLDER.format(name=manifest["name"]),
+        unpublished_note=UNPUBLISHED_NOTE,
+        license=(recipe.get("store") or {}).get("license"),
+        sources=source_datasets(recipe),
+        trl_types={c: v.get("trl_type", "standard prompt-completion") for c, v in manifest["configs"].items()},
     )
     path = folder / "README.md"
     path.write_text(str(card), encoding="utf-8")

@@ -8,8 +8,12 @@ Stages, in order (a row dropped by one is not seen by later ones; reasons in `bu
 4. near_dedup: MinHash + LSH near-duplicates within each question and/or globally (cfg.minhash.scope); the
    lowest sample of a cluster is kept. For exact and near duplicates alike, `cluster` holds the ledger position
    (row number in the returned ledger) of the row kept for the cluster, on the members and on that row.
-5. select: k = cfg.selection.max_per_question of the N survivors per question (diverse/random/first).
+5. select: k = cfg.selection.max_per_question of the N survivors per question (diverse/random/first, or
+   length-aware: shortest/length_mix, see `builder.select`).
 6. decontaminate: questions (and optionally rationales) matching eval questions (`builder.decontaminate`).
+
+Dedup, selection and the diversity figures compare cfg.dedup_text: the rationale (default), the reasoning trace,
+or both; reasoning traces of 4k-32k tokens are shingled in chunks of about CHUNK_BYTES.
 
 Rows are processed in chunks of whole questions, so signatures for a million rationales never sit in memory
 at once (except with global scope, which needs them all: num_perm * 4 bytes per row).
@@ -45,8 +49,12 @@ from builder.stats import ContaminationHit, CurationStats, Decontamination, Dive
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 131_072
+# ... or about this many bytes of compared text (4k-32k-token traces: shingles of a chunk stay ~100 MB).
+CHUNK_BYTES = 64 << 20
 # Distinct n-grams need a sort per question: measured on a systematic sample of about this many questions.
 DISTINCT_SAMPLE = 16_384
+# ... and on about this many bytes of compared text (a question of eight 8k-token traces sorts ~60k shingles).
+DISTINCT_BYTES = 64 << 20
 # Code 0 = alive/kept; code k = _CODES[k - 1] = (stage, reason).
 _CODES: list[tuple[str, str]] = [(stage, reason) for stage, rs in R.REASONS.items() for reason in rs]
 _CODE = {reason: i + 1 for i, (_, reason) in enumerate(_CODES)}
@@ -66,12 +74,17 @@ def _group_starts(group_ids: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], cuts, [len(group_ids)]]).astype(np.int64)
 
 
-def _chunks(group_ids: np.ndarray, size: int) -> list[tuple[int, int]]:
-    """[lo, hi) row ranges of about `size` rows that never split a group."""
+def _chunks(group_ids: np.ndarray, size: int, nbytes: np.ndarray | None = None,
+            max_bytes: int = CHUNK_BYTES) -> list[tuple[int, int]]:
+    """[lo, hi) row ranges of about `size` rows (and `max_bytes` of text, given `nbytes` per row) that never split
+    a group."""
     starts = _group_starts(group_ids)
+    cum = None if nbytes is None else np.concatenate([[0], np.cumsum(nbytes, dtype=np.int64)])
     out, lo = [], 0
     while lo < len(group_ids):
         hi_target = lo + size
+        if cum is not None:  # the row where the byte budget runs out, if before `size` rows
+            hi_target = min(hi_target, int(np.searchsorted(cum, cum[lo] + max_bytes, side="right")) - 1)
         k = int(np.searchsorted(starts, hi_target, side="left"))
         hi = int(starts[min(k, len(starts) - 1)])
         if hi <= lo:
@@ -157,11 +170,15 @@ def run(graded: pl.DataFrame, cfg: CurationConfig, *,
     group_id = df["qid"].rle_id().to_numpy()
     perm = permutations(mh.num_perm, mh.seed, mh.scheme)
     need_global = mh.enabled and mh.scope in ("global", "both")
-    diversity = _Diversity(len(tasks), stride=max(1, int(group_id[-1] + 1) // DISTINCT_SAMPLE) if n else 1)
-    rationale = df["rationale"]
+    compared = df.select(_compared_text(cfg.dedup_text))["text"]
+    nbytes = compared.str.len_bytes().fill_null(0).to_numpy()
+    stride = max(int(group_id[-1] + 1) // DISTINCT_SAMPLE, -(-int(nbytes.sum()) // DISTINCT_BYTES)) if n else 1
+    diversity = _Diversity(len(tasks), stride=max(1, stride))
+    lengths = (df.select(pl.coalesce(pl.col("reasoning"), pl.col("rationale")).str.len_chars().fill_null(0))
+               .to_series().to_numpy() if cfg.selection.mode in ("shortest", "length_mix") else None)
 
     def chunk_signatures(idx: np.ndarray):
-        sh = shingle(rationale.gather(idx), mh.ngram, mh.hash)
+        sh = shingle(compared.gather(idx), mh.ngram, mh.hash)
         return sh, signatures_from_hashes(sh.hashes, sh.starts, perm)
 
     def select_and_measure(idx: np.ndarray, sh, sig: np.ndarray) -> None:
@@ -172,7 +189,8 @@ def run(graded: pl.DataFrame, cfg: CurationConfig, *,
         diversity.add(0, task_of_group, sig, sh.hashes, sh.starts, gs, alive)
         sub = np.flatnonzero(alive)
         keep = select(_group_starts(group_id[idx[sub]]), cfg.selection.max_per_question, cfg.selection.mode,
-                      sig=sig[sub], seed=cfg.selection.seed)
+                      sig=sig[sub], seed=cfg.selection.seed, short_share=cfg.selection.short_share,
+                      lengths=None if lengths is None else lengths[idx[sub]])
         code[idx[sub[~keep]]] = _CODE[R.NOT_SELECTED]
         chosen = np.zeros(len(idx), dtype=bool)
         chosen[sub[keep]] = True
@@ -182,7 +200,7 @@ def run(graded: pl.DataFrame, cfg: CurationConfig, *,
     # 3-5. exact dedup, near dedup (question scope), selection; chunked by whole questions
     alive_idx = np.flatnonzero(code == 0)
     global_parts: list[tuple[np.ndarray, np.ndarray]] = []
-    for lo, hi in _chunks(group_id[alive_idx], CHUNK_ROWS):
+    for lo, hi in _chunks(group_id[alive_idx], CHUNK_ROWS, nbytes[alive_idx]):
         idx = alive_idx[lo:hi]
         sh, sig = chunk_signatures(idx)
         gs = _group_starts(group_id[idx])
@@ -219,7 +237,7 @@ def run(graded: pl.DataFrame, cfg: CurationConfig, *,
         del gsig
         alive_idx = np.flatnonzero(code == 0)
         touched = np.flatnonzero(np.isin(group_id, np.unique(group_id[alive_idx])) & (code == 0))
-        for lo, hi in _chunks(group_id[touched], CHUNK_ROWS):
+        for lo, hi in _chunks(group_id[touched], CHUNK_ROWS, nbytes[touched]):
             idx = touched[lo:hi]
             sh, sig = chunk_signatures(idx)
             select_and_measure(idx, sh, sig)
@@ -238,6 +256,17 @@ def run(graded: pl.DataFrame, cfg: CurationConfig, *,
     log.info("curate: %d rows -> %d kept in %.2fs (%s)", n, int((code == 0).sum()), time.perf_counter() - t0,
              ", ".join(f"{t}: {f.kept}/{f.sampled}" for t, f in stats.funnel.items()))
     return ledger, stats
+
+
+def _compared_text(which: str) -> pl.Expr:
+    """The text dedup and selection compare (cfg.dedup_text); a row without a trace falls back to its rationale."""
+    rationale, reasoning = pl.col("rationale"), pl.col("reasoning")
+    if which == "reasoning":
+        return pl.coalesce(reasoning, rationale).alias("text")
+    if which == "both":
+        return pl.when(reasoning.is_null()).then(rationale).otherwise(
+            pl.concat_str(reasoning, pl.lit("\n"), rationale)).alias("text")
+    return rationale.alias("text")
 
 
 def _decontaminate(df: pl.DataFrame, code: np.ndarray, cfg: CurationConfig,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from builder.errors import InputError
-from builder.graders import GRADERS
+from builder.graders import GRADERS, latex
 from builder.prompts import student_answer_expr
 from builder.schemas import validate
 from builder.tasks import PAPER_TASKS
@@ -43,23 +43,28 @@ def _blank(e: pl.Expr) -> pl.Expr:
 
 
 def _rationale_region(frame: pl.DataFrame) -> pl.DataFrame:
-    """Add text/anchored/_last for inline answers: the last \\boxed{}, else after the last 'answer is', else all."""
+    """Add text/anchored/_last for inline answers: the later of the last \\boxed{} and the last 'answer is' (so
+    "\\boxed{41} ... The final answer is 42" reads 42, "The answer is \\boxed{42}" reads the box), else all."""
     rat = pl.col("rationale")
     frame = frame.with_columns(
         pl.when(rat.str.contains("boxed", literal=True) | rat.str.contains("fbox", literal=True))
-        .then(rat.str.extract_all(BOXED).list.last().str.replace(r"^\\(?:boxed|fbox)\s*\{", "").str.strip_suffix("}"))
-        .alias("_boxed"),
+        .then(rat.str.extract_all(f"{BOXED}|{ANSWER_ANCHOR}").list.last()).alias("_final"),
         rat.str.replace_all(ANSWER_ANCHOR, _CUT).str.split(_CUT).alias("_parts"),
-    ).with_columns(pl.when(pl.col("_parts").list.len() > 1).then(pl.col("_parts").list.last()).alias("_after"))
+    ).with_columns(
+        pl.when(pl.col("_final").str.contains(r"^\\(?:boxed|fbox)"))
+        .then(pl.col("_final").str.replace(r"^\\(?:boxed|fbox)\s*\{", "").str.strip_suffix("}")).alias("_boxed"),
+        pl.when(pl.col("_parts").list.len() > 1).then(pl.col("_parts").list.last()).alias("_after"),
+    )
     anchored = pl.col("_boxed").is_not_null() | pl.col("_after").is_not_null()
     return frame.with_columns(pl.coalesce("_boxed", "_after", rat).alias("text"), anchored.alias("anchored"),
-                              (~anchored).alias("_last")).drop("_boxed", "_parts", "_after")
+                              (~anchored).alias("_last")).drop("_final", "_boxed", "_parts", "_after")
 
 
 def choices_from_question(question: pl.Expr) -> pl.Expr:
-    """Choices listed in the question text ("Answer Choices: (A) x (B) y"), null when there are none."""
-    tail = question.str.extract(r"(?s)Answer Choices:(.*)$", 1)
-    parts = tail.str.replace_all(r"\s*\([A-J]\)\s*", _CUT).str.split(_CUT).list.slice(1)
+    """Choices listed in the question text after any "Answer Choices:" / "answer choices" / "Options:" / "Choices:"
+    spelling, labelled "(A)" or "(a)"; null when there are none."""
+    tail = question.str.extract(r"(?is)(?:answer\s+)?(?:choices|options)\s*:?\s*(\(\s*[A-Ja-j]\s*\).*)$", 1)
+    parts = tail.str.replace_all(r"\s*\(\s*[A-Ja-j]\s*\)\s*", _CUT).str.split(_CUT).list.slice(1)
     parts = parts.list.eval(pl.element().str.strip_chars())
     return pl.when(parts.list.len() > 0).then(parts)
 
@@ -121,8 +126,13 @@ def grade_frame(df: pl.DataFrame, *, mode: str = "auto") -> pl.DataFrame:
             _rationale_region(base.filter(~use_c)),
         ])
 
+    if work.select((pl.col("answer_type") == "number") & ~pl.col("_last")
+                   & pl.col("text").str.contains(r"[\\^]")).to_series().any():
+        latex.warm()  # the expression parser's workers import math-verify while the plain rows are graded
     parts = []
-    for (answer_type, last_flag), part in work.partition_by(["answer_type", "_last"], as_dict=True).items():
+    groups = work.partition_by(["answer_type", "_last"], as_dict=True).items()
+    # Number rows last: math-verify's workers (warmed above) finish importing while the other types are graded.
+    for (answer_type, last_flag), part in sorted(groups, key=lambda kv: kv[0][0] == "number"):
         if answer_type in CHOICE_TYPES and has_question:
             parsed = choices_from_question(pl.col("_question"))
             part = part.with_columns(pl.coalesce("choices", parsed).alias("choices"))

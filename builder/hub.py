@@ -54,6 +54,13 @@ def _hub_call(what: str, fn, *args, **kwargs):
 
     try:
         return fn(*args, **kwargs)
+    except RuntimeError as exc:  # huggingface_hub wraps a failed LFS blob upload: "Error while uploading 'X' ..."
+        cause = exc.__cause__
+        if not isinstance(cause, (httpx2.TransportError, HfHubHTTPError)):
+            raise
+        first = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        raise HubError(f"{what}: {exc} ({first}); nothing was committed or tagged: rerun, the blobs already "
+                       "uploaded are skipped") from None
     except httpx2.TransportError as exc:  # connection refused/reset, timeout: nothing was tagged, a rerun resumes
         raise HubError(f"{what}: network error ({type(exc).__name__}: {exc}); check the network and HF_ENDPOINT, "
                        "then rerun: a publish that did not reach its tag is completed by the rerun") from None
@@ -116,9 +123,15 @@ def publish(
     folder = store.resolve(ref, root)
     manifest = store.verify(folder)
     tag, digest = manifest["version"], manifest["content_hash"]
+    if not ((manifest.get("recipe") or {}).get("store") or {}).get("license"):
+        raise HubError(f"{folder}: the version has no license; set store.license in the recipe (a Hub license id "
+                       "such as cc-by-4.0 or apache-2.0; check the teacher's and the tasks' terms) and rebuild, then "
+                       "publish the new version")
+    staged = store.published_copy(folder, manifest, repo)  # README.md names the repo; manifest.json lists it
     paths = sorted([*manifest["files"], store.MANIFEST])
-    files = [{"path": p, "bytes": (folder / p).stat().st_size,
-              "sha256": manifest["files"].get(p, {}).get("sha256")} for p in paths]
+    files = [{"path": p, "bytes": len(staged[p]) if p in staged else (folder / p).stat().st_size,
+              "sha256": store.sha256_bytes(staged[p]) if p in staged else manifest["files"][p]["sha256"]}
+             for p in paths]
     result = PublishResult(repo=repo, tag=tag, content_hash=digest, status="dry-run", files=files)
     if dry_run:
         return result
@@ -145,7 +158,8 @@ def publish(
     else:
         existing = _hub_call(f"list files of {repo}", api.list_repo_files, repo, repo_type=REPO_TYPE) if main else []
         deleted = sorted(set(existing) - set(paths) - _KEEP_REMOTE)
-        operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(folder / p)) for p in paths]
+        operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=staged.get(p) or str(folder / p))
+                      for p in paths]
         operations += [CommitOperationDelete(path_in_repo=p) for p in deleted]
         info = _hub_call(
             f"commit to {repo}", api.create_commit, repo, operations, repo_type=REPO_TYPE,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from pathlib import Path
@@ -37,3 +38,33 @@ def tag_problem(tag: str) -> str | None:
     if not re.match(TAG_PATTERN, tag, flags=re.ASCII) or ".." in tag:
         return "a tag is ASCII letters, digits, '_', '-' and '.' (no '/', no '..'), e.g. v1"
     return None
+
+
+def check_output_path(path: str | Path) -> Path:
+    """Refuse, before any work, an output file that cannot be written: a folder where the file goes, a file where
+    a folder is expected, a folder without write access (or on a read-only file system), a name too long.
+
+    Raises the OSError the write would raise (naming the path), so the CLI reports it the same way.
+    """
+    path = Path(path)
+    too_long = next((part for part in path.parts if len(part.encode()) > 255), None)
+    if too_long is not None:
+        raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), str(path))
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    for parent in path.parents:  # the nearest folder that exists is where the first write happens
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(parent))
+            if not os.access(parent, os.W_OK | os.X_OK):
+                code = errno.EROFS if _read_only(parent) else errno.EACCES
+                raise OSError(code, os.strerror(code), str(parent))
+            break
+    return path
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False

@@ -92,19 +92,26 @@ def show_choices(question: str, choices: Sequence[str] | None) -> str:
 
 # ------------------------------------------------------------------ student formats
 # Fine-tune-CoT (Ho et al. 2022): the student reads "{question} ###" and writes " {rationale} --> {answer}" + EOS.
-StudentFormat = Literal["ft_cot", "chat", "seq2seq"]
+StudentFormat = Literal["ft_cot", "chat", "seq2seq", "r1"]
 STUDENT_FORMATS: tuple[str, ...] = get_args(StudentFormat)
 STUDENT_SEP = "-->"  # between a student's rationale and its answer; the grader reads the answer after the last one
 STUDENT_PROMPT = "{question} ###"
 STUDENT_COMPLETION = " {rationale} " + STUDENT_SEP + " {answer}"
 # The rows' `messages` column (chat SFT without our separator): the rationale, then the generic answer sentence.
 STUDENT_MESSAGE = "{rationale}\n" + answer_prompt_for("string") + " {answer}."
+# R1-distill (DeepSeek-AI 2025): a reasoning teacher's trace in the assistant turn, then the text it wrote after
+# the trace. Rows with a trace hold this as their completion and assistant message; rows without keep the above.
+REASONING_COMPLETION = "<think>\n{reasoning}\n</think>\n\n{rationale}"
+THINK_OPEN = "<think>\n"
 # How each format lays the pair out; the training recipe's and the model card's descriptions.
 STUDENT_FORMAT_DOCS: dict[str, str] = {
     "ft_cot": f"prompt `{STUDENT_PROMPT}`, completion `{STUDENT_COMPLETION}` + EOS; loss on the completion",
     "chat": f"user turn `{{question}}`, assistant turn `{STUDENT_COMPLETION.strip()}` via the chat template; loss on "
             "the assistant turn",
     "seq2seq": f"encoder input `{STUDENT_PROMPT}`, decoder target `{STUDENT_COMPLETION.strip()}`",
+    "r1": "user turn `{question}` via the chat template up to the assistant turn, then the row's completion "
+          f"(R1-distill `{REASONING_COMPLETION.encode('unicode_escape').decode()}` for rows with a trace) + EOS; loss "
+          "on the completion",
 }
 
 
@@ -133,18 +140,41 @@ def student_completion_expr(rationale: pl.Expr, answer: pl.Expr) -> pl.Expr:
     return _format_expr(STUDENT_COMPLETION, rationale=rationale, answer=answer)
 
 
-def student_messages_expr(question: pl.Expr, rationale: pl.Expr, answer: pl.Expr) -> pl.Expr:
-    """The rows' `messages` column: [{user: question}, {assistant: rationale + answer sentence}]."""
+def reasoning_completion(reasoning: str, rationale: str) -> str:
+    return REASONING_COMPLETION.format(reasoning=reasoning, rationale=rationale)
+
+
+def reasoning_completion_expr(reasoning: pl.Expr, rationale: pl.Expr) -> pl.Expr:
+    """The R1-distill text of a row with a trace (null where `reasoning` is null)."""
+    return _format_expr(REASONING_COMPLETION, reasoning=reasoning, rationale=rationale)
+
+
+def student_messages_expr(question: pl.Expr, rationale: pl.Expr, answer: pl.Expr,
+                          reasoning: pl.Expr | None = None) -> pl.Expr:
+    """The rows' `messages` column: [{user: question}, {assistant: rationale + answer sentence}]; for a row with a
+    trace (`reasoning` not null) the assistant turn is the R1-distill text instead."""
+    content = _format_expr(STUDENT_MESSAGE, rationale=rationale, answer=answer)
+    if reasoning is not None:
+        content = pl.when(reasoning.is_null()).then(content).otherwise(reasoning_completion_expr(reasoning, rationale))
     return pl.concat_list(
         pl.struct(pl.lit("user").alias("role"), question.alias("content")),
-        pl.struct(pl.lit("assistant").alias("role"),
-                  _format_expr(STUDENT_MESSAGE, rationale=rationale, answer=answer).alias("content")),
+        pl.struct(pl.lit("assistant").alias("role"), content.alias("content")),
     )
 
 
 def student_target(completion: str) -> str:
     """The seq2seq decoder target and the chat assistant turn: the completion without its leading space."""
     return completion.strip()
+
+
+def student_conversation_exprs(question: pl.Expr, completion: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+    """TRL's conversational prompt-completion pair (a version's `conversational` config): prompt [{user: question}],
+    completion [{assistant: `student_target(completion)`}], so the assistant turn carries exactly the rationale and
+    answer (or R1-distill text) of the standard config's `completion`; the chat template ends the turn."""
+    def turn(role: str, content: pl.Expr) -> pl.Expr:
+        return pl.concat_list(pl.struct(pl.lit(role).alias("role"), content.alias("content")))
+
+    return turn("user", question), turn("assistant", completion.str.strip_chars())
 
 
 def student_answer(output: str) -> str | None:
@@ -171,15 +201,29 @@ def chat_completion_text(tokenizer: PreTrainedTokenizerBase | Any, question: str
     return prompt, full[len(prompt):]
 
 
+def r1_completion_text(tokenizer: PreTrainedTokenizerBase | Any, question: str, completion: str) -> tuple[str, str]:
+    """(prompt text, completion text) of the r1 format: the chat template up to the assistant turn, then the row's
+    completion as written (not through the template: R1-distill templates drop `<think>` content from assistant
+    turns). A template whose generation prompt already opens the trace (`<think>\n`) is not given it twice."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise BuilderError("format r1: the student's tokenizer has no chat template; use format ft_cot")
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                           add_generation_prompt=True)
+    text = student_target(completion)
+    if prompt.endswith(THINK_OPEN) and text.startswith(THINK_OPEN):
+        text = text[len(THINK_OPEN):]
+    return prompt, text
+
+
 def student_prompt_ids(tokenizer: PreTrainedTokenizerBase | Any, question: str, fmt: str,
                        max_length: int | None = None) -> list[int]:
     """Token ids a student sees before it writes: the same ids at training and at evaluation.
 
     ft_cot and seq2seq: `student_prompt(question)` with the tokenizer's special tokens (cut at `max_length`,
-    keeping them, when given); chat: the chat template up to the assistant turn.
+    keeping them, when given); chat and r1: the chat template up to the assistant turn.
     """
-    if fmt == "chat":
-        prompt, _ = chat_completion_text(tokenizer, question, "")
+    if fmt in ("chat", "r1"):
+        prompt, _ = (chat_completion_text if fmt == "chat" else r1_completion_text)(tokenizer, question, "")
         return tokenizer(prompt, add_special_tokens=False)["input_ids"]
     if fmt not in STUDENT_FORMATS:
         raise ValueError(f"unknown student format {fmt!r}; valid: {', '.join(STUDENT_FORMATS)}")

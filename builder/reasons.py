@@ -27,6 +27,12 @@ NO_ANSWER = "no_answer"
 TOO_SHORT = "too_short"
 TOO_LONG = "too_long"
 ANSWER_FIRST = "answer_first"
+# Quality filters of reasoning traces (rows with a `reasoning` column that is not null).
+UNFINISHED_THINKING = "unfinished_thinking"
+NO_FINAL_ANSWER = "no_final_answer"
+REASONING_TOO_SHORT = "reasoning_too_short"
+REASONING_TOO_LONG = "reasoning_too_long"
+REPEATED_LOOP = "repeated_loop"
 # Later stages.
 INCORRECT = "incorrect"
 EXACT_DUPLICATE = "exact_duplicate"
@@ -37,7 +43,8 @@ CONTAMINATED_QUESTION = "contaminated_question"
 CONTAMINATED_RATIONALE = "contaminated_rationale"
 
 REASONS: dict[str, tuple[str, ...]] = {
-    STAGE_FILTER: (EMPTY, TRUNCATED, DEGENERATE, NO_ANSWER, TOO_SHORT, TOO_LONG, ANSWER_FIRST),
+    STAGE_FILTER: (EMPTY, TRUNCATED, DEGENERATE, NO_ANSWER, TOO_SHORT, TOO_LONG, ANSWER_FIRST, UNFINISHED_THINKING,
+                   NO_FINAL_ANSWER, REASONING_TOO_SHORT, REASONING_TOO_LONG, REPEATED_LOOP),
     STAGE_CORRECTNESS: (INCORRECT,),
     STAGE_EXACT_DEDUP: (EXACT_DUPLICATE,),
     STAGE_NEAR_DEDUP: (NEAR_DUPLICATE, NEAR_DUPLICATE_GLOBAL),

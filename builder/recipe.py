@@ -20,6 +20,23 @@ from builder.prompts import Exemplar
 from builder.readers import is_blank_text
 from builder.teachers import TEACHERS
 
+# Recipe fields added after recipes were first hashed carry this mark: while they hold their default they are left
+# out of the content hash (`builder.store.canonical_recipe`) and the run fingerprint, so existing datasets keep
+# their hash and existing run dirs their run id.
+ADDED = {"added": 2}
+
+
+def added_defaults(model: type[BaseModel]) -> dict[str, Any]:
+    """The marked (`ADDED`) fields of `model` and their defaults."""
+    return {name: f.get_default(call_default_factory=True) for name, f in model.model_fields.items()
+            if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("added")}
+
+
+def drop_added_defaults(model: type[BaseModel], dump: dict[str, Any]) -> dict[str, Any]:
+    """`dump` (a model_dump of `model`) without the marked fields that hold their default."""
+    defaults = added_defaults(model)
+    return {k: v for k, v in dump.items() if k not in defaults or v != defaults[k]}
+
 
 class _Strict(BaseModel):
     # allow_inf_nan=False: `.inf`/`.nan` are YAML floats, but no temperature, threshold or timeout is infinite.
@@ -53,12 +70,11 @@ class TaskSpec(_Strict):
     def _known_task(self) -> TaskSpec:
         if is_blank_text(self.name):
             raise ValueError("name is empty; every task needs a name (a paper task key, or any name for a file)")
-        if self.source == "paper":
-            from builder.tasks import task_info
-
-            task_info(self.name)  # raises listing the valid names
-        elif self.answer_type is None:
+        if self.source != "paper" and self.answer_type is None:
             raise ValueError(f"answer_type is required for a {self.source} task (e.g. number, choice, yesno, string)")
+        from builder.tasks import check_spec
+
+        check_spec(self)  # unknown names raise listing the valid ones; checked now, not when the task is loaded
         return self
 
 
@@ -92,8 +108,14 @@ class TeacherConfig(_Strict):
                         "whose n ignores seeds), so any sample can be regenerated alone.")
     import_path: str | None = Field(None, description="JSONL/Parquet of completions (backend=import).")
     import_columns: dict[str, str] = Field(
-        default_factory=dict, description="Map sample fields (question, rationale, answer_completion, ...) to "
-        "columns of the imported file.")
+        default_factory=dict, description="Map sample fields (question, rationale, reasoning, answer_completion, "
+        "...) to columns of the imported file.")
+    reasoning_parser: str | None = Field(
+        None, json_schema_extra=ADDED, description="A vLLM reasoning parser (vllm.reasoning.ReasoningParserManager: "
+        "deepseek_r1, qwen3, openai_gptoss, ...): the thinking trace goes to `reasoning`, the text after it to "
+        "`rationale`. vllm: the engine parses (and can enforce sampling.max_thinking_tokens); openai: start the "
+        "server with the same --reasoning-parser (raw /completions are split here); import: splits a rationale "
+        "that still holds its tags, with the tokenizer of `model`.")
 
     @field_validator("backend")
     @classmethod
@@ -112,6 +134,9 @@ class PromptConfig(_Strict):
     exemplars: Literal["paper"] | list[Exemplar] | None = Field(
         None, description="Few-shot-CoT exemplars: 'paper' (the paper's, per task) or your own list.")
     two_stage: bool = Field(True, description="Ask for the answer in a second call with the task's answer prompt.")
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, json_schema_extra=ADDED, description="Extra chat template variables (format=chat), "
+        "e.g. {enable_thinking: true} for Qwen3; sent as chat_template_kwargs to OpenAI-compatible servers.")
 
 
 class AdaptiveConfig(_Strict):
@@ -133,6 +158,13 @@ class SamplingConfig(_Strict):
     seed: int = Field(0, description="Run seed; per-sample seeds derive from (seed, qid, sample_idx).")
     shard_size: int = Field(64, ge=1, description="Questions per shard (a shard is the unit of crash safety).")
     adaptive: AdaptiveConfig = Field(default_factory=AdaptiveConfig)
+    max_thinking_tokens: int | None = Field(
+        None, ge=0, json_schema_extra=ADDED, description="Thinking budget: vLLM's thinking_token_budget (needs "
+        "teacher.reasoning_parser; the engine then forces the end tag). max_tokens still bounds the whole "
+        "completion, trace included: a trace it cuts has reasoning_finished false.")
+    structured_outputs_regex: str | None = Field(
+        None, json_schema_extra=ADDED, description="Constrain each rationale to this regex (vLLM structured "
+        "outputs; OpenAI-compatible vLLM servers get it as structured_outputs.regex).")
 
 
 # ---------------------------------------------------------------- grading + curation
@@ -166,11 +198,15 @@ class MinHashConfig(_Strict):
 
 
 class SelectionConfig(_Strict):
-    mode: Literal["diverse", "random", "first"] = Field(
-        "diverse", description="How k of N are chosen per question: greedy max-min Jaccard, seeded random, or the "
-        "lowest sample indices.")
+    mode: Literal["diverse", "random", "first", "shortest", "length_mix"] = Field(
+        "diverse", description="How k of N are chosen per question: greedy max-min Jaccard, seeded random, the "
+        "lowest sample indices, the shortest (trace, else rationale: small students learn better from shorter "
+        "chains, Li et al. 2025), or a mix of the shortest and the longest (short_share of k from the short end).")
     max_per_question: int | None = Field(None, ge=1, description="k; null keeps every surviving rationale.")
     seed: int = Field(0, description="Seed of the random mode.")
+    short_share: float = Field(0.5, ge=0.0, le=1.0, json_schema_extra=ADDED,
+                               description="length_mix: share of k taken from the shortest (rounded half up), the "
+                               "rest from the longest.")
 
 
 class CurationConfig(_Strict):
@@ -178,7 +214,8 @@ class CurationConfig(_Strict):
     dedup_exact: bool = True
     filters: list[str] = Field(default_factory=lambda: ["empty", "truncated", "no_answer", "degenerate", "length"],
                                description="Quality filters to run, by registry name (builder.filters.FILTERS): "
-                               "empty, truncated, degenerate, no_answer, length, answer_first.")
+                               "empty, truncated, degenerate, no_answer, length, answer_first; for reasoning "
+                               "traces unfinished_thinking, no_final_answer, reasoning_length, repeated_loop.")
     min_chars: int = Field(1, ge=0, description="Length filter: fewer characters is dropped.")
     max_chars: int | None = Field(None, ge=1, description="Length filter: more characters is dropped.")
     min_distinct_word_ratio: float = Field(
@@ -187,6 +224,30 @@ class CurationConfig(_Strict):
     max_line_repeats: int = Field(8, ge=2, description="Degenerate filter: a line repeated this often drops.")
     answer_first_chars: int = Field(
         40, ge=1, description="answer_first filter: the gold answer as a token within this many leading characters.")
+    min_reasoning_tokens: int | None = Field(
+        None, ge=0, json_schema_extra=ADDED,
+        description="reasoning_length filter: a trace of fewer tokens (reasoning_tokens) is dropped.")
+    max_reasoning_tokens: int | None = Field(
+        None, ge=1, json_schema_extra=ADDED,
+        description="reasoning_length filter: a trace of more tokens is dropped.")
+    min_reasoning_chars: int | None = Field(
+        None, ge=0, json_schema_extra=ADDED,
+        description="reasoning_length filter: a trace of fewer characters is dropped.")
+    max_reasoning_chars: int | None = Field(
+        None, ge=1, json_schema_extra=ADDED,
+        description="reasoning_length filter: a trace of more characters is dropped.")
+    loop_ngram: int = Field(16, ge=2, json_schema_extra=ADDED,
+                            description="repeated_loop filter: word n-gram size (long, so only verbatim repetition "
+                            "counts).")
+    max_loop_share: float = Field(
+        0.25, ge=0.0, le=1.0, json_schema_extra=ADDED,
+        description="repeated_loop filter: a trace with more than this share of its n-grams repeated from earlier in "
+        "the same trace is dropped.")
+    dedup_text: Literal["rationale", "reasoning", "both"] = Field(
+        "rationale", json_schema_extra=ADDED,
+        description="The text exact/near dedup, diversity selection and the diversity figures compare: the rationale "
+        "(the text after any trace), the reasoning trace (rows without one use their rationale), or both (trace, "
+        "newline, rationale).")
     minhash: MinHashConfig = Field(default_factory=MinHashConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     decontaminate: bool = Field(False, description="Drop questions that overlap a test split or extra eval set.")
@@ -203,6 +264,11 @@ class CurationConfig(_Strict):
         if self.max_chars is not None and self.min_chars > self.max_chars:
             raise ValueError(f"min_chars ({self.min_chars}) is greater than max_chars ({self.max_chars}): the "
                              "length filter would drop every rationale")
+        for unit in ("tokens", "chars"):
+            lo, hi = getattr(self, f"min_reasoning_{unit}"), getattr(self, f"max_reasoning_{unit}")
+            if lo is not None and hi is not None and lo > hi:
+                raise ValueError(f"min_reasoning_{unit} ({lo}) is greater than max_reasoning_{unit} ({hi}): the "
+                                 "reasoning_length filter would drop every trace")
         return self
 
     @field_validator("filters")
@@ -228,6 +294,13 @@ class StoreConfig(_Strict):
         "(load_dataset(path, task)) beside the default config holding every row.")
     lock_timeout_s: float = Field(
         10.0, ge=0.0, description="How long a build waits for another build writing the same dataset to finish.")
+    license: str | None = Field(
+        None, json_schema_extra=ADDED, description="The dataset's license as a Hub license id (e.g. 'cc-by-4.0', "
+        "'apache-2.0', 'other'): the card's `license`. Needed to publish (check the teacher's and the tasks' terms), "
+        "not to build.")
+    language: list[str] = Field(
+        default_factory=lambda: ["en"], json_schema_extra=ADDED,
+        description="ISO 639-1 codes of the questions' and rationales' language: the card's `language`.")
 
 
 class Recipe(_Strict):
@@ -253,6 +326,9 @@ class Recipe(_Strict):
             raise ValueError("teacher.import_path is required for backend=import")
         if self.teacher.backend == "openai" and not self.teacher.base_url:
             raise ValueError("teacher.base_url is required for backend=openai")
+        if self.sampling.max_thinking_tokens is not None and not self.teacher.reasoning_parser:
+            raise ValueError("sampling.max_thinking_tokens needs teacher.reasoning_parser (the parser knows where "
+                             "thinking ends); without one, sampling.max_tokens bounds the whole completion")
         return self
 
     def resolve_path(self, path: str | None) -> Path | None:

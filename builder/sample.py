@@ -33,7 +33,7 @@ import polars as pl
 from builder import tasks
 from builder.errors import BuilderError
 from builder.prompts import Exemplar, teacher_prompt
-from builder.recipe import Recipe
+from builder.recipe import PromptConfig, Recipe, SamplingConfig, TeacherConfig, drop_added_defaults
 from builder.schemas import atomic_write_parquet, remove_stale_temp_files, table_schema, validate
 from builder.teachers import TEACHERS, Answer, Completion, Request, ShardWork, Teacher, make_teacher
 
@@ -103,11 +103,12 @@ def run_fingerprint(recipe: Recipe) -> dict[str, Any]:
     (transport: base_url, concurrency, ...) may change between runs: more samples later keep the earlier ones.
     """
     s = recipe.sampling
-    fields = TEACHERS.get(recipe.teacher.backend).fingerprint_fields
+    fields = {*TEACHERS.get(recipe.teacher.backend).fingerprint_fields, "reasoning_parser"}
+    # fields added later (reasoning_parser, chat_template_kwargs, ...) count once set: old run ids stay valid
     return {
-        "teacher": recipe.teacher.model_dump(include=set(fields)),
-        "prompt": recipe.prompt.model_dump(),
-        "sampling": s.model_dump(exclude={"n", "shard_size", "adaptive"}),
+        "teacher": drop_added_defaults(TeacherConfig, recipe.teacher.model_dump(include=fields)),
+        "prompt": drop_added_defaults(PromptConfig, recipe.prompt.model_dump()),
+        "sampling": drop_added_defaults(SamplingConfig, s.model_dump(exclude={"n", "shard_size", "adaptive"})),
         "tasks": recipe.tasks.model_dump(exclude={"benchmarks_dir"}),
     }
 
@@ -134,7 +135,7 @@ def read_samples(run_dir: Path, columns: list[str] | None = None) -> pl.DataFram
             frames.append(pl.read_parquet(f, columns=columns))
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise BuilderError(f"{f}: corrupt sample shard ({exc}); delete it and rerun to re-sample it") from exc
-    df = pl.concat(frames, how="vertical_relaxed")
+    df = pl.concat(frames, how="diagonal_relaxed")  # shards older than a schema's added columns lack them
     return df if columns else validate(df, "samples", where=str(samples_dir(run_dir)))
 
 
@@ -396,6 +397,9 @@ def _shard_frame(work: ShardWork, completions: Sequence[Completion], answers: Se
         "teacher_revision": recipe.teacher.revision,
         "prompt": [prompts[c.qid] if c.prompt is None else c.prompt for c in completions],
         "rationale": [c.text for c in completions],
+        "reasoning": [c.reasoning for c in completions],
+        "reasoning_tokens": [c.reasoning_tokens for c in completions],
+        "reasoning_finished": [c.reasoning_finished for c in completions],
         "answer_prompt": [work.answer_prompt.get(c.qid) if c.answer_prompt is None else c.answer_prompt
                           for c in completions],
         "answer_completion": [a[0] if a else None for a in answers],
@@ -406,7 +410,8 @@ def _shard_frame(work: ShardWork, completions: Sequence[Completion], answers: Se
         "run_id": run_id,
     }, schema_overrides={"sample_idx": pl.Int32, "seed": pl.Int64, "prompt_tokens": pl.Int32,
                          "completion_tokens": pl.Int32, "teacher_revision": pl.String, "answer_prompt": pl.String,
-                         "answer_completion": pl.String})
+                         "answer_completion": pl.String, "reasoning": pl.String, "reasoning_tokens": pl.Int32,
+                         "reasoning_finished": pl.Boolean})
 
 
 def regenerate(recipe: Recipe, question: str, task: str, qid: str, sample_idx: int, *, engine: Any = None,

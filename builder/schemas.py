@@ -2,6 +2,10 @@
 
 Each stage hands the next a polars frame; `validate` checks it against the named schema and returns it with
 columns in schema order, `write_table` validates then writes Parquet atomically (temp file, then rename).
+
+A column added to a table after its first release carries `"added": <schema version>` and must be nullable: a
+shard or dataset version written before it has none, and `validate` fills it with typed nulls, so old files stay
+readable. Any other missing column is an error.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ class Column:
     dtype: pl.DataType
     nullable: bool
     description: str
+    added: int | None = None  # schema version that added the column (nullable ones are filled when missing)
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,11 @@ class TableSchema:
     @property
     def names(self) -> list[str]:
         return [c.name for c in self.columns]
+
+    @property
+    def added(self) -> list[str]:
+        """Columns added after the table's first release: filled with nulls when an old file lacks them."""
+        return [c.name for c in self.columns if c.added is not None]
 
     @property
     def polars_schema(self) -> pl.Schema:
@@ -93,9 +103,13 @@ def table_schema(name: str) -> TableSchema:
         raise SchemaError(f"unknown table {name!r}; known tables: {', '.join(TABLES)}")
     raw = json.loads(path.read_text())
     cols = tuple(
-        Column(c["name"], parse_type(c["type"]), bool(c.get("nullable", False)), c.get("description", ""))
+        Column(c["name"], parse_type(c["type"]), bool(c.get("nullable", False)), c.get("description", ""),
+               c.get("added"))
         for c in raw["columns"]
     )
+    late = [c.name for c in cols if c.added is not None and not c.nullable]
+    if late:
+        raise SchemaError(f"{path}: added column(s) {late} must be nullable (old files do not have them)")
     return TableSchema(raw["name"], tuple(raw["key"]), cols, raw.get("description", ""))
 
 
@@ -103,6 +117,7 @@ def validate(df: pl.DataFrame, table: str, *, where: str | None = None, extra: b
     """Check `df` against schema `table`; return it with schema columns first, in schema order.
 
     Integer and null-typed columns are cast where lossless (a JSONL reader gives Int64 for an int32 column).
+    Nullable columns added to the schema later (`"added"`) are filled with typed nulls when `df` predates them.
 
     Args:
         df: the frame to check.
@@ -115,6 +130,10 @@ def validate(df: pl.DataFrame, table: str, *, where: str | None = None, extra: b
     """
     schema = table_schema(table)
     at = f" in {where}" if where else ""
+    late = [pl.lit(None, c.dtype).alias(c.name) for c in schema.columns
+            if c.added is not None and c.name not in df.columns]
+    if late:
+        df = df.with_columns(late)
     missing = [c.name for c in schema.columns if c.name not in df.columns]
     if missing:
         raise SchemaError(f"table {table!r}{at}: missing column(s) {missing}; expected columns {schema.names}")
@@ -194,11 +213,15 @@ def write_table(df: pl.DataFrame, path: str | Path, table: str, *, extra: bool =
 def read_table(path: str | Path, table: str, *, extra: bool = False) -> pl.DataFrame:
     """Read a Parquet file (or a folder/glob of shards) and validate it as `table`."""
     path = Path(path)
-    source = str(path / "*.parquet") if path.is_dir() else str(path)
     if not path.exists() and "*" not in str(path):
         raise FileNotFoundError(f"{path}: no such file (expected a {table} table)")
+    files = (sorted(path.glob("*.parquet")) if path.is_dir() else
+             sorted(path.parent.glob(path.name)) if "*" in path.name else [path])
+    if not files:
+        raise SchemaError(f"{path}: no Parquet files (expected a {table} table)")
     try:
-        df = pl.read_parquet(source)
+        # shards written before a column was added lack it: a diagonal concat gives them nulls beside newer ones
+        df = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise SchemaError(f"{path}: cannot read as Parquet ({exc})") from exc
     return validate(df, table, where=str(path), extra=extra)

@@ -3,8 +3,15 @@
 Fine-tune-CoT's gains come from many *different* rationales per question, so when a question has more than
 k survivors we keep the k that are most dissimilar: greedy max-min on estimated Jaccard (start from the lowest
 sample index, then repeatedly add the row whose highest similarity to the chosen set is lowest; ties go to the
-lower index). "random" (seeded) and "first" (lowest sample indices) are baselines to compare against. Every
-mode keeps min(k, N) rows, so a question with a survivor always keeps at least one.
+lower index). "random" (seeded) and "first" (lowest sample indices) are baselines to compare against.
+
+Length-aware modes, for reasoning traces: small students learn better from shorter chains of thought than from a
+strong reasoner's long ones, and best from a mix of short and long (Li et al. 2025, "Small Models Struggle to
+Learn from Strong Reasoners", arXiv:2502.12143, "Mix Distillation"). "shortest" keeps the k shortest correct
+survivors; "length_mix" keeps round(short_share * k) from the short end and the rest from the long end. Length is
+given by the caller (curate passes the trace's characters, else the rationale's); ties go to the lower index.
+
+Every mode keeps min(k, N) rows, so a question with a survivor always keeps at least one.
 
 Rows are given grouped: rows of group g are `group_starts[g]:group_starts[g+1]`, in sample_idx order.
 """
@@ -16,7 +23,7 @@ import numpy as np
 from builder.dedup import jaccard
 from builder.kernels import njit_par, prange
 
-MODES = ("diverse", "random", "first")
+MODES = ("diverse", "random", "first", "shortest", "length_mix")
 
 
 @njit_par
@@ -49,16 +56,33 @@ def _diverse(sig, group_starts, k):
     return chosen
 
 
+def _by_length(group_starts: np.ndarray, k: int, lengths: np.ndarray, short_share: float | None) -> np.ndarray:
+    """k shortest per group (short_share None), or round-half-up(short_share * k) shortest plus the longest."""
+    sizes = np.diff(group_starts)
+    group = np.repeat(np.arange(len(sizes)), sizes)
+    n = len(group)
+    order = np.lexsort((np.arange(n), lengths, group))  # by group, then length, then index
+    rank = np.arange(n) - np.repeat(group_starts[:-1], sizes)  # rank of order[i] within its group by length
+    n_short = k if short_share is None else int(np.floor(short_share * k + 0.5))
+    size = np.repeat(sizes, sizes)
+    keep_sorted = (rank < n_short) | (rank >= size - (k - n_short)) | (size <= k)
+    chosen = np.zeros(n, dtype=bool)
+    chosen[order[keep_sorted]] = True
+    return chosen
+
+
 def select(group_starts: np.ndarray, k: int | None, mode: str = "diverse", *, sig: np.ndarray | None = None,
-           seed: int = 0) -> np.ndarray:
+           seed: int = 0, lengths: np.ndarray | None = None, short_share: float = 0.5) -> np.ndarray:
     """Boolean mask of the rows kept: min(k, N) per group.
 
     Args:
         group_starts: int offsets (len groups+1) of each question's rows.
         k: rows to keep per question; None keeps all.
-        mode: diverse (needs `sig`), random or first.
+        mode: diverse (needs `sig`), random, first, shortest or length_mix (need `lengths`).
         sig: MinHash signatures of the rows (diverse mode).
         seed: random mode seed.
+        lengths: per-row length (shortest and length_mix modes).
+        short_share: length_mix: share of k taken from the shortest rows.
     """
     if mode not in MODES:
         raise ValueError(f"unknown selection mode {mode!r}; valid: {', '.join(MODES)}")
@@ -77,6 +101,10 @@ def select(group_starts: np.ndarray, k: int | None, mode: str = "diverse", *, si
         chosen = np.zeros(n, dtype=bool)
         chosen[order[rank < k]] = True
         return chosen
+    if mode in ("shortest", "length_mix"):
+        if lengths is None:
+            raise ValueError(f"{mode} selection needs the rows' lengths")
+        return _by_length(group_starts, int(k), np.asarray(lengths), None if mode == "shortest" else short_share)
     if sig is None:
         raise ValueError("diverse selection needs MinHash signatures (curation.minhash.enabled: true)")
     return _diverse(sig, group_starts, int(k))

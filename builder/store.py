@@ -36,7 +36,22 @@ import polars as pl
 
 from builder import reasons as R
 from builder.errors import StoreError
-from builder.prompts import student_completion_expr, student_messages_expr, student_prompt_expr
+from builder.prompts import (
+    reasoning_completion_expr,
+    student_completion_expr,
+    student_conversation_exprs,
+    student_messages_expr,
+    student_prompt_expr,
+)
+from builder.recipe import (
+    CurationConfig,
+    PromptConfig,
+    SamplingConfig,
+    SelectionConfig,
+    StoreConfig,
+    TeacherConfig,
+    drop_added_defaults,
+)
 from builder.schemas import table_schema, validate
 from builder.stats import BuildStats
 
@@ -47,6 +62,15 @@ INDEX = "versions.json"
 FORMAT = "rationale-builder/dataset-version@1"
 SPLIT = "train"
 DEFAULT_CONFIG = "default"
+# One `datasets` config per TRL dataset type, never both in one table (TRL's SFTTrainer picks one key by set order,
+# then may add no EOS): `default` (and the per-task configs) are standard prompt/completion strings in the
+# Fine-tune-CoT format; `conversational` holds the same pairs as message lists (TRL's conversational
+# prompt-completion type). Its files live outside data/ so the default pattern data/*/... never matches them.
+CONVERSATIONAL_CONFIG = "conversational"
+TRL_TYPES = {DEFAULT_CONFIG: "standard prompt-completion", CONVERSATIONAL_CONFIG: "conversational prompt-completion"}
+# Rows-table columns that no config file holds (rebuilt on read from the other columns, so the rows table and its
+# hash stay as they were): `messages` would make a standard config look conversational to TRL.
+_DERIVED = ("messages",)
 HASH_SPEC = ("sha256 over: 'rows\\n' + sha256(rows as NDJSON sorted by task, qid, sample_idx) + '\\nrecipe\\n' + "
              "canonical JSON of the recipe without machine-specific fields (paths, store location)")
 MANIFEST_DIGEST_SPEC = ("sha256 of the manifest as canonical JSON (sorted keys, no spaces) without its own "
@@ -78,7 +102,8 @@ def rows_from_ledger(ledger: pl.DataFrame) -> pl.DataFrame:
     """The kept rows of a ledger as the `rows` table, in the student formats of `builder.prompts`.
 
     prompt/completion are the Fine-tune-CoT pair (EOS is added at training time); messages holds the question and
-    the rationale followed by the answer sentence.
+    the rationale followed by the answer sentence. A row with a reasoning trace keeps it in `reasoning`, and its
+    completion and assistant message are the R1-distill text (`builder.prompts.REASONING_COMPLETION`).
 
     Raises:
         SchemaError: the ledger or the resulting rows do not match their schemas.
@@ -92,14 +117,34 @@ def rows_from_ledger(ledger: pl.DataFrame) -> pl.DataFrame:
         raise StoreError(f"ledger: {no_answer.height} kept row(s) have no extracted answer (column 'pred'), first "
                          f"qid={first['qid']} sample_idx={first['sample_idx']}; drop them in curation "
                          "(filter 'no_answer') before storing")
-    question, rationale, answer = pl.col("question"), pl.col("rationale"), pl.col("answer")
-    rows = kept.with_columns(rationale.str.strip_chars(), pl.col("pred").str.strip_chars().alias("answer"))
+    question, rationale, answer, reasoning = pl.col("question"), pl.col("rationale"), pl.col("answer"), pl.col(
+        "reasoning")
+    rows = kept.with_columns(rationale.str.strip_chars(), reasoning.str.strip_chars(),
+                             pl.col("pred").str.strip_chars().alias("answer"))
     rows = rows.with_columns(
         student_prompt_expr(question).alias("prompt"),
-        student_completion_expr(rationale, answer).alias("completion"),
-        student_messages_expr(question, rationale, answer).alias("messages"),
+        pl.when(reasoning.is_null()).then(student_completion_expr(rationale, answer))
+        .otherwise(reasoning_completion_expr(reasoning, rationale)).alias("completion"),
+        student_messages_expr(question, rationale, answer, reasoning).alias("messages"),
     )
     return validate(rows.sort(_SORT_KEY), "rows", where="rows from ledger")
+
+
+def conversational_rows(rows: pl.DataFrame) -> pl.DataFrame:
+    """The `conversational` config's table: the rows with prompt/completion as message lists
+    (`builder.prompts.student_conversation_exprs`) and no `messages` column (one TRL type per table)."""
+    prompt, completion = student_conversation_exprs(pl.col("question"), pl.col("completion"))
+    return rows.with_columns(prompt.alias("prompt"), completion.alias("completion")).drop(_DERIVED)
+
+
+def _with_derived(files_frame: pl.DataFrame) -> pl.DataFrame:
+    """Config files -> the rows table: rebuild `messages` (left out of the files) from the other columns.
+    Versions written before the conversational config still hold it and are returned as they are."""
+    if "messages" in files_frame.columns:
+        return files_frame
+    return files_frame.with_columns(
+        student_messages_expr(pl.col("question"), pl.col("rationale"), pl.col("answer"), pl.col("reasoning")
+                              if "reasoning" in files_frame.columns else None).alias("messages"))
 
 
 # ---------------------------------------------------------------- hashing
@@ -118,6 +163,15 @@ def canonical_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
         if isinstance(item, dict) and item.get("path") and item.get("source", "paper") != "hub":
             item["path"] = Path(str(item["path"])).name
     out.get("store", {}).pop("name", None)  # the name is where the data goes, not what it is
+    for key, model in (("teacher", TeacherConfig), ("prompt", PromptConfig), ("sampling", SamplingConfig),
+                       ("store", StoreConfig)):
+        if isinstance(out.get(key), dict):  # fields added later hash only once set: old hashes stay
+            out[key] = drop_added_defaults(model, out[key])
+    curation = out.get("curation")
+    if isinstance(curation, dict):
+        out["curation"] = curation = drop_added_defaults(CurationConfig, curation)
+        if isinstance(curation.get("selection"), dict):
+            curation["selection"] = drop_added_defaults(SelectionConfig, curation["selection"])
     return out
 
 
@@ -126,9 +180,14 @@ def _canonical_json(value: Any) -> bytes:
 
 
 def rows_digest(rows: pl.DataFrame) -> str:
-    """sha256 of the rows as NDJSON in schema column order, sorted by (task, qid, sample_idx)."""
+    """sha256 of the rows as NDJSON in schema column order, sorted by (task, qid, sample_idx).
+
+    Columns added to the rows schema later (`reasoning`) are left out while they are all null, so a dataset without
+    traces keeps the hash it had before they existed.
+    """
     rows = validate(rows, "rows", where="rows").sort(_SORT_KEY)
-    return hashlib.sha256(rows.write_ndjson().encode()).hexdigest()
+    unused = [c for c in table_schema("rows").added if rows.get_column(c).null_count() == rows.height]
+    return hashlib.sha256(rows.drop(unused).write_ndjson().encode()).hexdigest()
 
 
 def content_hash(rows: pl.DataFrame, recipe: dict[str, Any]) -> str:
@@ -149,6 +208,25 @@ def manifest_digest(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(_canonical_json(plain)).hexdigest()
 
 
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def published_copy(folder: Path, manifest: dict[str, Any], repo: str) -> dict[str, bytes]:
+    """README.md and manifest.json as published to Hub repo `repo`: the card's usage snippet names `repo`, and the
+    manifest records it (`published_repo`) with the card's new sha256 and its own digest recomputed. The rows, the
+    content hash and the local version are unchanged; a pulled copy verifies like the local one."""
+    from builder.card import for_repo
+
+    readme = for_repo((folder / "README.md").read_text(encoding="utf-8"), manifest["name"], repo).encode()
+    out = copy.deepcopy(manifest)
+    out["files"]["README.md"] = {"sha256": sha256_bytes(readme), "bytes": len(readme)}
+    out["published_repo"] = repo
+    out["manifest_sha256"] = manifest_digest(out)
+    text = json.dumps(out, indent=2, ensure_ascii=False, default=str) + "\n"
+    return {"README.md": readme, MANIFEST: text.encode()}
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -159,7 +237,7 @@ def sha256_file(path: Path) -> str:
 
 # ---------------------------------------------------------------- writing
 def _tool_version() -> str:
-    from builder import __version__
+    from builder.version import __version__
 
     return __version__
 
@@ -169,15 +247,15 @@ def _config_name(task: str) -> str:
 
 
 def _plan_configs(tasks: list[str], task_configs: bool) -> dict[str, str | None]:
-    """Map config name -> task (None for the default config holding every row)."""
+    """Map config name -> task (None for the default and conversational configs, which hold every row)."""
+    plan: dict[str, str | None] = {DEFAULT_CONFIG: None, CONVERSATIONAL_CONFIG: None}
     if not task_configs or len(tasks) < 2:
-        return {DEFAULT_CONFIG: None}
-    plan: dict[str, str | None] = {DEFAULT_CONFIG: None}
+        return plan
     for task in tasks:
         name = _config_name(task)
         if name in plan:
-            raise StoreError(f"task {task!r}: config name {name!r} collides with another task or the default "
-                             "config; rename the task in the recipe or set store.task_configs: false")
+            raise StoreError(f"task {task!r}: config name {name!r} collides with another task or the default or "
+                             "conversational config; rename the task in the recipe or set store.task_configs: false")
         plan[name] = task
     return plan
 
@@ -333,21 +411,26 @@ def _write_folder(folder: Path, rows: pl.DataFrame, *, name: str, version: str, 
 
     tasks = sorted(rows.get_column("task").unique().to_list())
     plan = _plan_configs(tasks, task_configs)
+    standard = rows.drop(_DERIVED)
     configs: dict[str, dict[str, Any]] = {}
-    if len(plan) == 1:
-        files = _write_shards(rows, folder / "data", shard_rows)
+    if all(task is None for task in plan.values()):
+        files = _write_shards(standard, folder / "data", shard_rows)
         configs[DEFAULT_CONFIG] = {"pattern": f"data/{SPLIT}-*.parquet", "files": files, "rows": rows.height}
     else:
         all_files: list[Path] = []
         for config, task in plan.items():
             if task is None:
                 continue
-            part = rows.filter(pl.col("task") == task)
+            part = standard.filter(pl.col("task") == task)
             files = _write_shards(part, folder / "data" / config, shard_rows)
             all_files += files
             configs[config] = {"pattern": f"data/{config}/{SPLIT}-*.parquet", "files": files, "rows": part.height}
         default = {"pattern": f"data/*/{SPLIT}-*.parquet", "files": all_files, "rows": rows.height}
         configs = {DEFAULT_CONFIG: default, **configs}
+    conv = _write_shards(conversational_rows(rows), folder / CONVERSATIONAL_CONFIG, shard_rows)
+    configs = {DEFAULT_CONFIG: configs.pop(DEFAULT_CONFIG),
+               CONVERSATIONAL_CONFIG: {"pattern": f"{CONVERSATIONAL_CONFIG}/{SPLIT}-*.parquet", "files": conv,
+                                       "rows": rows.height}, **configs}
     per_task = dict(rows.group_by("task").len().sort("task").iter_rows())
     measured = stats.to_json() if stats is not None else {}
     manifest: dict[str, Any] = {
@@ -363,7 +446,8 @@ def _write_folder(folder: Path, rows: pl.DataFrame, *, name: str, version: str, 
         "tasks": per_task,
         "configs": {
             c: {"split": SPLIT, "data_files": v["pattern"], "rows": v["rows"],
-                "files": [p.relative_to(folder).as_posix() for p in v["files"]]}
+                "files": [p.relative_to(folder).as_posix() for p in v["files"]],
+                "trl_type": TRL_TYPES.get(c, TRL_TYPES[DEFAULT_CONFIG])}
             for c, v in configs.items()
         },
         "columns": table_schema("rows").names,
@@ -555,16 +639,23 @@ def resolve(ref: str | Path, root: str | Path | None = None) -> Path:
 
 def read_version(ref_or_path: str | Path, root: str | Path | None = None, *, config: str = DEFAULT_CONFIG
                  ) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Read a version's rows (one config, default: all rows) and its manifest."""
+    """Read a version's rows table (the default config: all rows, or one task's config) and its manifest.
+
+    The `conversational` config holds the same rows as message lists, not the rows table: load it with
+    `builder.api.open_version(ref, "conversational")` (a `datasets.DatasetDict`).
+    """
     folder = resolve(ref_or_path, root)
     manifest = load_manifest(folder)
     if config not in manifest["configs"]:
         raise StoreError(f"{folder}: no config {config!r}; configs: {', '.join(manifest['configs'])}")
+    if config == CONVERSATIONAL_CONFIG:
+        raise StoreError(f"{folder}: config {config!r} holds TRL message lists, not the rows table; read the rows "
+                         f"with config {DEFAULT_CONFIG!r} or load it with builder.api.open_version(ref, {config!r})")
     files = [folder / f for f in manifest["configs"][config]["files"]]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise StoreError(f"{missing[0]}: listed in {folder / MANIFEST} but missing; run `rationale pull` again")
-    rows = _read_files(folder, manifest["configs"][config]["files"])
+    rows = _with_derived(_read_files(folder, manifest["configs"][config]["files"]))
     return validate(rows, "rows", where=str(folder)), manifest
 
 
@@ -603,13 +694,17 @@ def _derive_problem(folder: Path, manifest: dict[str, Any], rows: pl.DataFrame) 
     tasks = dict(rows.group_by("task").len().sort("task").iter_rows())
     if manifest["tasks"] != tasks:
         return f"says tasks {manifest['tasks']}, the data has {tasks}"
-    if manifest.get("columns", rows.columns) != rows.columns:
-        return f"says columns {manifest['columns']}, the data has {rows.columns}"
+    # a version older than a column added to the schema lists no such column (validate filled it with nulls)
+    listed = manifest.get("columns", rows.columns)
+    columns = [c for c in rows.columns if c in listed or c not in table_schema("rows").added]
+    if listed != columns:
+        return f"says columns {manifest['columns']}, the data has {columns}"
     if manifest.get("rows_sha256", rows_digest(rows)) != rows_digest(rows):
         return "rows_sha256 does not match the rows"
     if manifest["configs"].get(DEFAULT_CONFIG, {}).get("files") is None:
         return f"has no {DEFAULT_CONFIG!r} config"
-    data_files = sorted(rel for rel in manifest["files"] if rel.endswith(".parquet"))
+    conversational = manifest["configs"].get(CONVERSATIONAL_CONFIG, {}).get("files") or []
+    data_files = sorted(rel for rel in manifest["files"] if rel.endswith(".parquet") and rel not in conversational)
     if sorted(manifest["configs"][DEFAULT_CONFIG]["files"]) != data_files:
         return f"the {DEFAULT_CONFIG!r} config does not list every data file"
     for name, config in manifest["configs"].items():
@@ -620,6 +715,10 @@ def _derive_problem(folder: Path, manifest: dict[str, Any], rows: pl.DataFrame) 
         part = rows if name == DEFAULT_CONFIG else _read_files(folder, config["files"])
         if config["rows"] != part.height:
             return f"config {name!r} says {config['rows']} rows, its files hold {part.height}"
+        if name == CONVERSATIONAL_CONFIG:  # the same rows, only laid out as messages
+            if not part.sort(_SORT_KEY).equals(conversational_rows(rows).select(part.columns)):
+                return f"config {name!r} does not hold the default config's rows as messages"
+            continue
         if name != DEFAULT_CONFIG and part.height and part.get_column("task").n_unique() != 1:
             return f"config {name!r} mixes tasks {sorted(part.get_column('task').unique().to_list())}"
     return None
@@ -647,7 +746,7 @@ def verify(path: str | Path) -> dict[str, Any]:
         rel = file.relative_to(folder).as_posix()
         if file.is_file() and rel not in listed and not rel.startswith(".cache/") and rel != ".gitattributes":
             raise StoreError(f"{file}: not listed in {folder / MANIFEST} (unexpected file in a version folder)")
-    rows = validate(_read_files(folder, manifest["configs"][DEFAULT_CONFIG]["files"]) if
+    rows = validate(_with_derived(_read_files(folder, manifest["configs"][DEFAULT_CONFIG]["files"])) if
                     DEFAULT_CONFIG in manifest["configs"] else table_schema("rows").empty(), "rows", where=str(folder))
     problem = _derive_problem(folder, manifest, rows.sort(_SORT_KEY))
     if problem:

@@ -27,7 +27,13 @@ from typing import Any
 import polars as pl
 
 from builder.errors import BuilderError
-from builder.prompts import STUDENT_FORMAT_DOCS, chat_completion_text, student_prompt_ids, student_target
+from builder.prompts import (
+    STUDENT_FORMAT_DOCS,
+    chat_completion_text,
+    r1_completion_text,
+    student_prompt_ids,
+    student_target,
+)
 from builder.student import DatasetVersion, read_dataset, resolve_student
 from builder.train_recipe import TrainRecipe
 
@@ -46,8 +52,9 @@ def encode_example(tokenizer: Any, question: str, completion: str, fmt: str,
 
     The prompt ids are `builder.prompts.student_prompt_ids`, the ones the student is evaluated with. ft_cot: then the
     row's completion + EOS, tokenised apart so the boundary is exact. chat: the assistant turn of the chat template
-    (its end-of-turn token ends the completion). seq2seq: input_ids is the encoder input, labels the whole target
-    (ending in EOS). Cut at max_length.
+    (its end-of-turn token ends the completion). r1: the chat template's generation prompt, then the row's completion
+    as written (the R1-distill `<think>` trace and the answer text, which the rows already hold) + EOS. seq2seq:
+    input_ids is the encoder input, labels the whole target (ending in EOS). Cut at max_length.
     """
     if fmt == "seq2seq":
         enc = student_prompt_ids(tokenizer, question, fmt, max_length=max_length)
@@ -59,6 +66,9 @@ def encode_example(tokenizer: Any, question: str, completion: str, fmt: str,
     if fmt == "chat":
         _, c_text = chat_completion_text(tokenizer, question, completion)
         c_ids = tokenizer(c_text, add_special_tokens=False)["input_ids"]
+    elif fmt == "r1":
+        _, c_text = r1_completion_text(tokenizer, question, completion)
+        c_ids = tokenizer(c_text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     else:
         c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     ids = (p_ids + c_ids)[:max_length]
@@ -276,10 +286,12 @@ class TrainResult:
 
 def _progress():
     from rich import progress as rp
+    from rich.console import Console
 
     return rp.Progress(rp.TextColumn("[bold]train"), rp.BarColumn(), rp.MofNCompleteColumn(),
                        rp.TextColumn("loss {task.fields[loss]}"), rp.TextColumn("{task.fields[tps]} tok/s"),
-                       rp.TimeElapsedColumn(), rp.TimeRemainingColumn())
+                       rp.TimeElapsedColumn(), rp.TimeRemainingColumn(),
+                       console=Console(stderr=True))  # stdout is for the command's result
 
 
 def main(recipe: TrainRecipe, *, evaluate: bool | None = None) -> TrainResult:
@@ -297,7 +309,6 @@ def main(recipe: TrainRecipe, *, evaluate: bool | None = None) -> TrainResult:
 
     hp = recipe.hyperparameters
     out = recipe.out
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.seed)
     data = read_dataset(recipe.dataset, recipe)
     model_ref = resolve_student(recipe.student.model, recipe)
@@ -321,6 +332,7 @@ def main(recipe: TrainRecipe, *, evaluate: bool | None = None) -> TrainResult:
     if ckpt is not None:
         start = load_checkpoint(ckpt, model, optimizer, scheduler, expect)
         log.info("resuming from %s (step %d of %d)", ckpt, start, total)
+    out.mkdir(parents=True, exist_ok=True)  # only now: a run that fails to load its data or model leaves no folder
     log_path = out / TRAIN_LOG
     _truncate_log(log_path, start)
 

@@ -159,7 +159,8 @@ class TrainRecipe(_Strict):
     format: StudentFormat = Field(
         "ft_cot", description=f"ft_cot: '{STUDENT_PROMPT}' -> '{STUDENT_COMPLETION}' + EOS; chat: the same pair "
         f"through the chat template; seq2seq: encoder input '{STUDENT_PROMPT}', "
-        f"target '{STUDENT_COMPLETION.strip()}'.")
+        f"target '{STUDENT_COMPLETION.strip()}'; r1: reasoning datasets (R1-distill), the chat template's "
+        "generation prompt, then the row's completion '<think>\\n{trace}\\n</think>\\n\\n{answer text}' + EOS.")
     hyperparameters: HyperParams = Field(default_factory=HyperParams)
     lora: LoraSpec | None = Field(None, description="Train LoRA adapters instead of all weights.")
     seed: int = Field(42, description="Seeds model init of new heads, data order and dropout.")
@@ -172,6 +173,10 @@ class TrainRecipe(_Strict):
     def _check(self) -> TrainRecipe:
         if self.format == "seq2seq" and self.eval.enabled and self.eval.backend == "vllm":
             raise ValueError("format seq2seq evaluates with eval.backend: hf (vLLM runs decoder-only students)")
+        if self.format == "r1" and self.eval.enabled:
+            raise ValueError("format r1: the built-in evaluation reads the answer after '-->', which an R1-format "
+                             "student never writes; set eval.enabled: false and evaluate the saved model with a "
+                             "reasoning recipe (teacher.reasoning_parser, grading after the trace)")
         return self
 
     def resolve_path(self, path: str | None) -> Path | None:

@@ -54,7 +54,8 @@ def vllm_engine(tiny_model_dir: Path):
 
 @pytest.fixture
 def fake_hub(monkeypatch):
-    """Route every huggingface_hub request to a FakeHub (HfApi, hf_hub_download: the real client code)."""
+    """Route every huggingface_hub request to a FakeHub (HfApi, hf_hub_download: the real client code). Xet is
+    switched off (the fake speaks LFS), so uploads take huggingface_hub's LFS path even with hf_xet installed."""
     import httpx2
     from huggingface_hub import constants
     from huggingface_hub.utils import _http
@@ -63,6 +64,7 @@ def fake_hub(monkeypatch):
 
     fake = FakeHub()
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     _http.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(fake.handler),
                                                    event_hooks={"request": [_http.hf_request_event_hook]},

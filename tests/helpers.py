@@ -9,6 +9,7 @@ in conftest.py).
 from __future__ import annotations
 
 import base64
+import fnmatch
 import hashlib
 import json
 import re
@@ -78,7 +79,7 @@ STORE_RECIPE = {
     "prompt": {"style": "zero_shot_cot", "trigger": "Let's think step by step.", "format": "raw"},
     "sampling": {"n": 4, "temperature": 0.7, "top_p": 1.0, "max_tokens": 64, "seed": 0},
     "curation": {"keep_correct_only": True},
-    "store": {"root": "/home/a/store", "shard_rows": 100_000},
+    "store": {"root": "/home/a/store", "shard_rows": 100_000, "license": "cc-by-4.0"},  # a license: publishable
 }
 
 
@@ -186,13 +187,32 @@ def planted(teacher_completions_dir: Path, tasks=CURATE_TASKS, limit: int = 120)
 TOKEN = "hf_fake_secret_token_0123456789"
 
 
+GITATTRIBUTES = b"*.parquet filter=lfs diff=lfs merge=lfs -text\n*.png filter=lfs diff=lfs merge=lfs -text\n"
+
+
 class FakeHub:
-    """In-memory Hub answering the endpoints HfApi uses to publish; records every request."""
+    """A fake of the Hub's write side (and enough of its read side for hf_hub_download), in memory, answering
+    huggingface_hub's real client code; records every request.
+
+    Binary files take the real LFS protocol: preupload answers "lfs" for paths .gitattributes marks (Parquet, PNG)
+    and for binary samples; the client then asks the LFS batch endpoint
+    (`/datasets/ORG/NAME.git/info/lfs/objects/batch`, "basic" transfer) for upload actions, PUTs each blob to the
+    upload URL it was given (`/fake-lfs/upload/OID`), POSTs the verify URL, and names the blob by sha256 in the
+    commit's `lfsFile` line. A blob the store already holds gets no upload action (so a rerun uploads only what
+    is missing); a commit naming a blob that was never uploaded is refused, as on the Hub. Xet is not offered: the
+    `fake_hub` fixture sets HF_HUB_DISABLE_XET, so huggingface_hub takes this LFS path even with hf_xet installed.
+    """
 
     def __init__(self, endpoint: str = "https://fake-hub.test"):
         self.endpoint = endpoint
         self.requests: list[dict] = []
         self.repos: dict[str, dict] = {}
+        self.lfs: dict[str, bytes] = {}  # sha256 hex -> blob (the LFS store, shared by every repo here)
+
+    def lfs_uploads(self) -> list[str]:
+        """sha256 of every blob PUT to an upload URL, in order."""
+        return [r["path"].rsplit("/", 1)[1] for r in self.requests
+                if r["method"] == "PUT" and r["path"].startswith("/fake-lfs/upload/")]
 
     # state helpers
     def _commit(self, repo: dict, files: dict[str, bytes], message: str) -> str:
@@ -209,6 +229,14 @@ class FakeHub:
     def files_at(self, repo_id: str, rev: str) -> dict[str, bytes]:
         repo = self.repos[repo_id]
         return repo["commits"][self._rev(repo, rev)]["files"]
+
+    @staticmethod
+    def _upload_mode(file: dict, gitattributes: str) -> str:
+        """The Hub's choice: LFS for paths .gitattributes sends to LFS and for binary content, else a git blob."""
+        patterns = [line.split()[0] for line in gitattributes.splitlines() if "filter=lfs" in line]
+        if any(fnmatch.fnmatch(file["path"].rsplit("/", 1)[-1], pat) for pat in patterns):
+            return "lfs"
+        return "lfs" if b"\0" in base64.b64decode(file.get("sample", "")) else "regular"
 
     # transport
     def handler(self, request):
@@ -235,7 +263,7 @@ class FakeHub:
             repo = {"visibility": data.get("visibility"), "type": data.get("type"), "commits": {}, "branches": {},
                     "tags": {}}
             self.repos[repo_id] = repo
-            self._commit(repo, {".gitattributes": b"*.parquet filter=lfs\n"}, "initial commit")
+            self._commit(repo, {".gitattributes": GITATTRIBUTES}, "initial commit")
             return js({"url": f"{self.endpoint}/datasets/{repo_id}"})
         if path == "/api/validate-yaml":
             return js({"errors": [], "warnings": []})
@@ -257,12 +285,16 @@ class FakeHub:
                 if oid is None:
                     return err(404, "RevisionNotFound", f"Invalid rev id: {rev}")
                 files = repo["commits"][oid]["files"]
-                return js([{"type": "file", "path": p, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
+                return js([{"type": "file", "path": p, "size": len(b), "oid": hashlib.sha1(b).hexdigest(),
+                            **({"lfs": {"oid": hashlib.sha256(b).hexdigest(), "size": len(b), "pointerSize": 134}}
+                               if hashlib.sha256(b).hexdigest() in self.lfs else {})}
                            for p, b in sorted(files.items())])
             if op == "preupload":
                 files = json.loads(body)["files"]
-                return js({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
-                                      "oid": None} for f in files]})
+                attrs = repo["commits"][self._rev(repo, rev) or repo["branches"]["main"]]["files"].get(
+                    ".gitattributes", b"").decode()
+                return js({"files": [{"path": f["path"], "uploadMode": self._upload_mode(f, attrs),
+                                      "shouldIgnore": False, "oid": None} for f in files]})
             if op == "commit":
                 lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
                 header = lines[0]["value"]
@@ -273,6 +305,11 @@ class FakeHub:
                     value = op_line["value"]
                     if op_line["key"] == "file":
                         files[value["path"]] = base64.b64decode(value["content"])
+                    elif op_line["key"] == "lfsFile":
+                        if value["oid"] not in self.lfs:
+                            return err(400, "BadRequest", f"Your push was rejected because an LFS pointer pointed "
+                                       f"to a file that does not exist: {value['path']} ({value['oid']})")
+                        files[value["path"]] = self.lfs[value["oid"]]
                     elif op_line["key"] == "deletedFile":
                         files.pop(value["path"], None)
                     else:
@@ -286,6 +323,34 @@ class FakeHub:
                     return js({"error": f"Tag {tag} already exists"}, 409)
                 repo["tags"][tag] = self._rev(repo, rev)
                 return js({})
+        m = re.match(r"^/datasets/([^/]+/[^/]+)\.git/info/lfs/objects/(batch|verify)$", path)
+        if m and method == "POST":
+            if m.group(1) not in self.repos:
+                return err(404, "RepoNotFound", f"Repository {m.group(1)} not found")
+            data = json.loads(body)
+            if m.group(2) == "verify":
+                found = self.lfs.get(data["oid"])
+                if found is None or len(found) != data["size"]:
+                    return err(404, "EntryNotFound", f"LFS object {data['oid']} not found")
+                return js({})
+            if data.get("operation") != "upload" or "basic" not in data.get("transfers", ["basic"]):
+                return err(400, "BadRequest", f"fake hub: only basic LFS uploads, got {data}")
+            objects = []
+            for obj in data["objects"]:
+                entry = {"oid": obj["oid"], "size": obj["size"], "authenticated": True}
+                if obj["oid"] not in self.lfs:
+                    entry["actions"] = {
+                        "upload": {"href": f"{self.endpoint}/fake-lfs/upload/{obj['oid']}", "header": {}},
+                        "verify": {"href": f"{self.endpoint}/datasets/{m.group(1)}.git/info/lfs/objects/verify",
+                                   "header": {}}}
+                objects.append(entry)
+            return js({"transfer": "basic", "objects": objects})
+        m = re.match(r"^/fake-lfs/upload/([0-9a-f]{64})$", path)
+        if m and method == "PUT":
+            if hashlib.sha256(body).hexdigest() != m.group(1):
+                return err(400, "BadDigest", "The sha256 of the uploaded body does not match the object id")
+            self.lfs[m.group(1)] = body
+            return httpx2.Response(200, headers={"ETag": f'"{hashlib.md5(body).hexdigest()}"'})
         m = re.match(r"^/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path)
         if m:
             repo = self.repos.get(m.group(1))

@@ -1,14 +1,27 @@
 """Run the `rationale` CLI and SIGKILL its own process group (vLLM's engine processes included) at a named point.
 
-Timing-based kills race the sampler (a fast machine finishes every shard before the kill lands), so the kill test
-names its points instead; the kill itself is the real thing: SIGKILL of the whole group, no cleanup runs.
+Timing-based kills race the program (a fast machine finishes every shard before the kill lands), so the kill tests
+name their points instead; the kill itself is the real thing: SIGKILL of the whole group, no cleanup runs. Each
+point wraps the function where it lands (nothing in builder/ knows about it).
 
-    python tests/kill_points.py POINT K -- [rationale args...]
+    python tests/kill_points.py POINT ARG -- [rationale args...]
 
-Points (K counts shards written by this process):
-    after_shard K      right after the K-th shard is renamed into place
-    mid_write K        the K-th shard's temp file is written and fsynced, the rename has not happened
-    answer_stage K     an answer stage is queued in the engine after K shards were written
+Sampling (`rationale sample`; ARG = K counts shards written by this process):
+    after_shard K         right after the K-th shard is renamed into place
+    mid_write K           the K-th shard's temp file is written and fsynced, the rename has not happened
+    answer_stage K        an answer stage is queued in the engine after K shards were written
+Training (`rationale train`; ARG = K, an optimiser step):
+    train_step K          steps 1..K are done and in train_log.jsonl, step K+1 has begun its first forward pass
+    checkpoint_partial K  step K's checkpoint is complete in checkpoints/.step-K.partial/, the rename has not happened
+Build (`rationale build`; ARG = the table, graded or ledger, or 1 where there is none):
+    computed TABLE        the stage that makes TABLE returned; TABLE.parquet is not written
+    table_mid_write TABLE TABLE.parquet's temp file is complete, the rename has not happened
+    written TABLE         TABLE.parquet is renamed into place; the next stage has not begun
+    version_temp 1        the version's data shards are in the store's .tmp-v* folder; card and manifest are not
+    version_renamed 1     the version folder is renamed into place; versions.json is not updated
+    pause_written TABLE   not a kill: after TABLE.parquet is written, touch $KILL_POINTS_PAUSED and wait (up to
+                          120 s) until $KILL_POINTS_RESUME exists, so a test can run a second build meanwhile
+    pause_card 1          the same pause inside the store lock (the version's card is about to be written)
 """
 
 from __future__ import annotations
@@ -16,15 +29,26 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+KILL_MESSAGE = "kill_points: SIGKILL"
 
 
 def kill_group() -> None:
-    sys.stderr.write("kill_points: SIGKILL\n")
+    sys.stderr.write(KILL_MESSAGE + "\n")
     sys.stderr.flush()
     os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
-def install(point: str, k: int) -> None:
+def _kill_at_next_replace() -> None:
+    """The file or folder being written is complete on disk; its rename into place never happens."""
+    os.replace = lambda *_: kill_group()
+
+
+# ---------------------------------------------------------------- sampling
+def _sample(point: str, k: int) -> None:
     from builder import sample
 
     written = 0
@@ -33,7 +57,7 @@ def install(point: str, k: int) -> None:
     def counted_write(df, path):
         nonlocal written
         if point == "mid_write" and written + 1 == k:
-            os.replace = lambda *_: kill_group()  # the temp file is complete on disk; the rename never happens
+            _kill_at_next_replace()
         result = write(df, path)
         written += 1
         if point == "after_shard" and written == k:
@@ -54,14 +78,106 @@ def install(point: str, k: int) -> None:
             return ids
 
         LLM.enqueue = watched_enqueue
-    elif point not in ("after_shard", "mid_write"):
-        raise SystemExit(f"kill_points: unknown point {point!r}")
+
+
+# ---------------------------------------------------------------- training
+def _train(point: str, k: int) -> None:
+    from builder import train
+
+    if point == "train_step":
+        loss_sum = train.completion_loss_sum
+        calls = 0
+
+        def counted_loss(model, batch, fmt):
+            nonlocal calls
+            # the first micro-batch of step K+1: steps 1..K (grad_accum micro-batches each) are done and logged
+            if calls == k * grad_accum():
+                kill_group()
+            calls += 1
+            return loss_sum(model, batch, fmt)
+
+        train.completion_loss_sum = counted_loss
+    else:
+        save = train.save_checkpoint
+
+        def watched_save(out, step, *args, **kwargs):
+            if step == k:
+                _kill_at_next_replace()
+            return save(out, step, *args, **kwargs)
+
+        train.save_checkpoint = watched_save
+
+    recipe_seen = {}
+    main = train.main
+
+    def main_with_recipe(recipe, **kwargs):
+        recipe_seen["grad_accum"] = recipe.hyperparameters.grad_accum
+        return main(recipe, **kwargs)
+
+    def grad_accum() -> int:
+        return recipe_seen["grad_accum"]
+
+    train.main = main_with_recipe
+
+
+# ---------------------------------------------------------------- build
+def _build(point: str, table: str) -> None:
+    from builder import build, card, curate, grade, store
+
+    if point == "computed":
+        module = {"graded": grade, "ledger": curate}[table]
+        run = module.run
+        module.run = lambda *a, **k: (run(*a, **k), kill_group())
+    elif point in ("table_mid_write", "written", "pause_written"):
+        write = build.write_table
+
+        def watched_write(df, path, name, **kwargs):
+            at = Path(path).name == f"{table}.parquet"
+            if at and point == "table_mid_write":
+                _kill_at_next_replace()
+            result = write(df, path, name, **kwargs)
+            if at and point == "written":
+                kill_group()
+            if at and point == "pause_written":
+                _pause()
+            return result
+
+        build.write_table = watched_write
+    elif point == "version_temp":
+        card.write_card = lambda *a, **k: kill_group()
+    elif point == "version_renamed":
+        store._write_index = lambda *a, **k: kill_group()
+    elif point == "pause_card":
+        write_card = card.write_card
+        card.write_card = lambda *a, **k: (_pause(), write_card(*a, **k))[1]
+
+
+def _pause() -> None:
+    Path(os.environ["KILL_POINTS_PAUSED"]).touch()
+    release = Path(os.environ["KILL_POINTS_RESUME"])
+    deadline = time.time() + 120
+    while not release.exists() and time.time() < deadline:
+        time.sleep(0.05)
+
+
+POINTS: dict[str, Callable[[str, str], None]] = {
+    **{p: lambda p, a: _sample(p, int(a)) for p in ("after_shard", "mid_write", "answer_stage")},
+    **{p: lambda p, a: _train(p, int(a)) for p in ("train_step", "checkpoint_partial")},
+    **{p: _build for p in ("computed", "table_mid_write", "written", "version_temp", "version_renamed",
+                           "pause_written", "pause_card")},
+}
+
+
+def install(point: str, arg: str) -> None:
+    if point not in POINTS:
+        raise SystemExit(f"kill_points: unknown point {point!r}; known: {', '.join(POINTS)}")
+    POINTS[point](point, str(arg))
 
 
 if __name__ == "__main__":
-    point, k, sep, *argv = sys.argv[1:]
+    point, arg, sep, *argv = sys.argv[1:]
     assert sep == "--", __doc__
-    install(point, int(k))
+    install(point, arg)
     from builder.cli import main
 
     sys.exit(main(argv))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import polars as pl
 import pytest
 
 from builder import store
 from builder.errors import StoreError
-from builder.stats import BuildStats, ContaminationHit
+from builder.stats import BuildStats, ContaminationHit, Decontamination
 from tests.helpers import STORE_RECIPE, load_version_dataset, make_ledger, make_stats
 
 
@@ -36,9 +37,10 @@ def test_card_header_matches_the_data_and_loads_with_huggingface_hub_and_dataset
     assert configs.get_default_config_name() == "default"
     assert configs["coin_flip"]["data_files"] == [{"split": "train", "path": "data/coin_flip/train-*.parquet"}]
     infos = DatasetInfosDict.from_dataset_card_data(card.data)
-    assert {c: i.splits["train"].num_examples for c, i in infos.items()} == {"default": 16, "coin_flip": 8,
-                                                                              "multiarith": 8}
-    assert list(infos["default"].features) == store.load_manifest(info.path)["columns"]
+    assert {c: i.splits["train"].num_examples for c, i in infos.items()} == {"default": 16, "conversational": 16,
+                                                                              "coin_flip": 8, "multiarith": 8}
+    # the rows table's columns but `messages`, which only the conversational config holds (as prompt/completion)
+    assert list(infos["default"].features) == [c for c in store.load_manifest(info.path)["columns"] if c != "messages"]
     assert "chain-of-thought" in card.data.tags and card.data.pretty_name == "demo (v1)"
     assert load_version_dataset(info.path, tmp_path, "multiarith").num_rows == 8
 
@@ -83,7 +85,7 @@ def test_card_says_what_the_build_did_not_record(tmp_path, what):
     body = (info.path / "README.md").read_text().split("---", 2)[2]
     assert ("No funnel was recorded" in body) == (stats is None)
     assert (info.path / "assets" / "funnel.png").exists() == (stats is not None)
-    assert ("Decontamination was not run" in body) == (stats is None)
+    assert ("Decontamination: not run" in body) == (stats is None)
     assert ("No diversity figures were recorded" in body) == (stats is None)
     assert "Teacher usage" not in body
     assert "n=4, temperature=0.7" in body  # sampling settings come from the recipe either way
@@ -97,3 +99,32 @@ def test_an_empty_version_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(StoreError, match="dataset 'demo': no rows to store"):
         _write(tmp_path / "store", ledger, make_stats(ledger))
     assert store.list_versions(tmp_path / "store", "demo") == []
+
+
+def test_quickstart_card_carries_hub_metadata_that_huggingface_hub_validates(tmp_path):
+    """The quickstart recipe's card (one file task, no decontamination): license, language, annotations_creators,
+    source_datasets, citation; parsed back by huggingface_hub's DatasetCard into DatasetCardData."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    from builder.recipe import load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "quickstart" / "build.yaml")
+    recipe.store.license = "apache-2.0"
+    ledger = make_ledger(tasks=("arith",))
+    stats = make_stats(ledger)
+    stats.curation.decontamination = Decontamination()  # the quickstart has no eval set: nothing was checked
+    info = store.write_version(store.rows_from_ledger(ledger), root=tmp_path / "store", name="quickstart-arith",
+                               recipe=recipe.model_dump(mode="json"), stats=stats, tool_version="test")
+    card = DatasetCard.load(info.path / "README.md")
+    data = card.data
+    assert isinstance(data, DatasetCardData)
+    assert data.license == "apache-2.0" and data.language == ["en"]
+    assert data.annotations_creators == ["machine-generated"] and data.source_datasets == ["questions.jsonl"]
+    assert sorted(c["config_name"] for c in data.configs) == ["conversational", "default"]
+    assert DatasetCardData(**data.to_dict()).to_dict() == data.to_dict()  # a valid, round-tripping header
+    text = card.text
+    assert "Large Language Models Are Reasoning Teachers" in text and "arXiv:2212.10071" in text
+    assert "@software{rationale_builder" in text and "Decontamination: not run" in text
+    assert 'load_dataset("<org>/quickstart-arith"' in text and "rationale publish` writes the repo id" in text
+    published = store.published_copy(info.path, store.load_manifest(info.path), "my-org/arith-cot")
+    assert b'load_dataset("my-org/arith-cot"' in published["README.md"] and b"<org>" not in published["README.md"]

@@ -108,6 +108,7 @@ def _row(**kw) -> dict:
     (_row(finish_reason="length"), ["truncated"], R.TRUNCATED),
     (_row(grade_status="no_answer", pred=None), ["no_answer"], R.NO_ANSWER),
     (_row(grade_status="parse_error"), ["no_answer"], R.NO_ANSWER),
+    (_row(grade_status="ambiguous"), ["no_answer"], R.NO_ANSWER),  # a hedge ("7 or 8") is no answer
     (_row(rationale="So 7."), ["length"], R.TOO_SHORT),
     (_row(rationale="a b c " * 200), ["length"], R.TOO_LONG),
     (_row(rationale="Natalie Gilbert Brian Sanchez\n" * 12), ["degenerate"], R.DEGENERATE),

@@ -83,9 +83,33 @@ def test_fast_hash_estimates_true_jaccard(rationales):
     assert np.mean(errors) < 0.04 and max(errors) < 0.15
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.text(max_size=40), st.text(max_size=40))
-def test_row_keys_are_normalised_text_equality(a, b):
+_SEPARATORS = st.text(alphabet=" \t\n.,;:!?-()\"'", min_size=1, max_size=3)
+_ASCII_UPPER = {c: c - 32 for c in range(97, 123)}
+
+
+@st.composite
+def _key_pairs(draw) -> tuple[str, str]:
+    """(a, b): independent texts (keys almost always differ), b a re-spelling of a's words (ASCII case, other
+    separators: the keys must be equal), or a re-spelling with one character changed (a near miss)."""
+    a = draw(st.text(max_size=40))
+    kind = draw(st.sampled_from(["independent", "respelled", "near_miss"]))
+    if kind == "independent":
+        return a, draw(st.text(max_size=40))
+    ws = words(a) or [draw(st.text(alphabet="abc", min_size=1, max_size=3))]
+    seps = [draw(_SEPARATORS) for _ in range(len(ws) + 1)]
+    upper = draw(st.booleans())
+    b = seps[0] + "".join((w.translate(_ASCII_UPPER) if upper else w) + sep
+                          for w, sep in zip(ws, seps[1:], strict=True))
+    if kind == "near_miss":
+        i = draw(st.integers(0, len(b) - 1))
+        b = b[:i] + draw(st.sampled_from(["x", "1", "", " ab"])) + b[i + 1:]
+    return (a if words(a) else " ".join(ws)), b
+
+
+@settings(max_examples=300, deadline=None)
+@given(_key_pairs())
+def test_row_keys_are_normalised_text_equality(pair):
+    a, b = pair
     keys = shingle(pl.Series([a, b]), 5).row_keys
     assert (keys[0] == keys[1]) == (words(a) == words(b))
 

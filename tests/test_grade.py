@@ -187,7 +187,7 @@ def _kind(row: dict) -> str | None:
             return "string spelled with hyphens/accents" if letters == gold else None
         if re.search(r"[a-z]", ac) and not re.search(r"\d", ac):
             return "number in words"
-        line = ac.strip().splitlines()[0]
+        line = ac.strip(" :\n").splitlines()[0]
         if "=" in line:
             result = re.match(r"\s*([\d.]+?)\.?(?:\s|$)", line.split("=")[-1]).group(1)
             return "calculation whose result is gold" if Fraction(result) == Fraction(gold) else None
@@ -200,6 +200,10 @@ def _kind(row: dict) -> str | None:
     # we reject what the reference accepted: its answer is the first operand of a calculation, not the result
     if "=" in ac and ac.strip().split("=")[0].strip().startswith(("5 +", "89 +", "7c", "$$")):
         return "reference took the first operand of a calculation"
+    # ... or the answer names two different values (a hedge): never credited
+    sentence = re.split(r"[.!?](?:\s|$)|\n\s*\n", ac.strip())[0]
+    if row["grade_status"] == "ambiguous" and len({float(x) for x in re.findall(r"\d*\.?\d+", sentence)}) > 1:
+        return "answer names two different values (ambiguous)"
     return None
 
 
@@ -218,12 +222,19 @@ def test_audit_on_all_teacher_completions(teacher_completions_dir: Path):
         kinds[kind] = kinds.get(kind, 0) + 1
     # Where the reference says right we agree, except where the reference graded a calculation's first operand.
     rejected = diff.filter(pl.col("reference_correct"))
-    assert rejected.height == kinds.get("reference took the first operand of a calculation", 0) <= 4
+    assert kinds.get("reference took the first operand of a calculation", 0) <= 4
+    assert rejected.height == (kinds.get("reference took the first operand of a calculation", 0)
+                               + kinds.get("answer names two different values (ambiguous)", 0))
     assert diff.height < 0.02 * graded.height
     assert {"string spelled with hyphens/accents", "number in words", "fraction / trailing zero / leading dot",
-            "float noise in the last digit", "calculation whose result is gold"} <= set(kinds)
-    # Every completion yields a prediction except the few that never state a number.
-    assert graded.filter(pl.col("grade_status") != "ok").height <= 15
+            "float noise in the last digit", "calculation whose result is gold",
+            "answer names two different values (ambiguous)"} <= set(kinds)
+    # Every completion yields a prediction except the few that never state a number, and the hedges
+    # ("30 and 35.", "14\n16", "3 and 7, or 37.": 26 rows, all answers that were wrong or named two values).
+    statuses = dict(graded.group_by("grade_status").len().rows())
+    assert statuses.get("wrong_format", 0) + statuses.get("no_answer", 0) <= 15
+    assert 20 <= statuses.get("ambiguous", 0) <= 30
+    assert graded.filter(pl.col("grade_status") == "ambiguous")["correct"].sum() == 0
 
 
 def test_rationale_mode_on_real_rationales_agrees_with_the_answer_stage(teacher_completions_dir: Path):
@@ -233,7 +244,14 @@ def test_rationale_mode_on_real_rationales_agrees_with_the_answer_stage(teacher_
     r = grade_frame(df, mode="rationale")
     answered = r["grade_status"] == "ok"
     assert answered.sum() > 150
-    assert (a["pred"].filter(answered) == r["pred"].filter(answered)).all()
+    differ = r.filter(answered & (a["pred"] != r["pred"]))
+    # Where they differ, the rationale ends on an unpadded date ("The answer is 8/7/2003.") that is the choice
+    # the rationale-mode pred names ("08/07/2003"); the answer stage said another letter.
+    assert differ.height <= 2
+    for row in differ.iter_rows(named=True):
+        m, d, y = re.findall(r"(\d{1,2})/(\d{1,2})/(\d{4})", row["rationale"])[-1]
+        choice = re.search(rf"\({row['pred']}\) (\S+)", row["question"]).group(1)
+        assert choice == f"{int(m):02d}/{int(d):02d}/{y}"
 
 
 # ---------------------------------------------------------------- CLI

@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import polars as pl
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from builder.graders import GRADERS, grade_one
@@ -45,7 +45,7 @@ NUMBER_ROWS = [
     ("5", " 5 + 5 = 10.", "10", False, "ok"),  # ... so its first operand is not the answer
     ("14", " 26 + 36 - 48 = 14. The answer (words) is fourteen.", "14", True, "ok"),
     ("0.8888888888888888", " 1.", "1", False, "ok"),
-    ("469", " 3-4-1", "3", False, "ok"),
+    ("469", " 3-4-1", "3", False, "ambiguous"),  # three different numbers
     ("8", ' "none of the above".', None, False, "wrong_format"),
     ("2", " _____.", None, False, "wrong_format"),
     ("2", "   ", None, False, "no_answer"),
@@ -223,11 +223,24 @@ def test_formatting_variants_of_a_value_agree(d):
         assert grade_one("number", gold, f" {_plain(d)}.").correct
 
 
-@settings(max_examples=200, deadline=None)
-@given(values, values)
-def test_different_values_never_agree(a, b):
-    if a == b:
-        return
+NEAR_MISSES = {  # a value a teacher gets almost right
+    "x10": lambda a, k: a * 10, "div10": lambda a, k: a / 10, "negated": lambda a, k: -a,
+    "plus_1e-k": lambda a, k: a + Decimal(1).scaleb(-k), "minus_1e-k": lambda a, k: a - Decimal(1).scaleb(-k),
+    "last_digit+1": lambda a, k: a + Decimal(1).scaleb(a.as_tuple().exponent),
+}
+# half the pairs independent, half a near miss of the gold (independent draws almost never are one)
+value_pairs = st.one_of(
+    st.tuples(values, values),
+    st.builds(lambda a, how, k: (a, NEAR_MISSES[how](a, k)), values, st.sampled_from(sorted(NEAR_MISSES)),
+              st.integers(0, 4)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(value_pairs)
+def test_different_values_never_agree(pair):
+    a, b = pair
+    # different beyond the documented 1e-12 relative tolerance (a near miss of 1e-4 on 1e10 is "equal")
+    assume(abs(a - b) > Decimal("1e-10") * max(abs(a), abs(b)))
     texts = variants(b)
     out = GRADERS.get("number")(_number_frame(texts, _plain(a)))
     assert out["grade_status"].to_list() == ["ok"] * len(texts)

@@ -1,10 +1,11 @@
 """Hub publish and pull.
 
 publish runs huggingface_hub's real HfApi (create_repo, list_repo_refs, create_commit with preupload and the ndjson
-commit payload, create_tag) with the network replaced by `FakeHub`, an in-memory recorder behind an httpx
-MockTransport installed through huggingface_hub's client factory. pull runs the real `snapshot_download` over HTTP
-against `GitMirror`, a read-only local Hub mirror on 127.0.0.1 that serves tagged git repositories (what olah does
-for local repos) through the endpoints snapshot_download uses: /api/.../revision, /api/.../tree, /resolve/.
+commit payload, LFS batch + blob uploads for Parquet/PNG, create_tag) with the network replaced by `FakeHub`, an
+in-memory fake behind an httpx MockTransport installed through huggingface_hub's client factory. pull runs the real
+`snapshot_download` over HTTP against `FakeGitMirror`, a hand-written fake of the Hub's read side on 127.0.0.1 that
+serves tagged git repositories through the endpoints snapshot_download uses (/api/.../revision, /api/.../tree,
+/resolve/); olah, a real Hub mirror (PyPI), serves the same repos in the last test, the real read side.
 """
 
 from __future__ import annotations
@@ -44,10 +45,15 @@ def test_fake_hub_publish_is_one_commit_with_every_file_then_a_tag(fake_hub, tmp
     repo = fake_hub.repos["org/demo-cot"]
     assert repo["visibility"] == "private" and repo["type"] == "dataset"
     assert repo["tags"]["v1"] == repo["branches"]["main"] == result.commit
-    # the tagged commit holds exactly the version folder, byte for byte
+    # the tagged commit holds the version folder byte for byte, but for the card naming the repo and the manifest
+    # recording it (with the card's new sha256)
     files = fake_hub.files_at("org/demo-cot", "v1")
     local = {p.relative_to(info.path).as_posix(): p.read_bytes() for p in info.path.rglob("*") if p.is_file()}
-    assert {k: v for k, v in files.items() if k != ".gitattributes"} == local
+    staged = ("README.md", "manifest.json")
+    assert {k: v for k, v in files.items() if k not in (".gitattributes", *staged)} == {
+        k: v for k, v in local.items() if k not in staged}
+    assert b'load_dataset("org/demo-cot"' in files["README.md"] and b"<org>" not in files["README.md"]
+    assert json.loads(files["manifest.json"])["published_repo"] == "org/demo-cot"
     # the token came from HF_TOKEN, was sent as a bearer header, and reached no file or output
     calls = [r for r in fake_hub.requests if "/org/demo-cot" in r["path"] or r["path"] == "/api/repos/create"]
     assert len(calls) >= 6 and all(r["auth"] == f"Bearer {TOKEN}" for r in calls)
@@ -109,10 +115,10 @@ def test_fake_hub_cli_dry_run_sends_nothing_and_publish_prints_the_tag(fake_hub,
                  "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert fake_hub.requests == []
-    assert "would commit 6 files" in out and "then tag v1" in out and "data/multiarith/train-00000" in out
+    assert "would commit 7 files" in out and "then tag v1" in out and "data/multiarith/train-00000" in out
     assert main(["publish", "demo@v1", "--repo", "org/demo-cot", "--store", str(tmp_path / "store")]) == 0
     out = capsys.readouterr()
-    assert "published org/demo-cot@v1: 6 files" in out.out and info.content_hash[:12] in out.out
+    assert "published org/demo-cot@v1: 7 files" in out.out and info.content_hash[:12] in out.out
     assert TOKEN not in out.out + out.err
     assert main(["publish", "demo@v1", "--repo", "org/demo-cot", "--store", str(tmp_path / "store")]) == 0
     assert "nothing to publish" in capsys.readouterr().out
@@ -176,8 +182,9 @@ def _git(repo: Path, *args: str, data: bytes | None = None) -> bytes:
     return subprocess.run(["git", "-C", str(repo), *args], input=data, capture_output=True, check=True, env=env).stdout
 
 
-class GitMirror(ThreadingHTTPServer):
-    """Serves <root>/datasets/<org>/<name> git repositories read-only, like olah's local mirror."""
+class FakeGitMirror(ThreadingHTTPServer):
+    """A fake of the Hub's read side: serves <root>/datasets/<org>/<name> git repositories read-only, the way
+    olah's local mirror does (olah itself runs in test_pull_through_olah_serving_local_git_mirrors)."""
 
     def __init__(self, root: Path):
         self.root = root
@@ -186,7 +193,7 @@ class GitMirror(ThreadingHTTPServer):
 
 
 class _MirrorHandler(BaseHTTPRequestHandler):
-    server: GitMirror
+    server: FakeGitMirror
 
     def log_message(self, *args) -> None:
         pass
@@ -266,7 +273,7 @@ def mirror(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     _http.set_client_factory(_http.default_client_factory)
-    server = GitMirror(tmp_path / "mirror")
+    server = FakeGitMirror(tmp_path / "mirror")
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
 
@@ -382,7 +389,7 @@ def test_cli_pull_in_a_fresh_process_against_the_mirror(mirror, tmp_path):
     run = subprocess.run([sys.executable, "-m", "builder", "pull", "org/demo-cot@v1"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert "16 rows, 5 files verified" in run.stdout
+    assert "16 rows, 6 files verified" in run.stdout
     assert store.verify(tmp_path / "demo-cot" / "v1")["content_hash"] == info.content_hash
     files = _folder_files(info.path)
     files["README.md"] += b"\n<!-- edited on the mirror -->\n"
@@ -402,7 +409,7 @@ def _olah_cli() -> str | None:
 
 @pytest.mark.skipif(_olah_cli() is None, reason="olah not installed: pip install olah in a separate venv (it pins "
                     "psutil<6 and a newer fastapi than vLLM's) and set RATIONALE_OLAH_CLI=<venv>/bin/olah-cli; "
-                    "the same pull path is covered by GitMirror above")
+                    "the same pull path is covered by FakeGitMirror above")
 def test_pull_through_olah_serving_local_git_mirrors(mirror, tmp_path):
     """Interop with olah, the PyPI Hub mirror, serving the same git repos offline."""
     import socket

@@ -89,3 +89,71 @@ def test_build_with_a_wrong_recipe_exits_non_zero_naming_the_field(tmp_path, cap
 def test_missing_recipe_file(capsys):
     assert main(["build", "/nonexistent/recipe.yaml"]) == 2
     assert "recipe not found" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the strict YAML loader
+@pytest.mark.parametrize("text, message", [
+    (GOOD + "curation:\n  keep_correct_only: true\n  keep_correct_only: false\n",
+     r"r\.yaml: line 9: duplicate key 'keep_correct_only' \(first on line 8\)"),
+    (GOOD.replace("name: demo", "name: demo\nname: other"), r"line 2: duplicate key 'name' \(first on line 1\)"),
+    (GOOD + "sampling:\n  seed: yes\n", r"line 8, column 9: 'yes' is refused: YAML 1.1 reads it as a boolean"),
+    (GOOD + "curation:\n  dedup_exact: off\n", r"'off' is refused"),
+    (GOOD + "sampling:\n  temperature: .inf\n", r"sampling\.temperature: Input should be a finite number"),
+    (GOOD + "curation:\n  decontam_overlap: .nan\n", r"curation\.decontam_overlap: Input should be a finite number"),
+    (GOOD + "teacher:\n  timeout_s: 1e999\n", r"duplicate key 'teacher'"),
+    (GOOD.replace("  model: some/model", "  model: some/model\n  timeout_s: 1e999"),
+     r"teacher\.timeout_s: Input should be a finite number"),
+    (GOOD + "curation:\n  eval_sets: &a [*a]\n", r"line 8: an alias refers to the node that holds it"),
+    (GOOD + "description: " + "[" * 3000 + "]" * 3000 + "\n", r"nested too deeply to be a recipe"),
+])
+def test_strict_yaml_refuses_what_would_load_as_something_else(tmp_path, text, message):
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(p)
+
+
+def test_strict_yaml_keeps_quoted_words_merge_keys_and_small_aliases(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(GOOD + "description: 'yes'\nprompt:\n  trigger: \"on\"\n"
+                 "curation:\n  minhash: &mh {ngram: 3}\n  selection: {mode: first}\n"
+                 "store: {name: a, <<: {shard_rows: 5}}\n")
+    r = load_recipe(p)
+    assert r.description == "yes" and r.prompt.trigger == "on" and r.curation.minhash.ngram == 3
+    assert r.store.shard_rows == 5
+
+
+def test_a_yaml_alias_bomb_is_refused_within_a_second_and_bounded_memory(tmp_path):
+    import time
+    import tracemalloc
+
+    levels = "".join(f"    {a}: &{a} [{', '.join(['*' + p] * 9) if p else ', '.join(['lol'] * 9)}]\n"
+                     for a, p in zip("abcdefghi", ["", *"abcdefgh"], strict=True))  # 9**9 strings expanded
+    p = tmp_path / "bomb.yaml"
+    p.write_text(GOOD.replace("  model: some/model", "  model: some/model\n  engine_args:\n" + levels))
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(RecipeError, match=r"bomb\.yaml: line \d+: aliases expand to more than 100,000 values"):
+            load_recipe(p)
+        elapsed = time.perf_counter() - t0
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert elapsed < 1.0 and peak < 20 * 2**20, (elapsed, peak)
+
+
+def test_recipe_only_checks_run_when_the_recipe_loads(tmp_path):
+    for extra, message in [
+        ("curation:\n  min_chars: 100\n  max_chars: 10\n", r"min_chars \(100\) is greater than max_chars \(10\)"),
+        ("", r"tasks\.items\.0: .*split 'dev' is not train, test or all"),
+    ]:
+        p = tmp_path / "r.yaml"
+        p.write_text((GOOD + extra).replace("name: multiarith", "name: multiarith\n      split: dev")
+                     if not extra else GOOD + extra)
+        with pytest.raises(RecipeError, match=message):
+            load_recipe(p)
+    p.write_text(GOOD.replace("    - name: multiarith", "    - name: \"\\u200b\"\n      source: file\n"
+                              "      path: q.jsonl\n      answer_type: number"))
+    with pytest.raises(RecipeError, match=r"tasks\.items\.0: .*name is empty"):
+        load_recipe(p)

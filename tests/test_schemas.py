@@ -79,3 +79,45 @@ def test_stale_temp_files_of_a_killed_write_are_removed(tmp_path):
     removed = remove_stale_temp_files(tmp_path)
     assert [p.name for p in removed] == [".graded.parquet.k2j3.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.parquet"]
+
+
+# ---------------------------------------------------------------- columns added later (issue 14: reasoning traces)
+def samples(**cols) -> pl.DataFrame:
+    """Two samples as written before the reasoning columns existed (`cols` adds or overrides columns)."""
+    base = {"qid": ["q1", "q1"], "sample_idx": [0, 1], "seed": [5, 6], "teacher": ["t", "t"],
+            "teacher_revision": [None, None], "prompt": ["Q: 1+1?\nA:"] * 2, "rationale": ["1+1 = 2.", "It is 2."],
+            "answer_prompt": [None, None], "answer_completion": [None, None], "finish_reason": ["stop", "stop"],
+            "prompt_tokens": [4, 4], "completion_tokens": [6, 5], "run_id": ["r", "r"]}
+    return pl.DataFrame(base | cols)
+
+
+def test_missing_added_columns_are_filled_with_typed_nulls_and_others_still_error():
+    schema = table_schema("samples")
+    assert schema.added == ["reasoning", "reasoning_tokens", "reasoning_finished"]
+    old = samples()
+    assert not set(schema.added) & set(old.columns)
+    out = validate(old, "samples")
+    assert out.columns == schema.names
+    assert out.select(schema.added).schema == pl.Schema(
+        {"reasoning": pl.String, "reasoning_tokens": pl.Int32, "reasoning_finished": pl.Boolean})
+    assert out.select(pl.col(schema.added).null_count()).row(0) == (2, 2, 2)
+    with pytest.raises(SchemaError, match=r"missing column\(s\) \['rationale'\]"):  # not an added column
+        validate(old.drop("rationale"), "samples", where="s.parquet")
+    assert validate(old.drop("reasoning_tokens", strict=False), "samples").height == 2
+
+
+def test_an_old_shard_and_a_new_one_read_together(tmp_path):
+    from builder.sample import read_samples, samples_dir
+
+    shards = samples_dir(tmp_path)
+    shards.mkdir()
+    samples().write_parquet(shards / "shard-00000.parquet")  # written before the reasoning columns
+    new = samples(qid=["q2", "q2"], reasoning=["think a", None], reasoning_tokens=[2, None],
+                  reasoning_finished=[True, None])
+    new.write_parquet(shards / "shard-00001.parquet")
+    both = read_samples(tmp_path).sort("qid", "sample_idx")
+    assert both.columns == table_schema("samples").names and both.height == 4
+    assert both["reasoning"].to_list() == [None, None, "think a", None]
+    assert both["reasoning_tokens"].to_list() == [None, None, 2, None]
+    assert both["reasoning_finished"].to_list() == [None, None, True, None]
+    assert read_table(shards, "samples").sort("qid", "sample_idx").equals(both)

@@ -54,15 +54,17 @@ def test_version_loads_with_datasets_default_and_per_task_configs(tmp_path):
     info = build_version(tmp_path / "store", shard_rows=3)
     assert info.created and info.version == "v1" and info.path == tmp_path / "store" / "demo" / "v1"
     manifest = json.loads((info.path / "manifest.json").read_text())
-    assert list(manifest["configs"]) == ["default", "coin_flip", "multiarith"]
+    assert list(manifest["configs"]) == ["default", "conversational", "coin_flip", "multiarith"]
     rows = store.rows_from_ledger(make_ledger())
     ds = load_version_dataset(info.path, tmp_path)
     assert ds.num_rows == rows.height == 16
     loaded = sorted(zip(ds["qid"], ds["sample_idx"], strict=True))
     assert loaded == sorted(zip(rows["qid"], rows["sample_idx"], strict=True))
-    messages = ds.features["messages"]  # plain List of {role, content} strings, the chat format TRL reads
-    assert type(messages).__name__ == "List" and messages.feature["role"].dtype == "string"
-    assert ds[0]["messages"][1]["role"] == "assistant"
+    assert "messages" not in ds.features  # one TRL dataset type per config: default is standard prompt/completion
+    chat = load_version_dataset(info.path, tmp_path, "conversational")
+    prompt = chat.features["prompt"]  # plain List of {role, content} strings, the conversational type TRL reads
+    assert type(prompt).__name__ == "List" and prompt.feature["role"].dtype == "string"
+    assert chat.num_rows == 16 and chat[0]["completion"][0]["role"] == "assistant"
     for task in ("multiarith", "coin_flip"):
         part = load_version_dataset(info.path, tmp_path, task)
         assert set(part["task"]) == {task}
@@ -76,7 +78,7 @@ def test_version_loads_with_datasets_default_and_per_task_configs(tmp_path):
 def test_single_task_version_has_one_default_config_that_loads(tmp_path):
     info = build_version(tmp_path / "store", make_ledger(tasks=("multiarith",)))
     assert (info.path / "data" / "train-00000-of-00001.parquet").is_file()
-    assert list(store.load_manifest(info.path)["configs"]) == ["default"]
+    assert list(store.load_manifest(info.path)["configs"]) == ["default", "conversational"]
     assert load_version_dataset(info.path, tmp_path).num_rows == 8
 
 
@@ -305,7 +307,8 @@ def test_a_manifest_edited_in_any_field_is_detected(tmp_path):
     (lambda m: m["tasks"].update(extra=1), r"says tasks .*extra"),
     (lambda m: m.update(version="v7"), r"says version v7 but lives in folder v1"),
     (lambda m: m["configs"]["default"].update(rows=1), r"config 'default' says 1 rows"),
-    (lambda m: m["configs"]["default"].update(data_files="data/multiarith/*"), r"data_files 'data/multiarith/\*' matches"),
+    (lambda m: m["configs"]["default"].update(data_files="data/multiarith/*"),
+     r"data_files 'data/multiarith/\*' matches"),
     (lambda m: m["files"].update({"../../outside.txt": {"sha256": "0" * 64, "bytes": 1}}),
      r"files lists '\.\./\.\./outside\.txt', a path outside the version folder"),
     (lambda m: m["files"].update({"/etc/hostname": {"sha256": "0" * 64, "bytes": 1}}), r"outside the version folder"),
@@ -454,3 +457,42 @@ def test_same_seeds_on_the_same_engine_give_the_same_content_hash(vllm_engine, t
     assert a.content_hash == b.content_hash
     assert c.content_hash != a.content_hash
     assert load_version_dataset(a.path, tmp_path).num_rows == 6
+
+
+# ---------------------------------------------------------------- reasoning columns leave old hashes alone
+def test_rows_digest_of_rows_without_traces_is_the_digest_before_the_reasoning_column():
+    import hashlib
+
+    rows = store.rows_from_ledger(make_ledger())
+    assert "reasoning" in rows.columns and rows["reasoning"].null_count() == rows.height
+    before = rows.drop("reasoning").sort("task", "qid", "sample_idx").write_ndjson()  # the pre-issue-14 digest
+    assert store.rows_digest(rows) == hashlib.sha256(before.encode()).hexdigest()
+    assert store.rows_digest(rows.drop("reasoning")) == store.rows_digest(rows)  # an old version's rows
+
+    traced = rows.with_columns(reasoning=pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("think first")))
+    assert store.rows_digest(traced) != store.rows_digest(rows)
+    assert store.content_hash(traced, STORE_RECIPE) != store.content_hash(rows, STORE_RECIPE)
+
+
+@pytest.mark.parametrize("section, field, value", [
+    ("teacher", "reasoning_parser", "deepseek_r1"),
+    ("prompt", "chat_template_kwargs", {"enable_thinking": True}),
+    ("sampling", "max_thinking_tokens", 256),
+    ("sampling", "structured_outputs_regex", "<think>.*</think>.*"),
+])
+def test_canonical_recipe_hashes_a_reasoning_field_only_once_set(section, field, value):
+    from builder.recipe import Recipe
+
+    raw = {"name": "demo", "tasks": {"items": [{"name": "multiarith"}]},
+           "teacher": {"model": "tiny-llama", "reasoning_parser": "deepseek_r1" if section == "sampling" else None}}
+    dump = Recipe.model_validate(raw).model_dump()
+    assert field in dump[section]
+    canonical = store.canonical_recipe(dump)
+    old = {k: ({f: v for f, v in part.items() if f != field} if k == section else part) if isinstance(part, dict)
+           else part for k, part in dump.items()}  # the same recipe written before the field existed
+    assert field not in canonical[section] and store.canonical_recipe(old) == canonical
+
+    dump[section][field] = value
+    assert store.canonical_recipe(dump)[section][field] == value
+    rows = store.rows_from_ledger(make_ledger(tasks=("multiarith",)))
+    assert store.content_hash(rows, dump) != store.content_hash(rows, old)

@@ -251,6 +251,81 @@ def test_resume_continues_from_the_same_step_with_the_same_weights(tmp_path: Pat
         main(parse_train_recipe(data))
 
 
+def _train_cli(recipe_path: Path, kill_at: tuple[str, int] | None = None) -> tuple[int, str]:
+    """`rationale train RECIPE --no-eval` in a fresh interpreter and its own session; with `kill_at`, under
+    tests/kill_points.py, which SIGKILLs the whole process group at that point."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    launcher = ["-m", "builder"] if kill_at is None else [str(ROOT / "tests" / "kill_points.py"), kill_at[0],
+                                                            str(kill_at[1]), "--"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen([sys.executable, *launcher, "train", str(recipe_path), "--no-eval"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        pytest.fail(f"rationale train did not finish in 300 s:\n{err[-3000:]}")
+    if kill_at is not None:
+        assert proc.returncode == -signal.SIGKILL and "kill_points: SIGKILL" in err, \
+            f"the run did not die at {kill_at}:\n{err[-3000:]}"
+    else:
+        assert proc.returncode == 0, err[-3000:]
+    return proc.returncode, err
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_sigkill_after_a_step_and_inside_the_checkpoint_write_then_resume_equals_an_uninterrupted_run(
+        tmp_path: Path, store_root: Path, tiny_model_dir: Path):
+    """Real kills of `rationale train` (tests/kill_points.py): after step 4 (the last checkpoint is step 3), then,
+    resumed, inside step 6's checkpoint write (complete in .step-000006.partial/, not renamed); resumed again to
+    the end. Weights, losses and train_log equal those of an uninterrupted run of the same recipe."""
+    import torch
+    from safetensors.torch import load_file
+
+    recipes = {}
+    for name in ("killed", "reference"):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(_recipe(tmp_path, store_root, tiny_model_dir, output_dir=str(tmp_path / name),
+                                               hyperparameters={"grad_accum": 2})))
+        recipes[name] = path
+    out, ref = tmp_path / "killed", tmp_path / "reference"
+    ckpts = out / "checkpoints"
+
+    _train_cli(recipes["killed"], ("train_step", 4))
+    assert [x["step"] for x in _log(out)] == [1, 2, 3, 4]  # step 4 was logged, its checkpoint (step 6) not due
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-000003"]
+
+    _train_cli(recipes["killed"], ("checkpoint_partial", 6))
+    assert [x["step"] for x in _log(out)] == [1, 2, 3, 4, 5, 6]  # steps 4-6 redone from step 3, logged once
+    assert sorted(p.name for p in ckpts.iterdir()) == [".step-000006.partial", "step-000003"]
+    partial = ckpts / ".step-000006.partial"
+    assert sorted(p.name for p in partial.iterdir()) == ["optimizer.pt", "rng.pt", "scheduler.pt", "state.json",
+                                                         "trainable.pt"]
+    assert not (out / "config.json").exists()  # the model is saved only after the last checkpoint
+
+    _train_cli(recipes["killed"])  # resumes from step 3 again: the partial checkpoint is never read
+    _train_cli(recipes["reference"])
+
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-000003", "step-000006"]
+    for step in ("step-000003", "step-000006"):
+        got, want = (torch.load(d / "checkpoints" / step / "trainable.pt") for d in (out, ref))
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), step
+    got, want = load_file(out / "model.safetensors"), load_file(ref / "model.safetensors")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    # the log: same steps, losses and learning rates (tokens and seconds count this invocation's work)
+    same = ("step", "loss", "lr")
+    assert [{k: x[k] for k in same} for x in _log(out)] == [{k: x[k] for k in same} for x in _log(ref)]
+
+
 @pytest.mark.slow
 def test_lora_trains_adapters_only_and_saves_a_merged_model(tmp_path: Path, store_root: Path, tiny_model_dir: Path):
     import torch

@@ -19,8 +19,12 @@ _CORPUS = [
 
 
 def build_tiny_model(path: str | Path, *, vocab_size: int = 512, hidden: int = 64, layers: int = 2,
-                     seed: int = 0) -> Path:
-    """Write a random LlamaForCausalLM and its tokenizer to `path` (skipped when already there)."""
+                     seed: int = 0, reasoning: bool = False) -> Path:
+    """Write a random LlamaForCausalLM and its tokenizer to `path` (skipped when already there).
+
+    reasoning: a reasoning model's tokenizer, DeepSeek-R1 style: `<think>`/`</think>` as added tokens, and Llama-3's
+    BOS habit (the tokenizer adds BOS and the chat template writes it too).
+    """
     path = Path(path)
     if (path / "config.json").exists() and (path / "tokenizer.json").exists():
         return path
@@ -38,6 +42,16 @@ def build_tiny_model(path: str | Path, *, vocab_size: int = 512, hidden: int = 6
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
                                    pad_token="<pad>", unk_token=None)
     fast.chat_template = CHAT_TEMPLATE
+    if reasoning:
+        from tokenizers import AddedToken, processors
+
+        tok.add_tokens([AddedToken("<think>", special=False), AddedToken("</think>", special=False)])
+        bos = "<|endoftext|>"
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A",
+                                                           special_tokens=[(bos, tok.token_to_id(bos))])
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=bos, pad_token="<pad>",
+                                       unk_token=None)
+        fast.chat_template = "{{ bos_token }}" + CHAT_TEMPLATE
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(fast), hidden_size=hidden, intermediate_size=hidden * 2,
                          num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2, head_dim=hidden // 2,

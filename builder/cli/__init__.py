@@ -13,8 +13,8 @@ import logging
 import os
 import sys
 
-import click
 import typer
+from typer._click import exceptions as click_exc  # Typer >=0.24 bundles its own click: catch its exceptions
 
 from builder.errors import BuilderError
 
@@ -24,7 +24,28 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from builder.version import __version__
+
+        typer.echo(f"rationale-builder {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,
+                                 help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and debug logs (any position)."),
+) -> None:
+    """Build, curate, version and publish chain-of-thought rationale datasets, and train students on them.
+
+    Results (paths, tables, --json) go to stdout; progress and logs to stderr.
+    """
 
 # Command-group modules under builder.cli, each with register(app).
 COMMAND_MODULES = ("build", "tasks", "sample", "grade", "curate", "versions", "hub", "train")
@@ -73,6 +94,13 @@ def user_error_line(exc: BaseException) -> str | None:
     return None
 
 
+def usage_error_line(exc: click_exc.UsageError) -> str:
+    """One line for a usage error, keeping Click's hint ("Did you mean 'build'?") and naming the help to read."""
+    message = " ".join(line.strip() for line in exc.format_message().splitlines() if line.strip())
+    command = exc.ctx.command_path if exc.ctx is not None else "rationale"
+    return f"{message} (see '{command} --help')"
+
+
 def _error(message: str) -> None:
     for line in str(message).splitlines() or [""]:
         print(f"error: {line}", file=sys.stderr)
@@ -90,13 +118,21 @@ def main(argv: list[str] | None = None) -> int:
     _register_commands()
     try:
         result = app(args=argv, prog_name="rationale", standalone_mode=False)
+        if result == 130:  # Typer turns Ctrl-C into a silent exit code 130
+            _error("interrupted")
         return result if isinstance(result, int) else 0
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
+    except click_exc.NoArgsIsHelpError as exc:  # bare `rationale` (or a bare group): help is the answer
+        typer.echo(exc.format_message())
+        return 0
+    except click_exc.UsageError as exc:
+        _error(usage_error_line(exc))
+        return 2
+    except click_exc.ClickException as exc:
+        _error(exc.format_message())
         return exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         _error("interrupted")
         return 130
     except BuilderError as exc:

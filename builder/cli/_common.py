@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -14,6 +17,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from builder.errors import BuilderError
+
 console = Console(stderr=True)
 
 
@@ -21,3 +26,32 @@ def stage_progress(*extra: ProgressColumn) -> Progress:
     """A progress bar for long stages: description, bar, done/total, `extra` columns, elapsed and ETA (on stderr)."""
     return Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     *extra, TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+
+
+def stdout_console() -> Console:
+    """Where results go (tables, paths): stdout, so `rationale ... > file` and pipes get only the result."""
+    return Console(highlight=False, soft_wrap=True)
+
+
+def echo_json(value: object) -> None:
+    """A command's `--json` result: one JSON document on one stdout line (its last line)."""
+    import json
+
+    import typer
+
+    typer.echo(json.dumps(value, ensure_ascii=False, default=str))
+
+
+class Interrupted(BuilderError):
+    """Ctrl-C in a resumable command; the message says what was kept and how to resume."""
+
+    exit_code = 130
+
+
+@contextmanager
+def resumable(kept: Callable[[], str], resume: str) -> Iterator[None]:
+    """Ctrl-C inside: say what was kept on disk and how to resume (stderr), then exit 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: {kept()}; {resume}") from None

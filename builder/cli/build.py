@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -24,7 +23,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from builder import build as build_stage
-        from builder.cli._common import console, stage_progress
+        from builder.cli._common import console, echo_json, resumable, stage_progress
         from builder.recipe import load_recipe
 
         cfg = load_recipe(recipe)
@@ -32,9 +31,19 @@ def register(app: typer.Typer) -> None:
             cfg.work_dir = str(work_dir.resolve())
         if store is not None:
             cfg.store.root = str(store.resolve())
-        summary = build_stage.run(cfg, progress=stage_progress())
+        from builder.paths import check_output_path
+
+        # before any work: a store or work_dir that cannot be written fails now, not after sampling
+        check_output_path(cfg.run_dir / "questions.parquet")
+        check_output_path(cfg.resolve_path(cfg.store.root) / cfg.dataset_name / "versions.json")
+        def kept() -> str:
+            shards = len(list((cfg.run_dir / "samples").glob("shard-*.parquet")))
+            return f"{shards} sample shard(s) kept in {cfg.run_dir / 'samples'}, no version written"
+
+        with resumable(kept, f"rerun `rationale build {recipe}` to resume from them"):
+            summary = build_stage.run(cfg, progress=stage_progress())
         if json_out:
-            typer.echo(json.dumps(summary.to_dict()))
+            echo_json(summary.to_dict())
             return
         table = Table(title=f"build {summary.name}", show_header=False)
         rows = [
@@ -45,10 +54,10 @@ def register(app: typer.Typer) -> None:
             ("version", f"{summary.version}{'' if summary.created else ' (unchanged, not rewritten)'}"),
             ("content hash", summary.content_hash[:16]),
             ("version path", summary.version_path),
-            ("tokens/s", summary.tokens_per_s),
-            ("seconds", summary.seconds),
+            ("tokens/s (sampling)", summary.tokens_per_s),
+            ("seconds (whole build)", summary.seconds),
         ]
         for k, v in rows:
             table.add_row(k, str(v))
-        console.print(table)
+        console.print(table)  # the summary is for people (stderr); stdout holds the result alone: the version folder
         typer.echo(summary.version_path)

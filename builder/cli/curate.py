@@ -21,19 +21,26 @@ def register(app: typer.Typer) -> None:
         eval_file: Annotated[list[Path] | None, typer.Option(
             "--eval", help="Extra eval questions (JSONL/Parquet with 'question'; repeatable); turns "
             "decontamination on.")] = None,
+        json_out: Annotated[bool, typer.Option("--json", help="Print the result (paths, funnel, drops) as JSON.")]
+        = False,
     ) -> None:
         """Curate graded samples: filters, exact + MinHash dedup, diversity selection, decontamination."""
         import json
+        import os
 
         import polars as pl
         from rich.table import Table
 
         from builder import curate
         from builder import reasons as R
-        from builder.cli._common import console
+        from builder.cli._common import console, echo_json, stdout_console
+        from builder.paths import check_output_path
         from builder.recipe import CurationConfig, load_recipe
         from builder.schemas import read_table, write_table
 
+        for path in (output, stats):  # before any work: a failed command leaves nothing behind
+            if path is not None:
+                check_output_path(path)
         rec = load_recipe(recipe) if recipe is not None else None
         cfg = rec.curation if rec is not None else CurationConfig()
         graded = read_table(input, "graded")
@@ -58,18 +65,32 @@ def register(app: typer.Typer) -> None:
 
         with console.status(f"curating {graded.height:,} rows"):
             ledger, st = curate.run(graded, cfg, eval_questions=eval_questions)
-        write_table(ledger, output, "ledger")
-        if stats is not None:
+        stats_tmp = None
+        if stats is not None:  # written to a temp name first; both outputs appear only once both are complete
             stats.parent.mkdir(parents=True, exist_ok=True)
-            stats.write_text(json.dumps(st.to_json(), indent=2) + "\n")
+            stats_tmp = stats.with_name(f".{stats.name}.{os.getpid()}.tmp")
+            stats_tmp.write_text(json.dumps(st.to_json(), indent=2) + "\n")
+        try:
+            write_table(ledger, output, "ledger")
+            if stats_tmp is not None:
+                os.replace(stats_tmp, stats)
+        finally:
+            if stats_tmp is not None:
+                stats_tmp.unlink(missing_ok=True)
 
+        if json_out:
+            echo_json({"output": str(output), "stats": str(stats) if stats else None, "rows": ledger.height,
+                       "funnel": st.to_json()["funnel"], "dropped": st.dropped,
+                       "decontamination_hits": len(st.decontamination.hits)})
+            return
+        out = stdout_console()
         table = Table("task", *R.FUNNEL)
         for task, f in st.funnel.items():
             table.add_row(task, *(f"{getattr(f, step):,}" for step in R.FUNNEL))
-        console.print(table)
+        out.print(table)
         drops = ", ".join(f"{stage}/{reason} {n:,}" for stage, rs in st.dropped.items() for reason, n in rs.items())
-        console.print(f"dropped: {drops or 'none'}")
+        out.print(f"dropped: {drops or 'none'}")
         if st.decontamination.hits:
-            console.print(f"decontamination: {len(st.decontamination.hits)} contaminated question(s)")
+            out.print(f"decontamination: {len(st.decontamination.hits)} contaminated question(s)")
         where = f", stats to {stats}" if stats else ""
-        console.print(f"wrote the ledger ({ledger.height:,} rows) to {output}{where}")
+        out.print(f"wrote the ledger ({ledger.height:,} rows) to {output}{where}")

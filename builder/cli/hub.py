@@ -18,6 +18,8 @@ def publish(
         bool, typer.Option("--dry-run", help="Verify and list what would be sent; no network.")
     ] = False,
     private: Annotated[bool, typer.Option("--private", help="Create the repo private (new repos only).")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result (status, tag, commit, files) as JSON.")]
+    = False,
 ) -> None:
     """Publish a version as one Hub commit, then tag it (v1, v2, ...). Re-publishing the same version is a no-op.
 
@@ -28,6 +30,13 @@ def publish(
     from builder import hub
 
     result = hub.publish(ref, repo, root=store, private=private, dry_run=dry_run)
+    if json_out:
+        from dataclasses import asdict
+
+        from builder.cli._common import echo_json
+
+        echo_json(asdict(result))
+        return
     if result.status == "dry-run":
         total = sum(f["bytes"] for f in result.files)
         typer.echo(f"dry run: would commit {len(result.files)} files ({total:,} bytes) to dataset {repo}, "
@@ -47,12 +56,20 @@ def publish(
 def pull(
     ref: Annotated[str, typer.Argument(help="ORG/NAME@TAG, e.g. my-org/multiarith-cot@v1.")],
     dest: Annotated[Path | None, typer.Option("--dest", help="Destination folder (default: ./NAME/TAG).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result (path, rows, content hash) as JSON.")]
+    = False,
 ) -> None:
     """Download a tagged version and verify every file against its manifest; a tampered file is rejected."""
     from builder import hub, store
 
     path = hub.pull(ref, dest)
     manifest = store.load_manifest(path)
+    if json_out:
+        from builder.cli._common import echo_json
+
+        echo_json({"path": str(path), "ref": ref, "version": manifest["version"], "rows": manifest["rows"],
+                   "files": len(manifest["files"]), "content_hash": manifest["content_hash"]})
+        return
     typer.echo(f"pulled {ref} into {path}: {manifest['rows']} rows, {len(manifest['files'])} files verified, "
                f"content {manifest['content_hash'][:12]}")
 

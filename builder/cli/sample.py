@@ -27,11 +27,12 @@ def register(app: typer.Typer) -> None:
         recipe: Annotated[Path, typer.Argument(help="Build recipe (YAML).")],
         regenerate: Annotated[str | None, typer.Option(
             help="Regenerate one sample exactly: QID:SAMPLE_IDX (prints it as JSON).")] = None,
+        json_out: Annotated[bool, typer.Option("--json", help="Print the sampling summary as JSON.")] = False,
     ) -> None:
         """Sample rationales into <work_dir>/<name>/samples/ (resumes; only missing (qid, sample_idx) are sampled)."""
         from builder import sample as sample_stage
         from builder import tasks
-        from builder.cli._common import console
+        from builder.cli._common import echo_json, resumable, stdout_console
         from builder.recipe import load_recipe
         from builder.schemas import write_table
 
@@ -56,13 +57,20 @@ def register(app: typer.Typer) -> None:
                 progress.update(bar, description=label, completed=p.samples_done, total=p.samples_total,
                                 questions=f"{p.questions_done}/{p.questions_total}", tps=f"{p.tokens_per_s:.0f}")
 
-            samples, stats = sample_stage.run(questions, cfg, progress=show)
+            with resumable(lambda: f"{len(list((cfg.run_dir / 'samples').glob('shard-*.parquet')))} finished "
+                           f"shard(s) kept in {cfg.run_dir / 'samples'}",
+                           f"rerun `rationale sample {recipe}` to sample only what is missing"):
+                samples, stats = sample_stage.run(questions, cfg, progress=show)
         summary = stats.summary()
-        console.print(f"{samples.height} samples in {cfg.run_dir / 'samples'}; this run sampled {stats.new_samples} "
+        if json_out:
+            echo_json({"samples_dir": str(cfg.run_dir / "samples"), "total_samples": samples.height, **summary})
+            return
+        out = stdout_console()
+        out.print(f"{samples.height} samples in {cfg.run_dir / 'samples'}; this run sampled {stats.new_samples} "
                       f"in {stats.shards_written} shards: {stats.prompt_tokens} prompt + {stats.completion_tokens} "
                       f"completion tokens in {stats.seconds:.1f} s ({stats.tokens_per_s:.1f} generated tokens/s)")
         if "adaptive" in summary:
             a = summary["adaptive"]
-            console.print(f"adaptive: {a['solved']} of {a['questions']} questions solved in {a['rounds']} round(s), "
+            out.print(f"adaptive: {a['solved']} of {a['questions']} questions solved in {a['rounds']} round(s), "
                           f"mean pass rate {a['mean_pass_rate']:.3f}, {a['mean_samples_per_question']} samples per "
                           f"question; per-question stats in {cfg.run_dir / 'question_stats.parquet'}")

@@ -50,22 +50,28 @@ def register(app: typer.Typer) -> None:
         recipe: Annotated[Path, typer.Argument(help="Build recipe (YAML); its tasks section is loaded.")],
         output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the questions table (Parquet).")]
         = Path("questions.parquet"),
+        json_out: Annotated[bool, typer.Option("--json", help="Print the result (path, counts) as JSON.")] = False,
     ) -> None:
         """Load the recipe's tasks into a questions table and print counts per task and split."""
         import polars as pl
         from rich.table import Table
 
         from builder import tasks
-        from builder.cli._common import console
+        from builder.cli._common import echo_json, stdout_console
         from builder.recipe import load_recipe
         from builder.schemas import write_table
 
         cfg = load_recipe(recipe)
         loaded = tasks.load_tasks(cfg.tasks, Path(cfg.base_dir) if cfg.base_dir else None)
         questions = write_table(pl.concat([t.questions for t in loaded]), output, "questions")
+        counts = [{"task": t.name, "split": split, "questions": n, "read": t.raw_count, "duplicates": t.duplicates}
+                  for t in loaded for split, n in sorted(t.questions.group_by("split").len().iter_rows())]
+        if json_out:
+            echo_json({"output": str(output), "questions": questions.height, "tasks": counts})
+            return
         table = Table("task", "split", "questions", "read", "duplicates dropped")
-        for t in loaded:
-            for split, n in sorted(t.questions.group_by("split").len().iter_rows()):
-                table.add_row(t.name, split, str(n), str(t.raw_count), str(t.duplicates))
-        console.print(table)
-        console.print(f"{questions.height} questions -> {output}")
+        for c in counts:
+            table.add_row(c["task"], c["split"], str(c["questions"]), str(c["read"]), str(c["duplicates"]))
+        out = stdout_console()
+        out.print(table)
+        out.print(f"{questions.height} questions -> {output}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -17,9 +18,11 @@ def train(
     output_dir: Annotated[str | None, typer.Option(help="Override output_dir.")] = None,
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the evaluation after training.")] = False,
     no_resume: Annotated[bool, typer.Option("--no-resume", help="Ignore checkpoints in output_dir.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result (steps, paths, eval) as JSON.")] = False,
 ) -> None:
     """Fine-tune the recipe's student on its dataset version (completion-only loss), save it with a model card."""
-    from builder.train import main
+    from builder.cli._common import echo_json, resumable
+    from builder.train import latest_checkpoint, main
     from builder.train_recipe import load_train_recipe
 
     cfg = load_train_recipe(recipe)
@@ -29,7 +32,17 @@ def train(
         cfg.output_dir = str(Path(output_dir).resolve())
     if no_resume:
         cfg.checkpoints.resume = False
-    result = main(cfg, evaluate=False if no_eval else None)
+    def kept() -> str:
+        last = latest_checkpoint(Path(cfg.output_dir))
+        return f"last checkpoint {last}" if last else f"no checkpoint yet in {cfg.output_dir}"
+
+    with resumable(kept, f"rerun `rationale train {recipe}` to resume from the last checkpoint"):
+        result = main(cfg, evaluate=False if no_eval else None)
+    if json_out:
+        echo_json({"steps": result.steps, "dataset": result.dataset_ref, "seconds": result.seconds,
+                   "tokens_per_s": result.tokens_per_s, "output_dir": str(result.output_dir),
+                   "eval": result.eval_report})
+        return
     typer.echo(f"trained {result.steps} steps on {result.dataset_ref} in {result.seconds:.0f} s "
                f"({result.tokens_per_s:,.0f} tokens/s); model and card in {result.output_dir}")
     if result.eval_report:
@@ -56,6 +69,7 @@ def eval_(
                                                        )] = None,
     compare_to: Annotated[str | None, typer.Option(help="Paper student row, e.g. gpt2-124m.")] = None,
     out: Annotated[Path | None, typer.Option(help="Report folder (default: <model>/eval/<mode>).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Evaluate a model on task test splits (greedy and/or self-consistency), graded with the curation graders."""
     from builder.eval import MODES, evaluate, evaluate_recipe, load_split_items, report_markdown
@@ -75,7 +89,7 @@ def eval_(
     if cfg is not None and model is None and mode == "student":
         cfg.eval = spec
         report = evaluate_recipe(cfg)
-        typer.echo(report_markdown(report, heading=False))
+        typer.echo(json.dumps(report, default=str) if json_out else report_markdown(report, heading=False))
         return
     if model is None:
         raise ValueError("give a MODEL (folder, Hub id or alias) or --recipe RECIPE.yaml")
@@ -84,6 +98,9 @@ def eval_(
     questions, items = load_split_items(spec.tasks, spec.split, benchmarks_dir=spec.benchmarks_dir, limit=spec.limit)
     dest = out or (Path(model) / "eval" / mode if Path(model).is_dir() else Path("eval") / Path(model).name / mode)
     run = evaluate(model, questions, spec, mode=mode, fmt=fmt, out_dir=dest, items=items)
+    if json_out:
+        typer.echo(json.dumps({**run.report, "report_dir": str(dest)}, default=str))
+        return
     typer.echo(report_markdown(run.report, heading=False))
     typer.echo(f"predictions and report in {dest}")
 

@@ -52,7 +52,12 @@ def versions(
 def show(
     ref: Annotated[str, typer.Argument(help="NAME@vN, NAME@latest, NAME@<hash prefix> or a version folder.")],
     store: StoreOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the whole manifest as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole manifest as JSON (with --head: the rows, "
+                                          "one JSON object per line).")] = False,
+    head: Annotated[int | None, typer.Option("--head", min=1, help="Preview the first N rows (prompt, completion, "
+                                             "answer) instead of the summary.")] = None,
+    config: Annotated[str, typer.Option("--config", help="Config whose rows --head previews (default, a task).")]
+    = "default",
 ) -> None:
     """Print a version's manifest summary: identity, teacher, sampling, funnel, files (verified first)."""
     from rich.table import Table
@@ -62,6 +67,20 @@ def show(
 
     folder = st.resolve(ref, st.resolve_root(store))
     manifest = st.verify(folder)
+    if head is not None:
+        rows, _ = st.read_version(folder, config=config)
+        rows = rows.head(head).select("qid", "sample_idx", "task", "prompt", "completion", "answer", "gold")
+        if as_json:
+            typer.echo(rows.write_ndjson().rstrip("\n"))
+            return
+        table = Table(title=f"{manifest['name']} {manifest['version']}: first {rows.height} of {manifest['rows']} "
+                      f"rows ({config})", show_lines=True)
+        for col in ("task", "prompt", "completion", "answer"):
+            table.add_column(col, overflow="fold")
+        for r in rows.iter_rows(named=True):
+            table.add_row(r["task"], r["prompt"], r["completion"], r["answer"])
+        _console().print(table)
+        return
     if as_json:
         typer.echo(json.dumps(manifest, indent=2, ensure_ascii=False))
         return
@@ -88,7 +107,9 @@ def show(
             table.add_row(task, *(str(f.get(s, "-")) for s in stages), acc)
         con.print(table)
     decon = manifest.get("decontamination") or {}
-    if decon:
+    if not decon.get("eval_questions"):
+        con.print("decontamination  not run")
+    else:
         con.print(f"decontamination  {len(decon.get('hits') or [])} hit(s) in {decon.get('checked')} questions "
                   f"against {decon.get('eval_questions')} eval questions")
     con.print(f"files         {len(manifest['files'])} "

@@ -43,7 +43,8 @@ def truncated(cfg: CurationConfig) -> pl.Expr:
 
 @FILTERS.register("no_answer")
 def no_answer(cfg: CurationConfig) -> pl.Expr:
-    """The grader found no answer (or could not parse it): "could not parse" is never "wrong"."""
+    """The grader found no answer, could not parse it, or read a hedge (status `ambiguous`): "could not parse" is
+    never "wrong"."""
     return _when(pl.col("grade_status") != "ok", R.NO_ANSWER)
 
 
@@ -171,6 +172,137 @@ def answer_first(cfg: CurationConfig) -> pl.Expr:
     gold = pl.col("gold").str.to_lowercase().str.replace_all(",", "").str.strip_prefix("$")
     stated = tokens("rationale", cfg.answer_first_chars).list.contains(gold)
     return _when(stated & ~tokens("question").list.contains(gold), R.ANSWER_FIRST)
+
+
+# ------------------------------------------------------------------ reasoning traces
+# These read the trace columns (`reasoning`, `reasoning_tokens`, `reasoning_finished`); a row without a trace
+# (reasoning null) never fires them, so they are safe to list for mixed or trace-free data.
+@FILTERS.register("unfinished_thinking")
+def unfinished_thinking(cfg: CurationConfig) -> pl.Expr:
+    """The trace never closed (cut by max_tokens or the thinking budget): there is no conclusion to learn."""
+    return _when(pl.col("reasoning_finished").not_().fill_null(False), R.UNFINISHED_THINKING)
+
+
+@FILTERS.register("no_final_answer")
+def no_final_answer(cfg: CurationConfig) -> pl.Expr:
+    """A trace but nothing after it that states an answer: blank text after the trace, or no extracted answer."""
+    after = pl.col("rationale").fill_null("")
+    return _when(pl.col("reasoning").is_not_null() & (~after.str.contains(r"\S") | pl.col("pred").is_null()),
+                 R.NO_FINAL_ANSWER)
+
+
+@FILTERS.register("reasoning_length")
+def reasoning_length(cfg: CurationConfig) -> pl.Expr:
+    """A trace outside [min, max] reasoning tokens (when counted) or characters (reasoning_* bounds)."""
+    has = pl.col("reasoning").is_not_null()
+    chars = pl.col("reasoning").str.len_chars()
+    tokens = pl.col("reasoning_tokens")
+
+    def outside(lo: int | None, hi: int | None, value: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+        short = pl.lit(False) if lo is None else (value < lo).fill_null(False)
+        long = pl.lit(False) if hi is None else (value > hi).fill_null(False)
+        return short, long
+
+    ts, tl = outside(cfg.min_reasoning_tokens, cfg.max_reasoning_tokens, tokens)
+    cs, cl = outside(cfg.min_reasoning_chars, cfg.max_reasoning_chars, chars)
+    return (pl.when(has & (ts | cs)).then(pl.lit(R.REASONING_TOO_SHORT))
+            .when(has & (tl | cl)).then(pl.lit(R.REASONING_TOO_LONG)).otherwise(pl.lit(None, dtype=pl.String)))
+
+
+@njit
+def _mix_word(h):
+    return fmix64(h) | np.uint64(1)  # never 0: 0 marks an empty slot of the n-gram table
+
+
+@njit_par
+def _loop_share(data, offsets, byte_map, ngram, block):
+    """Per row: the share of its word n-grams that already occurred earlier in the same row (0 under n words).
+
+    One pass over the bytes: words are FNV-hashed as in MinHash shingling, n-grams are a rolling polynomial hash
+    of the last n word hashes, counted in an open-addressing table shared by a block of rows (cleared slot by
+    slot), so a 32k-token trace costs no sort and no allocation.
+    """
+    n = len(offsets) - 1
+    share = np.zeros(n, np.float64)
+    base = np.uint64(0x100000001B3)
+    top = np.uint64(1)  # base ** (ngram - 1), to drop the oldest word from the rolling hash
+    for _ in range(ngram - 1):
+        top *= base
+    n_blocks = (n + block - 1) // block
+    for blk in prange(n_blocks):
+        r0 = blk * block
+        r1 = min(n, r0 + block)
+        longest = 1
+        for r in range(r0, r1):
+            longest = max(longest, offsets[r + 1] - offsets[r])
+        cap = 16
+        while cap < longest + 2:  # at most one n-gram per 2 bytes (a word and a separator), table half full
+            cap *= 2
+        table = np.zeros(cap, np.uint64)
+        used = np.empty(cap, np.int64)
+        ring = np.zeros(ngram, np.uint64)
+        mask = cap - 1
+        for r in range(r0, r1):
+            nused = 0
+            words = 0
+            repeats = 0
+            roll = np.uint64(0)
+            h = np.uint64(0xCBF29CE484222325)
+            inword = False
+            end = offsets[r + 1]
+            for i in range(offsets[r], end + 1):
+                cur = byte_map[data[i]] if i < end else np.uint64(0)
+                if cur != 0:
+                    h = (h ^ cur) * np.uint64(0x100000001B3)
+                    inword = True
+                    continue
+                if not inword:
+                    continue
+                w = _mix_word(h)
+                h = np.uint64(0xCBF29CE484222325)
+                inword = False
+                slot = words % ngram
+                if words >= ngram:
+                    roll -= ring[slot] * top
+                roll = roll * base + w
+                ring[slot] = w
+                words += 1
+                if words < ngram:
+                    continue
+                g = fmix64(roll) | np.uint64(1)
+                k = np.int64(g & np.uint64(mask))
+                while table[k] != 0 and table[k] != g:
+                    k = (k + 1) & mask
+                if table[k] == g:
+                    repeats += 1
+                else:
+                    table[k] = g
+                    used[nused] = k
+                    nused += 1
+            if words >= ngram:
+                share[r] = repeats / (words - ngram + 1)
+            for u in range(nused):
+                table[used[u]] = 0
+    return share
+
+
+def loop_share(texts: pl.Series, ngram: int) -> np.ndarray:
+    """Share of repeated word n-grams per text (normalised words, as MinHash shingles them); 0 for null."""
+    data, offsets = text_buffers(texts)
+    return _loop_share(data, offsets, BYTE_MAP, np.int64(ngram), 16)
+
+
+@FILTERS.register("repeated_loop")
+def repeated_loop(cfg: CurationConfig) -> pl.Expr:
+    """A trace that repeats itself: more than max_loop_share of its loop_ngram-word n-grams seen before in it.
+
+    Long verbatim n-grams (16 words by default) rarely recur in a trace that makes progress; a model stuck in a
+    loop ("Wait, let me recompute ...") repeats whole paragraphs.
+    """
+    def flag(texts: pl.Series) -> pl.Series:
+        return pl.Series(loop_share(texts, cfg.loop_ngram) > cfg.max_loop_share)
+
+    return _when(pl.col("reasoning").map_batches(flag, return_dtype=pl.Boolean), R.REPEATED_LOOP)
 
 
 def reason_expr(cfg: CurationConfig) -> pl.Expr:

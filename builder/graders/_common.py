@@ -38,22 +38,18 @@ STATUSES = (OK, NO_ANSWER, WRONG_FORMAT, AMBIGUOUS, PARSE_ERROR, TIMEOUT)
 valid candidate), ambiguous (two different candidates), parse_error (gold unreadable, or the expression parser
 failed), timeout (the expression parser ran out of time)."""
 
-# A choice letter standing alone: "(B)", "(b)", "B)", "B.", "B" at the end, "Answer: B" ("A coin" is not a letter).
-LETTER_TOKEN = r"\([A-Ja-j]\)|(?:^|[\s:\"'*])[A-J](?:[).:,\"'*]|\s*$|\s*\n)|(?:^|\s)[a-j]\)"
+# A choice letter standing alone: "(B)", "(b)", "b)", "B)", "B.", "B" at the end, "Answer: B", "A or"
+# ("A coin" is not a letter).
+LETTER_TOKEN = (r"\([A-Ja-j]\)|(?:^|[\s:\"'*])[A-J](?:[).:,\"'*]|\s*$|\s*\n)|(?:^|\s)[a-j]\)"
+                r"|(?:^|\s)[A-J]\s+(?:or|and)\b")  # "A or C": a hedge names letters too
 
-# Where a final answer ends: a sentence end, "because", a new question, or a second "answer is".
-_SPAN_END = (r"[.!?](?:\s|$)|\bbecause\b|\bQ(?:uestion)?\s*:|\n\s*\n\s*(?:Explanation|Note)\b"
+# Where a final answer ends: a sentence end, a reason ("because", "since", ", as"), a new question, a blank line,
+# a second "answer is".
+_SPAN_END = (r"[.!?](?:\s|$)|\b(?:because|since)\b|,\s*as\b|\bQ(?:uestion)?\s*:|\n[ \t]*\n"
              r"|\b(?:the\s+)?(?:final\s+)?answer\s+(?:is|was)\b")
 _LEADING_ANCHOR = r"(?i)^[\s:,]*(?:so,?\s+)?(?:therefore,?\s+)?(?:the\s+)?(?:final\s+)?answer\s*(?:is|was|:)"
 # "not 5", "isn't (A)": the negated candidate and the word itself go ("not 5.5," loses "5.5", keeps ",").
 _NEGATED = r"(?i)(?:\bnot|n't)\s+\S*?([,;:](?:\s|$)|[.!?](?:\s|$)|\s|$)"
-
-
-def token(text: pl.Expr, pattern: str, *, last: bool) -> pl.Expr:
-    """The first (or last) whole match of `pattern` in `text`, null when there is none."""
-    if last:
-        return text.str.extract_all(pattern).list.last()
-    return text.str.extract(pattern, 0)
 
 
 def answer_span(text: pl.Expr) -> pl.Expr:
@@ -70,6 +66,19 @@ def region(*, last: bool) -> pl.Expr:
     if last:
         return pl.col("text")
     return pl.when(pl.col("anchored")).then(answer_span(pl.col("text"))).otherwise(pl.col("text"))
+
+
+def n_distinct(frame: pl.DataFrame, col: str, normalize: Callable[[pl.Expr], pl.Expr]) -> pl.Series:
+    """How many different `normalize`d values the list column `col` holds, per row; only rows with two or more
+    items are exploded (most answers hold one candidate)."""
+    n = frame.height
+    counts = frame.select(pl.col(col).list.len().fill_null(0).clip(0, 1).cast(pl.UInt32)).to_series()
+    many = frame.select(pl.int_range(n, dtype=pl.UInt32).alias("_i"), col).filter(pl.col(col).list.len() > 1)
+    if many.height == 0:
+        return counts
+    per_row = (many.explode(col).with_columns(normalize(pl.col(col)).alias("_v"))
+               .group_by("_i").agg(pl.col("_v").drop_nulls().n_unique().cast(pl.UInt32).alias("_n")))
+    return counts.scatter(per_row["_i"], per_row["_n"])
 
 
 def is_blank(text: pl.Expr) -> pl.Expr:
@@ -120,25 +129,20 @@ def index_letter(idx: pl.Expr) -> pl.Expr:
 def norm_text(text: pl.Expr) -> pl.Expr:
     """Lower-case, accents stripped, punctuation as spaces, single-spaced and padded: ' a b c ' for word matching."""
     t = text.str.normalize("NFKD").str.replace_all(r"\p{Mn}", "").str.to_lowercase()
-    t = t.str.replace_all(r"[^\p{L}\p{N}]+", " ").str.strip_chars()
-    return pl.lit(" ") + t + pl.lit(" ")
+    t = t.str.replace_all(r"[^\p{L}\p{N}]+", " ").str.strip_chars().str.replace_all(r"\b0+(\d)", "$1")
+    return pl.lit(" ") + t + pl.lit(" ")  # zero padding dropped: "5/12/2021" names the choice "05/12/2021"
 
 
-def match_choice_text(frame: pl.DataFrame, text: pl.Expr, *, last: bool = False, exact: bool = False,
-                      normalize: Callable[[pl.Expr], pl.Expr] = norm_text) -> pl.Series:
-    """Letter of the choice whose text appears (as whole words) in `text`: earliest (or latest) hit wins.
-
-    Explodes only the rows that have choices; the find is a literal substring search of padded, normalised
-    strings, so "ten" never matches inside "often". `exact` wants the whole text to equal the choice;
-    `normalize` maps text and choices before comparing (null choices never match).
-    """
+def _choice_hits(frame: pl.DataFrame, text: pl.Expr, *, exact: bool,
+                 normalize: Callable[[pl.Expr], pl.Expr]) -> pl.DataFrame:
+    """(_i row, _k choice index, _pos, _len) of every choice whose text appears in `text` as whole words."""
     n = frame.height
     work = frame.select(pl.int_range(n, dtype=pl.UInt32).alias("_i"), normalize(text).alias("_t"), pl.col("choices"))
     work = work.filter(pl.col("choices").is_not_null() & pl.col("_t").is_not_null()
                        & (pl.col("_t").str.strip_chars() != ""))
-    empty = pl.Series("letter", [None] * n, dtype=pl.String)
+    schema = {"_i": pl.UInt32, "_k": pl.Int64, "_pos": pl.UInt32, "_len": pl.UInt32}
     if work.height == 0:
-        return empty
+        return pl.DataFrame(schema=schema)
     ex = (
         work.with_columns(pl.int_ranges(pl.col("choices").list.len(), dtype=pl.Int64).alias("_k"))
         .explode("choices", "_k")
@@ -150,12 +154,42 @@ def match_choice_text(frame: pl.DataFrame, text: pl.Expr, *, last: bool = False,
     else:
         ex = ex.with_columns(pl.col("_t").str.find(pl.col("_c"), literal=True).alias("_pos"))
         ex = ex.filter(pl.col("_pos").is_not_null())
+    return ex.select("_i", "_k", pl.col("_pos").cast(pl.UInt32), pl.col("_c").str.len_bytes().alias("_len"))
+
+
+def match_choice_text(frame: pl.DataFrame, text: pl.Expr, *, last: bool = False, exact: bool = False,
+                      normalize: Callable[[pl.Expr], pl.Expr] = norm_text) -> pl.Series:
+    """Letter of the choice whose text appears (as whole words) in `text`: earliest (or latest) hit wins.
+
+    Explodes only the rows that have choices; the find is a literal substring search of padded, normalised
+    strings, so "ten" never matches inside "often". `exact` wants the whole text to equal the choice;
+    `normalize` maps text and choices before comparing (null choices never match).
+    """
+    n = frame.height
+    ex = _choice_hits(frame, text, exact=exact, normalize=normalize)
+    empty = pl.Series("letter", [None] * n, dtype=pl.String)
     if ex.height == 0:
         return empty
     # Longest choice first at the same position, so "10 apples" beats "10".
-    ex = ex.sort(["_i", "_pos", pl.col("_c").str.len_bytes()], descending=[False, last, True])
+    ex = ex.sort(["_i", "_pos", "_len"], descending=[False, last, True])
     best = ex.group_by("_i", maintain_order=True).first().select("_i", index_letter(pl.col("_k")).alias("letter"))
     return (
         pl.DataFrame({"_i": pl.int_range(n, dtype=pl.UInt32, eager=True)})
         .join(best, on="_i", how="left", maintain_order="left")["letter"]
     )
+
+
+def choice_text_count(frame: pl.DataFrame, text: pl.Expr) -> pl.Series:
+    """How many different choices `text` names; a choice inside a longer one named there ("10" in "10 apples")
+    does not count."""
+    n = frame.height
+    ex = _choice_hits(frame, text, exact=False, normalize=norm_text)
+    counts = pl.Series("n", [0] * n, dtype=pl.UInt32)
+    if ex.height == 0:
+        return counts
+    pairs = ex.join(ex, on="_i", suffix="_o").filter(
+        (pl.col("_len_o") > pl.col("_len")) & (pl.col("_pos_o") <= pl.col("_pos"))
+        & (pl.col("_pos_o") + pl.col("_len_o") >= pl.col("_pos") + pl.col("_len")))
+    kept = ex.join(pairs.select("_i", "_k").unique(), on=["_i", "_k"], how="anti")
+    per_row = kept.group_by("_i").agg(pl.col("_k").n_unique().cast(pl.UInt32).alias("n"))
+    return counts.scatter(per_row["_i"], per_row["n"])

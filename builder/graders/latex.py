@@ -6,18 +6,23 @@ to `(status, values)`: the numeric values math-verify parsed (an exact integer "
 significant digits; several for a set such as "12 and 13"), and `status` None, `timeout` or `parse_error`.
 
 Why worker processes: math-verify bounds its time with `signal.alarm`, which only works in a main thread, and by
-default swallows errors into `[]` (a silent "wrong"). In a worker the call runs in that process's main thread, so
-its own timeout works, `raise_on_error=True` surfaces errors, and the parent still bounds every call (a sympy call
-stuck in C ignores the alarm): a worker past its time is killed and the string graded `timeout`.
+default swallows errors into `[]` (a silent "wrong"). Each worker (`_mv_worker.py`, a plain script that imports
+math-verify and nothing of ours) runs calls in its own main thread, so math-verify's timeout works there, and
+reports errors. The parent still bounds every call, since a sympy call stuck in C ignores the alarm: a worker
+silent for `timeout_s` + 2 s is killed, restarted, and its string graded `timeout`.
 """
 
 from __future__ import annotations
 
 import atexit
+import json
 import logging
-import multiprocessing
-import multiprocessing.pool
-import os
+import queue
+import select
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 from builder.graders._common import PARSE_ERROR, TIMEOUT
 
@@ -25,100 +30,109 @@ log = logging.getLogger(__name__)
 
 TIMEOUT_S = 5
 """Seconds math-verify may spend on one string (its own alarm, in the worker); the parent waits 2 s longer."""
-
-_POOL: multiprocessing.pool.Pool | None = None
-
-
-def _values(obj) -> list[str] | None:
-    """Numeric spellings of a parsed sympy object (a set or tuple gives one per element); None if not numeric."""
-    import sympy
-
-    items = list(obj) if isinstance(obj, (sympy.FiniteSet, sympy.Tuple, list, tuple)) else [obj]
-    out = []
-    for item in items:
-        if not isinstance(item, sympy.Basic) or not item.is_number:
-            return None
-        if item.is_Integer:
-            out.append(str(int(item)))
-        elif item.is_Rational:
-            out.append(f"{item.p}/{item.q}")
-        else:  # evaluated numerically: sympy.simplify or doit() on "3^{3^{30}}" would never return
-            num = sympy.N(item, 30)
-            if not (num.is_real and num.is_finite):
-                return None
-            whole = int(num) if abs(num) < 10**25 else None  # integral to 25 digits: "2^{10}" is 1024
-            out.append(str(whole) if whole is not None and abs(num - whole) < 1e-20 * max(1, abs(whole)) else str(num))
-    return out or None
+GRACE_S = 2
+IMPORT_S = 60
+"""Seconds a new worker may take to import math-verify and sympy (a loaded machine), outside any call's limit."""
+WORKER = Path(__file__).with_name("_mv_worker.py")
+MAX_WORKERS = 2
+_STATUS = {"ok": None, "timeout": TIMEOUT}  # worker reply kind -> grade status ("error" is logged: parse_error)
 
 
-def evaluate_one(text: str, timeout_s: int = TIMEOUT_S) -> tuple[str | None, list[str] | None]:
-    """(status, values) of one answer string; runs math-verify in the calling thread (a worker's main thread)."""
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
-    from math_verify.errors import TimeoutException
+class _Worker:
+    """One worker process, restarted when it has to be killed."""
 
-    config = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
-    try:
-        if not any(d in text for d in ("$", "\\(", "\\[", "\\boxed")):
-            text = f"${text.strip().rstrip('.')}$"  # math-verify reads LaTeX only between delimiters
-        parsed = parse(text, config, parsing_timeout=timeout_s, raise_on_error=True)
-        return None, _values(parsed[0]) if parsed else None
-    except TimeoutException:
-        return TIMEOUT, None
-    except Exception as exc:  # noqa: BLE001 - any parser failure is a status, never a silent "wrong"
-        log.debug("math-verify failed on %r: %s", text, exc)
-        return PARSE_ERROR, None
+    def __init__(self) -> None:
+        self.proc = self._start()
+
+    @staticmethod
+    def _start() -> subprocess.Popen:
+        # -I: the script's folder is not put on sys.path (our string.py would shadow the standard library's).
+        return subprocess.Popen([sys.executable, "-I", "-W", "ignore", str(WORKER)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+
+    def _ready(self) -> bool:
+        """Wait (once per process, up to `IMPORT_S`) for the worker's imports: not part of any call's limit."""
+        if not self.ready:
+            got, _, _ = select.select([self.proc.stdout], [], [], IMPORT_S)
+            self.ready = bool(got) and self.proc.stdout.readline().startswith('["ready"')
+        return self.ready
+
+    def ask(self, text: str, timeout_s: int) -> tuple[str | None, list[str] | None]:
+        if self.proc.poll() is not None:
+            self.proc, self.ready = self._start(), False
+        if not self._ready():
+            self.kill()
+            log.warning("math-verify worker did not start (code %s): %s", self.proc.returncode, PARSE_ERROR)
+            return PARSE_ERROR, None
+        self.proc.stdin.write(json.dumps([text, timeout_s]) + "\n")
+        self.proc.stdin.flush()
+        got, _, _ = select.select([self.proc.stdout], [], [], timeout_s + GRACE_S)
+        line = self.proc.stdout.readline() if got else None
+        if not line:
+            self.kill()
+            if line is None:
+                log.warning("math-verify gave no answer within %ss on %r: %s", timeout_s + GRACE_S, text[:80], TIMEOUT)
+                return TIMEOUT, None
+            log.warning("math-verify worker exited (code %s) on %r: %s", self.proc.returncode, text[:80], PARSE_ERROR)
+            return PARSE_ERROR, None
+        kind, payload = json.loads(line)
+        if kind == "error":
+            log.warning("math-verify failed on %r: %s", text[:80], payload)
+            return PARSE_ERROR, None
+        return _STATUS[kind], payload
+
+    ready = False
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
 
 
-def _worker_init() -> None:
-    logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeout is disabled" / parse warnings
-    import math_verify  # noqa: F401 - import while the parent still grades the plain numbers
+_WORKERS: list[_Worker] = []
+_LOCK = threading.Lock()
 
 
-def warm() -> None:
-    """Start the workers (they import math-verify in the background) before the first call needs them."""
-    _pool()
+def warm(n: int = 1) -> None:
+    """Start `n` workers now (they import math-verify in the background) so the first call does not wait."""
+    with _LOCK:
+        while len(_WORKERS) < min(n, MAX_WORKERS):
+            _WORKERS.append(_Worker())
 
 
-def _pool() -> multiprocessing.pool.Pool:
-    global _POOL
-    if _POOL is None:
-        # spawn, not fork: the parent runs polars' thread pool, which a forked child would inherit locked.
-        ctx = multiprocessing.get_context("spawn")
-        _POOL = ctx.Pool(processes=max(1, min(2, os.cpu_count() or 1)), initializer=_worker_init)
-    return _POOL
+@atexit.register
+def _shutdown() -> None:
+    with _LOCK:
+        for w in _WORKERS:
+            w.kill()
+        _WORKERS.clear()
 
 
-def _kill_pool() -> None:
-    global _POOL
-    if _POOL is not None:
-        _POOL.terminate()
-        _POOL.join()
-        _POOL = None
-
-
-atexit.register(_kill_pool)
-
-
-def evaluate(texts: list[str], *, timeout_s: int = TIMEOUT_S) -> dict[str, tuple[str | None, list[str] | None]]:
-    """(status, values) for each distinct string in `texts`, computed in worker processes.
-
-    A call that outlives `timeout_s` + 2 s in the parent kills the workers (the rest are resubmitted to fresh ones)
-    and is graded `timeout`.
-    """
+def evaluate(texts: list[str], *, timeout_s: int | None = None) -> dict[str, tuple[str | None, list[str] | None]]:
+    """(status, values) for each distinct string in `texts`, computed by the worker processes (one thread each
+    here feeds its worker and enforces the per-call limit, `timeout_s`, default `TIMEOUT_S`)."""
+    timeout_s = TIMEOUT_S if timeout_s is None else timeout_s
     todo = list(dict.fromkeys(texts))
+    if not todo:
+        return {}
+    warm(1 if len(todo) < 32 else MAX_WORKERS)
+    jobs: queue.SimpleQueue[str] = queue.SimpleQueue()
+    for t in todo:
+        jobs.put(t)
     out: dict[str, tuple[str | None, list[str] | None]] = {}
-    while todo:
-        pool = _pool()
-        pending = [(t, pool.apply_async(evaluate_one, (t, timeout_s))) for t in todo]
-        todo = []
-        for i, (text, res) in enumerate(pending):
+
+    def feed(worker: _Worker) -> None:
+        while True:
             try:
-                out[text] = res.get(timeout=timeout_s + 2)
-            except multiprocessing.TimeoutError:
-                log.warning("math-verify gave no answer within %ss on %r; graded %s", timeout_s + 2, text[:80], TIMEOUT)
-                out[text] = (TIMEOUT, None)
-                _kill_pool()
-                todo = [t for t, r in pending[i + 1:] if not (r.ready() and r.successful())]
-                out.update({t: r.get() for t, r in pending[i + 1:] if r.ready() and r.successful()})
-                break
+                text = jobs.get_nowait()
+            except queue.Empty:
+                return
+            out[text] = worker.ask(text, timeout_s)
+
+    with _LOCK:
+        threads = [threading.Thread(target=feed, args=(w,), daemon=True) for w in _WORKERS]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
     return out

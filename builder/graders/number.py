@@ -1,16 +1,24 @@
 """Number answers (single_eq, addsub, multiarith, gsm8k, svamp, and user tasks with numeric golds).
 
-Parse: the first (or last) number in the region: integers, decimals (".5" too), thousands separators ("1,600"),
-a leading sign, currency before it ("$5", "-$3") and any unit or "%" after it (ignored: "5 dollars", "25%" is
-25, since the paper tasks ask "what percent" with golds like "25"), simple fractions "3/4", LaTeX `\\frac{3}{4}`,
-trailing punctuation. When the first line of an answer starts with a calculation ("The answer is 8 + 9 = 17."), its
-result (after the last "=", "equals", "which is") is the answer. A region with no digits gets a rare Python
-fallback for number words ("two hundred four").
+Parse (vectorised): every number in the answer span (`_common.answer_span`): integers and decimals (".5" too);
+thousands separators of every common form ("1,600", "1 000", thin and no-break spaces, "1'000", LaTeX "14{,}916",
+"16,\\!386.20", "1\\,000", European "1.234,5" and "1.000.000"); decimal commas, told apart from thousands groups
+by group size ("1,5", "2,74", "1000,99", "0,111" are decimals; "1,600" is not); a sign; currency before ("$5",
+"\\$5", "-$3"); units, "%" and `\\text{...}` after (ignored: the paper tasks ask "what percent" with golds like
+"25"); fractions "3/4", `\\frac{3}{4}`, `\\dfrac`, `\\tfrac`, `\\cfrac`, `\\frac13`; mixed numbers "3 1/2" and
+`3\\frac{1}{2}`; scientific notation "1.5e3", "1.5 \\times 10^{3}". A span whose first line starts with a calculation
+("8 + 9 = 17.") counts by its result (after the last "=", "equals", "which is"). A span with no digits gets a rare
+Python fallback for number words ("two hundred four").
 
-Verify (gold first): both sides as float64. Two integers must be equal exactly; otherwise they agree when
-|pred - gold| <= 1e-12 * max(|pred|, |gold|) + 1e-12, which absorbs float noise ("0.6666666666666667" vs
-"0.6666666666666666", "1/3" vs "0.3333333333333333") and nothing a person would call a different answer: two
-values that differ within their first 12 significant digits never agree.
+Anything else with LaTeX or expression structure (`\\sqrt{2}`, nested fractions, `2^{10}`, `\\pi`) goes to
+math-verify (`builder.graders.latex`), each distinct string once, in worker processes; its failures are the
+statuses `timeout` and `parse_error`. Two different values in the span ("7 or 8", "between 3 and 5", a set
+"12 and 13") are `ambiguous`; the same value twice ("3/8 or 0.375") is one answer.
+
+Verify (gold first): two integers compare exactly as digit strings, at any size. Otherwise both sides are float64
+and agree when |pred - gold| <= 1e-12 * max(|pred|, |gold|) + 1e-12, which absorbs float noise
+("0.6666666666666667" vs "0.6666666666666666", "1/3" vs "0.3333333333333333") and nothing a person would call a
+different answer: two values that differ within their first 12 significant digits never agree.
 """
 
 from __future__ import annotations
@@ -19,55 +27,125 @@ import re
 
 import polars as pl
 
-from builder.graders._common import finish, is_blank, status, token
+from builder.graders import latex
+from builder.graders._common import finish, is_blank, region, status
 from builder.graders.base import GRADERS
 
 REL_TOL = 1e-12
 ABS_TOL = 1e-12
 
-_DIGITS = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
+_SPACES = "\u00a0\u2009\u202f"
+# One number without sign: first match wins, so the grouped forms come before the plain one.
+_MANTISSA = (
+    r"(?:[1-9]\d{0,2}(?:\.\d{3}\b)+,\d+"  # 1.234,5
+    r"|[1-9]\d{0,2}(?:,\d{3}\b)+(?:\.\d+)?"  # 1,234.5
+    rf"|[1-9]\d{{0,2}}(?:[ {_SPACES}']\d{{3}}\b)+(?:[.,]\d+)?"  # 1 234,5  1'234
+    r"|[1-9]\d{0,2}(?:\.\d{3}\b){2,}"  # 1.234.567
+    r"|\d+,\d{1,2}\b|0,\d+"  # decimal comma: 1,5  2,74  0,111
+    r"|\d+(?:\.\d+)?|\.\d+)"
+    r"(?:[eE][+-]?\d+\b)?"
+)
+_MIXED = r"\d+[ \u00a0]+\d+\s*/\s*\d+"
+NUMBER_TOKEN = rf"-?(?:\$\s?)?(?:{_MIXED}|{_MANTISSA}(?:\s*/\s*{_MANTISSA})?)"
 EQUALS = r"(?i)=|\bequals\b|\bwhich is\b|\bthat is\b|\bmakes\b|\bgives\b|\bresults in\b"
 CALCULATION = r"^[\s:]*\$*-?\(?\d[\d,.]*[a-z]?\)?\s*[-+*/x\u00d7\u00f7]\s*\(?\$*-?\d"
-NUMBER_TOKEN = rf"-?(?:\$\s?)?(?:{_DIGITS})(?:\s*/\s*(?:{_DIGITS}))?"
+# Left after `_prepare`: structure only math-verify reads; arithmetic too in a LaTeX answer ("\\frac{14}{3}+1").
+EXPRESSION = r"\\[A-Za-z]|\^|\{|\u221a|\u03c0"
+ARITHMETIC = r"[\d)]\s*[-+*\u00d7\u00f7]\s*[\d(]"
+
+_PLAIN_NUMBER = r"-?[\d.,]+"
+_LATEX_REWRITES = (  # (pattern, replacement) in order; each turns a LaTeX spelling of a plain number into text
+    (r"\{,\}|,\\!", ","),  # 14{,}916  16,\!386.20
+    (r"(\d)(?:\\[,;: !]|~)(\d)", "${1}${2}"),  # 1\,000
+    (r"\\([$%])", "$1"),  # \$5  25\%
+    (r"\\(?:boxed|fbox)\s*\{", " "),
+    (r"\\(?:text|textbf|mathrm|mbox|operatorname)\s*\{([^{}]*)\}", " $1 "),
+    (r"\\(?:left|right|displaystyle|,|;|:|!|quad|qquad)", " "),
+    (r"\\(?:\(|\)|\[|\])", " "),
+    (r"(\d)\s*\\[dtc]?frac", "$1 \\frac"),  # 3\frac{1}{2}: a mixed number
+    (rf"\\[dtc]?frac\s*\{{\s*({_PLAIN_NUMBER})\s*\}}\s*\{{\s*({_PLAIN_NUMBER})\s*\}}", "$1/$2"),
+    (r"\\[dtc]?frac\s*(\d)\s*(\d)", "$1/$2"),  # \frac13
+    (r"(\d)\s*(?:\\times|\\cdot|[x\u00d7*])\s*10\s*\^\s*\{?\s*([+-]?\d+)\s*\}?", "${1}e$2"),  # 1.5 \times 10^{3}
+    (r"\{\s*(-?[\d.,]+)\s*\}", " $1 "),  # a bare {12}
+)
 
 
 def _prepare(text: pl.Expr) -> pl.Expr:
-    """LaTeX fractions to a/b, unicode minus to '-', thousands-separator spaces kept as they are."""
-    text = text.str.replace_all(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}", "($1)/($2)")
-    text = text.str.replace_all(r"\(\s*(-?[\d.,]+)\s*\)\s*/\s*\(\s*([\d.,]+)\s*\)", "$1/$2")
-    return text.str.replace_all("\u2212", "-", literal=True)
+    """LaTeX spellings of plain numbers as plain text. Real structure is left alone."""
+    for pattern, repl in _LATEX_REWRITES:
+        text = text.str.replace_all(pattern, repl)
+    return text
+
+
+def prepare(frame: pl.DataFrame, col: str) -> pl.DataFrame:
+    """`_prepare` on the rows of `col` that hold a backslash, brace or caret (the others have nothing to rewrite);
+    the unicode minus as '-' everywhere."""
+    frame = frame.with_columns(pl.col(col).str.replace_all("\u2212", "-", literal=True))
+    mask = frame.select(pl.col(col).str.contains(r"[\\{^]").fill_null(False)).to_series()
+    if not mask.any():
+        return frame
+    done = frame.filter(mask).select(_prepare(pl.col(col)))
+    return frame.with_columns(frame[col].scatter(mask.arg_true(), done.to_series()))
 
 
 def _result_of_expression(text: pl.Expr) -> pl.Expr:
     """'23 + 18 + 28, which equals 69.' -> ' 69.': when the answer's first line starts with a calculation, its
     result is what follows the last '=' / 'equals' / 'which is' on that line (' 41, as 40 + 2 = 42' stays 41)."""
-    line = text.str.extract(r"^\s*([^\n]*)", 1)
+    line = text.str.extract(r"^[\s:]*([^\n]*)", 1)
     parts = line.str.replace_all(EQUALS, "\x00").str.split("\x00")
     calc = line.str.contains(CALCULATION) & (parts.list.len() > 1)
     return pl.when(calc).then(parts.list.last()).otherwise(text)
 
 
-def value(tok: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
-    """(float value, is_integer) of a number token: '$1,600' -> 1600.0; '-3/4' -> -0.75."""
-    clean = tok.str.replace_all(r"[\s$,]", "")
-    parts = clean.str.split("/")
-    num = parts.list.first().cast(pl.Float64, strict=False)
-    den = parts.list.get(1, null_on_oob=True).cast(pl.Float64, strict=False)
-    val = pl.when(den.is_null()).then(num).otherwise(num / den)
-    is_int = den.is_null() & ~clean.str.contains(r"\.", literal=False)
-    return val, is_int
+def _plain(s: pl.Expr) -> pl.Expr:
+    """One number (a column, spaces and '$' already gone) without grouping: '1,600' -> '1600', '1,5' -> '1.5',
+    '1.234,5' -> '1234.5'."""
+    european = s.str.contains(r"^-?\d{1,3}(?:\.\d{3})+,\d+$")
+    dotted = s.str.contains(r"^-?\d{1,3}(?:\.\d{3}){2,}$")
+    decimal_comma = s.str.contains(r"^-?(?:\d+,\d{1,2}|0,\d+)(?:[eE][+-]?\d+)?$")
+    return (
+        pl.when(european).then(s.str.replace_all(".", "", literal=True).str.replace(",", ".", literal=True))
+        .when(dotted).then(s.str.replace_all(".", "", literal=True))
+        .when(decimal_comma).then(s.str.replace(",", ".", literal=True))
+        .otherwise(s.str.replace_all(",", "", literal=True))
+    )
 
 
-def canonical(val: pl.Expr) -> pl.Expr:
-    """One spelling per value ('1600', '0.75', '-5'), so majority votes count '1,600' and '1600' together."""
+def values(frame: pl.DataFrame, tok: str, out: str) -> pl.DataFrame:
+    """Add `out` (float value), `out`_int (exact integer digits, null unless an integer) and `out`_canon (one
+    spelling per value, so majority votes count '1,600' and '1600' together) for the number tokens in `tok`.
+
+    '$1,600' -> (1600.0, '1600', '1600'); '-3/4' -> (-0.75, null, '-0.75'); '3 1/2' -> (3.5, null, '3.5').
+    Staged over columns (eager polars would recompute a shared sub-expression for every use).
+    """
+    t = pl.col(tok)
+    mixed = t.str.extract_groups(r"^(-?)\$?\s?(\d+)[ \u00a0]+(\d+)\s*/\s*(\d+)$")
+    parts = t.str.replace_all(rf"[\s$'{_SPACES}]", "").str.split_exact("/", 1)
+    frame = frame.with_columns(mixed.alias("_mx"), parts.struct.field("field_0").alias("_ns"),
+                               parts.struct.field("field_1").alias("_ds"))
+    frame = frame.with_columns(_plain(pl.col("_ns")).alias("_ns"), _plain(pl.col("_ds")).alias("_ds"))
+    m = pl.col("_mx").struct
+    sign = pl.when(m.field("1") == "-").then(-1.0).otherwise(1.0)
+    mixed_val = sign * (m.field("2").cast(pl.Float64) + m.field("3").cast(pl.Float64) / m.field("4").cast(pl.Float64))
+    num, den = pl.col("_ns").cast(pl.Float64, strict=False), pl.col("_ds").cast(pl.Float64, strict=False)
+    is_mixed = m.field("2").is_not_null()
+    is_int = pl.col("_ds").is_null() & pl.col("_ns").str.contains(r"^-?\d+$") & ~is_mixed
+    digits = pl.col("_ns").str.replace(r"^(-?)0+(\d)", "${1}${2}").str.replace(r"^-0$", "0")
+    frame = frame.with_columns(
+        pl.when(is_mixed).then(mixed_val).when(den.is_null()).then(num).otherwise(num / den).alias(out),
+        pl.when(is_int).then(digits).alias(f"{out}_int"),
+    )
+    val = pl.col(out)
     integral = val.is_finite() & (val == val.floor()) & (val.abs() < 1e15)
-    return pl.when(integral).then(val.cast(pl.Int64, strict=False).cast(pl.String)).otherwise(val.cast(pl.String))
+    canon = pl.coalesce(pl.col(f"{out}_int"), pl.when(integral).then(val.cast(pl.Int64, strict=False).cast(pl.String)),
+                        val.cast(pl.String))
+    return frame.with_columns(canon.alias(f"{out}_canon")).drop("_mx", "_ns", "_ds")
 
 
 def agree(gold: pl.Expr, gold_int: pl.Expr, pred: pl.Expr, pred_int: pl.Expr) -> pl.Expr:
-    """Gold-first numeric equality with the documented tolerance."""
+    """Gold-first numeric equality: integers as exact digit strings, anything else within the tolerance."""
     close = (pred - gold).abs() <= REL_TOL * pl.max_horizontal(pred.abs(), gold.abs()) + ABS_TOL
-    return pl.when(gold_int & pred_int).then(pred == gold).otherwise(close)
+    return pl.when(gold_int.is_not_null() & pred_int.is_not_null()).then(pred_int == gold_int).otherwise(close)
 
 
 _UNITS = {w: i for i, w in enumerate(
@@ -111,26 +189,82 @@ def words_to_number(text: str | None, last: bool = False) -> str | None:
     return str(total + current)
 
 
+def _expressions(frame: pl.DataFrame, text_col: str, raw_col: str, first_col: str) -> pl.DataFrame:
+    """Rows whose prepared `text_col` still has LaTeX/expression structure get `first_col` from math-verify on the
+    raw LaTeX in `raw_col` (one call per distinct string); `_mv_status` is its failure status, `_mv_amb` whether it
+    read several values, `_mv_routed` whether the row went there (null / false on the other rows)."""
+    text, raw = pl.col(text_col), pl.col(raw_col)
+    need = frame.select((text.str.contains(EXPRESSION) | (raw.str.contains("\\", literal=True)
+                                                        & text.str.contains(ARITHMETIC))).fill_null(False))
+    need = need.to_series()
+    frame = frame.with_columns(pl.lit(None, pl.String).alias("_mv_status"), pl.lit(False).alias("_mv_amb"),
+                               pl.lit(False).alias("_mv_routed"))
+    if not need.any():
+        return frame
+    results = latex.evaluate(frame.filter(need)[raw_col].unique().to_list())
+    lookup = pl.DataFrame({raw_col: list(results), "_s": [r[0] for r in results.values()],
+                           "_v": [r[1] or [] for r in results.values()]},
+                          schema={raw_col: pl.String, "_s": pl.String, "_v": pl.List(pl.String)})
+    got = frame.filter(need).select(raw_col).join(lookup, on=raw_col, how="left", maintain_order="left")
+    idx = need.arg_true()
+    return frame.with_columns(
+        frame[first_col].scatter(idx, got["_v"].list.first()),
+        frame["_mv_status"].scatter(idx, got["_s"]),
+        frame["_mv_amb"].scatter(idx, got["_v"].list.n_unique() > 1),
+        need.alias("_mv_routed"),
+    )
+
+
+def _ambiguous(frame: pl.DataFrame) -> pl.Series:
+    """True where the span's tokens hold a value other than the first one's."""
+    n = frame.height
+    many = frame.select(pl.int_range(n, dtype=pl.UInt32).alias("_i"), "_toks", "_p", "_p_int", "_span")
+    many = many.filter(pl.col("_span") & (pl.col("_toks").list.len() > 1))
+    flag = pl.Series("_amb", [False] * n)
+    if many.height == 0:
+        return flag
+    ex = values(many.explode("_toks"), "_toks", "_v")
+    differs = ~agree(pl.col("_p"), pl.col("_p_int"), pl.col("_v"), pl.col("_v_int")).fill_null(False)
+    rows = ex.group_by("_i").agg(differs.any().alias("_a")).filter("_a")
+    return flag.scatter(rows["_i"], True) if rows.height else flag
+
+
 @GRADERS.register("number")
 def grade_number(frame: pl.DataFrame, *, last: bool = False) -> pl.DataFrame:
-    """Grade numeric answers; see the module docstring for what parses and the tolerance."""
-    text = _prepare(pl.col("text"))
+    """Grade numeric answers; see the module docstring for what parses, the statuses and the tolerance."""
+    frame = frame.with_columns(region(last=last).alias("_raw"))
+    frame = prepare(frame.with_columns(pl.col("_raw").alias("_text"), pl.col("gold").alias("_gold")), "_text")
+    frame = prepare(frame, "_gold")
     if not last:  # an anchored answer: a calculation counts by its result
-        text = _result_of_expression(text)
-    frame = frame.with_columns(token(text, NUMBER_TOKEN, last=last).alias("_tok"))
+        frame = frame.with_columns(_result_of_expression(pl.col("_text")).alias("_text"))
+    frame = frame.with_columns(
+        pl.col("_text").str.extract_all(NUMBER_TOKEN).alias("_toks"),
+        pl.col("_gold").str.extract_all(NUMBER_TOKEN).alias("_gtoks"),
+    )
+    frame = frame.with_columns(
+        (pl.col("_toks").list.last() if last else pl.col("_toks").list.first()).alias("_first"),
+        pl.col("_gtoks").list.first().alias("_gfirst"),
+        (pl.col("anchored") & pl.lit(not last)).alias("_span"),  # hedges count in answer spans only
+    )
+    frame = _expressions(frame, "_gold", "gold", "_gfirst").rename({"_mv_status": "_gfailed"})
+    frame = frame.drop("_mv_amb", "_mv_routed")
+    if not last:  # expressions are read in answer spans, never in whole rationales
+        frame = _expressions(frame, "_text", "_raw", "_first")
+    else:
+        frame = frame.with_columns(pl.lit(None, pl.String).alias("_mv_status"), pl.lit(False).alias("_mv_amb"),
+                                   pl.lit(False).alias("_mv_routed"))
+    # A routed row's hedges were read by math-verify (a set); its plain tokens are not the answer.
+    frame = frame.rename({"_mv_status": "_failed"}).with_columns(pl.col("_span") & ~pl.col("_mv_routed"))
     # Rare fallback: a non-empty region without digits may spell the number out.
-    need = frame.select(pl.col("_tok").is_null() & ~is_blank(pl.col("text"))
-                        & pl.col("text").str.contains(NUMBER_WORDS)).to_series()
+    need = frame.select(pl.col("_first").is_null() & pl.col("_failed").is_null() & ~is_blank(pl.col("text"))
+                        & pl.col("_text").str.contains(NUMBER_WORDS)).to_series()
     if need.any():  # Python only on those rows
-        words = frame.filter(need).select(pl.col("text").map_batches(
+        words = frame.filter(need).select(pl.col("_text").map_batches(
             lambda s: pl.Series([words_to_number(t, last) for t in s], dtype=pl.String), return_dtype=pl.String))
-        frame = frame.with_columns(frame["_tok"].scatter(need.arg_true(), words.to_series()))
-    gold_tok = token(_prepare(pl.col("gold")), NUMBER_TOKEN, last=False)
-    frame = frame.with_columns(gold_tok.alias("_gtok"))
-    g, g_int = value(pl.col("_gtok"))
-    p, p_int = value(pl.col("_tok"))
-    frame = frame.with_columns(g.alias("_g"), g_int.alias("_gi"), p.alias("_p"), p_int.alias("_pi"))
-    gold_ok = pl.col("_g").is_not_null() & pl.col("_g").is_finite()
-    pred = canonical(pl.col("_p"))
-    correct = agree(pl.col("_g"), pl.col("_gi"), pl.col("_p"), pl.col("_pi"))
-    return finish(frame, pred, correct, status(pred, gold_ok))
+        frame = frame.with_columns(frame["_first"].scatter(need.arg_true(), words.to_series()))
+    frame = values(values(frame, "_first", "_p"), "_gfirst", "_g")
+    frame = frame.with_columns((_ambiguous(frame) | frame["_mv_amb"]).alias("_amb"))
+    gold_ok = pl.col("_g").is_not_null() & pl.col("_g").is_finite() & pl.col("_gfailed").is_null()
+    pred = pl.col("_p_canon")
+    correct = agree(pl.col("_g"), pl.col("_g_int"), pl.col("_p"), pl.col("_p_int"))
+    return finish(frame, pred, correct, status(pred, gold_ok, ambiguous=pl.col("_amb"), failed=pl.col("_failed")))

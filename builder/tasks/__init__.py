@@ -26,7 +26,7 @@ from builder.errors import InputError
 from builder.graders import GRADERS
 from builder.paths import resolve_recipe_path
 from builder.prompts import answer_prompt_for
-from builder.readers import read_table
+from builder.readers import is_blank, read_table
 from builder.schemas import validate
 from builder.tasks.normalise import (
     first_bad,
@@ -46,7 +46,7 @@ from builder.tasks.paper import (
     resolve_benchmarks_dir,
     task_info,
 )
-from builder.tasks.sources import load_source
+from builder.tasks.sources import MAPPABLE_FIELDS, load_source
 
 if TYPE_CHECKING:
     from builder.recipe import TasksConfig, TaskSpec
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "BENCHMARKS_ENV", "PAPER_TASKS", "LoadedTask", "PaperTask", "answer_prompts", "cross_task_overlap",
+    "BENCHMARKS_ENV", "PAPER_TASKS", "LoadedTask", "PaperTask", "answer_prompts", "check_spec", "cross_task_overlap",
     "load_eval_set", "load_task", "load_tasks", "make_qid", "normalise_question", "paper_exemplars",
     "paper_split_items", "resolve_benchmarks_dir", "run", "task_info",
 ]
@@ -104,6 +104,36 @@ def load_tasks(cfg: TasksConfig, base_dir: str | Path | None = None) -> list[Loa
     return loaded
 
 
+def check_spec(spec: TaskSpec) -> None:
+    """The checks that need only the recipe (the recipe runs them when it loads, before any work starts).
+
+    Raises:
+        ValueError: unknown paper task, answer type or mapped field; a split other than train/test/all; an answer
+            type that conflicts with the paper task's; choices mapped on a task that is not graded by choice.
+    """
+    valid = ", ".join(GRADERS.names())
+    if spec.source == "paper":
+        task = PAPER_TASKS.get(spec.name)
+        if spec.answer_type is not None and spec.answer_type != task.answer_type:
+            raise ValueError(f"task {spec.name!r}: answer_type {spec.answer_type!r} conflicts with the paper task's "
+                             f"{task.answer_type!r}; drop tasks.items[].answer_type")
+        if spec.split not in ("train", "test", "all"):
+            raise ValueError(f"task {spec.name!r}: split {spec.split!r} is not train, test or all")
+        return
+    if spec.answer_type is None:
+        raise ValueError(f"task {spec.name!r}: tasks.items[].answer_type is required for source={spec.source} "
+                         f"(one of {valid})")
+    if spec.answer_type not in GRADERS:
+        raise ValueError(f"task {spec.name!r}: unknown answer_type {spec.answer_type!r}; valid: {valid}")
+    unknown = sorted(set(spec.columns) - set(MAPPABLE_FIELDS))
+    if unknown:
+        raise ValueError(f"task {spec.name!r}: tasks.items[].columns has unknown field(s) {unknown}; "
+                         f"map any of {', '.join(MAPPABLE_FIELDS)}")
+    if "choices" in spec.columns and spec.answer_type != "choice":
+        raise ValueError(f"task {spec.name!r}: choices are mapped but answer_type is {spec.answer_type!r}; "
+                         "use answer_type: choice")
+
+
 def load_task(spec: TaskSpec, *, benchmarks_dir: Path | None = None, base_dir: str | Path | None = None,
               shuffle_seed: int = 0) -> LoadedTask:
     """Load one task as a `questions` frame (validated), with raw and duplicate counts.
@@ -113,25 +143,15 @@ def load_task(spec: TaskSpec, *, benchmarks_dir: Path | None = None, base_dir: s
         FileNotFoundError: a task file or split file is missing.
         InputError: unreadable or malformed input, naming the file, row and field.
     """
+    check_spec(spec)
     if spec.source == "paper":
         task = PAPER_TASKS.get(spec.name)
-        if spec.answer_type is not None and spec.answer_type != task.answer_type:
-            raise ValueError(f"task {spec.name!r}: answer_type {spec.answer_type!r} conflicts with the paper task's "
-                             f"{task.answer_type!r}; drop tasks.items[].answer_type")
-        if spec.split not in ("train", "test", "all"):
-            raise ValueError(f"task {spec.name!r}: split {spec.split!r} is not train, test or all")
         if benchmarks_dir is None:
             raise InputError(f"task {spec.name!r}: paper tasks need tasks.benchmarks_dir or ${BENCHMARKS_ENV}")
         folder = resolve_recipe_path(base_dir, spec.path) if spec.path else benchmarks_dir / spec.name
         raw, where, answer_type, fields = task.load(folder), str(folder), task.answer_type, task.fields
         shuffle = task.shuffle_choices
     else:
-        valid = ", ".join(GRADERS.names())
-        if spec.answer_type is None:
-            raise ValueError(f"task {spec.name!r}: tasks.items[].answer_type is required for source={spec.source} "
-                             f"(one of {valid})")
-        if spec.answer_type not in GRADERS:
-            raise ValueError(f"task {spec.name!r}: unknown answer_type {spec.answer_type!r}; valid: {valid}")
         raw, where, mapping = load_source(spec, base_dir)
         answer_type, fields, shuffle = spec.answer_type, (mapping["question"], mapping["gold"]), False
     if spec.shuffle_choices is not None:
@@ -152,7 +172,7 @@ def _questions(raw: pl.DataFrame, task: str, answer_type: str, fields: tuple[str
                shuffle_seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Raw rows -> distinct questions (before any split), and source_idx -> qid for every raw row."""
     qfield, gfield = fields
-    empty = first_bad(raw, pl.col("question").is_null() | (pl.col("question").str.strip_chars() == ""))
+    empty = first_bad(raw, is_blank(pl.col("question")))
     if empty:
         raise InputError(f"{empty['where']}: field {qfield!r}: question is empty")
     no_choices = first_bad(raw, pl.col("choices").list.len() == 0)
@@ -284,7 +304,7 @@ def load_eval_set(path: str | Path) -> pl.DataFrame:
     task = pl.col("task").cast(pl.String) if "task" in df.columns else pl.lit(path.stem.split(".")[0])
     out = df.select(task.alias("task"), pl.col("question").cast(pl.String).str.strip_chars(),
                     table.where(path).alias("where"))
-    empty = first_bad(out, pl.col("question").is_null() | (pl.col("question") == ""))
+    empty = first_bad(out, is_blank(pl.col("question")))
     if empty:
         raise InputError(f"{empty['where']}: field 'question': question is empty")
     qid = pl.struct("task", "question").map_batches(

@@ -60,6 +60,7 @@ def load_source(spec: TaskSpec, base_dir: str | Path | None) -> tuple[pl.DataFra
     ]
     if "split" in mapping:
         exprs.append(_column(df, mapping["split"], source, "split").cast(pl.String).alias("split"))
+    _refuse_nested(df, mapping, source)
     raw = df.select(exprs)
     if "id" in mapping:
         dup = first_bad(raw, pl.col("source_id").is_duplicated())
@@ -68,6 +69,17 @@ def load_source(spec: TaskSpec, base_dir: str | Path | None) -> tuple[pl.DataFra
             raise InputError(f"{first_row[1]}: field 'id' (column {mapping['id']!r}): duplicate id "
                              f"{dup['source_id']!r}, first seen at {first_row[0]}; ids must be unique")
     return raw, source, mapping
+
+
+def _refuse_nested(df: pl.DataFrame, mapping: dict[str, str], source: str) -> None:
+    """question, gold, id and split are text or numbers; polars would cast a struct or list to its JSON text."""
+    for field_name in ("question", "gold", "id", "split"):
+        if field_name not in mapping:
+            continue
+        dtype = df.lazy().select(_column(df, mapping[field_name], source, field_name)).collect_schema().dtypes()[0]
+        if dtype.is_nested():
+            raise InputError(f"{source}: column {mapping[field_name]!r} (mapped to field {field_name!r}) holds "
+                             f"{dtype}, expected text; map a text column in tasks.items[].columns.{field_name}")
 
 
 def _read_hub(path: str, config: str | None, split: str) -> Table:

@@ -47,6 +47,9 @@ class Request:
 class Completion:
     """One sample's stage-1 text. `prompt`, `teacher` and `answer_prompt` are set only by teachers whose rows carry
     their own (imported completions); None means the request's prompt, the recipe's model, the shard's answer prompt.
+
+    A reasoning teacher's thinking trace is `reasoning` (tags stripped) and `text` only what follows it;
+    `reasoning_finished` is False when the trace never closed; `completion_tokens` counts both parts.
     """
 
     qid: str
@@ -59,6 +62,9 @@ class Completion:
     prompt: str | None = None
     teacher: str | None = None
     answer_prompt: str | None = None
+    reasoning: str | None = None
+    reasoning_tokens: int | None = None
+    reasoning_finished: bool | None = None
 
 
 @dataclass

@@ -74,6 +74,8 @@ class HFTeacher(Teacher):
     def __init__(self, recipe: Recipe, *, engine: HFModel | None = None) -> None:
         self.config, self.sampling = recipe.teacher, recipe.sampling
         self._engine, self._own = engine, engine is None
+        self.template_kwargs = recipe.prompt.chat_template_kwargs
+        self.special = recipe.prompt.format != "chat"  # a rendered chat prompt already holds the template's BOS
 
     @property
     def engine(self) -> HFModel:
@@ -89,7 +91,8 @@ class HFTeacher(Teacher):
     def render(self, prompt: str | list[dict[str, str]]) -> str:
         if isinstance(prompt, str):
             return prompt
-        return self.engine.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        return self.engine.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True,
+                                                         **self.template_kwargs)
 
     def _generate(self, prompts: Sequence[str], *, n: int, temperature: float, top_p: float, max_tokens: int,
                   seed: int, stop: Sequence[str]) -> list[list[tuple[str, str, int, int]]]:
@@ -102,7 +105,7 @@ class HFTeacher(Teacher):
         torch.manual_seed(seed)
         results = []
         for start in range(0, len(prompts), e.batch_size):
-            chunk = [tok(p, add_special_tokens=True)["input_ids"] for p in prompts[start:start + e.batch_size]]
+            chunk = [tok(p, add_special_tokens=self.special)["input_ids"] for p in prompts[start:start + e.batch_size]]
             width = max(len(p) for p in chunk)
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=e.device)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=e.device)

@@ -5,6 +5,10 @@ The file is read and mapped once (`teacher.import_columns`); the teacher then an
 shards like sampled ones, and a rerun imports only what is missing. The budget is the file: a question holds as
 many samples as it has rows (`sampling.n` does not apply). Rows keep what the file says they were made with
 (prompt, teacher, answer prompt); the prompt defaults to the Zero-shot-CoT prompt of the row's question.
+
+Reasoning traces: a `reasoning` column (mapped like the others) is the trace and `rationale` the answer text after
+it; a trace with no text after it counts as unfinished. Without one, `teacher.reasoning_parser` splits a rationale
+that still holds its tags (`<think>...</think>answer`) with vLLM's parser over the tokenizer of `teacher.model`.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ import polars as pl
 
 from builder.errors import InputError
 from builder.prompts import teacher_prompt
+from builder.readers import Table, is_blank, read_table
 from builder.schemas import validate
 from builder.teachers.base import TEACHERS, Answer, Completion, ShardResult, ShardWork, Teacher
+from builder.teachers.reasoning import ReasoningSplitter, load_tokenizer
 
 if TYPE_CHECKING:
     from builder.recipe import Recipe
@@ -29,20 +35,48 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FIELDS = ("question", "rationale", "answer_completion", "answer_prompt", "prompt", "task", "sample_idx",
-          "finish_reason", "teacher", "prompt_tokens", "completion_tokens")
+          "finish_reason", "teacher", "prompt_tokens", "completion_tokens", "reasoning", "reasoning_tokens")
 
 
-def _read_any(path: Path) -> pl.DataFrame:
+TEXT_FIELDS = ("question", "rationale", "answer_completion", "answer_prompt", "prompt", "task", "finish_reason",
+               "teacher")
+COUNT_FIELDS = ("sample_idx", "prompt_tokens", "completion_tokens")  # non-negative integers
+
+
+def _read_any(path: Path) -> Table:
+    """The completions file through `builder.readers` (file lines in errors, BOM dropped)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: completions file not found")
-    try:
-        if path.suffix == ".parquet":
-            return pl.read_parquet(path)
-        if path.suffix in (".jsonl", ".json", ".ndjson"):
-            return pl.read_ndjson(path, infer_schema_length=None)
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputError(f"{path}: cannot read completions ({str(exc).splitlines()[0]})") from exc
-    raise InputError(f"{path}: unsupported completions format {path.suffix!r}; use .jsonl or .parquet")
+    if path.suffix not in (".parquet", ".jsonl", ".json", ".ndjson"):
+        raise InputError(f"{path}: unsupported completions format {path.suffix!r}; use .jsonl or .parquet")
+    return read_table(path)
+
+
+def _check_columns(df: pl.DataFrame, path: Path, mapping: dict[str, str], explicit: set[str]) -> None:
+    """Types and ranges of the mapped columns, before anything is stored: text fields hold text, counts hold
+    non-negative integers, and a column the recipe names (or question/rationale) is not null throughout."""
+    def first(bad: pl.Expr) -> str:
+        return df.filter(bad)["_where"][0]
+
+    for f in FIELDS:
+        if f not in df.columns:
+            continue
+        col, dtype, name = pl.col(f), df.schema[f], mapping[f]
+        if (f in explicit or f in ("question", "rationale")) and df.height and df[f].null_count() == df.height:
+            raise InputError(f"{path}: column {name!r} (for {f}) is null in every row; map another column "
+                             "(teacher.import_columns)")
+        if f in TEXT_FIELDS and dtype not in (pl.String, pl.Null):
+            raise InputError(f"{first(col.is_not_null())}: field {name!r} (for {f}) is {dtype}, expected text")
+        if f in COUNT_FIELDS and dtype != pl.Null:
+            if not dtype.is_integer():
+                raise InputError(f"{first(col.is_not_null())}: field {name!r} (for {f}) is {dtype}, expected a "
+                                 "non-negative integer")
+            if f == "sample_idx" and df[f].null_count():
+                raise InputError(f"{first(col.is_null())}: field {name!r} (for {f}) is null, expected a "
+                                 "non-negative integer")
+            if df.select((col < 0).any()).item():
+                raise InputError(f"{first(col < 0)}: field {name!r} (for {f}) is "
+                                 f"{df.filter(col < 0)[f][0]}, expected a non-negative integer")
 
 
 def _qids(tq: pl.Series) -> pl.Series:
@@ -57,6 +91,17 @@ def _optional(frame: pl.DataFrame, name: str, dtype: pl.DataType, fill: Any = No
     return col.fill_null(fill) if fill is not None else col
 
 
+def _split_tagged(df: pl.DataFrame, splitter: ReasoningSplitter) -> pl.DataFrame:
+    """Rationales holding their tags, split by the parser: reasoning, the rationale after it, finished, tokens."""
+    splits = [splitter.split(text) for text in df.get_column("rationale").fill_null("").to_list()]
+    return df.with_columns(
+        pl.Series("rationale", [p.content for p in splits], pl.String),
+        pl.Series("reasoning", [p.reasoning for p in splits], pl.String),
+        pl.Series("reasoning_finished", [p.finished for p in splits], pl.Boolean),
+        pl.Series("reasoning_tokens", [p.tokens for p in splits], pl.Int32) if "reasoning_tokens" not in df.columns
+        else pl.col("reasoning_tokens"))
+
+
 @TEACHERS.register("import")
 class ImportedTeacher(Teacher):
     """Completions read from `teacher.import_path`, matched to questions by qid (task + normalised question)."""
@@ -64,7 +109,8 @@ class ImportedTeacher(Teacher):
     def __init__(self, recipe: Recipe, *, engine: Any = None) -> None:
         t = recipe.teacher
         self.path = path = recipe.resolve_path(t.import_path)
-        raw = _read_any(path)
+        table = _read_any(path)
+        raw = table.frame
         mapping = {f: t.import_columns.get(f, f) for f in FIELDS}
         unknown = set(t.import_columns) - set(FIELDS)
         if unknown:
@@ -77,16 +123,28 @@ class ImportedTeacher(Teacher):
         has_task = mapping["task"] in raw.columns
         if not has_task and len(tasks) != 1:
             raise InputError(f"{path}: no {mapping['task']!r} column and the recipe has {len(tasks)} tasks; map one")
-        df = raw.with_row_index("_row").select(
-            "_row", **{f: pl.col(mapping[f]) for f in FIELDS if mapping[f] in raw.columns})
+        df = raw.select(table.where(path).alias("_where"),
+                        **{f: pl.col(mapping[f]) for f in FIELDS if mapping[f] in raw.columns})
+        _check_columns(df, path, mapping, set(t.import_columns))
         if not has_task:
             df = df.with_columns(task=pl.lit(tasks[0]))
-        empty = df.filter(pl.col("question").is_null() | (pl.col("question").str.strip_chars() == ""))
+        empty = df.filter(is_blank(pl.col("question")))
         if empty.height:
-            raise InputError(f"{path}: row {empty['_row'][0]}: field {mapping['question']!r} is empty")
+            raise InputError(f"{empty['_where'][0]}: field {mapping['question']!r} is empty")
         df = df.with_columns(qid=pl.struct("task", "question").map_batches(_qids, return_dtype=pl.String))
         if "sample_idx" not in df.columns:
             df = df.with_columns(sample_idx=pl.int_range(pl.len()).over("qid"))
+        dup = df.filter(pl.struct("qid", "sample_idx").is_duplicated())
+        if dup.height:  # named by the file's lines, not by position among the rows that match a question
+            same = dup.filter((pl.col("qid") == dup["qid"][0]) & (pl.col("sample_idx") == dup["sample_idx"][0]))
+            raise InputError(f"{same['_where'][1]}: duplicate key (question, sample_idx={same['sample_idx'][0]}), "
+                             f"first at {same['_where'][0]}; each completion of a question needs its own sample_idx")
+        if "reasoning" not in df.columns and t.reasoning_parser:
+            df = _split_tagged(df, ReasoningSplitter(t.reasoning_parser, load_tokenizer(t.model, t.revision),
+                                                     recipe.prompt.chat_template_kwargs))
+        elif "reasoning" in df.columns:
+            df = df.with_columns(reasoning_finished=pl.when(pl.col("reasoning").is_not_null()).then(
+                pl.col("rationale").fill_null("").str.strip_chars() != ""))
         head, _, tail = teacher_prompt("\0", style="zero_shot_cot", fmt="raw", trigger=recipe.prompt.trigger
                                        ).partition("\0")
         self.rows = df.select(  # the samples table's columns (but run_id, which the stage adds)
@@ -102,6 +160,9 @@ class ImportedTeacher(Teacher):
             finish_reason=_optional(df, "finish_reason", pl.String, "imported"),
             prompt_tokens=_optional(df, "prompt_tokens", pl.Int32),
             completion_tokens=_optional(df, "completion_tokens", pl.Int32),
+            reasoning=_optional(df, "reasoning", pl.String),
+            reasoning_tokens=_optional(df, "reasoning_tokens", pl.Int32),
+            reasoning_finished=_optional(df, "reasoning_finished", pl.Boolean),
         )
         self.raw_rows = raw.height
         self._by_key: dict[tuple[str, int], dict[str, Any]] = {}
@@ -136,7 +197,9 @@ class ImportedTeacher(Teacher):
             completions = [Completion(row["qid"], row["sample_idx"], row["seed"], row["rationale"],
                                       row["finish_reason"], row["prompt_tokens"], row["completion_tokens"],
                                       prompt=row["prompt"], teacher=row["teacher"],
-                                      answer_prompt=row["answer_prompt"]) for row in rows]
+                                      answer_prompt=row["answer_prompt"], reasoning=row["reasoning"],
+                                      reasoning_tokens=row["reasoning_tokens"],
+                                      reasoning_finished=row["reasoning_finished"]) for row in rows]
             answers: list[Answer | None] = [None if row["answer_completion"] is None else
                                             (row["answer_completion"], None) for row in rows]
             yield replace(work, answer_prompt={}), completions, answers  # the file's answer prompts, not the task's

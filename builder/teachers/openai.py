@@ -13,6 +13,13 @@ column of chat samples holds the messages as JSON (the server renders the templa
 Requests run on a thread pool of `concurrency` workers; 408/409/429/5xx answers, timeouts and connection errors are
 retried `max_retries` times with exponential backoff and jitter (honouring Retry-After). The API key is read from
 `api_key_env` at each request and only ever placed in the Authorization header.
+
+Reasoning teachers: a chat answer's thinking trace is read from `message.reasoning_content` or `message.reasoning`
+(whichever the server sends; `vllm serve --reasoning-parser` splits it) into `reasoning`, the content stays the
+rationale. A completions choice that carries one is read the same way; otherwise, with `teacher.reasoning_parser`,
+the raw text is split here by the same vLLM parser (the model's tokenizer must load). `prompt.chat_template_kwargs`,
+`sampling.max_thinking_tokens` (vLLM's thinking_token_budget) and `sampling.structured_outputs_regex` go into the
+request body as vLLM's extensions.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from builder.teachers.base import (
     Teacher,
     sequential_stream,
 )
+from builder.teachers.reasoning import ReasoningSplitter, Split, load_tokenizer
 
 if TYPE_CHECKING:
     from builder.recipe import Recipe
@@ -67,6 +75,13 @@ class OpenAITeacher(Teacher):
         self.pool = ThreadPoolExecutor(max_workers=teacher.concurrency, thread_name_prefix="teacher")
         self.requests_sent = 0
         self.retries = 0
+        self.template_kwargs = recipe.prompt.chat_template_kwargs
+        s = recipe.sampling  # stage-1 extensions of vLLM servers
+        self._extra: dict[str, Any] = {
+            **({"thinking_token_budget": s.max_thinking_tokens} if s.max_thinking_tokens is not None else {}),
+            **({"structured_outputs": {"regex": s.structured_outputs_regex}} if s.structured_outputs_regex else {}),
+        }
+        self._splitter: ReasoningSplitter | None = None
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -130,15 +145,26 @@ class OpenAITeacher(Teacher):
             raise EngineError("prompt.format raw needs text prompts")
         return prompt
 
+    @property
+    def splitter(self) -> ReasoningSplitter:
+        """The recipe's parser over the model's tokenizer, for raw completions the server did not split."""
+        if self._splitter is None:
+            tokenizer = load_tokenizer(self.cfg.model, self.cfg.revision)
+            self._splitter = ReasoningSplitter(str(self.cfg.reasoning_parser), tokenizer, self.template_kwargs)
+        return self._splitter
+
     def _sample(self, prompt: str, n: int, seed: int | None, *, temperature: float, top_p: float,
-                max_tokens: int, stop: list[str] | None, continuation: str | None = None) -> dict[str, Any]:
+                max_tokens: int, stop: list[str] | None, continuation: str | None = None,
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.cfg.model, "n": n, "temperature": temperature, "top_p": top_p,
-                                "max_tokens": max_tokens}
+                                "max_tokens": max_tokens, **(extra or {})}
         if seed is not None:
             body["seed"] = seed
         if stop:
             body["stop"] = stop
         if self.chat:
+            if self.template_kwargs:
+                body["chat_template_kwargs"] = self.template_kwargs
             messages = json.loads(prompt)
             if continuation is not None:
                 messages = [*messages, {"role": "assistant", "content": continuation}]
@@ -148,18 +174,34 @@ class OpenAITeacher(Teacher):
         body.update(prompt=prompt if continuation is None else prompt + continuation, logprobs=0)
         return self._post("/completions", body)
 
-    def _choices(self, resp: dict[str, Any]) -> list[tuple[int, str, str, int | None]]:
-        """(index, text, finish_reason, completion tokens) per choice; tokens from logprobs, else usage when n=1."""
+    def _choices(self, resp: dict[str, Any]) -> list[tuple[int, str, str, int | None, Split | None]]:
+        """(index, text, finish_reason, completion tokens, reasoning split) per choice; tokens from logprobs, else
+        usage when n=1. The split is None when the teacher is no reasoning teacher."""
         choices = resp.get("choices") or []
         usage = resp.get("usage") or {}
         out = []
         for c in choices:
-            text = (c.get("message") or {}).get("content") if self.chat else c.get("text")
+            part = c.get("message") or {} if self.chat else c
+            text = (part.get("content") if self.chat else part.get("text")) or ""
             lp = c.get("logprobs") or {}
             toks = lp.get("content") if self.chat else lp.get("tokens")
-            ntok = len(toks) if toks is not None else (usage.get("completion_tokens") if len(choices) == 1 else None)
-            out.append((int(c.get("index", 0)), text or "", c.get("finish_reason") or "stop", ntok))
-        return sorted(out)
+            one = len(choices) == 1
+            ntok = len(toks) if toks is not None else (usage.get("completion_tokens") if one else None)
+            out.append((int(c.get("index", 0)), text, c.get("finish_reason") or "stop", ntok,
+                        self._split(part, text, (usage.get("completion_tokens_details") or {}) if one else {})))
+        return sorted(out, key=lambda o: o[0])
+
+    def _split(self, part: dict[str, Any], text: str, details: dict[str, Any]) -> Split | None:
+        """The trace the server sent (`reasoning_content` or `reasoning`), else the recipe's parser on raw text."""
+        trace = part.get("reasoning_content")
+        trace = part.get("reasoning") if trace is None else trace
+        if trace is not None:
+            # vLLM's parsers send no content for a trace that never closed (a closed trace with nothing after it
+            # reads the same: no answer either way)
+            return Split(trace, text, bool(text), details.get("reasoning_tokens") or None)
+        if self.cfg.reasoning_parser and not self.chat:  # /completions: servers do not split raw text
+            return self.splitter.split(text)
+        return None
 
     def _one(self, req: Request) -> list[Completion]:
         s = self.sampling
@@ -167,14 +209,15 @@ class OpenAITeacher(Teacher):
         done = []
         for k, (seed, n) in enumerate(calls):
             resp = self._sample(req.prompt, n, seed, temperature=s.temperature, top_p=s.top_p,
-                                max_tokens=s.max_tokens, stop=s.stop or None)
+                                max_tokens=s.max_tokens, stop=s.stop or None, extra=self._extra)
             choices = self._choices(resp)
             if len(choices) != n:
                 raise EngineError(f"teacher {self.base_url}: asked for n={n}, got {len(choices)} choices")
             ptok = (resp.get("usage") or {}).get("prompt_tokens")
-            for idx, text, finish, ntok in choices:
+            for idx, text, finish, ntok, part in choices:
                 i = k + idx
-                done.append(Completion(req.qid, req.first_idx + i, req.seed + i, text, finish, ptok, ntok))
+                done.append(Completion(req.qid, req.first_idx + i, req.seed + i, part.content if part else text,
+                                       finish, ptok, ntok, **(part.fields() if part else {})))
         return done
 
     def rationales(self, requests: Sequence[Request]) -> list[Completion]:
@@ -184,7 +227,7 @@ class OpenAITeacher(Teacher):
         prompt, rationale, answer_prompt = item
         resp = self._sample(prompt, 1, None, temperature=0.0, top_p=1.0, max_tokens=max_tokens,
                             stop=["\n"], continuation=f"{rationale.rstrip()}\n{answer_prompt}")
-        _, text, _, ntok = self._choices(resp)[0]
+        _, text, _, ntok, _ = self._choices(resp)[0]
         return text, ntok
 
     def answers(self, items: Sequence[tuple[str, str, str]], max_tokens: int) -> list[Answer]:

