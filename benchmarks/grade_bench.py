@@ -114,6 +114,7 @@ def main() -> None:
     print(f"built {df.height:,} samples ({mb:,.0f} MB) in {t_build:.1f}s; answer types:",
           dict(df.group_by("answer_type").len().sort("answer_type").rows()))
 
+    grade_frame(plain.head(20_000), mode="auto")  # untimed warm-up (regex compilation); math-verify starts cold
     t0 = time.perf_counter()
     grade_frame(plain, mode="auto")
     t_plain = time.perf_counter() - t0

@@ -17,11 +17,11 @@ from typing import Any
 
 import polars as pl
 
-from builder.version import __version__
 from builder.errors import BuilderError
 from builder.recipe import Recipe
 from builder.schemas import remove_stale_temp_files, write_table
 from builder.stats import BuildStats, SamplingSummary
+from builder.version import __version__
 
 log = logging.getLogger(__name__)
 

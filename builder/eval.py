@@ -84,7 +84,7 @@ def stage1_prompts(render: Callable[[str | list[dict[str, str]]], str], question
     teacher's (chat messages through the model's template)."""
     from builder.prompts import direct_answer_prompt, student_prompt, teacher_prompt
 
-    chat = fmt == "chat"
+    chat = fmt in ("chat", "r1")  # r1 students answer in the assistant turn of their chat template
     rows = questions.select("task", "question").rows()
     if mode == "student":
         return [render([{"role": "user", "content": q}]) if chat else student_prompt(q) for _, q in rows]
@@ -104,7 +104,7 @@ def student_recipe(model: str, spec: EvalSpec, *, backend: str, fmt: str, n: int
     return Recipe.model_construct(
         name="eval", base_dir=None,
         teacher=TeacherConfig(backend=backend, model=model, engine_args=dict(spec.engine_args)),
-        prompt=PromptConfig(format="chat" if fmt == "chat" else "raw"),
+        prompt=PromptConfig(format="chat" if fmt in ("chat", "r1") else "raw"),
         sampling=SamplingConfig(n=n, temperature=temperature, max_tokens=max_tokens, stop=stop, seed=spec.seed))
 
 
@@ -168,11 +168,16 @@ def generate_answers(model: str, engine: Any, questions: pl.DataFrame, spec: Eva
                     how="left", maintain_order="left")
 
 
-def grade(generated: pl.DataFrame, mode: str) -> pl.DataFrame:
-    """Add pred, correct, grade_status, grader with the curation graders (a student's answer follows its
-    STUDENT_SEP; a baseline's is its answer completion)."""
+def grade(generated: pl.DataFrame, mode: str, fmt: str = "ft_cot") -> pl.DataFrame:
+    """Add pred, correct, grade_status, grader with the curation graders: a Fine-tune-CoT student's answer follows
+    its STUDENT_SEP; an R1-format student's text after its trace is graded like a teacher's rationale (anchors,
+    `\\boxed{}`); a baseline's answer is its answer completion."""
     from builder.grade import grade_frame
+    from builder.prompts import reasoning_answer_expr
 
+    if mode == "student" and fmt == "r1":
+        after = generated.with_columns(reasoning_answer_expr(pl.col("rationale")).alias("rationale"))
+        return grade_frame(after, mode="rationale").with_columns(generated["rationale"])
     return grade_frame(generated, mode="student" if mode == "student" else "answer_completion")
 
 
@@ -258,7 +263,7 @@ def evaluate(model: str, questions: pl.DataFrame, spec: EvalSpec | None = None, 
         elif own:  # left to the garbage collector, vLLM's engine core can outlive the run and block the exit
             shutdown_engine(engine)
     seconds = time.perf_counter() - t0
-    graded = grade(generated, mode)
+    graded = grade(generated, mode, fmt)
     compare_to = spec.compare_to or paper_student(model)
     voted = vote(graded)
     predictions = graded.join(voted.drop("task"), on=["qid", "decoding"], how="left", maintain_order="left")

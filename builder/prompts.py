@@ -103,6 +103,7 @@ STUDENT_MESSAGE = "{rationale}\n" + answer_prompt_for("string") + " {answer}."
 # the trace. Rows with a trace hold this as their completion and assistant message; rows without keep the above.
 REASONING_COMPLETION = "<think>\n{reasoning}\n</think>\n\n{rationale}"
 THINK_OPEN = "<think>\n"
+THINK_CLOSE = "</think>"
 # How each format lays the pair out; the training recipe's and the model card's descriptions.
 STUDENT_FORMAT_DOCS: dict[str, str] = {
     "ft_cot": f"prompt `{STUDENT_PROMPT}`, completion `{STUDENT_COMPLETION}` + EOS; loss on the completion",
@@ -147,6 +148,13 @@ def reasoning_completion(reasoning: str, rationale: str) -> str:
 def reasoning_completion_expr(reasoning: pl.Expr, rationale: pl.Expr) -> pl.Expr:
     """The R1-distill text of a row with a trace (null where `reasoning` is null)."""
     return _format_expr(REASONING_COMPLETION, reasoning=reasoning, rationale=rationale)
+
+
+def reasoning_answer_expr(output: pl.Expr) -> pl.Expr:
+    """What an R1-format student wrote after its trace (what is graded; never the trace itself): the text after the
+    last `</think>`, empty when the trace never closed."""
+    parts = output.str.split(THINK_CLOSE)
+    return pl.when(parts.list.len() > 1).then(parts.list.last()).otherwise(pl.lit(""))
 
 
 def student_messages_expr(question: pl.Expr, rationale: pl.Expr, answer: pl.Expr,

@@ -287,7 +287,6 @@ def _run_locked(questions: pl.DataFrame, recipe: Recipe, teacher: Teacher, run_d
     open_q = questions.select("qid")  # questions still sampled in this round
     finished = 0
     targets = round_targets(recipe)
-    t_start = time.perf_counter()
     for rnd, target in enumerate(targets, start=1):
         stats.rounds = rnd
         done = read_samples(run_dir, ["qid", "sample_idx"])
@@ -306,13 +305,15 @@ def _run_locked(questions: pl.DataFrame, recipe: Recipe, teacher: Teacher, run_d
                                                                                        unique=True),
                                {t: _exemplars_for(recipe, t) for t in questions["task"].unique()},
                                tasks.answer_prompts(recipe.tasks, questions) if recipe.prompt.two_stage else {})
+                teacher.start()  # before the clock: seconds and tokens/s measure generation, not engine start-up
+            t_round = time.perf_counter()
             _sample_todo(ctx, todo, stats, state, progress, adaptive)
+            stats.seconds += time.perf_counter() - t_round
         if not adaptive:
             break
         open_q, finished = _grade_round(run_dir, questions, open_q, recipe, target)
         if not open_q.height:
             break
-    stats.seconds = time.perf_counter() - t_start
     stats.extra.update(teacher.stats())
     samples = read_samples(run_dir).join(questions.select("qid"), on="qid", how="semi")
     stats.samples = samples.height

@@ -173,10 +173,6 @@ class TrainRecipe(_Strict):
     def _check(self) -> TrainRecipe:
         if self.format == "seq2seq" and self.eval.enabled and self.eval.backend == "vllm":
             raise ValueError("format seq2seq evaluates with eval.backend: hf (vLLM runs decoder-only students)")
-        if self.format == "r1" and self.eval.enabled:
-            raise ValueError("format r1: the built-in evaluation reads the answer after '-->', which an R1-format "
-                             "student never writes; set eval.enabled: false and evaluate the saved model with a "
-                             "reasoning recipe (teacher.reasoning_parser, grading after the trace)")
         return self
 
     def resolve_path(self, path: str | None) -> Path | None:

@@ -98,6 +98,27 @@ def test_baseline_and_student_prompts(tiny_model_dir: Path):
     assert prompt("zero_shot", "chat").endswith("<|im_start|>assistant\nThe answer (arabic numerals) is")
     assert prompt("student", "ft_cot") == "Q1? ###"
     assert prompt("student", "chat") == render([{"role": "user", "content": "Q1?"}])
+    # an R1-format student is asked exactly what it was trained on (the chat template up to the assistant turn)
+    from builder.prompts import r1_completion_text
+
+    assert prompt("student", "r1") == r1_completion_text(tok, "Q1?", "")[0]
+
+
+# Hand-checked: an R1-format student's answer is read after its trace, like a teacher's rationale, never inside it.
+R1_OUTPUTS = [
+    ("q1", "greedy", 0, "<think>\nMaybe 5? No: 3 + 4 = 7.\n</think>\n\nTom has 7 apples. The answer is 7."),  # right
+    ("q2", "greedy", 0, "<think>\n6 * 2 = 12, the answer is 12.\n</think>\n\nSo the answer is \\boxed{13}."),  # wrong
+    ("q3", "greedy", 0, "<think>\nShe has 3 left, so the answer is 3"),  # the trace never closed: no answer
+    ("q4", "greedy", 0, "<think>\nfirst</think>\n<think>\n5?</think>\n\nThe answer is 5."),  # the last close counts
+]
+
+
+def test_r1_student_outputs_grade_after_the_trace():
+    graded = grade(_generated(R1_OUTPUTS, GOLDS), "student", "r1").sort("qid")
+    assert graded["pred"].to_list() == ["7", "13", None, "5"]
+    assert graded["correct"].to_list() == [True, False, False, True]
+    assert graded["grade_status"][2] == "no_answer"
+    assert graded["rationale"].to_list() == [r[3] for r in R1_OUTPUTS]  # the predictions keep the whole output
 
 
 # ------------------------------------------------------------------ real engine

@@ -279,8 +279,8 @@ def test_cli_grades_jsonl_and_writes_the_audit(tmp_path: Path, capsys):
     assert graded["correct"].to_list() == [True, True, True]
     audit = pl.read_ndjson(tmp_path / "graded.audit.jsonl")
     assert audit.select("row", "gold", "pred", "reference_pred").rows() == [(0, "1600", "1600", "1")]
-    err = " ".join(capsys.readouterr().err.split())
-    assert "2 agree, 1 disagree (1 we accept / reference rejects, 0 we reject / reference accepts)" in err
+    out_text = " ".join(capsys.readouterr().out.split())  # the audit is the command's result: stdout
+    assert "2 agree, 1 disagree (1 we accept / reference rejects, 0 we reject / reference accepts)" in out_text
 
 
 def test_cli_parquet_with_answer_type_and_mode(tmp_path: Path):
@@ -295,10 +295,11 @@ def test_cli_parquet_with_answer_type_and_mode(tmp_path: Path):
 
 @pytest.mark.parametrize(("rows", "args", "message"), [
     ([{"task": "mine", "question": "q", "rationale": "r", "gold": "1"}], [],
-     "row 0: field 'task' is 'mine', not one of the 12 paper tasks; pass --answer-type"),
+     "in.jsonl line 1: field 'task' is 'mine', not one of the 12 paper tasks; pass --answer-type"),
     ([{"task": "gsm8k", "question": "q", "gold": "1"}], [], "missing column(s) ['rationale']"),
     ([{"task": "gsm8k", "question": "q", "rationale": "r", "gold": "1"},
-      {"task": "gsm8k", "question": "q", "rationale": "r", "gold": None}], [], "row 1: field 'gold' is null"),
+      {"task": "gsm8k", "question": "q", "rationale": "r", "gold": None}], [],
+     "in.jsonl line 2: field 'gold' is null"),
     ([{"task": "gsm8k", "question": "q", "rationale": "r", "gold": "1"}], ["--answer-type", "poem"],
      "unknown grader 'poem'; valid: choice, date, number, string, yesno"),
     ([{"task": "gsm8k", "question": "q", "rationale": "r", "gold": "1"}], ["--compare-with", "ref"],

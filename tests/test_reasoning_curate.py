@@ -306,14 +306,13 @@ def test_r1_does_not_open_the_trace_twice():
     assert prompt + text == "<|User|>q<|Assistant|><think>\nt\n</think>\n\nA."
 
 
-def test_r1_recipe_needs_eval_off():
-    from builder.errors import RecipeError
+def test_r1_recipe_keeps_the_built_in_evaluation():
+    """An R1-format student is evaluated with the graders after its trace (tests/test_eval.py), so eval stays on."""
     from builder.train_recipe import parse_train_recipe
 
     base = {"name": "r", "dataset": {"ref": "x@v1"}, "student": {"model": "m"}, "format": "r1", "output_dir": "o"}
-    with pytest.raises(RecipeError, match="format r1"):
-        parse_train_recipe(base)
-    assert parse_train_recipe({**base, "eval": {"enabled": False}}).format == "r1"
+    recipe = parse_train_recipe(base)
+    assert recipe.format == "r1" and recipe.eval.enabled
 
 
 @pytest.mark.slow

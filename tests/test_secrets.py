@@ -44,7 +44,8 @@ def test_tokens_and_api_keys_never_reach_files_logs_cards_or_manifests(fake_hub,
     monkeypatch.setattr(constants, "ENDPOINT", fake_hub.endpoint)
     completions = teacher_completions_dir / "multiarith.jsonl"
     recipe = write_import_recipe(tmp_path / "recipe.yaml", benchmarks_dir, completions, name="secrets-demo",
-                                 limit=40, teacher={"api_key_env": "RATIONALE_TEACHER_KEY"})
+                                 limit=40, teacher={"api_key_env": "RATIONALE_TEACHER_KEY"},
+                                 store={"root": "store", "license": "cc-by-4.0"})
     # The build in its own process with --debug (every logger at DEBUG), its output kept as a log file.
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     log = tmp_path / "build.log"

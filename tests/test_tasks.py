@@ -543,8 +543,8 @@ teacher: {{model: unused}}
     assert main(["tasks", "load", str(recipe), "--output", str(out)]) == 0
     df = read_table(out, "questions")
     assert df.group_by("task").len().sort("task").rows() == [("mini", 3), ("multiarith", 175)]
-    err = capsys.readouterr().err
-    assert "multiarith" in err and "175" in err and "178 questions" in err
+    out = capsys.readouterr().out  # the result (counts and path) is stdout
+    assert "multiarith" in out and "175" in out and "178 questions" in out
 
 
 def test_cli_tasks_load_unknown_task(tmp_path, benchmarks_dir, capsys):

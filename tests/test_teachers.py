@@ -4,6 +4,7 @@ fingerprint and resume path as the built-in ones; an unknown backend is a one-li
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import polars as pl
@@ -96,3 +97,21 @@ def test_an_unknown_backend_is_a_one_line_error_listing_the_valid_ones(tmp_path,
     assert len(err.splitlines()) == 1
     assert "teacher.backend" in err and "unknown teacher backend 'echoo'" in err
     assert "valid: hf, import, openai, vllm" in err
+
+
+def test_sampling_time_excludes_the_teachers_start_up(tmp_path, echo_requests):
+    """tokens/s is the engine's rate: `Teacher.start` (engine load) runs before the sample stage's clock."""
+    from builder import sample, tasks
+    from builder.recipe import load_recipe
+
+    class SlowStart:
+        started = 0.0
+
+    recipe = load_recipe(write_recipe(tmp_path, "echo"))
+    teacher = TEACHERS.get("echo")(recipe)
+    teacher.start = lambda: (time.sleep(1.0), setattr(SlowStart, "started", time.perf_counter()))
+    questions = tasks.run(recipe.tasks, recipe.base_dir)
+    t0 = time.perf_counter()
+    _, stats = sample.run(questions, recipe, teacher=teacher)
+    assert SlowStart.started - t0 >= 1.0  # it did start, before sampling
+    assert 0 < stats.seconds < 0.5 and stats.tokens_per_s > 0

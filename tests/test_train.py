@@ -109,7 +109,7 @@ def test_paper_defaults():
 @pytest.mark.parametrize(("data", "message"), [
     ({"hyperparameters": {"lr": 1}}, "t.yaml: hyperparameters.lr: unknown field"),
     ({"dataset": {"ref": "a@v1", "path": "x"}}, "exactly one of dataset.ref, dataset.path, dataset.hub"),
-    ({"format": "gpt"}, "t.yaml: format: Input should be 'ft_cot', 'chat' or 'seq2seq'"),
+    ({"format": "gpt"}, "t.yaml: format: Input should be 'ft_cot', 'chat', 'seq2seq' or 'r1'"),
     ({"format": "seq2seq"}, "format seq2seq evaluates with eval.backend: hf"),
     ({"hyperparameters": {"batch_size": 0}}, "hyperparameters.batch_size: Input should be greater than or equal"),
 ])

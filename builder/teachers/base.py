@@ -108,6 +108,10 @@ class Teacher(Protocol):
         """Backend counts added to the sample stage's statistics."""
         return {}
 
+    def start(self) -> None:
+        """Load what generation needs (an engine, a model) now, so the sample stage's clock measures generation only
+        and tokens/s is the engine's rate, not diluted by its start-up."""
+
     def close(self) -> None:
         """Release what the teacher started (called by whoever made it)."""
 

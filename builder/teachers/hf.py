@@ -83,6 +83,9 @@ class HFTeacher(Teacher):
             self._engine = load_model(self.config.model, revision=self.config.revision)
         return self._engine
 
+    def start(self) -> None:
+        self.engine  # noqa: B018 - the property starts the engine on first use
+
     def close(self) -> None:
         if self._own and self._engine is not None:
             self._engine.close()

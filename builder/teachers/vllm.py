@@ -122,6 +122,9 @@ class VLLMTeacher(Teacher):
             self._engine = load_engine(self.config)
         return self._engine
 
+    def start(self) -> None:
+        self.engine  # noqa: B018 - the property starts the engine on first use
+
     def close(self) -> None:
         """Stop the engine if this teacher started it (a shared one is left running)."""
         if self._own and self._engine is not None:
