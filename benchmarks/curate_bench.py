@@ -39,6 +39,7 @@ import time
 
 import numpy as np
 import polars as pl
+from _baseline import cluster_drops, lsh_drops, precision_recall, text_shingles
 
 NAMES = ["Megan", "Bianca", "Paige", "Sam", "Jason", "Kelly", "Haley", "Sandy", "Julia", "Melissa", "Russ", "Tina",
          "Omar", "Priya", "Lucas", "Chen", "Amara", "Diego", "Fatima", "Noah", "Olga", "Kenji", "Zara", "Ivan"]
@@ -177,46 +178,17 @@ def _synth_part(rows: int, per_q: int, seed: int, q0: int) -> tuple[pl.DataFrame
 
 
 def shingle_sets(graded: pl.DataFrame, ngram: int) -> list[list[bytes]]:
-    """Each rationale's word n-grams as bytes, exactly as our kernels define them (a short text is one shingle)."""
-    from builder.dedup.minhash import words
-
-    out = []
-    for text in graded["rationale"].to_list():
-        ws = words(text)
-        grams = [ws] if len(ws) < ngram else [ws[j: j + ngram] for j in range(len(ws) - ngram + 1)]
-        out.append([" ".join(g).encode("utf-8") for g in grams if g])
-    return out
-
-
-def _cluster_drops(n: int, pairs) -> np.ndarray:
-    """Union-find over dup pairs; every row that is not its cluster's lowest index is dropped."""
-    parent = list(range(n))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for i, j in pairs:
-        ri, rj = find(i), find(j)
-        parent[max(ri, rj)] = min(ri, rj)
-    return np.array([find(i) != i for i in range(n)])
+    return [text_shingles(text, ngram) for text in graded["rationale"].to_list()]
 
 
 def baseline(shingles: list[list[bytes]], qids: list[str], mh) -> np.ndarray:
     """datasketch near-dup decisions (True = dropped), with its fast path: shared permutations, bulk, LeanMinHash."""
-    from datasketch import LeanMinHash, MinHash, MinHashLSH
+    from datasketch import LeanMinHash, MinHash
 
     perms = MinHash(num_perm=mh.num_perm, seed=mh.seed, scheme=mh.scheme).permutations
     sketches = [LeanMinHash(m) for m in MinHash.bulk(shingles, num_perm=mh.num_perm, seed=mh.seed,
                                                       permutations=perms, scheme=mh.scheme)]
-    lsh = MinHashLSH(num_perm=mh.num_perm, params=(mh.bands, mh.num_perm // mh.bands))
-    for i, m in enumerate(sketches):
-        lsh.insert(i, m, check_duplication=False)
-    pairs = [(i, j) for i, m in enumerate(sketches) for j in lsh.query(m)
-             if j > i and qids[j] == qids[i] and m.jaccard(sketches[j]) >= mh.threshold]
-    return _cluster_drops(len(sketches), pairs)
+    return lsh_drops(sketches, qids, mh)
 
 
 def exact_jaccard(shingles: list[list[bytes]], qids: list[str], threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -235,14 +207,7 @@ def exact_jaccard(shingles: list[list[bytes]], qids: list[str], threshold: float
             best[i] = max(best[i], jac)
             if jac >= threshold:
                 pairs.append((j, i))
-    return _cluster_drops(len(sets), pairs), best
-
-
-def precision_recall(pred: np.ndarray, truth: np.ndarray) -> dict[str, float | int | None]:
-    hit = int((pred & truth).sum())
-    return {"precision": round(hit / pred.sum(), 5) if pred.sum() else None,
-            "recall": round(hit / truth.sum(), 5) if truth.sum() else None,
-            "drops": int(pred.sum()), "reference_drops": int(truth.sum())}
+    return cluster_drops(len(sets), pairs), best
 
 
 def ours_near_dup(graded: pl.DataFrame, cfg) -> tuple[np.ndarray, float]:

@@ -37,6 +37,7 @@ import time
 
 import numpy as np
 import polars as pl
+from _baseline import lsh_drops, precision_recall, text_shingles
 
 NGRAM = 5
 TOKENS_PER_WORD = 1.3
@@ -115,42 +116,16 @@ def synth(rows: int, per_q: int, seed: int = 0) -> tuple[pl.DataFrame, dict[str,
 
 def baseline(texts: pl.Series, qids: list[str], mh) -> tuple[np.ndarray, float]:
     """datasketch per document (True = dropped): shared permutations, update_batch, LeanMinHash, MinHashLSH."""
-    from datasketch import LeanMinHash, MinHash, MinHashLSH
-
-    from builder.dedup.minhash import words
+    from datasketch import LeanMinHash, MinHash
 
     t = time.perf_counter()
     perms = MinHash(num_perm=mh.num_perm, seed=mh.seed, scheme=mh.scheme).permutations
-    lsh = MinHashLSH(num_perm=mh.num_perm, params=(mh.bands, mh.num_perm // mh.bands))
     sketches = []
-    for i, text in enumerate(texts):
-        ws = words(text or "")
-        grams = [ws] if len(ws) < NGRAM else [ws[j: j + NGRAM] for j in range(len(ws) - NGRAM + 1)]
+    for text in texts:  # one document at a time: the traces' shingles never all sit in memory
         m = MinHash(num_perm=mh.num_perm, seed=mh.seed, permutations=perms, scheme=mh.scheme)
-        m.update_batch([" ".join(g).encode("utf-8") for g in grams if g])
+        m.update_batch(text_shingles(text, NGRAM))
         sketches.append(LeanMinHash(m))
-        lsh.insert(i, sketches[-1], check_duplication=False)
-    pairs = [(i, j) for i, m in enumerate(sketches) for j in lsh.query(m)
-             if j > i and qids[j] == qids[i] and m.jaccard(sketches[j]) >= mh.threshold]
-    parent = list(range(len(sketches)))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for i, j in pairs:
-        ri, rj = find(i), find(j)
-        parent[max(ri, rj)] = min(ri, rj)
-    return np.array([find(i) != i for i in range(len(sketches))], dtype=bool), time.perf_counter() - t
-
-
-def precision_recall(pred: np.ndarray, truth: np.ndarray) -> dict[str, float | int | None]:
-    hit = int((pred & truth).sum())
-    return {"precision": round(hit / int(pred.sum()), 5) if pred.sum() else None,
-            "recall": round(hit / int(truth.sum()), 5) if truth.sum() else None,
-            "drops": int(pred.sum()), "reference_drops": int(truth.sum())}
+    return lsh_drops(sketches, qids, mh), time.perf_counter() - t
 
 
 def _rss_mb() -> float:
