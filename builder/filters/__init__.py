@@ -72,6 +72,19 @@ def _insert(table, counts, used, nused, h):
     return counts[k], nused
 
 
+@njit
+def _block_capacity(offsets, r0, r1, slots_per_byte):
+    """Power-of-two size of the hash tables a block of rows shares: `slots_per_byte` slots per byte of its longest
+    row, plus 2, at least 16."""
+    longest = 1
+    for r in range(r0, r1):
+        longest = max(longest, offsets[r + 1] - offsets[r])
+    cap = 16
+    while cap < slots_per_byte * longest + 2:
+        cap *= 2
+    return cap
+
+
 @njit_par
 def _repetition(data, offsets, byte_map, block):
     """Per row: word count, distinct words and the top count of one line (lines compared as normalised words).
@@ -87,12 +100,7 @@ def _repetition(data, offsets, byte_map, block):
     for blk in prange(n_blocks):
         r0 = blk * block
         r1 = min(n, r0 + block)
-        longest = 1
-        for r in range(r0, r1):
-            longest = max(longest, offsets[r + 1] - offsets[r])
-        cap = 16
-        while cap < 2 * longest + 2:
-            cap *= 2
+        cap = _block_capacity(offsets, r0, r1, 2)
         wt = np.zeros(cap, np.uint64)
         wc = np.zeros(cap, np.int64)
         wu = np.empty(cap, np.int64)
@@ -232,12 +240,7 @@ def _loop_share(data, offsets, byte_map, ngram, block):
     for blk in prange(n_blocks):
         r0 = blk * block
         r1 = min(n, r0 + block)
-        longest = 1
-        for r in range(r0, r1):
-            longest = max(longest, offsets[r + 1] - offsets[r])
-        cap = 16
-        while cap < longest + 2:  # at most one n-gram per 2 bytes (a word and a separator), table half full
-            cap *= 2
+        cap = _block_capacity(offsets, r0, r1, 1)  # one n-gram per 2 bytes at most: table half full
         table = np.zeros(cap, np.uint64)
         used = np.empty(cap, np.int64)
         ring = np.zeros(ngram, np.uint64)
