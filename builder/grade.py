@@ -15,6 +15,7 @@ import polars as pl
 
 from builder.errors import InputError
 from builder.graders import GRADERS, latex
+from builder.graders._common import is_blank
 from builder.prompts import student_answer_expr
 from builder.schemas import validate
 from builder.tasks import PAPER_TASKS
@@ -36,10 +37,6 @@ _CUT = "\x00"
 
 CHOICE_TYPES = frozenset({"choice", "date"})  # graders that read choices (parsed from the question when absent)
 OUT_COLUMNS = ("pred", "correct", "grade_status", "grader")
-
-
-def _blank(e: pl.Expr) -> pl.Expr:
-    return e.is_null() | (e.str.strip_chars() == "")
 
 
 def _rationale_region(frame: pl.DataFrame) -> pl.DataFrame:
@@ -120,7 +117,7 @@ def grade_frame(df: pl.DataFrame, *, mode: str = "auto") -> pl.DataFrame:
     elif mode == "rationale":
         work = _rationale_region(base)
     else:
-        use_c = base.select(~_blank(pl.col("_completion"))).to_series()
+        use_c = base.select(~is_blank(pl.col("_completion"))).to_series()
         work = pl.concat([
             base.filter(use_c).with_columns(text=pl.col("_completion"), anchored=pl.lit(True), _last=pl.lit(False)),
             _rationale_region(base.filter(~use_c)),
