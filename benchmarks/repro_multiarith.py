@@ -83,9 +83,9 @@ def main() -> None:
     recipe.eval.benchmarks_dir = str(SHARED / "benchmarks")
     recipe.eval.limit = args.limit
     if args.max_steps:
-        recipe.hyperparameters.max_steps = args.max_steps
+        recipe.training.max_steps = args.max_steps
     if args.student:
-        recipe.student.model = args.student
+        recipe.model.model_name_or_path = args.student
     if args.eval_backend:
         recipe.eval.backend = args.eval_backend
     result = train(recipe)
@@ -94,7 +94,7 @@ def main() -> None:
     rows = {r["mode"]: r for r in result.eval_report["results"] if r["decoding"] == "greedy"}
     student, baseline = rows["student"], rows.get("zero_shot_cot")
     figures = {
-        "student": recipe.student.model, "device": _device_name(),
+        "student": recipe.model.model_name_or_path, "device": _device_name(),
         "dataset": ref, "content_hash": digest, "train_rows": None, "steps": result.steps,
         "student_accuracy_pct": student["accuracy_pct"], "student_correct": student["correct"], "n": student["n"],
         "zero_shot_cot_accuracy_pct": baseline["accuracy_pct"] if baseline else None,
@@ -108,7 +108,7 @@ def main() -> None:
 
     figures["train_rows"] = read_version(ref, work / "store")[0].height
     print(f"dataset {ref} ({figures['train_rows']} rows, content hash {digest[:12]})")
-    print(f"{recipe.student.model} Fine-tune-CoT student: {student['accuracy_pct']:.2f}% "
+    print(f"{recipe.model.model_name_or_path} Fine-tune-CoT student: {student['accuracy_pct']:.2f}% "
           f"({student['correct']}/{student['n']}) on MultiArith test, greedy")
     if baseline:
         print(f"same model, Zero-shot-CoT (untrained): {baseline['accuracy_pct']:.2f}%")

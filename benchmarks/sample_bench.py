@@ -12,7 +12,6 @@ one line, the JSON result: progress and vLLM's logs go to stderr, and the engine
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -21,6 +20,9 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _sampling  # noqa: E402
+
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout is for the JSON result only
@@ -103,16 +105,6 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--benchmarks-dir", default=os.environ.get("RATIONALE_BENCHMARKS_DIR",
-                                                                   str(Path(__file__).resolve().parents[2] / "shared"
-                                                                       / "benchmarks")))
-    parser.add_argument("--questions", type=int, default=48)
-    parser.add_argument("--n", type=int, default=4)
-    parser.add_argument("--max-tokens", type=int, default=96)
-    parser.add_argument("--shard-size", type=int, default=8)
+    parser = _sampling.parser(__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
-    result = main(parser.parse_args())
-    sys.stderr.flush()
-    print(json.dumps(result), flush=True)
+    _sampling.print_result(main(parser.parse_args()))

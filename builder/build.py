@@ -2,7 +2,10 @@
 
 Working state lives in `<work_dir>/<name>/` (questions.parquet, samples/ shards, graded.parquet, ledger.parquet,
 stats.json); a rerun resumes sampling from the shards on disk and writes a new version only when the content hash
-is new.
+is new. Sampling, grading and curation run on the recipe's executor (`builder.executors`: local or ray); the
+executor is not part of the version's recipe, so a build on Ray has the content hash of the local one. On Ray the
+driver never holds the samples or the graded table: workers read the shards, write `graded/` and `ledger/` as
+parquet parts beside them (`outputs`), and only the kept rows (the dataset) come back for the store.
 """
 
 from __future__ import annotations
@@ -62,6 +65,19 @@ def eval_questions_for(recipe: Recipe) -> pl.DataFrame | None:
     return pl.concat(frames, how="diagonal_relaxed") if frames else None
 
 
+def outputs(recipe: Recipe, executor: Any) -> tuple[str, str]:
+    """Where the build writes the graded table and the ledger: `<run_dir>/graded.parquet` and `ledger.parquet` on
+    the local executor; on Ray, parquet-part folders `graded/` and `ledger/` in the run's folder on its storage
+    (`<executor.storage>/<name>/`, or the run folder without storage), written by the workers."""
+    from builder import sample
+    from builder.executors import storage
+
+    if not executor.parts:
+        return str(recipe.run_dir / "graded.parquet"), str(recipe.run_dir / "ledger.parquet")
+    where = sample.run_location(recipe)
+    return storage.join(where, "graded"), storage.join(where, "ledger")
+
+
 def run(recipe: Recipe, *, engine: Any = None, progress: Any = None) -> BuildSummary:
     """Run every stage of `recipe`; return the summary. `progress` is a rich Progress (or None for quiet runs).
 
@@ -84,7 +100,8 @@ def run(recipe: Recipe, *, engine: Any = None, progress: Any = None) -> BuildSum
 
 
 def _run_locked(recipe: Recipe, engine: Any, progress: Any) -> BuildSummary:
-    from builder import curate, grade, sample, store, tasks
+    from builder import sample, store, tasks
+    from builder.executors import make_executor
 
     t0 = time.perf_counter()
     run_dir = recipe.run_dir
@@ -102,17 +119,20 @@ def _run_locked(recipe: Recipe, engine: Any, progress: Any) -> BuildSummary:
         write_table(questions, run_dir / "questions.parquet", "questions")
         advance(f"sampling {questions.height} questions x {recipe.sampling.n}", 0, questions.height *
                 recipe.sampling.n)
-        samples, sstats = sample.run(questions, recipe, engine=engine, run_dir=run_dir,
-                                     progress=lambda p: advance("sampling", p.samples_done, p.samples_total))
-        advance("grading")
-        graded = grade.run(samples, questions, recipe.grading)
-        write_table(graded, run_dir / "graded.parquet", "graded")
-        advance("curating")
-        ledger, curation = curate.run(graded, recipe.curation, eval_questions=eval_questions_for(recipe))
-        write_table(ledger, run_dir / "ledger.parquet", "ledger")
+        executor = make_executor(recipe)
+        graded_out, ledger_out = outputs(recipe, executor)
+        try:
+            _, sstats = sample.run(questions, recipe, engine=engine, run_dir=run_dir, executor=executor, collect=False,
+                                   progress=lambda p: advance("sampling", p.samples_done, p.samples_total))
+            advance("grading")
+            graded = executor.grade(sample.shard_location(recipe, run_dir), questions, recipe.grading, out=graded_out)
+            advance("curating")
+            ledger, curation = executor.curate(graded, recipe.curation, eval_questions=eval_questions_for(recipe),
+                                               out=ledger_out)
+        finally:
+            executor.close()
         stats = BuildStats(curation, SamplingSummary(
-            prompt_tokens=int(samples["prompt_tokens"].sum() or 0),
-            completion_tokens=int(samples["completion_tokens"].sum() or 0),
+            prompt_tokens=graded.prompt_tokens, completion_tokens=graded.completion_tokens,
             seconds=round(sstats.seconds, 3), extra=sstats.extra))
         (run_dir / "stats.json").write_text(json.dumps(stats.to_json(), indent=2, default=str))
         advance("writing version")
@@ -123,8 +143,8 @@ def _run_locked(recipe: Recipe, engine: Any, progress: Any) -> BuildSummary:
     return BuildSummary(
         name=recipe.dataset_name,
         questions=questions.height,
-        samples=samples.height,
-        correct=int(graded["correct"].sum() or 0),
+        samples=graded.rows,
+        correct=graded.correct,
         kept=rows.height,
         version=info.version,
         version_path=str(info.path),

@@ -31,6 +31,7 @@ import polars as pl
 
 from builder import reasons as R
 from builder.dedup import (
+    Shingled,
     cluster_global,
     cluster_within_groups,
     exact_within_groups,
@@ -97,9 +98,9 @@ def _chunks(group_ids: np.ndarray, size: int, nbytes: np.ndarray | None = None,
 class _Diversity:
     """Per-task accumulators for mean pairwise Jaccard (pair-weighted) and distinct n-grams (mean per question)."""
 
-    def __init__(self, n_tasks: int, stride: int = 1):
+    def __init__(self, n_tasks: int, stride: int = 1, seen: int = 0):
         self.stride = stride  # distinct n-grams are measured on every stride-th question (a systematic sample)
-        self._seen = 0
+        self._seen = seen  # questions measured before (a chunk measured elsewhere starts where its order puts it)
         self.jac = np.zeros((2, n_tasks))
         self.pairs = np.zeros((2, n_tasks))
         self.distinct = np.zeros((2, n_tasks))
@@ -120,6 +121,14 @@ class _Diversity:
         ratio = np.divide(d, t, out=np.zeros(len(t)), where=has)
         self.distinct[which] += np.bincount(task_of_group, weights=ratio, minlength=n_tasks)
         self.questions[which] += np.bincount(task_of_group, weights=has.astype(float), minlength=n_tasks)
+
+    def sums(self) -> tuple[np.ndarray, ...]:
+        return self.jac, self.pairs, self.distinct, self.questions
+
+    def merge(self, sums: tuple[np.ndarray, ...]) -> None:
+        """Add one chunk's sums (a fresh accumulator's `sums()`), in chunk order: the same floats as `add` here."""
+        for mine, theirs in zip(self.sums(), sums, strict=True):
+            mine += theirs
 
     def figures(self, tasks: list[str]) -> dict[str, Diversity]:
         def side(w: int, t: int) -> DiversityFigures:
@@ -148,22 +157,11 @@ def run(graded: pl.DataFrame, cfg: CurationConfig, *,
         ValueError: unknown filter or selection mode, or decontamination on without eval questions.
     """
     t0 = time.perf_counter()
-    df = validate(graded, "graded", where="curate input")
-    order = df.select(pl.arg_sort_by("task", "qid", "sample_idx"))[:, 0].to_numpy()
-    if not np.array_equal(order, np.arange(df.height)):  # already sorted (the usual case): no copy of the text
-        df = df[order]
+    df = sort_rows(validate(graded, "graded", where="curate input"))
     n = df.height
-    code = np.zeros(n, dtype=np.int8)
+    code = filter_codes(df, cfg)  # 1-2. quality filters and correctness: vectorised expressions
     cluster = np.full(n, -1, dtype=np.int64)
     mh = cfg.minhash
-
-    # 1-2. quality filters and correctness: vectorised expressions
-    if cfg.filters:
-        reasons = df.select(reason_expr(cfg).alias("r"))["r"]
-        code[:] = reasons.replace_strict(_CODE, default=0, return_dtype=pl.Int8).to_numpy()
-    if cfg.keep_correct_only:
-        wrong = ~df["correct"].to_numpy()
-        code[(code == 0) & wrong] = _CODE[R.INCORRECT]
 
     tasks = df["task"].unique(maintain_order=True).to_list()
     task_id = _task_ids(df, tasks)
@@ -171,58 +169,28 @@ def run(graded: pl.DataFrame, cfg: CurationConfig, *,
     perm = permutations(mh.num_perm, mh.seed, mh.scheme)
     need_global = mh.enabled and mh.scope in ("global", "both")
     compared = df.select(_compared_text(cfg.dedup_text))["text"]
-    nbytes = compared.str.len_bytes().fill_null(0).to_numpy()
-    stride = max(int(group_id[-1] + 1) // DISTINCT_SAMPLE, -(-int(nbytes.sum()) // DISTINCT_BYTES)) if n else 1
-    diversity = _Diversity(len(tasks), stride=max(1, stride))
-    lengths = (df.select(pl.coalesce(pl.col("reasoning"), pl.col("rationale")).str.len_chars().fill_null(0))
-               .to_series().to_numpy() if cfg.selection.mode in ("shortest", "length_mix") else None)
+    nbytes = compared_bytes(df, cfg)
+    diversity = _Diversity(len(tasks), stride=distinct_stride(int(group_id[-1] + 1) if n else 0, int(nbytes.sum())))
+    lengths = selection_lengths(df, cfg)
 
-    def chunk_signatures(idx: np.ndarray):
-        sh = shingle(compared.gather(idx), mh.ngram, mh.hash)
-        return sh, signatures_from_hashes(sh.hashes, sh.starts, perm)
-
-    def select_and_measure(idx: np.ndarray, sh, sig: np.ndarray) -> None:
-        """Selection over alive rows of one chunk (idx = the chunk's rows), plus before/after diversity."""
-        alive = code[idx] == 0
-        gs = _group_starts(group_id[idx])
-        task_of_group = task_id[idx[gs[:-1]]]
-        diversity.add(0, task_of_group, sig, sh.hashes, sh.starts, gs, alive)
-        sub = np.flatnonzero(alive)
-        keep = select(_group_starts(group_id[idx[sub]]), cfg.selection.max_per_question, cfg.selection.mode,
-                      sig=sig[sub], seed=cfg.selection.seed, short_share=cfg.selection.short_share,
-                      lengths=None if lengths is None else lengths[idx[sub]])
-        code[idx[sub[~keep]]] = _CODE[R.NOT_SELECTED]
-        chosen = np.zeros(len(idx), dtype=bool)
-        chosen[sub[keep]] = True
-        diversity.add(1, task_of_group, sig, sh.hashes, sh.starts, gs, chosen)
+    def select_rows(idx: np.ndarray, sh: Shingled, sig: np.ndarray) -> None:
+        c = code[idx]
+        select_chunk(c, group_id[idx], task_id[idx], sh, sig, None if lengths is None else lengths[idx], cfg,
+                     diversity)
+        code[idx] = c
 
     timings = {"filters": time.perf_counter() - t0}
     # 3-5. exact dedup, near dedup (question scope), selection; chunked by whole questions
-    alive_idx = np.flatnonzero(code == 0)
     global_parts: list[tuple[np.ndarray, np.ndarray]] = []
-    for lo, hi in _chunks(group_id[alive_idx], CHUNK_ROWS, nbytes[alive_idx]):
-        idx = alive_idx[lo:hi]
-        sh, sig = chunk_signatures(idx)
-        gs = _group_starts(group_id[idx])
-        if cfg.dedup_exact:
-            root = exact_within_groups(sh.row_keys, gs)
-            dup = root != np.arange(len(idx))
-            code[idx[dup]] = _CODE[R.EXACT_DUPLICATE]
-            linked = dup | np.isin(np.arange(len(idx)), root[dup])
-            cluster[idx[linked]] = idx[root[linked]]
-        if mh.enabled and mh.scope in ("question", "both"):
-            sub = np.flatnonzero(code[idx] == 0)
-            root = cluster_within_groups(sig[sub], _group_starts(group_id[idx[sub]]), bands=mh.bands,
-                                         threshold=mh.threshold)
-            member = root != np.arange(len(sub))
-            code[idx[sub[member]]] = _CODE[R.NEAR_DUPLICATE]
-            linked = member | np.isin(np.arange(len(sub)), root[member])  # members and their kept root
-            cluster[idx[sub[linked]]] = idx[sub[root[linked]]]
+    for idx in chunk_rows(group_id, code, nbytes):
+        c, cl = code[idx], cluster[idx]
+        sh, sig = dedup_chunk(compared.gather(idx), group_id[idx], c, cl, idx, cfg, perm)
+        code[idx], cluster[idx] = c, cl
         if need_global:
-            sub = np.flatnonzero(code[idx] == 0)
+            sub = np.flatnonzero(c == 0)
             global_parts.append((idx[sub], sig[sub]))
         else:
-            select_and_measure(idx, sh, sig)
+            select_rows(idx, sh, sig)
 
     if need_global:
         gidx = np.concatenate([p[0] for p in global_parts]) if global_parts else np.zeros(0, np.int64)
@@ -230,17 +198,11 @@ def run(graded: pl.DataFrame, cfg: CurationConfig, *,
                 else np.zeros((0, mh.num_perm), perm.dtype))
         del global_parts
         root = cluster_global(gsig, bands=mh.bands, threshold=mh.threshold)
-        member = root != np.arange(len(gidx))
-        code[gidx[member]] = _CODE[R.NEAR_DUPLICATE_GLOBAL]
-        is_root = np.isin(np.arange(len(gidx)), root[member])
-        cluster[gidx[member | is_root]] = gidx[root[member | is_root]]
         del gsig
-        alive_idx = np.flatnonzero(code == 0)
-        touched = np.flatnonzero(np.isin(group_id, np.unique(group_id[alive_idx])) & (code == 0))
-        for lo, hi in _chunks(group_id[touched], CHUNK_ROWS, nbytes[touched]):
-            idx = touched[lo:hi]
-            sh, sig = chunk_signatures(idx)
-            select_and_measure(idx, sh, sig)
+        linked = nontrivial(root)
+        mark_global(code, cluster, gidx[linked], gidx[root[linked]])
+        for idx in chunk_rows(group_id, code, nbytes):
+            select_rows(idx, *chunk_signatures(compared.gather(idx), cfg, perm))
 
     timings["dedup_select"] = time.perf_counter() - t0 - sum(timings.values())
     # 6. decontamination
@@ -250,12 +212,118 @@ def run(graded: pl.DataFrame, cfg: CurationConfig, *,
 
     timings["decontaminate"] = time.perf_counter() - t0 - sum(timings.values())
     ledger = _ledger(df, code, cluster)
-    stats = _stats(df, code, tasks, diversity, decon, cfg)
+    stats = _stats(task_id, code, tasks, diversity, decon, cfg)
     timings["ledger_stats"] = time.perf_counter() - t0 - sum(timings.values())
     log.debug("curate timings: %s", ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
     log.info("curate: %d rows -> %d kept in %.2fs (%s)", n, int((code == 0).sum()), time.perf_counter() - t0,
              ", ".join(f"{t}: {f.kept}/{f.sampled}" for t, f in stats.funnel.items()))
     return ledger, stats
+
+
+# ------------------------------------------------------------------ per-chunk steps
+# What `run` does to a batch of rows or to one chunk of whole questions, as functions of that chunk alone, so an
+# executor that holds the chunk somewhere else (builder.executors.ray_curate) gets the same codes and figures.
+def sort_rows(df: pl.DataFrame) -> pl.DataFrame:
+    """Rows in ledger order (task, qid, sample_idx); an already sorted frame (the usual case) is not copied."""
+    order = df.select(pl.arg_sort_by("task", "qid", "sample_idx"))[:, 0].to_numpy()
+    return df if np.array_equal(order, np.arange(df.height)) else df[order]
+
+
+def filter_codes(df: pl.DataFrame, cfg: CurationConfig) -> np.ndarray:
+    """Codes after stages 1-2 (quality filters, then correctness); row by row, so any batch gives the same."""
+    code = np.zeros(df.height, dtype=np.int8)
+    if cfg.filters:
+        reasons = df.select(reason_expr(cfg).alias("r"))["r"]
+        code[:] = reasons.replace_strict(_CODE, default=0, return_dtype=pl.Int8).to_numpy()
+    if cfg.keep_correct_only:
+        wrong = ~df["correct"].to_numpy()
+        code[(code == 0) & wrong] = _CODE[R.INCORRECT]
+    return code
+
+
+def compared_bytes(df: pl.DataFrame, cfg: CurationConfig) -> np.ndarray:
+    """UTF-8 bytes of each row's compared text (what chunks are sized by)."""
+    return df.select(_compared_text(cfg.dedup_text).str.len_bytes().fill_null(0))[:, 0].to_numpy()
+
+
+def selection_lengths(df: pl.DataFrame, cfg: CurationConfig) -> np.ndarray | None:
+    """Per-row lengths the length-aware selection modes rank by (the trace's characters, else the rationale's)."""
+    if cfg.selection.mode not in ("shortest", "length_mix"):
+        return None
+    return df.select(pl.coalesce(pl.col("reasoning"), pl.col("rationale")).str.len_chars().fill_null(0))[:, 0] \
+        .to_numpy()
+
+
+def distinct_stride(n_groups: int, total_bytes: int) -> int:
+    """Every how many questions distinct n-grams are measured (about DISTINCT_SAMPLE questions, DISTINCT_BYTES)."""
+    return max(1, n_groups // DISTINCT_SAMPLE, -(-total_bytes // DISTINCT_BYTES)) if n_groups else 1
+
+
+def chunk_rows(group_id: np.ndarray, code: np.ndarray, nbytes: np.ndarray) -> list[np.ndarray]:
+    """The alive rows (code 0) cut into chunks of whole questions (CHUNK_ROWS rows, CHUNK_BYTES of text)."""
+    alive = np.flatnonzero(code == 0)
+    return [alive[lo:hi] for lo, hi in _chunks(group_id[alive], CHUNK_ROWS, nbytes[alive])]
+
+
+def chunk_signatures(texts: pl.Series, cfg: CurationConfig, perm) -> tuple[Shingled, np.ndarray]:
+    mh = cfg.minhash
+    sh = shingle(texts, mh.ngram, mh.hash)
+    return sh, signatures_from_hashes(sh.hashes, sh.starts, perm)
+
+
+def dedup_chunk(texts: pl.Series, group_id: np.ndarray, code: np.ndarray, cluster: np.ndarray, pos: np.ndarray,
+                cfg: CurationConfig, perm) -> tuple[Shingled, np.ndarray]:
+    """Stages 3-4 at question scope on one chunk: exact duplicates, then MinHash near-duplicates of the rest.
+
+    texts, group_id, code, cluster and pos (ledger positions) are the chunk's rows; code and cluster (ledger
+    positions of each cluster's kept row) are updated in place. Returns the chunk's shingles and signatures.
+    """
+    mh = cfg.minhash
+    sh, sig = chunk_signatures(texts, cfg, perm)
+    m = len(pos)
+    if cfg.dedup_exact:
+        root = exact_within_groups(sh.row_keys, _group_starts(group_id))
+        code[root != np.arange(m)] = _CODE[R.EXACT_DUPLICATE]
+        linked = nontrivial(root)
+        cluster[linked] = pos[root[linked]]
+    if mh.enabled and mh.scope in ("question", "both"):
+        sub = np.flatnonzero(code == 0)
+        root = cluster_within_groups(sig[sub], _group_starts(group_id[sub]), bands=mh.bands, threshold=mh.threshold)
+        linked = nontrivial(root)  # members and their kept root
+        code[sub[root != np.arange(len(sub))]] = _CODE[R.NEAR_DUPLICATE]
+        cluster[sub[linked]] = pos[sub[root[linked]]]
+    return sh, sig
+
+
+def nontrivial(root: np.ndarray) -> np.ndarray:
+    """Rows of clusters with two or more rows: members (root is another row) and the roots they point at."""
+    member = root != np.arange(len(root))
+    return member | np.isin(np.arange(len(root)), root[member])
+
+
+def mark_global(code: np.ndarray, cluster: np.ndarray, pos: np.ndarray, root: np.ndarray) -> None:
+    """Global near-duplicates: pos and root are ledger positions of the rows of clusters of two or more, and of
+    their cluster's root (its lowest position, kept)."""
+    code[pos[root != pos]] = _CODE[R.NEAR_DUPLICATE_GLOBAL]
+    cluster[pos] = root
+
+
+def select_chunk(code: np.ndarray, group_id: np.ndarray, task_id: np.ndarray, sh: Shingled, sig: np.ndarray,
+                 lengths: np.ndarray | None, cfg: CurationConfig, diversity: _Diversity) -> None:
+    """Stage 5 on one chunk (the arrays are its rows): selection over the alive rows, plus before/after diversity;
+    code is updated in place."""
+    alive = code == 0
+    gs = _group_starts(group_id)
+    task_of_group = task_id[gs[:-1]]
+    diversity.add(0, task_of_group, sig, sh.hashes, sh.starts, gs, alive)
+    sub = np.flatnonzero(alive)
+    keep = select(_group_starts(group_id[sub]), cfg.selection.max_per_question, cfg.selection.mode,
+                  sig=sig[sub], seed=cfg.selection.seed, short_share=cfg.selection.short_share,
+                  lengths=None if lengths is None else lengths[sub])
+    code[sub[~keep]] = _CODE[R.NOT_SELECTED]
+    chosen = np.zeros(len(code), dtype=bool)
+    chosen[sub[keep]] = True
+    diversity.add(1, task_of_group, sig, sh.hashes, sh.starts, gs, chosen)
 
 
 def _compared_text(which: str) -> pl.Expr:
@@ -269,34 +337,46 @@ def _compared_text(which: str) -> pl.Expr:
     return rationale.alias("text")
 
 
-def _decontaminate(df: pl.DataFrame, code: np.ndarray, cfg: CurationConfig,
-                   eval_questions: pl.DataFrame | None) -> Decontamination:
-    from builder.decontaminate import find_question_hits, find_rationale_hits
-
+def check_eval_questions(eval_questions: pl.DataFrame | None) -> pl.DataFrame:
     if eval_questions is None:
         raise ValueError("curation.decontaminate is on but no eval questions were given: pass the test splits / "
                          "curation.eval_sets (rationale curate --eval FILE), or set curation.decontaminate: false")
     for col in ("task", "question"):
         if col not in eval_questions.columns:
             raise ValueError(f"eval questions: missing column {col!r} (columns: {eval_questions.columns})")
+    return eval_questions
+
+
+def _decontaminate(df: pl.DataFrame, code: np.ndarray, cfg: CurationConfig,
+                   eval_questions: pl.DataFrame | None) -> Decontamination:
+    from builder.decontaminate import find_question_hits, find_rationale_hits
+
+    eval_questions = check_eval_questions(eval_questions)
     alive = pl.Series("alive", code == 0)
     live = df.with_row_index("row").filter(alive)
     questions = live.select("qid", "task", "question").unique("qid", keep="first", maintain_order=True)
     hits = find_question_hits(questions, eval_questions, cfg)
-    out_hits = []
     if hits.height:
         bad = df["qid"].is_in(hits["qid"].implode()).to_numpy()
         code[bad & (code == 0)] = _CODE[R.CONTAMINATED_QUESTION]
-        out_hits += (hits.join(questions, on="qid").select("qid", "task", "question", "matched_task",
-                                                           "matched_question", "method", "score").to_dicts())
+    rhits = None
     if cfg.decontaminate_rationales:
         live = live.filter(~pl.col("qid").is_in(hits["qid"].implode()))
         rhits = find_rationale_hits(live.select("qid", pl.col("row").cast(pl.Int64), "rationale"), eval_questions, cfg)
         if rhits.height:
             code[rhits["row"].to_numpy()] = _CODE[R.CONTAMINATED_RATIONALE]
-            out_hits += (rhits.join(questions, on="qid").select("qid", "task", "question", "matched_task",
-                                                                "matched_question", "method", "score")
-                         .unique("qid", keep="first", maintain_order=True).to_dicts())
+    return decontamination(questions, hits, rhits, eval_questions)
+
+
+def decontamination(questions: pl.DataFrame, hits: pl.DataFrame, rhits: pl.DataFrame | None,
+                    eval_questions: pl.DataFrame) -> Decontamination:
+    """The stats of stage 6: `questions` are the live (qid, task, question) checked, `hits` the question hits,
+    `rhits` the rationale hits (rows sorted by ledger position) or None."""
+    cols = ("qid", "task", "question", "matched_task", "matched_question", "method", "score")
+    out_hits = hits.join(questions, on="qid").select(cols).to_dicts() if hits.height else []
+    if rhits is not None and rhits.height:
+        out_hits += (rhits.join(questions, on="qid").select(cols)
+                     .unique("qid", keep="first", maintain_order=True).to_dicts())
     return Decontamination(checked=questions.height, eval_questions=eval_questions["question"].n_unique(),
                            hits=[ContaminationHit(**h) for h in out_hits])
 
@@ -314,10 +394,9 @@ def _ledger(df: pl.DataFrame, code: np.ndarray, cluster: np.ndarray) -> pl.DataF
     return validate(ledger, "ledger", where="curate output")
 
 
-def _stats(df: pl.DataFrame, code: np.ndarray, tasks: list[str], diversity: _Diversity, decon: Decontamination,
+def _stats(task_id: np.ndarray, code: np.ndarray, tasks: list[str], diversity: _Diversity, decon: Decontamination,
            cfg: CurationConfig) -> CurationStats:
     stage = _STAGE_OF_CODE[code]  # -1 kept, else index into R.STAGES
-    task_id = _task_ids(df, tasks)
     counts = {}  # funnel step -> rows per task not dropped at or before the step's stage
     for step, after in R.FUNNEL_AFTER.items():
         last = -1 if after is None else R.STAGES.index(after)

@@ -353,7 +353,7 @@ def evaluate_recipe(recipe: TrainRecipe, *, engine: Any = None, questions: pl.Da
     else:
         items = None
     if spec.compare_to is None:
-        spec = spec.model_copy(update={"compare_to": paper_student(recipe.student.model)})
+        spec = spec.model_copy(update={"compare_to": paper_student(recipe.model.model_name_or_path)})
     out = recipe.out / "eval"
     runs = [evaluate(str(recipe.out), questions, spec, mode="student", fmt=recipe.format, engine=engine,
                      name=recipe.name, items=items)]
@@ -361,9 +361,9 @@ def evaluate_recipe(recipe: TrainRecipe, *, engine: Any = None, questions: pl.Da
     for mode in spec.baselines:
         from builder.student import resolve_student
 
-        run = evaluate(resolve_student(recipe.student.model, recipe), questions, spec, mode=mode,
+        run = evaluate(resolve_student(recipe.model.model_name_or_path, recipe), questions, spec, mode=mode,
                        fmt=spec.baseline_format if recipe.format != "seq2seq" else "raw",
-                       name=recipe.student.model, items=items)
+                       name=recipe.model.model_name_or_path, items=items)
         write_report(run.report, run.predictions, out / mode)
         runs.append(run)
     report = merge_reports([r.report for r in runs])

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from builder.errors import RecipeError
+from builder.executors.base import EXECUTORS
 from builder.paths import resolve_recipe_path
 from builder.prompts import Exemplar
 from builder.readers import is_blank_text
@@ -303,6 +304,39 @@ class StoreConfig(_Strict):
         description="ISO 639-1 codes of the questions' and rationales' language: the card's `language`.")
 
 
+# ---------------------------------------------------------------- executor
+class ExecutorConfig(_Strict):
+    """Where the stages run. Never part of the content hash or the run fingerprint: the same samples, ledger and
+    hash come out of either executor (docs/SCALING.md)."""
+
+    kind: str = Field("local", description="A registered executor (builder.executors.EXECUTORS): local (this "
+                      "process, the default; Ray is never imported) or ray (Ray Data actor pool of engine replicas).",
+                      json_schema_extra={"enum": EXECUTORS.names()})
+    address: str | None = Field(
+        None, description="Ray cluster address: null starts (or reuses) a local Ray with every core; 'auto' attaches "
+        "to the cluster of `ray start`; 'ray://host:10001' a remote one through Ray Client.")
+    replicas: int = Field(1, ge=1, description="Engine replicas (actors), each holding one teacher engine.")
+    gpus_per_replica: float | None = Field(
+        None, ge=0, description="GPUs per replica (default: tensor_parallel_size x pipeline_parallel_size of "
+        "teacher.engine_args on clusters with GPUs, 0 on CPU clusters).")
+    cpus_per_replica: int | None = Field(
+        None, ge=1, description="CPU clusters: cores per replica (default: the cluster's CPUs / replicas); vLLM's "
+        "threads are bound to exactly the cores each replica owns. GPU clusters: CPUs reserved per replica (1).")
+    storage: str | None = Field(
+        None, description="Shared storage for sample shards: a local path or an fsspec URL (file://, s3://, gs://); "
+        "shards go to <storage>/<name>/samples/. Default: the run dir (<work_dir>/<name>/samples/).")
+    max_restarts: int = Field(
+        3, ge=0, description="Ray: times a replica that died is restarted, and a shard it held is retried.")
+    curate_blocks: int | None = Field(
+        None, ge=1, description="Ray: Ray Data blocks for curation (null: automatic).")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, name: str) -> str:
+        EXECUTORS.get(name)  # unknown names raise listing the valid ones
+        return name
+
+
 class Recipe(_Strict):
     """A build recipe: tasks -> sample -> grade -> curate -> store."""
 
@@ -316,6 +350,10 @@ class Recipe(_Strict):
     grading: GradingConfig = Field(default_factory=GradingConfig)
     curation: CurationConfig = Field(default_factory=CurationConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    executor: ExecutorConfig = Field(
+        default_factory=ExecutorConfig, exclude=True,
+        description="Where sampling and curation run (local or Ray); how, not what: left out of the resolved recipe "
+        "in manifests, the content hash and the run fingerprint.")
     base_dir: str | None = Field(None, exclude=True, description="Folder of the recipe file (set on load).")
 
     @model_validator(mode="after")

@@ -7,6 +7,11 @@ disk and asks only for what is missing, so a killed run loses at most the shards
 partial or duplicated row: half-written temp files are deleted at start, and a lock keeps two samplers out of one
 run dir. Imported completions (`teacher.backend: import`) take the same path.
 
+Where the shards are generated is the recipe's executor (`builder.executors`): `local` streams them through the
+teacher in this process; `ray` through a Ray Data pool of engine replicas that write them to shared storage
+(`executor.storage`, a local path or fsspec URL). Shard names are chosen here, in question order, before any work
+is sent, so a retried shard rewrites its own file; the stage's logic (keys, seeds, resume) is the same for both.
+
 Per-sample seeds: question q's base seed is derived from (run seed, qid); sample i gets base + i. vLLM gives the
 i-th child of a request with seed s and n > 1 the seed s + i, so one request with n samples and n requests with
 n = 1 produce the same samples, and any single sample can be regenerated (`regenerate`).
@@ -23,8 +28,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +38,8 @@ import polars as pl
 
 from builder import tasks
 from builder.errors import BuilderError
+from builder.executors import Executor, ShardWritten, make_executor
+from builder.executors import storage as shard_storage
 from builder.prompts import Exemplar, teacher_prompt
 from builder.recipe import PromptConfig, Recipe, SamplingConfig, TeacherConfig, drop_added_defaults
 from builder.schemas import atomic_write_parquet, remove_stale_temp_files, table_schema, validate
@@ -122,9 +130,34 @@ def samples_dir(run_dir: Path) -> Path:
     return run_dir / "samples"
 
 
-def read_samples(run_dir: Path, columns: list[str] | None = None) -> pl.DataFrame:
-    """All samples on disk (every shard); an unreadable shard is named in the error."""
-    files = sorted(samples_dir(run_dir).glob(SHARD_GLOB))
+def shard_location(recipe: Recipe, run_dir: Path | None = None) -> str:
+    """Where the recipe's shards live: `<executor.storage>/<name>/samples` (local path or fsspec URL) when storage
+    is set, else `<run_dir>/samples`."""
+    if recipe.executor.storage is None:
+        return str(samples_dir(run_dir or recipe.run_dir))
+    return shard_storage.join(run_location(recipe, run_dir), "samples")
+
+
+def run_location(recipe: Recipe, run_dir: Path | None = None) -> str:
+    """The run's folder on its shard storage (the parent of `shard_location`): where a Ray build writes its graded
+    and ledger parts (`graded/`, `ledger/`); the run folder itself without `executor.storage`."""
+    storage = recipe.executor.storage
+    if storage is None:
+        return str(run_dir or recipe.run_dir)
+    if not shard_storage.is_url(storage):
+        storage = str(recipe.resolve_path(storage))
+    return shard_storage.join(storage, recipe.name)
+
+
+def read_samples(run_dir: Path | None, columns: list[str] | None = None, *, location: str | None = None
+                 ) -> pl.DataFrame:
+    """All samples on disk (every shard under `location`, default `<run_dir>/samples`); an unreadable shard is
+    named in the error."""
+    if location is None:
+        if run_dir is None:
+            raise ValueError("read_samples: give a run_dir or a shard location")
+        location = str(samples_dir(run_dir))
+    files = shard_storage.list_files(location, SHARD_GLOB)
     schema = table_schema("samples")
     if not files:
         empty = schema.empty()
@@ -132,23 +165,23 @@ def read_samples(run_dir: Path, columns: list[str] | None = None) -> pl.DataFram
     frames = []
     for f in files:
         try:
-            frames.append(pl.read_parquet(f, columns=columns))
+            frames.append(shard_storage.read_parquet(f, columns=columns))
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise BuilderError(f"{f}: corrupt sample shard ({exc}); delete it and rerun to re-sample it") from exc
     df = pl.concat(frames, how="diagonal_relaxed")  # shards older than a schema's added columns lack them
-    return df if columns else validate(df, "samples", where=str(samples_dir(run_dir)))
+    return df if columns else validate(df, "samples", where=location)
 
 
-def _check_fingerprint(run_dir: Path, recipe: Recipe) -> str:
+def _check_fingerprint(run_dir: Path, recipe: Recipe, location: str) -> str:
     run_id = run_id_for(recipe)
     marker = run_dir / "sample_config.json"
     if marker.exists():
         previous = json.loads(marker.read_text())
-        if previous.get("run_id") != run_id and any(samples_dir(run_dir).glob(SHARD_GLOB)):
+        if previous.get("run_id") != run_id and shard_storage.list_files(location, SHARD_GLOB):
             raise BuilderError(
                 f"{run_dir} holds samples made with other teacher/prompt/sampling settings "
                 f"(run {previous.get('run_id')}, now {run_id}); use another recipe name or work_dir, "
-                f"or delete {samples_dir(run_dir)}")
+                f"or delete {location}")
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = marker.with_suffix(".tmp")
     tmp.write_text(json.dumps({"run_id": run_id, **run_fingerprint(recipe)}, indent=2, default=str))
@@ -176,8 +209,9 @@ def missing_requests(questions: pl.DataFrame, done: pl.DataFrame, n: int | pl.Ex
     return runs.select("q_order", "qid", "first_idx", "count")
 
 
-def _next_shard_index(run_dir: Path) -> int:
-    names = [p.stem for p in samples_dir(run_dir).glob(SHARD_GLOB)]
+def _next_shard_index(location: str) -> int:
+    names = [shard_storage.basename(p).removesuffix(".parquet")
+             for p in shard_storage.list_files(location, SHARD_GLOB)]
     return max((int(n.split("-")[1]) for n in names), default=-1) + 1
 
 
@@ -209,13 +243,17 @@ class _Context:
     exemplars: dict[str, list[Exemplar]]
     answer_prompts: dict[str, str]
     prompts: dict[str, str] = field(default_factory=dict)
+    location: str = ""
+    executor: Executor | None = None
+    render: bool = True  # False: a remote replica renders chat prompts with its own engine's tokenizer
 
     def prompt(self, qid: str) -> str:
         if qid not in self.prompts:
             q = self.qinfo[qid]
             p = self.recipe.prompt
-            self.prompts[qid] = self.teacher.render(teacher_prompt(
-                q["question"], style=p.style, fmt=p.format, trigger=p.trigger, exemplars=self.exemplars[q["task"]]))
+            raw = teacher_prompt(q["question"], style=p.style, fmt=p.format, trigger=p.trigger,
+                                 exemplars=self.exemplars[q["task"]])
+            self.prompts[qid] = self.teacher.render(raw) if self.render else raw
         return self.prompts[qid]
 
     def shard_work(self, part: pl.DataFrame) -> ShardWork:
@@ -226,9 +264,9 @@ class _Context:
 
 
 def run(questions: pl.DataFrame, recipe: Recipe, *, engine: Any = None, teacher: Teacher | None = None,
-        run_dir: Path | None = None, progress: Callable[[SampleProgress], None] | None = None
-        ) -> tuple[pl.DataFrame, SampleStats]:
-    """Sample rationales per question; resume from shards already in `run_dir`.
+        run_dir: Path | None = None, progress: Callable[[SampleProgress], None] | None = None,
+        executor: Executor | None = None, collect: bool = True) -> tuple[pl.DataFrame | None, SampleStats]:
+    """Sample rationales per question; resume from shards already in `run_dir` (or `executor.storage`).
 
     Without `sampling.adaptive`, every question gets `sampling.n` samples. With it, questions are sampled in rounds
     of `round_size` until they have `target_correct` correct rationales (graded with the recipe's grading mode
@@ -245,9 +283,14 @@ def run(questions: pl.DataFrame, recipe: Recipe, *, engine: Any = None, teacher:
             teacher passed in is not closed; one made here is.
         run_dir: working folder (default: the recipe's run dir).
         progress: called with a `SampleProgress` after each shard.
+        executor: where shards are generated (default: the recipe's `executor`); with a remote one (ray) `engine`
+            and `teacher` only serve the driver (budget), the replicas start their own engines.
+        collect: read the samples back into a frame at the end (True); False returns None instead and reads only
+            their qids (the count), for a build that grades the shards where they are (`shard_location`).
 
     Returns:
-        The samples table (every shard on disk for these questions) and this call's statistics.
+        The samples table (every shard on disk for these questions; None without `collect`) and this call's
+        statistics.
 
     Raises:
         BuilderError: another sampler holds the run dir, the run dir was made with other settings, or a shard is
@@ -258,6 +301,8 @@ def run(questions: pl.DataFrame, recipe: Recipe, *, engine: Any = None, teacher:
     from filelock import FileLock, Timeout
 
     samples_dir(run_dir).mkdir(parents=True, exist_ok=True)
+    location = shard_location(recipe, run_dir)
+    shard_storage.makedirs(location)
     lock = FileLock(str(run_dir / ".sample.lock"))
     try:
         lock.acquire(timeout=0)
@@ -265,22 +310,27 @@ def run(questions: pl.DataFrame, recipe: Recipe, *, engine: Any = None, teacher:
         raise BuilderError(f"{run_dir}: another `rationale sample` is writing here (lock {lock.lock_file}); wait "
                            "for it to finish") from None
     try:
-        if stale := remove_stale_temp_files(samples_dir(run_dir)):
-            log.info("removed %d stale temp file(s) from a killed run in %s", len(stale), samples_dir(run_dir))
+        if stale := remove_stale_temp_files(samples_dir(run_dir)) + shard_storage.remove_stale(location):
+            log.info("removed %d stale temp file(s) from a killed run in %s", len(stale), location)
+        own_executor = executor is None
+        executor = executor or make_executor(recipe)
         own = teacher is None
-        teacher = teacher or make_teacher(recipe, engine=engine)
+        teacher = teacher or make_teacher(recipe, engine=engine)  # remote executors: never started here
         try:
-            return _run_locked(questions, recipe, teacher, run_dir, progress)
+            return _run_locked(questions, recipe, teacher, run_dir, progress, executor, location, collect)
         finally:
             if own:
                 teacher.close()
+            if own_executor:
+                executor.close()
     finally:
         lock.release()
 
 
 def _run_locked(questions: pl.DataFrame, recipe: Recipe, teacher: Teacher, run_dir: Path,
-                progress: Callable[[SampleProgress], None] | None) -> tuple[pl.DataFrame, SampleStats]:
-    run_id = _check_fingerprint(run_dir, recipe)
+                progress: Callable[[SampleProgress], None] | None, executor: Executor, location: str,
+                collect: bool = True) -> tuple[pl.DataFrame | None, SampleStats]:
+    run_id = _check_fingerprint(run_dir, recipe, location)
     adaptive = recipe.sampling.adaptive.enabled
     stats = SampleStats()
     ctx: _Context | None = None
@@ -289,7 +339,7 @@ def _run_locked(questions: pl.DataFrame, recipe: Recipe, teacher: Teacher, run_d
     targets = round_targets(recipe)
     for rnd, target in enumerate(targets, start=1):
         stats.rounds = rnd
-        done = read_samples(run_dir, ["qid", "sample_idx"])
+        done = read_samples(run_dir, ["qid", "sample_idx"], location=location)
         todo = missing_requests(questions.join(open_q, on="qid", how="semi"), done, teacher.budget(questions, target))
         done_q = questions.height - (open_q.height if adaptive else todo["qid"].n_unique())
         total = int(questions.height * targets[0] if not adaptive else
@@ -304,19 +354,24 @@ def _run_locked(questions: pl.DataFrame, recipe: Recipe, teacher: Teacher, run_d
                                questions.select("qid", "task", "question").rows_by_key("qid", named=True,
                                                                                        unique=True),
                                {t: _exemplars_for(recipe, t) for t in questions["task"].unique()},
-                               tasks.answer_prompts(recipe.tasks, questions) if recipe.prompt.two_stage else {})
-                teacher.start()  # before the clock: seconds and tokens/s measure generation, not engine start-up
-            t_round = time.perf_counter()
-            _sample_todo(ctx, todo, stats, state, progress, adaptive)
-            stats.seconds += time.perf_counter() - t_round
+                               tasks.answer_prompts(recipe.tasks, questions) if recipe.prompt.two_stage else {},
+                               location=location, executor=executor, render=not executor.remote)
+                if not executor.remote:
+                    teacher.start()  # before the clock: seconds and tokens/s measure generation, not engine start-up
+            stats.seconds += _sample_todo(ctx, todo, stats, state, progress, adaptive)
         if not adaptive:
             break
-        open_q, finished = _grade_round(run_dir, questions, open_q, recipe, target)
+        open_q, finished = _grade_round(run_dir, questions, open_q, recipe, target, location)
         if not open_q.height:
             break
     stats.extra.update(teacher.stats())
-    samples = read_samples(run_dir).join(questions.select("qid"), on="qid", how="semi")
-    stats.samples = samples.height
+    samples = None
+    if collect or adaptive:  # adaptive rounds grade in the driver (see docs/SCALING.md)
+        samples = read_samples(run_dir, location=location).join(questions.select("qid"), on="qid", how="semi")
+        stats.samples = samples.height
+    else:
+        stats.samples = read_samples(run_dir, ["qid"], location=location).join(
+            questions.select("qid"), on="qid", how="semi").height
     if adaptive:
         stats.question_stats = _final_question_stats(run_dir, samples, questions, recipe)
         qs = stats.question_stats
@@ -327,34 +382,60 @@ def _run_locked(questions: pl.DataFrame, recipe: Recipe, teacher: Teacher, run_d
             "mean_samples_per_question": round(float(qs["n_samples"].mean() or 0.0), 2),
         }
     log.info("sampling: %s", stats.summary())
-    return samples, stats
+    return (samples if collect else None), stats
 
 
 def _sample_todo(ctx: _Context, todo: pl.DataFrame, stats: SampleStats, state: SampleProgress,
-                 progress: Callable[[SampleProgress], None] | None, adaptive: bool) -> None:
-    """Sample the missing runs of `todo`, `shard_size` questions per shard, writing each shard as it completes."""
+                 progress: Callable[[SampleProgress], None] | None, adaptive: bool) -> float:
+    """Sample the missing runs of `todo`, `shard_size` questions per shard, writing each shard as it completes.
+
+    Returns the generation seconds: wall time here (the engine started before), or on a remote executor the span
+    from the first replica call to the last shard written (the replicas' engine start-up left out, as locally)."""
     s = ctx.recipe.sampling
     todo = todo.with_columns(chunk=(pl.col("q_order").rank("dense") - 1) // s.shard_size)
-    works = (ctx.shard_work(part) for _, part in todo.group_by("chunk", maintain_order=True))
-    shard, t0 = _next_shard_index(ctx.run_dir), time.perf_counter()
-    for work, completions, answers in ctx.teacher.stream(works, s.answer_max_tokens):
-        df = _shard_frame(work, completions, answers, ctx.recipe, ctx.run_id)
-        path = samples_dir(ctx.run_dir) / f"shard-{shard:05d}.parquet"
-        log.debug("shard %05d: %d samples of %d questions", shard, df.height, len({r.qid for r in work.requests}))
-        atomic_write_parquet(validate(df, "samples", where=str(path)), path)
-        shard += 1
+    first = _next_shard_index(ctx.location)
+
+    def works() -> Iterator[tuple[str, ShardWork]]:
+        # names in question order, fixed before any work is sent: unique, and the same file if a shard is retried
+        for i, (_, part) in enumerate(todo.group_by("chunk", maintain_order=True)):
+            yield shard_storage.join(ctx.location, f"shard-{first + i:05d}.parquet"), ctx.shard_work(part)
+
+    executor = ctx.executor or make_executor(ctx.recipe)
+    write = partial(write_shard, recipe=ctx.recipe, run_id=ctx.run_id)
+    t_start = t0 = time.perf_counter()
+    first_call, last_write = float("inf"), 0.0
+    for done in executor.sample(works(), recipe=ctx.recipe, teacher=ctx.teacher, write=write):
+        first_call, last_write = min(first_call, done.started), max(last_write, done.finished)
         stats.shards_written += 1
-        stats.new_samples += df.height
-        stats.prompt_tokens += int(df["prompt_tokens"].sum() or 0)
-        stats.completion_tokens += int(df["completion_tokens"].sum() or 0)
-        state.samples_done += df.height
+        stats.new_samples += done.rows
+        stats.prompt_tokens += done.prompt_tokens
+        stats.completion_tokens += done.completion_tokens
+        state.samples_done += done.rows
         state.new_samples, state.completion_tokens = stats.new_samples, stats.completion_tokens
         state.seconds = state.seconds + (time.perf_counter() - t0)
         t0 = time.perf_counter()
         if not adaptive:
-            state.questions_done += len({r.qid for r in work.requests})
+            state.questions_done += done.questions
         if progress:
             progress(state)
+    if executor.remote:
+        return max(0.0, last_write - first_call) if last_write else 0.0
+    return time.perf_counter() - t_start
+
+
+def write_shard(work: ShardWork, completions: Sequence[Completion], answers: Sequence[Answer | None], dest: str, *,
+                recipe: Recipe, run_id: str) -> ShardWritten:
+    """Build, validate and atomically write one shard to `dest` (a local path or an fsspec URL): what every
+    executor calls where the shard was generated (a Ray replica writes its own shards to shared storage)."""
+    df = validate(_shard_frame(work, completions, answers, recipe, run_id), "samples", where=dest)
+    questions = len({r.qid for r in work.requests})
+    log.debug("%s: %d samples of %d questions", dest, df.height, questions)
+    if shard_storage.is_url(dest):
+        shard_storage.write_parquet_url(df, dest)
+    else:
+        atomic_write_parquet(df, dest)
+    return ShardWritten(dest, df.height, questions, int(df["prompt_tokens"].sum() or 0),
+                        int(df["completion_tokens"].sum() or 0), finished=time.time())
 
 
 def _graded(samples: pl.DataFrame, questions: pl.DataFrame, recipe: Recipe) -> pl.DataFrame:
@@ -363,11 +444,12 @@ def _graded(samples: pl.DataFrame, questions: pl.DataFrame, recipe: Recipe) -> p
     return grade.run(samples, questions, recipe.grading)
 
 
-def _grade_round(run_dir: Path, questions: pl.DataFrame, open_q: pl.DataFrame, recipe: Recipe, target: int
-                 ) -> tuple[pl.DataFrame, int]:
+def _grade_round(run_dir: Path, questions: pl.DataFrame, open_q: pl.DataFrame, recipe: Recipe, target: int,
+                 location: str) -> tuple[pl.DataFrame, int]:
     """Which questions stay open after a round: fewer than target_correct correct among their first `target`."""
     a = recipe.sampling.adaptive
-    on_disk = read_samples(run_dir).join(open_q, on="qid", how="semi").filter(pl.col("sample_idx") < target)
+    on_disk = (read_samples(run_dir, location=location).join(open_q, on="qid", how="semi")
+               .filter(pl.col("sample_idx") < target))
     graded = _graded(on_disk, questions, recipe)
     correct = graded.group_by("qid").agg(pl.col("correct").sum().alias("n_correct"))
     still = (open_q.join(correct, on="qid", how="left")

@@ -1,25 +1,26 @@
 """Student training: a dataset version's `rows` table -> a fine-tuned model folder with a model card.
 
 Input: the rows table (schemas/rows.table.json) of one dataset version, read through `builder.student.read_dataset`,
-in a student format of `builder.prompts`. Output: under
-`recipe.output_dir`, the model (merged when LoRA was used) and tokenizer, README.md (model card naming the dataset
-version and its content hash), train_log.jsonl (one line per optimiser step) and checkpoints/step-NNNNNN/.
+in a student format of `builder.prompts`. Output: under `recipe.output_dir`, the model (LoRA merged in) and tokenizer,
+README.md (model card naming the dataset version and its content hash), train_log.jsonl (one line per logged step)
+and checkpoints/checkpoint-N/ (HF Trainer's, plus our settings file).
 
-A plain torch loop rather than HF Trainer: it is short, the loss is visibly completion-only (prompt tokens are
-labelled -100 and the loss is a sum over completion tokens divided by their count in the optimiser step, so grad
-accumulation weighs every token the same), and resume is exact: the data order is a pure function of (seed, epoch),
-so a checkpoint only needs the step, the weights, the optimiser, the scheduler and the RNG state.
+Decoder students train with TRL's `SFTTrainer`, encoder-decoder students (T5) with transformers' `Seq2SeqTrainer`;
+both run on one device (`rationale train`) or many (`accelerate launch -m builder.train`). We tokenise the rows
+ourselves, into TRL's prompt-completion shape (`input_ids` + `completion_mask`): the prompt ids are
+`builder.prompts.student_prompt_ids`, the ids the student is evaluated with, and every completion ends in EOS; TRL
+then builds the completion-only labels, cuts at `max_length`, packs when asked. What stays ours: the settings file
+that refuses to resume a checkpoint of other settings, train_log.jsonl, the progress bar, the card and the evaluation.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
+import sys
 import time
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 CHECKPOINT_DIR = "checkpoints"
 TRAIN_LOG = "train_log.jsonl"
+SETTINGS_FILE = "rationale_settings.json"  # in each checkpoint-N/, written last: a checkpoint without it is partial
 
 
 # ------------------------------------------------------------------ encoding
@@ -76,194 +78,223 @@ def encode_example(tokenizer: Any, question: str, completion: str, fmt: str,
     return ids, labels
 
 
-def encode_rows(tokenizer: Any, rows: pl.DataFrame, fmt: str, max_length: int) -> list[tuple[list[int], list[int]]]:
-    """Encode every row; rows whose completion is cut away entirely are an error naming the row."""
+def encode_dataset(tokenizer: Any, rows: pl.DataFrame, fmt: str, max_length: int) -> Any:
+    """The rows as a `datasets.Dataset` the trainers read: TRL's tokenised prompt-completion shape (`input_ids`,
+    `completion_mask`) for decoder students, (`input_ids`, `labels`) for seq2seq. Rows whose completion is cut
+    away entirely are an error naming the rows (TRL would drop them silently)."""
+    import datasets
+
     examples = [encode_example(tokenizer, q, c, fmt, max_length)
                 for q, c in zip(rows["question"].to_list(), rows["completion"].to_list(), strict=True)]
-    if fmt != "seq2seq":
-        empty = [i for i, (_, lab) in enumerate(examples) if all(t == IGNORE_INDEX for t in lab)]
-        if empty:
-            raise BuilderError(f"rows {empty[:5]}: the prompt alone fills max_length={max_length}; raise "
-                               "hyperparameters.max_length or drop long questions")
-    return examples
-
-
-def collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, Any]:
-    """Right-pad a micro-batch; pads are masked in attention and labelled -100."""
-    import torch
-
-    def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
-        width = max(len(s) for s in seqs)
-        return torch.tensor([s + [value] * (width - len(s)) for s in seqs], dtype=torch.long)
-
-    ids = [b[0] for b in batch]
-    labels = [b[1] for b in batch]
-    return {"input_ids": pad(ids, pad_id), "attention_mask": pad([[1] * len(s) for s in ids], 0),
-            "labels": pad(labels, IGNORE_INDEX)}
-
-
-def completion_loss_sum(model: Any, batch: dict[str, Any], fmt: str) -> tuple[Any, int]:
-    """Summed cross-entropy over completion tokens and their count (the caller divides once per step)."""
-    import torch.nn.functional as F
-
-    labels = batch["labels"]
     if fmt == "seq2seq":
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).logits
-        target = labels
-    else:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-        target = labels[:, 1:]
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss, int((target != IGNORE_INDEX).sum())
-
-
-# ------------------------------------------------------------------ data order
-@dataclass(frozen=True)
-class Schedule:
-    """Which rows each micro-batch holds: a pure function of (seed, epoch), so resume replays the same order."""
-
-    n_rows: int
-    batch_size: int
-    grad_accum: int
-    seed: int
-
-    @property
-    def micro_per_epoch(self) -> int:
-        return math.ceil(self.n_rows / self.batch_size)
-
-    def total_steps(self, epochs: float, max_steps: int | None) -> int:
-        return max_steps or max(1, math.ceil(epochs * self.micro_per_epoch / self.grad_accum))
-
-    def micro_batch(self, m: int) -> list[int]:
-        import torch
-
-        epoch, j = divmod(m, self.micro_per_epoch)
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.randperm(self.n_rows, generator=gen)
-        return order[j * self.batch_size:(j + 1) * self.batch_size].tolist()
-
-    def step_batches(self, step: int) -> Iterator[list[int]]:
-        for m in range(step * self.grad_accum, (step + 1) * self.grad_accum):
-            yield self.micro_batch(m)
+        return datasets.Dataset.from_dict({"input_ids": [e[0] for e in examples], "labels": [e[1] for e in examples]})
+    empty = [i for i, (_, lab) in enumerate(examples) if all(t == IGNORE_INDEX for t in lab)]
+    if empty:
+        raise BuilderError(f"rows {empty[:5]}: the prompt alone fills max_length={max_length}; raise "
+                           "training.max_length or drop long questions")
+    cut = sum(len(ids) >= max_length for ids, _ in examples)
+    if cut:
+        log.warning("%d of %d rows were cut at max_length=%d", cut, len(examples), max_length)
+    return datasets.Dataset.from_dict({
+        "input_ids": [ids for ids, _ in examples],
+        "completion_mask": [[int(t != IGNORE_INDEX) for t in lab] for _, lab in examples]})
 
 
 # ------------------------------------------------------------------ checkpoints
-def _ckpt_name(step: int) -> str:
-    return f"step-{step:06d}"
+def _checkpoints(out: Path) -> list[Path]:
+    """checkpoint-N folders, oldest first (by N)."""
+    root = out / CHECKPOINT_DIR
+    found = [p for p in root.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
 def latest_checkpoint(out: Path) -> Path | None:
-    ckpts = sorted(p for p in (out / CHECKPOINT_DIR).glob("step-*") if (p / "state.json").is_file())
-    return ckpts[-1] if ckpts else None
+    """The newest complete checkpoint (one whose settings file was written, after HF's files)."""
+    done = [p for p in _checkpoints(out) if (p / SETTINGS_FILE).is_file()]
+    return done[-1] if done else None
 
 
-def _trainable_state(model: Any) -> dict[str, Any]:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+def write_checkpoint_settings(ckpt: Path, settings: dict[str, Any]) -> None:
+    """Our settings file, written last and atomically: its presence marks checkpoint-N complete."""
+    tmp = ckpt / f".{SETTINGS_FILE}.tmp"
+    tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, ckpt / SETTINGS_FILE)
 
 
-def save_checkpoint(out: Path, step: int, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any],
-                    keep: int) -> Path:
-    """Write checkpoints/step-N/ to a temp folder, then rename: a crash never leaves half a checkpoint."""
-    import torch
-
-    root = out / CHECKPOINT_DIR
-    dest = root / _ckpt_name(step)
-    tmp = root / f".{dest.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save(_trainable_state(model), tmp / "trainable.pt")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save({"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2))
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
-    for old in sorted(p for p in root.glob("step-*"))[:-keep]:
+def rotate_checkpoints(out: Path, keep: int | None) -> None:
+    """Keep the newest `keep` complete checkpoints; drop partial ones older than the newest complete one."""
+    complete = [p for p in _checkpoints(out) if (p / SETTINGS_FILE).is_file()]
+    if not complete:
+        return
+    newest = int(complete[-1].name.split("-")[-1])
+    partial = [p for p in _checkpoints(out) if not (p / SETTINGS_FILE).is_file()
+               and int(p.name.split("-")[-1]) < newest]
+    for old in (complete[:-keep] if keep else []) + partial:
         shutil.rmtree(old, ignore_errors=True)
-    return dest
 
 
-def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, expect: dict[str, Any]) -> int:
-    """Restore weights, optimiser, scheduler and RNG; return the step. Refuses a checkpoint of another setup."""
-    import torch
-
-    state = json.loads((path / "state.json").read_text())
-    changed = {k: (state.get(k), v) for k, v in expect.items() if state.get(k) != v}
+def check_checkpoint_settings(ckpt: Path, settings: dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint written with other settings (another dataset, batch, world size, seed...)."""
+    path = ckpt / SETTINGS_FILE
+    found = json.loads(path.read_text())
+    changed = [f"{k}: {found.get(k)!r} there, {v!r} now" for k, v in settings.items() if found.get(k) != v]
     if changed:
-        raise BuilderError(f"{path}: checkpoint was written with other settings {changed} (found, recipe); use a new "
-                           "output_dir or set checkpoints.resume: false")
-    weights = torch.load(path / "trainable.pt", map_location="cpu")
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in weights]
-    if missing:
-        raise BuilderError(f"{path}/trainable.pt: missing weights {missing[:3]}; the checkpoint is of another model")
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu"))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu"))
-    rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=False)
-    torch.set_rng_state(rng["torch"])
-    if rng.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return int(state["step"])
+        raise BuilderError(f"{path}: checkpoint was written with other settings ({'; '.join(changed)}); use a new "
+                           "output_dir, or start over with resume: false (rationale train --no-resume)")
+
+
+def run_settings(recipe: TrainRecipe, data: DatasetVersion, n_examples: int, world_size: int) -> dict[str, Any]:
+    """What a checkpoint must share with the run that resumes it: the same data, in the same order and batches."""
+    t, m = recipe.training, recipe.model
+    return {"dataset": data.ref, "content_hash": data.content_hash, "examples": n_examples, "format": recipe.format,
+            "model": m.model_name_or_path, "use_peft": m.use_peft, "lora_r": m.lora_r if m.use_peft else None,
+            "per_device_train_batch_size": t.per_device_train_batch_size,
+            "gradient_accumulation_steps": t.gradient_accumulation_steps, "world_size": world_size,
+            "max_steps": t.max_steps, "num_train_epochs": t.num_train_epochs, "max_length": t.max_length,
+            "packing": t.packing, "seed": t.seed}
 
 
 # ------------------------------------------------------------------ model
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def load_student(recipe: TrainRecipe, model_ref: str) -> tuple[Any, Any]:
-    """Model in fp32 (master weights; bf16 is autocast) with LoRA adapters when asked, and its tokenizer."""
+    """The student (float32 master weights unless model.dtype says otherwise) and its tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    kw = {"revision": recipe.student.revision, "trust_remote_code": recipe.student.trust_remote_code}
+    m = recipe.model
+    kw = {"revision": m.model_revision, "trust_remote_code": m.trust_remote_code}
     tokenizer = AutoTokenizer.from_pretrained(model_ref, **kw)
     if tokenizer.eos_token_id is None:
-        raise BuilderError(f"student {model_ref}: tokenizer has no EOS token; the ft_cot format ends on EOS")
+        raise BuilderError(f"student {model_ref}: tokenizer has no EOS token; every training example ends on EOS")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # pads are masked out, so reusing EOS is safe
+    dtype = getattr(torch, m.dtype) if m.dtype not in (None, "auto") else (m.dtype or torch.float32)
     cls = AutoModelForSeq2SeqLM if recipe.format == "seq2seq" else AutoModelForCausalLM
-    model = cls.from_pretrained(model_ref, dtype=torch.float32, **kw)
-    if recipe.hyperparameters.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
-    if recipe.lora is not None:
-        from peft import LoraConfig, get_peft_model
-
-        lora = recipe.lora
-        model = get_peft_model(model, LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
-            task_type="SEQ_2_SEQ_LM" if recipe.format == "seq2seq" else "CAUSAL_LM"))
-    return model.to(_device()), tokenizer
+    extra = {"attn_implementation": m.attn_implementation} if m.attn_implementation else {}
+    model = cls.from_pretrained(model_ref, dtype=dtype, **kw, **extra)
+    return model, tokenizer
 
 
-def _lr_lambda(kind: str, warmup: int, total: int):
-    def fn(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if kind == "constant":
-            return 1.0
-        frac = (step - warmup) / max(1, total - warmup)
-        return max(0.0, 1.0 - frac) if kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
+def lora_config(recipe: TrainRecipe) -> Any:
+    from peft import LoraConfig
 
-    return fn
+    m = recipe.model
+    return LoraConfig(r=m.lora_r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout,
+                      target_modules=m.lora_target_modules,
+                      task_type="SEQ_2_SEQ_LM" if recipe.format == "seq2seq" else "CAUSAL_LM")
 
 
-def _autocast(enabled: bool):
-    import contextlib
+def trainer_args(recipe: TrainRecipe, out: Path, *, cpu: bool = False) -> Any:
+    """SFTConfig (decoder students) or Seq2SeqTrainingArguments (seq2seq) from the recipe's `training:` section,
+    field for field; what we set ourselves: where checkpoints go, no HF rotation (we rotate once our settings file
+    is written), no tqdm, token counting, completion-only loss, and the CPU when there is no GPU (bf16 autocast
+    on CPU needs it said)."""
+    t = recipe.training
+    passed = t.model_dump(exclude={"max_steps", "max_grad_norm", "report_to", "save_total_limit",
+                                   "max_length", "packing", "padding_free"})
+    common = {**passed, "output_dir": str(out / CHECKPOINT_DIR), "max_steps": t.max_steps or -1,
+              "max_grad_norm": t.max_grad_norm or 0.0, "report_to": t.report_to or "none",
+              "save_strategy": "steps", "save_total_limit": None, "logging_strategy": "steps",
+              "disable_tqdm": True, "include_num_input_tokens_seen": "non_padding", "remove_unused_columns": False,
+              "use_cpu": cpu, "dataloader_pin_memory": not cpu}
+    if recipe.format == "seq2seq":
+        from transformers import Seq2SeqTrainingArguments
 
-    import torch
+        return Seq2SeqTrainingArguments(**common)
+    from trl import SFTConfig
 
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=_device(), dtype=torch.bfloat16)
+    return SFTConfig(**common, max_length=t.max_length, packing=t.packing, padding_free=t.padding_free,
+                     completion_only_loss=True, dataset_num_proc=None)
+
+
+# ------------------------------------------------------------------ callbacks
+def _trainer_callback_base() -> type:
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+def callbacks(recipe: TrainRecipe, result: TrainResult) -> list[Any]:
+    """train_log.jsonl and the progress bar (main process only). tests/kill_points.py wraps this function."""
+    base = _trainer_callback_base()
+    log_path = recipe.out / TRAIN_LOG
+
+    class TrainLog(base):
+        """One JSON line per logged step: step, loss, lr, grad_norm, tokens, seconds (this invocation)."""
+
+        def __init__(self) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs or "loss" not in logs:
+                return
+            result.losses.append(float(logs["loss"]))
+            line = {"step": state.global_step, "loss": float(logs["loss"]), "lr": logs.get("learning_rate"),
+                    "grad_norm": logs.get("grad_norm"), "tokens": int(state.num_input_tokens_seen),
+                    "seconds": round(time.perf_counter() - self.t0, 3)}
+            with log_path.open("a") as fh:
+                fh.write(json.dumps(line) + "\n")
+
+    class Progress(base):
+        """A rich bar on stderr (stdout is the command's result); HF's tqdm is off."""
+
+        def __init__(self) -> None:
+            self.bar = self.task = None
+            self.t0 = time.perf_counter()
+            self.tokens0 = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return
+            from rich import progress as rp
+            from rich.console import Console
+
+            self.bar = rp.Progress(rp.TextColumn("[bold]train"), rp.BarColumn(), rp.MofNCompleteColumn(),
+                                   rp.TextColumn("loss {task.fields[loss]}"),
+                                   rp.TextColumn("{task.fields[tps]} tok/s"), rp.TimeElapsedColumn(),
+                                   rp.TimeRemainingColumn(), console=Console(stderr=True))
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=state.max_steps, completed=state.global_step, loss="-",
+                                          tps="-")
+            self.tokens0 = int(state.num_input_tokens_seen)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                seen = int(state.num_input_tokens_seen) - self.tokens0
+                self.bar.update(self.task, completed=state.global_step,
+                                tps=f"{seen / max(time.perf_counter() - self.t0, 1e-9):,.0f}")
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.bar is not None and logs and "loss" in logs:
+                self.bar.update(self.task, loss=f"{logs['loss']:.4f}")
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.stop()
+
+    return [TrainLog(), Progress()]
+
+
+def _trainer_class(seq2seq: bool) -> type:
+    """SFTTrainer / Seq2SeqTrainer whose checkpoints get our settings file, written after HF's files."""
+    if seq2seq:
+        from transformers import Seq2SeqTrainer as base
+    else:
+        from trl import SFTTrainer as base
+
+    class RationaleTrainer(base):
+        rationale_settings: dict[str, Any] = {}
+        rationale_keep: int | None = None
+
+        def _save_checkpoint(self, model, trial):
+            super()._save_checkpoint(model, trial)
+            if self.args.should_save:
+                from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+                ckpt = Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+                write_checkpoint_settings(ckpt, {**self.rationale_settings, "step": self.state.global_step})
+                rotate_checkpoints(ckpt.parent.parent, self.rationale_keep)
+
+    return RationaleTrainer
 
 
 # ------------------------------------------------------------------ main
@@ -272,30 +303,91 @@ class TrainResult:
     output_dir: Path
     steps: int  # optimiser steps of the whole run (resumed ones included)
     resumed_from: int  # 0 for a fresh run
-    losses: list[float] = field(default_factory=list)  # per step, this invocation only
-    tokens: int = 0
+    losses: list[float] = field(default_factory=list)  # per logged step, this invocation only
+    tokens: int = 0  # non-padding input tokens, this invocation
     seconds: float = 0.0
     dataset_ref: str = ""
     content_hash: str = ""
     eval_report: dict[str, Any] | None = None
+    main_process: bool = True
 
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
 
 
-def _progress():
-    from rich import progress as rp
-    from rich.console import Console
+@dataclass
+class Prepared:
+    """A trainer ready to train (tests read its dataset and collator), and what main needs around it."""
 
-    return rp.Progress(rp.TextColumn("[bold]train"), rp.BarColumn(), rp.MofNCompleteColumn(),
-                       rp.TextColumn("loss {task.fields[loss]}"), rp.TextColumn("{task.fields[tps]} tok/s"),
-                       rp.TimeElapsedColumn(), rp.TimeRemainingColumn(),
-                       console=Console(stderr=True))  # stdout is for the command's result
+    trainer: Any
+    data: DatasetVersion
+    model_ref: str
+    resume_from: Path | None
+    result: TrainResult
+
+
+def prepare(recipe: TrainRecipe) -> Prepared:
+    """Read the version, load the student, encode the rows, find the checkpoint to resume, build the trainer.
+
+    Raises:
+        StoreError: the dataset version is missing.
+        BuilderError: a checkpoint in output_dir/checkpoints belongs to other settings, or rows do not fit.
+    """
+    import datasets
+    import torch
+    from transformers import PrinterCallback, set_seed
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()  # the rich bar is the progress; stderr stays readable
+    hf_logging.disable_progress_bar()
+    t = recipe.training
+    out = recipe.out
+    set_seed(t.seed)
+    data = read_dataset(recipe.dataset, recipe)
+    model_ref = resolve_student(recipe.model.model_name_or_path, recipe)
+    model, tokenizer = load_student(recipe, model_ref)
+    seq2seq = recipe.format == "seq2seq"
+    dataset = encode_dataset(tokenizer, data.rows, recipe.format, t.max_length)
+    args = trainer_args(recipe, out, cpu=not torch.cuda.is_available())
+    settings = run_settings(recipe, data, len(dataset), args.world_size)
+
+    ckpt = latest_checkpoint(out) if recipe.resume else None
+    if ckpt is not None:
+        check_checkpoint_settings(ckpt, settings)
+        log.info("resuming from %s", ckpt)
+    result = TrainResult(out, 0, int(ckpt.name.split("-")[-1]) if ckpt else 0, dataset_ref=data.ref,
+                         content_hash=data.content_hash, main_process=args.should_save)
+    if args.should_save:  # only now: a run that fails to load its data or model leaves no folder
+        out.mkdir(parents=True, exist_ok=True)
+        if not recipe.resume and (out / CHECKPOINT_DIR).exists():
+            shutil.rmtree(out / CHECKPOINT_DIR)  # starting over: old checkpoints would mix into the rotation
+        _truncate_log(out / TRAIN_LOG, result.resumed_from)
+
+    cls = _trainer_class(seq2seq)
+    kw: dict[str, Any] = {"model": model, "args": args, "train_dataset": dataset, "processing_class": tokenizer,
+                          "callbacks": callbacks(recipe, result)}
+    if seq2seq:
+        from transformers import DataCollatorForSeq2Seq
+
+        if recipe.model.use_peft:
+            from peft import get_peft_model
+
+            kw["model"] = get_peft_model(model, lora_config(recipe))
+        kw["data_collator"] = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=IGNORE_INDEX)
+    elif recipe.model.use_peft:
+        kw["peft_config"] = lora_config(recipe)
+    trainer = cls(**kw)
+    trainer.rationale_settings, trainer.rationale_keep = settings, t.save_total_limit
+    trainer.remove_callback(PrinterCallback)  # it prints every log line to stdout
+    return Prepared(trainer, data, model_ref, ckpt, result)
 
 
 def main(recipe: TrainRecipe, *, evaluate: bool | None = None) -> TrainResult:
     """Train the student a recipe names, save it with a model card, then evaluate it if the recipe says so.
+
+    Under `accelerate launch` every process trains; only the main one saves the model, writes the card and
+    evaluates.
 
     Args:
         recipe: the validated training recipe.
@@ -305,77 +397,29 @@ def main(recipe: TrainRecipe, *, evaluate: bool | None = None) -> TrainResult:
         StoreError: the dataset version is missing.
         BuilderError: a checkpoint in output_dir belongs to other settings, or rows do not fit max_length.
     """
-    import torch
-
-    hp = recipe.hyperparameters
-    out = recipe.out
-    torch.manual_seed(recipe.seed)
-    data = read_dataset(recipe.dataset, recipe)
-    model_ref = resolve_student(recipe.student.model, recipe)
-    model, tokenizer = load_student(recipe, model_ref)
-    examples = encode_rows(tokenizer, data.rows, recipe.format, hp.max_length)
-    cut = sum(len(ids) >= hp.max_length for ids, _ in examples)
-    if cut:
-        log.warning("%d of %d rows were cut at max_length=%d", cut, len(examples), hp.max_length)
-
-    sched = Schedule(len(examples), hp.batch_size, hp.grad_accum, recipe.seed)
-    total = sched.total_steps(hp.epochs, hp.max_steps)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, betas=(hp.adam_beta1, hp.adam_beta2),
-                                  weight_decay=hp.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(hp.scheduler, hp.warmup_steps, total))
-    expect = {"total_steps": total, "n_rows": len(examples), "batch_size": hp.batch_size,
-              "grad_accum": hp.grad_accum, "seed": recipe.seed, "dataset": data.ref, "lora": recipe.lora is not None}
-
-    start = 0
-    ckpt = latest_checkpoint(out) if recipe.checkpoints.resume else None
-    if ckpt is not None:
-        start = load_checkpoint(ckpt, model, optimizer, scheduler, expect)
-        log.info("resuming from %s (step %d of %d)", ckpt, start, total)
-    out.mkdir(parents=True, exist_ok=True)  # only now: a run that fails to load its data or model leaves no folder
-    log_path = out / TRAIN_LOG
-    _truncate_log(log_path, start)
-
-    result = TrainResult(out, total, start, dataset_ref=data.ref, content_hash=data.content_hash)
-    pad_id = tokenizer.pad_token_id
-    use_bf16 = hp.bf16 and (_device() == "cuda" or torch.backends.mkldnn.is_available())
-    model.train()
+    prep = prepare(recipe)
+    trainer, result = prep.trainer, prep.result
     t0 = time.perf_counter()
-    with _progress() as progress, log_path.open("a") as log_fh:
-        bar = progress.add_task("train", total=total, completed=start, loss="-", tps="-")
-        for step in range(start, total):
-            batches = [collate([examples[i] for i in idx], pad_id) for idx in sched.step_batches(step)]
-            n_tok = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
-            step_loss = 0.0
-            for batch in batches:
-                batch = {k: v.to(_device()) for k, v in batch.items()}
-                with _autocast(use_bf16):
-                    loss_sum, _ = completion_loss_sum(model, batch, recipe.format)
-                (loss_sum / n_tok).backward()
-                step_loss += float(loss_sum.detach()) / n_tok
-                result.tokens += int(batch["attention_mask"].sum())
-            if hp.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            result.losses.append(step_loss)
-            elapsed = time.perf_counter() - t0
-            log_fh.write(json.dumps({"step": step + 1, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
-                                     "tokens": result.tokens, "seconds": round(elapsed, 3)}) + "\n")
-            log_fh.flush()
-            progress.update(bar, advance=1, loss=f"{step_loss:.4f}", tps=f"{result.tokens / elapsed:,.0f}")
-            if (step + 1) % recipe.checkpoints.save_steps == 0 or step + 1 == total:
-                save_checkpoint(out, step + 1, model, optimizer, scheduler, expect, recipe.checkpoints.keep)
+    trainer.train(resume_from_checkpoint=str(prep.resume_from) if prep.resume_from else None)
     result.seconds = time.perf_counter() - t0
-    _save_model(model, tokenizer, out, model_ref, recipe)
-    write_model_card(recipe, result, model_ref, data)
+    result.steps = trainer.state.global_step
+    result.tokens = int(trainer.state.num_input_tokens_seen) - _tokens_at(prep.resume_from)
+    _save_model(trainer, recipe, prep.model_ref)
+    if not result.main_process:
+        return result
+    write_model_card(recipe, result, prep.model_ref, prep.data)
     if recipe.eval.enabled if evaluate is None else evaluate:
         from builder.eval import evaluate_recipe
 
         result.eval_report = evaluate_recipe(recipe)
-        write_model_card(recipe, result, model_ref, data)
+        write_model_card(recipe, result, prep.model_ref, prep.data)
     return result
+
+
+def _tokens_at(ckpt: Path | None) -> int:
+    if ckpt is None or not (ckpt / "trainer_state.json").is_file():
+        return 0
+    return int(json.loads((ckpt / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0))
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -386,34 +430,53 @@ def _truncate_log(path: Path, step: int) -> None:
     path.write_text("".join(ln + "\n" for ln in keep))
 
 
-def _save_model(model: Any, tokenizer: Any, out: Path, model_ref: str, recipe: TrainRecipe) -> None:
-    """Save the final model in its original dtype (LoRA merged in), so vLLM and transformers load it as is."""
+def _save_model(trainer: Any, recipe: TrainRecipe, model_ref: str) -> None:
+    """Save the final model in its original dtype with LoRA merged in, so vLLM and transformers load it as is.
+
+    Sharded runs (FSDP, DeepSpeed ZeRO-3) gather the weights through `trainer.save_model` (every process takes
+    part); the main process then merges the adapters of a LoRA run.
+    """
     import torch
     from transformers import AutoConfig
 
-    if recipe.lora is not None:
-        model = model.merge_and_unload()
-    dtype = getattr(AutoConfig.from_pretrained(model_ref, revision=recipe.student.revision), "dtype", None)
+    out = recipe.out
+    dtype = getattr(AutoConfig.from_pretrained(model_ref, revision=recipe.model.model_revision), "dtype", None)
     dtype = dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype), torch.float32)
-    model = model.to(dtype)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    model.to(torch.float32)
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        trainer.save_model(str(out))
+        if trainer.args.should_save and recipe.model.use_peft:
+            from peft import AutoPeftModelForCausalLM, AutoPeftModelForSeq2SeqLM
+
+            cls = AutoPeftModelForSeq2SeqLM if recipe.format == "seq2seq" else AutoPeftModelForCausalLM
+            cls.from_pretrained(str(out), dtype=dtype).merge_and_unload().save_pretrained(out)
+            for name in ("adapter_config.json", "adapter_model.safetensors"):
+                (out / name).unlink(missing_ok=True)
+        return
+    if not trainer.args.should_save:
+        return
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if recipe.model.use_peft:
+        model = model.merge_and_unload()
+    model.to(dtype).save_pretrained(out)
+    trainer.processing_class.save_pretrained(out)
 
 
 def write_model_card(recipe: TrainRecipe, result: TrainResult, model_ref: str, data: DatasetVersion) -> Path:
     """README.md of the output folder: what was trained on what (version + content hash), how, and how it scored."""
-    hp = recipe.hyperparameters
-    base = recipe.student.model
+    t, m = recipe.training, recipe.model
+    base = m.model_name_or_path
     header = ["---", f"base_model: {base}", "library_name: transformers",
-              "tags: [fine-tune-cot, chain-of-thought, rationale-builder]"]
+              "tags: [fine-tune-cot, chain-of-thought, rationale-builder, trl, sft]"]
     if recipe.dataset.hub:
         header.append(f"datasets: [{recipe.dataset.hub.partition('@')[0]}]")
     header.append("---")
     tasks = sorted(set(data.rows["task"].to_list()))
+    trainer = "transformers Seq2SeqTrainer" if recipe.format == "seq2seq" else "TRL SFTTrainer"
+    lora = (f"r={m.lora_r}, alpha={m.lora_alpha}, modules {m.lora_target_modules} (merged)" if m.use_peft
+            else "no (full)")
     lines = [
         f"# {recipe.name}", "",
-        f"`{base}` fine-tuned with Fine-tune-CoT (Ho et al. 2022) by rationale-builder.", "",
+        f"`{base}` fine-tuned with Fine-tune-CoT (Ho et al. 2022) by rationale-builder ({trainer}).", "",
         recipe.description, "",
         "## Training data", "",
         f"- dataset version: `{data.ref}`",
@@ -424,13 +487,14 @@ def write_model_card(recipe: TrainRecipe, result: TrainResult, model_ref: str, d
         f"`{recipe.format}`: {STUDENT_FORMAT_DOCS[recipe.format]}.", "",
         "## Training", "",
         "| setting | value |", "|---|---|",
-        f"| optimiser | AdamW, lr {hp.learning_rate:g}, {hp.scheduler} schedule, warm-up {hp.warmup_steps} |",
-        f"| batch | {hp.batch_size} x {hp.grad_accum} accumulation |",
-        f"| max length | {hp.max_length} |",
-        f"| steps | {result.steps} ({hp.max_steps and 'max_steps' or f'{hp.epochs:g} epochs'}) |",
-        f"| LoRA | {f'r={recipe.lora.r}, alpha={recipe.lora.alpha} (merged)' if recipe.lora else 'no (full)'} |",
-        f"| bf16 | {hp.bf16} |",
-        f"| seed | {recipe.seed} |",
+        f"| optimiser | {t.optim}, lr {t.learning_rate:g}, {t.lr_scheduler_type} schedule, warm-up {t.warmup_steps}, "
+        f"weight decay {t.weight_decay:g} |",
+        f"| batch | {t.per_device_train_batch_size} per device x {t.gradient_accumulation_steps} accumulation |",
+        f"| max length | {t.max_length}{' (packed)' if t.packing else ''} |",
+        f"| steps | {result.steps} ({t.max_steps and 'max_steps' or f'{t.num_train_epochs:g} epochs'}) |",
+        f"| LoRA | {lora} |",
+        f"| bf16 | {t.bf16} |",
+        f"| seed | {t.seed} |",
         f"| final loss | {result.losses[-1]:.4f} |" if result.losses else "| final loss | - |",
         f"| train time | {result.seconds:.0f} s, {result.tokens_per_s:,.0f} tokens/s |",
     ]
@@ -441,3 +505,9 @@ def write_model_card(recipe: TrainRecipe, result: TrainResult, model_ref: str, d
     path = recipe.out / "README.md"
     path.write_text("\n".join(header + [""] + lines).rstrip() + "\n")
     return path
+
+
+if __name__ == "__main__":  # `accelerate launch -m builder.train RECIPE [--no-eval ...]`: the CLI's train command
+    from builder.cli import main as cli_main
+
+    sys.exit(cli_main(["train", *sys.argv[1:]]))

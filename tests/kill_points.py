@@ -10,9 +10,11 @@ Sampling (`rationale sample`; ARG = K counts shards written by this process):
     after_shard K         right after the K-th shard is renamed into place
     mid_write K           the K-th shard's temp file is written and fsynced, the rename has not happened
     answer_stage K        an answer stage is queued in the engine after K shards were written
-Training (`rationale train`; ARG = K, an optimiser step):
-    train_step K          steps 1..K are done and in train_log.jsonl, step K+1 has begun its first forward pass
-    checkpoint_partial K  step K's checkpoint is complete in checkpoints/.step-K.partial/, the rename has not happened
+Training (`rationale train`, HF Trainer; ARG = K, an optimiser step):
+    train_step K          steps 1..K are done and in train_log.jsonl, step K+1 begins (a TrainerCallback's
+                          on_step_begin)
+    checkpoint_partial K  HF's files of checkpoints/checkpoint-K/ are written, our settings file (written last, what
+                          marks the checkpoint complete) is not
 Build (`rationale build`; ARG = the table, graded or ledger, or 1 where there is none):
     computed TABLE        the stage that makes TABLE returned; TABLE.parquet is not written
     table_mid_write TABLE TABLE.parquet's temp file is complete, the rename has not happened
@@ -85,39 +87,24 @@ def _train(point: str, k: int) -> None:
     from builder import train
 
     if point == "train_step":
-        loss_sum = train.completion_loss_sum
-        calls = 0
+        from transformers import TrainerCallback
 
-        def counted_loss(model, batch, fmt):
-            nonlocal calls
-            # the first micro-batch of step K+1: steps 1..K (grad_accum micro-batches each) are done and logged
-            if calls == k * grad_accum():
-                kill_group()
-            calls += 1
-            return loss_sum(model, batch, fmt)
+        class KillAtStep(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                if state.global_step == k:  # steps 1..K are done, logged and (when due) checkpointed
+                    kill_group()
 
-        train.completion_loss_sum = counted_loss
+        make = train.callbacks
+        train.callbacks = lambda *a, **kw: [*make(*a, **kw), KillAtStep()]
     else:
-        save = train.save_checkpoint
+        write = train.write_checkpoint_settings
 
-        def watched_save(out, step, *args, **kwargs):
-            if step == k:
-                _kill_at_next_replace()
-            return save(out, step, *args, **kwargs)
+        def watched_write(ckpt, settings):
+            if settings["step"] == k:  # HF's files of checkpoint-K are written; ours, the last one, never is
+                kill_group()
+            return write(ckpt, settings)
 
-        train.save_checkpoint = watched_save
-
-    recipe_seen = {}
-    main = train.main
-
-    def main_with_recipe(recipe, **kwargs):
-        recipe_seen["grad_accum"] = recipe.hyperparameters.grad_accum
-        return main(recipe, **kwargs)
-
-    def grad_accum() -> int:
-        return recipe_seen["grad_accum"]
-
-    train.main = main_with_recipe
+        train.write_checkpoint_settings = watched_write
 
 
 # ---------------------------------------------------------------- build

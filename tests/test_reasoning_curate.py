@@ -310,7 +310,8 @@ def test_r1_recipe_keeps_the_built_in_evaluation():
     """An R1-format student is evaluated with the graders after its trace (tests/test_eval.py), so eval stays on."""
     from builder.train_recipe import parse_train_recipe
 
-    base = {"name": "r", "dataset": {"ref": "x@v1"}, "student": {"model": "m"}, "format": "r1", "output_dir": "o"}
+    base = {"name": "r", "dataset": {"ref": "x@v1"}, "model": {"model_name_or_path": "m"}, "format": "r1",
+            "output_dir": "o"}
     recipe = parse_train_recipe(base)
     assert recipe.format == "r1" and recipe.eval.enabled
 
@@ -327,8 +328,8 @@ def test_train_a_few_steps_on_a_reasoning_version(tmp_path, tiny_model_dir):
                         stats=make_stats(ledger), tool_version="test")
     recipe = parse_train_recipe({
         "name": "r1-student", "dataset": {"ref": "r1@v1", "root": str(tmp_path / "store")},
-        "student": {"model": str(tiny_model_dir)}, "format": "r1",
-        "hyperparameters": {"learning_rate": 3e-3, "batch_size": 2, "max_length": 256, "max_steps": 2},
+        "model": {"model_name_or_path": str(tiny_model_dir)}, "format": "r1",
+        "training": {"learning_rate": 3e-3, "per_device_train_batch_size": 2, "max_length": 256, "max_steps": 2},
         "output_dir": str(tmp_path / "out"), "eval": {"enabled": False}})
     result = train.main(recipe)
     assert result.steps == 2 and len(result.losses) == 2 and all(np.isfinite(result.losses))

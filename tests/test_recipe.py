@@ -12,7 +12,8 @@ from builder.errors import RecipeError
 from builder.recipe import Recipe, load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILD_RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "train" not in p.relative_to(ROOT).parts)
+BUILD_RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml")  # train recipes and accelerate configs aside
+                       if not {"train", "accelerate"} & set(p.relative_to(ROOT / "recipes").parts))
 
 GOOD = """\
 name: demo

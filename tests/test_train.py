@@ -1,4 +1,5 @@
-"""builder.train and builder.train_recipe: recipes, completion-only masking, loss, resume, card, CLI."""
+"""builder.train and builder.train_recipe: recipes (TRL names), completion-only masking on the TRL path, loss, resume
+after SIGKILL, the other-settings refusal, LoRA, seq2seq, card, CLI."""
 
 from __future__ import annotations
 
@@ -48,15 +49,14 @@ def store_root(tmp_path_factory, teacher_completions_dir: Path) -> Path:
     return root
 
 
-def _recipe(tmp_path: Path, store_root: Path, model: Path, **over) -> dict:
+def _recipe(tmp_path: Path, store_root: Path, model_dir: Path, **over) -> dict:
     data = {
         "name": "tiny-student",
         "dataset": {"ref": "tiny@v1", "root": str(store_root)},
-        "student": {"model": str(model)},
-        "hyperparameters": {"learning_rate": 3e-3, "batch_size": 4, "max_length": 192, "max_steps": 6},
-        "seed": 7,
+        "model": {"model_name_or_path": str(model_dir)},
+        "training": {"learning_rate": 3e-3, "per_device_train_batch_size": 4, "max_length": 192, "max_steps": 6,
+                     "save_steps": 3, "save_total_limit": 5, "seed": 7},
         "output_dir": str(tmp_path / "out"),
-        "checkpoints": {"save_steps": 3, "keep": 5},
         "eval": {"enabled": False},
     }
     for key, value in over.items():
@@ -99,22 +99,71 @@ def test_every_recipe_loads(path: Path):
 
 
 def test_paper_defaults():
-    r = parse_train_recipe({"name": "x", "dataset": {"ref": "d@v1"}, "student": {"model": "gpt2"},
+    r = parse_train_recipe({"name": "x", "dataset": {"ref": "d@v1"}, "model": {"model_name_or_path": "gpt2"},
                             "output_dir": "o"})
-    hp = r.hyperparameters
-    assert (hp.learning_rate, hp.batch_size, hp.max_length, hp.epochs) == (3e-4, 8, 512, 20)
-    assert r.format == "ft_cot" and r.lora is None
+    t = r.training
+    assert (t.learning_rate, t.per_device_train_batch_size, t.max_length, t.num_train_epochs) == (3e-4, 8, 512, 20)
+    assert t.lr_scheduler_type == "constant" and r.format == "ft_cot" and not r.model.use_peft and r.resume
+
+
+def test_recipe_keys_are_trl_and_transformers_fields():
+    """`model:` keys are TRL ModelConfig fields, `training:` keys SFTConfig fields (and, but for the SFT-only ones,
+    Seq2SeqTrainingArguments fields), and each reaches the trainer under its own name."""
+    import dataclasses
+
+    from transformers import Seq2SeqTrainingArguments
+    from trl import ModelConfig, SFTConfig
+
+    from builder.train import trainer_args
+    from builder.train_recipe import SFT_ONLY_KEYS, ModelSpec, TrainingSpec
+
+    def names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    # trust_remote_code moved from ModelConfig to SFTConfig in TRL 1.x; the recipe keeps it with the model
+    assert set(ModelSpec.model_fields) - {"trust_remote_code"} <= names(ModelConfig)
+    assert "trust_remote_code" in names(SFTConfig)
+    assert set(TrainingSpec.model_fields) <= names(SFTConfig)
+    assert set(TrainingSpec.model_fields) - set(SFT_ONLY_KEYS) <= names(Seq2SeqTrainingArguments)
+    base = {"name": "x", "dataset": {"ref": "d@v1"}, "model": {"model_name_or_path": "gpt2"}, "output_dir": "o",
+            "training": {"learning_rate": 1e-3, "per_device_train_batch_size": 3, "gradient_accumulation_steps": 2,
+                         "max_steps": 9, "lr_scheduler_type": "cosine", "weight_decay": 0.1, "seed": 5}}
+    args = trainer_args(parse_train_recipe(base), Path("/tmp/o"), cpu=True)
+    assert isinstance(args, SFTConfig) and args.completion_only_loss
+    got = {k: getattr(args, k) for k in ("learning_rate", "per_device_train_batch_size",
+                                         "gradient_accumulation_steps", "max_steps", "weight_decay", "seed")}
+    assert got == {"learning_rate": 1e-3, "per_device_train_batch_size": 3, "gradient_accumulation_steps": 2,
+                   "max_steps": 9, "weight_decay": 0.1, "seed": 5}
+    assert args.lr_scheduler_type == "cosine" and args.max_length == 512 and args.output_dir == "/tmp/o/checkpoints"
+    s2s = trainer_args(parse_train_recipe({**base, "format": "seq2seq", "eval": {"backend": "hf"}}), Path("/tmp/o"),
+                       cpu=True)
+    assert isinstance(s2s, Seq2SeqTrainingArguments) and s2s.per_device_train_batch_size == 3
 
 
 @pytest.mark.parametrize(("data", "message"), [
-    ({"hyperparameters": {"lr": 1}}, "t.yaml: hyperparameters.lr: unknown field"),
+    ({"training": {"lr": 1}}, "t.yaml: training.lr: unknown field"),
+    ({"model": {"name": "g"}}, "t.yaml: model.name: unknown field"),
     ({"dataset": {"ref": "a@v1", "path": "x"}}, "exactly one of dataset.ref, dataset.path, dataset.hub"),
     ({"format": "gpt"}, "t.yaml: format: Input should be 'ft_cot', 'chat', 'seq2seq' or 'r1'"),
     ({"format": "seq2seq"}, "format seq2seq evaluates with eval.backend: hf"),
-    ({"hyperparameters": {"batch_size": 0}}, "hyperparameters.batch_size: Input should be greater than or equal"),
+    ({"format": "seq2seq", "eval": {"backend": "hf"}, "training": {"packing": True}},
+     "Seq2SeqTrainer, which has no training.packing"),
+    ({"training": {"per_device_train_batch_size": 0}},
+     "training.per_device_train_batch_size: Input should be greater than or equal"),
+    ({"training": {"warmup_steps": 5}}, "lr_scheduler_type constant ignores warmup_steps"),
+    ({"training": {"batch_size": 4}}, "training.batch_size is training.per_device_train_batch_size"),
+    # the keys of the old recipe shape name their new place
+    ({"hyperparameters": {"batch_size": 4, "learning_rate": 1e-3}},
+     "hyperparameters.batch_size is training.per_device_train_batch_size now; "
+     "hyperparameters.learning_rate is training.learning_rate now"),
+    ({"student": {"model": "gpt2"}}, "student.model is model.model_name_or_path now"),
+    ({"lora": {"r": 4}}, "lora.r is model.lora_r (with model.use_peft: true) now"),
+    ({"checkpoints": {"keep": 2, "resume": False}},
+     "checkpoints.keep is training.save_total_limit now; checkpoints.resume is resume now"),
+    ({"seed": 3}, "seed is training.seed now"),
 ])
 def test_recipe_errors_name_the_field(data: dict, message: str):
-    base = {"name": "x", "dataset": {"ref": "d@v1"}, "student": {"model": "gpt2"}, "output_dir": "o"}
+    base = {"name": "x", "dataset": {"ref": "d@v1"}, "model": {"model_name_or_path": "gpt2"}, "output_dir": "o"}
     for k, v in data.items():
         base[k] = {**base[k], **v} if isinstance(base.get(k), dict) else v
     with pytest.raises(RecipeError) as exc:
@@ -160,53 +209,52 @@ def test_chat_masking_covers_the_assistant_turn_only(tokenizer):
     assert labels[n_prompt:] == ids[n_prompt:]
 
 
-def test_loss_counts_completion_tokens_only(tiny_model_dir: Path, tokenizer):
-    """The training loss equals cross-entropy over exactly the completion positions, checked on token ids."""
+# ------------------------------------------------------------------ the TRL path: what the trainer trains on
+@pytest.mark.slow
+def test_trainer_data_is_completion_only_ends_in_eos_and_starts_with_the_eval_prompt(
+        tmp_path: Path, store_root: Path, tiny_model_dir: Path, tokenizer):
+    """What SFTTrainer's dataset and collator hand the model: the prompt is `student_prompt_ids` (what evaluation
+    feeds the student), its positions and the pads carry label -100, every completion token is a label, and every
+    example ends in EOS; the loss the trainer computes is cross-entropy over exactly those completion tokens."""
     import torch
     import torch.nn.functional as F
-    from transformers import AutoModelForCausalLM
 
-    from builder.train import collate, completion_loss_sum, encode_example
+    from builder.prompts import student_prompt_ids
+    from builder.train import prepare
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    examples = [encode_example(tokenizer, "Tom has 3 apples.", " 3 + 4 = 7 --> 7", "ft_cot", 512),
-                encode_example(tokenizer, "Take the last letters.", " ab --> ab", "ft_cot", 512)]
-    batch = collate(examples, tokenizer.pad_token_id)
+    recipe = parse_train_recipe(_recipe(tmp_path, store_root, tiny_model_dir, training={"max_length": 1024}))
+    prep = prepare(recipe)  # max_length 1024: no row is cut (a cut row loses its EOS with its tail)
+    rows = prep.data.rows
+    ds = prep.trainer.train_dataset
+    assert ds.num_rows == rows.height
+    for ex, question in zip(ds, rows["question"].to_list(), strict=True):
+        ids, labels = ex["input_ids"], ex["labels"]
+        p_ids = student_prompt_ids(tokenizer, question, "ft_cot")
+        assert ids[:len(p_ids)] == p_ids
+        assert labels[:len(p_ids)] == [-100] * len(p_ids)  # the prompt carries no loss
+        assert labels[len(p_ids):] == ids[len(p_ids):]  # every completion token does
+        assert ids[-1] == labels[-1] == tokenizer.eos_token_id  # ends in EOS, and EOS is trained
+    batch = next(iter(prep.trainer.get_train_dataloader()))
+    pads = batch["attention_mask"] == 0
+    assert pads.any() and (batch["labels"][pads] == -100).all()
+    model = prep.trainer.model.eval()
     with torch.no_grad():
-        total, count = completion_loss_sum(model, batch, "ft_cot")
-        expected, n = 0.0, 0
-        for ids, labels in examples:
-            first = labels.index(next(t for t in labels if t != -100))  # first completion position
-            logits = model(torch.tensor([ids])).logits[0].float()
-            for pos in range(first, len(ids)):  # token ids[pos] is predicted from position pos - 1
-                expected += float(F.cross_entropy(logits[pos - 1:pos], torch.tensor([ids[pos]])))
-                n += 1
-    assert count == n == sum(len(lab) - lab.count(-100) for _, lab in examples)
-    assert float(total) == pytest.approx(expected, rel=1e-4)
+        loss = prep.trainer.compute_loss(model, dict(batch))
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    target = batch["labels"][:, 1:]
+    expected = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-4)
 
 
-def test_schedule_order_is_a_function_of_seed_and_epoch():
-    from builder.train import Schedule
-
-    s = Schedule(n_rows=10, batch_size=4, grad_accum=2, seed=3)
-    assert s.micro_per_epoch == 3 and s.total_steps(2, None) == 3 and s.total_steps(2, 7) == 7
-    epoch0 = [i for m in range(3) for i in s.micro_batch(m)]
-    assert sorted(epoch0) == list(range(10))  # every row once per epoch
-    assert [s.micro_batch(m) for m in range(6)] == [Schedule(10, 4, 2, 3).micro_batch(m) for m in range(6)]
-    assert list(s.step_batches(1)) == [s.micro_batch(2), s.micro_batch(3)]
-    assert s.micro_batch(3) != s.micro_batch(0) or s.micro_batch(4) != s.micro_batch(1)  # epochs reshuffle
-
-
-# ------------------------------------------------------------------ training
 @pytest.mark.slow
 def test_loss_falls_and_card_names_the_version(tmp_path: Path, store_root: Path, tiny_model_dir: Path):
     from transformers import AutoModelForCausalLM
 
     from builder.train import TRAIN_LOG, main
-    from builder.train_recipe import parse_train_recipe
 
     recipe = parse_train_recipe(_recipe(tmp_path, store_root, tiny_model_dir,
-                                        hyperparameters={"max_steps": 40, "batch_size": 8}))
+                                        training={"max_steps": 40, "per_device_train_batch_size": 8,
+                                                  "save_steps": 20}))
     result = main(recipe)
     first, last = sum(result.losses[:5]) / 5, sum(result.losses[-5:]) / 5
     assert last < 0.7 * first, result.losses
@@ -216,39 +264,28 @@ def test_loss_falls_and_card_names_the_version(tmp_path: Path, store_root: Path,
     manifest = json.loads((store_root / "tiny" / "v1" / "manifest.json").read_text())
     card = (recipe.out / "README.md").read_text()
     assert "tiny@v1" in card and manifest["content_hash"] in card and result.content_hash == manifest["content_hash"]
+    assert f"| final loss | {result.losses[-1]:.4f} |" in card and "TRL SFTTrainer" in card
     model = AutoModelForCausalLM.from_pretrained(recipe.out)  # a plain transformers folder
     assert model.config.vocab_size > 0
-    assert sorted(p.name for p in (recipe.out / "checkpoints").iterdir())[-1] == "step-000040"
+    assert [p.name for p in (recipe.out / "checkpoints").glob("checkpoint-*")] != []
+    assert (recipe.out / "checkpoints" / "checkpoint-40" / "rationale_settings.json").is_file()
 
 
 @pytest.mark.slow
-def test_resume_continues_from_the_same_step_with_the_same_weights(tmp_path: Path, store_root: Path,
-                                                                   tiny_model_dir: Path):
-    import shutil
-
-    import torch
-
+def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path: Path, store_root: Path, tiny_model_dir: Path):
     from builder.train import main
-    from builder.train_recipe import parse_train_recipe
 
-    data = _recipe(tmp_path, store_root, tiny_model_dir, hyperparameters={"grad_accum": 2})
-    full = main(parse_train_recipe(data))
-    ckpts = tmp_path / "out" / "checkpoints"
-    final = torch.load(ckpts / "step-000006" / "trainable.pt")
-    # crash after step 3: only the step-3 checkpoint survives
-    shutil.rmtree(ckpts / "step-000006")
-    resumed = main(parse_train_recipe(data))
-    assert resumed.resumed_from == 3 and len(resumed.losses) == 3
-    assert resumed.losses == pytest.approx(full.losses[3:], rel=1e-6)
-    again = torch.load(ckpts / "step-000006" / "trainable.pt")
-    assert again.keys() == final.keys()
-    assert all(torch.equal(again[k], final[k]) for k in final)
-    log = [json.loads(line)["step"] for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
-    assert log == [1, 2, 3, 4, 5, 6]
-    # a checkpoint of other settings is refused, naming what changed
-    data["hyperparameters"]["batch_size"] = 2
-    with pytest.raises(BuilderError, match="batch_size"):
+    data = _recipe(tmp_path, store_root, tiny_model_dir, training={"max_steps": 3})
+    main(parse_train_recipe(data))
+    data["training"]["per_device_train_batch_size"] = 2
+    with pytest.raises(BuilderError) as exc:
         main(parse_train_recipe(data))
+    msg = str(exc.value)
+    assert str(tmp_path / "out" / "checkpoints" / "checkpoint-3" / "rationale_settings.json") in msg
+    assert "per_device_train_batch_size: 4 there, 2 now" in msg and "resume: false" in msg
+    # resume: false starts over (the old checkpoints go)
+    result = main(parse_train_recipe({**data, "resume": False}))
+    assert result.resumed_from == 0 and result.steps == 3
 
 
 def _train_cli(recipe_path: Path, kill_at: tuple[str, int] | None = None) -> tuple[int, str]:
@@ -286,8 +323,9 @@ def _log(out: Path) -> list[dict]:
 def test_sigkill_after_a_step_and_inside_the_checkpoint_write_then_resume_equals_an_uninterrupted_run(
         tmp_path: Path, store_root: Path, tiny_model_dir: Path):
     """Real kills of `rationale train` (tests/kill_points.py): after step 4 (the last checkpoint is step 3), then,
-    resumed, inside step 6's checkpoint write (complete in .step-000006.partial/, not renamed); resumed again to
-    the end. Weights, losses and train_log equal those of an uninterrupted run of the same recipe."""
+    resumed, inside step 6's checkpoint write (HF's files are in checkpoint-6/, our settings file is not); resumed
+    again to the end. Losses, learning rates, train_log and the final weights equal those of an uninterrupted run
+    of the same recipe: the same steps on the same batches (another data order gives other losses)."""
     import torch
     from safetensors.torch import load_file
 
@@ -295,50 +333,50 @@ def test_sigkill_after_a_step_and_inside_the_checkpoint_write_then_resume_equals
     for name in ("killed", "reference"):
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(_recipe(tmp_path, store_root, tiny_model_dir, output_dir=str(tmp_path / name),
-                                               hyperparameters={"grad_accum": 2})))
+                                               training={"gradient_accumulation_steps": 2})))
         recipes[name] = path
     out, ref = tmp_path / "killed", tmp_path / "reference"
     ckpts = out / "checkpoints"
 
+    def names() -> list[str]:
+        return sorted(p.name for p in ckpts.glob("checkpoint-*"))
+
     _train_cli(recipes["killed"], ("train_step", 4))
     assert [x["step"] for x in _log(out)] == [1, 2, 3, 4]  # step 4 was logged, its checkpoint (step 6) not due
-    assert sorted(p.name for p in ckpts.iterdir()) == ["step-000003"]
+    assert names() == ["checkpoint-3"]
 
     _train_cli(recipes["killed"], ("checkpoint_partial", 6))
     assert [x["step"] for x in _log(out)] == [1, 2, 3, 4, 5, 6]  # steps 4-6 redone from step 3, logged once
-    assert sorted(p.name for p in ckpts.iterdir()) == [".step-000006.partial", "step-000003"]
-    partial = ckpts / ".step-000006.partial"
-    assert sorted(p.name for p in partial.iterdir()) == ["optimizer.pt", "rng.pt", "scheduler.pt", "state.json",
-                                                         "trainable.pt"]
+    assert names() == ["checkpoint-3", "checkpoint-6"]
+    assert (ckpts / "checkpoint-6" / "optimizer.pt").is_file()  # HF's part of the checkpoint is there ...
+    assert not (ckpts / "checkpoint-6" / "rationale_settings.json").exists()  # ... ours, written last, is not
     assert not (out / "config.json").exists()  # the model is saved only after the last checkpoint
 
-    _train_cli(recipes["killed"])  # resumes from step 3 again: the partial checkpoint is never read
+    _train_cli(recipes["killed"])  # resumes from checkpoint-3 again: the partial checkpoint is never read
     _train_cli(recipes["reference"])
 
-    assert sorted(p.name for p in ckpts.iterdir()) == ["step-000003", "step-000006"]
-    for step in ("step-000003", "step-000006"):
-        got, want = (torch.load(d / "checkpoints" / step / "trainable.pt") for d in (out, ref))
-        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), step
+    assert names() == ["checkpoint-3", "checkpoint-6"]
+    assert all((ckpts / n / "rationale_settings.json").is_file() for n in names())
     got, want = load_file(out / "model.safetensors"), load_file(ref / "model.safetensors")
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
-    # the log: same steps, losses and learning rates (tokens and seconds count this invocation's work)
-    same = ("step", "loss", "lr")
+    same = ("step", "loss", "lr", "grad_norm")  # tokens and seconds count each invocation's own work
     assert [{k: x[k] for k in same} for x in _log(out)] == [{k: x[k] for k in same} for x in _log(ref)]
 
 
 @pytest.mark.slow
 def test_lora_trains_adapters_only_and_saves_a_merged_model(tmp_path: Path, store_root: Path, tiny_model_dir: Path):
     import torch
+    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     from builder.train import main
-    from builder.train_recipe import parse_train_recipe
 
-    recipe = parse_train_recipe(_recipe(tmp_path, store_root, tiny_model_dir, lora={"r": 4, "alpha": 8},
-                                        hyperparameters={"max_steps": 3}))
+    recipe = parse_train_recipe(_recipe(tmp_path, store_root, tiny_model_dir,
+                                        model={"use_peft": True, "lora_r": 4, "lora_alpha": 8},
+                                        training={"max_steps": 3}))
     main(recipe)
-    trained = torch.load(recipe.out / "checkpoints" / "step-000003" / "trainable.pt")
-    assert trained and all("lora_" in k for k in trained)
+    adapter = load_file(recipe.out / "checkpoints" / "checkpoint-3" / "adapter_model.safetensors")
+    assert adapter and all("lora_" in k for k in adapter)  # the checkpoint holds the adapters only
     assert not (recipe.out / "adapter_config.json").exists()
     merged = AutoModelForCausalLM.from_pretrained(recipe.out)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -353,8 +391,9 @@ def test_cli_train(tmp_path: Path, store_root: Path, tiny_model_dir: Path, capsy
 
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(_recipe(tmp_path, store_root, tiny_model_dir)))
-    assert main(["train", str(path), "--max-steps", "2", "--no-eval"]) == 0
-    assert "trained 2 steps on tiny@v1" in capsys.readouterr().out
+    assert main(["train", str(path), "--max-steps", "2", "--no-eval", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)  # stdout is the JSON only (no HF log lines)
+    assert report["steps"] == 2 and report["dataset"] == "tiny@v1"
     path.write_text(yaml.safe_dump(_recipe(tmp_path, store_root, tiny_model_dir, dataset={"ref": "nope@v1"})))
     assert main(["train", str(path)]) == 2
     assert "nope" in capsys.readouterr().err
@@ -364,13 +403,13 @@ def test_cli_train(tmp_path: Path, store_root: Path, tiny_model_dir: Path, capsy
 @pytest.mark.slow
 def test_seq2seq_student_trains_and_evaluates(tmp_path: Path, store_root: Path, tiny_model_dir: Path, tokenizer,
                                               benchmarks_dir: Path):
-    """The Flan-T5 path on a tiny random T5: target-only loss ending on EOS, then transformers.generate eval."""
+    """The Flan-T5 path (Seq2SeqTrainer) on a tiny random T5: target-only loss ending on EOS, then
+    transformers.generate eval."""
     from transformers import T5Config, T5ForConditionalGeneration
 
     from builder.eval import evaluate, load_questions
     from builder.teachers.hf import load_model
-    from builder.train import encode_example, main
-    from builder.train_recipe import parse_train_recipe
+    from builder.train import encode_example, main, prepare
 
     t5 = tmp_path / "tiny-t5"
     T5ForConditionalGeneration(T5Config(
@@ -382,9 +421,14 @@ def test_seq2seq_student_trains_and_evaluates(tmp_path: Path, store_root: Path, 
     assert enc == tokenizer("Q ###")["input_ids"]
     assert target == tokenizer("3 + 4 = 7 --> 7")["input_ids"] + [tokenizer.eos_token_id]
 
-    recipe = parse_train_recipe(_recipe(tmp_path, store_root, t5, format="seq2seq",
-                                        eval={"enabled": False, "backend": "hf"},
-                                        hyperparameters={"max_steps": 8, "learning_rate": 1e-2}))
+    data = _recipe(tmp_path, store_root, t5, format="seq2seq", eval={"enabled": False, "backend": "hf"},
+                   training={"max_steps": 8, "learning_rate": 1e-2})
+    prep = prepare(parse_train_recipe(data))
+    assert type(prep.trainer).__mro__[1].__name__ == "Seq2SeqTrainer"
+    batch = next(iter(prep.trainer.get_train_dataloader()))
+    labels = batch["labels"]
+    assert ((labels == -100) | (labels >= 0)).all() and (labels == tokenizer.eos_token_id).sum(1).min() >= 1
+    recipe = parse_train_recipe(data)
     result = main(recipe)
     assert result.steps == 8 and result.losses[-1] < result.losses[0]
     questions = load_questions(["multiarith"], "test", benchmarks_dir=str(benchmarks_dir), limit=3)

@@ -55,3 +55,17 @@ def resumable(kept: Callable[[], str], resume: str) -> Iterator[None]:
         yield
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted: {kept()}; {resume}") from None
+
+
+def apply_executor(cfg: object, executor: str | None, address: str | None) -> None:
+    """`--executor KIND [--address ADDR]` override the recipe's executor section (validated like the recipe)."""
+    from builder.recipe import ExecutorConfig
+
+    if executor is None and address is None:
+        return
+    current = cfg.executor  # type: ignore[attr-defined]
+    update = {k: v for k, v in (("kind", executor), ("address", address)) if v is not None}
+    try:
+        cfg.executor = ExecutorConfig.model_validate({**current.model_dump(), **update})  # type: ignore[attr-defined]
+    except ValueError as exc:
+        raise BuilderError(f"--executor/--address: {exc}") from None

@@ -15,6 +15,11 @@ def register(app: typer.Typer) -> None:
         json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
         work_dir: Annotated[Path | None, typer.Option(help="Override the recipe's work_dir (working state).")] = None,
         store: Annotated[Path | None, typer.Option(help="Override the recipe's store.root.")] = None,
+        executor: Annotated[str | None, typer.Option(
+            help="Where to run: local (this process) or ray (a Ray cluster); overrides the recipe's executor.kind.")
+        ] = None,
+        address: Annotated[str | None, typer.Option(
+            help="Ray address (auto, ray://host:10001, host:port); default: start or reuse a local Ray.")] = None,
     ) -> None:
         """Turn a recipe's questions into a versioned rationale dataset (tasks -> sample -> grade -> curate -> store).
 
@@ -23,10 +28,11 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from builder import build as build_stage
-        from builder.cli._common import console, echo_json, resumable, stage_progress
+        from builder.cli._common import apply_executor, console, echo_json, resumable, stage_progress
         from builder.recipe import load_recipe
 
         cfg = load_recipe(recipe)
+        apply_executor(cfg, executor, address)
         if work_dir is not None:
             cfg.work_dir = str(work_dir.resolve())
         if store is not None:
@@ -37,8 +43,11 @@ def register(app: typer.Typer) -> None:
         check_output_path(cfg.run_dir / "questions.parquet")
         check_output_path(cfg.resolve_path(cfg.store.root) / cfg.dataset_name / "versions.json")
         def kept() -> str:
-            shards = len(list((cfg.run_dir / "samples").glob("shard-*.parquet")))
-            return f"{shards} sample shard(s) kept in {cfg.run_dir / 'samples'}, no version written"
+            from builder.executors.storage import list_files
+            from builder.sample import shard_location
+
+            shards = len(list_files(shard_location(cfg), "shard-*.parquet"))
+            return f"{shards} sample shard(s) kept in {shard_location(cfg)}, no version written"
 
         with resumable(kept, f"rerun `rationale build {recipe}` to resume from them"):
             summary = build_stage.run(cfg, progress=stage_progress())

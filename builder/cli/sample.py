@@ -28,15 +28,22 @@ def register(app: typer.Typer) -> None:
         regenerate: Annotated[str | None, typer.Option(
             help="Regenerate one sample exactly: QID:SAMPLE_IDX (prints it as JSON).")] = None,
         json_out: Annotated[bool, typer.Option("--json", help="Print the sampling summary as JSON.")] = False,
+        executor: Annotated[str | None, typer.Option(
+            help="Where to run: local (this process) or ray (a Ray cluster); overrides the recipe's executor.kind.")
+        ] = None,
+        address: Annotated[str | None, typer.Option(
+            help="Ray address (auto, ray://host:10001, host:port); default: start or reuse a local Ray.")] = None,
     ) -> None:
         """Sample rationales into <work_dir>/<name>/samples/ (resumes; only missing (qid, sample_idx) are sampled)."""
         from builder import sample as sample_stage
         from builder import tasks
-        from builder.cli._common import echo_json, resumable, stdout_console
+        from builder.cli._common import apply_executor, echo_json, resumable, stdout_console
+        from builder.executors.storage import list_files
         from builder.recipe import load_recipe
         from builder.schemas import write_table
 
         cfg = load_recipe(recipe)
+        apply_executor(cfg, executor, address)
         questions = tasks.run(cfg.tasks, cfg.base_dir)
         if regenerate:
             qid, _, idx = regenerate.partition(":")
@@ -57,18 +64,19 @@ def register(app: typer.Typer) -> None:
                 progress.update(bar, description=label, completed=p.samples_done, total=p.samples_total,
                                 questions=f"{p.questions_done}/{p.questions_total}", tps=f"{p.tokens_per_s:.0f}")
 
-            with resumable(lambda: f"{len(list((cfg.run_dir / 'samples').glob('shard-*.parquet')))} finished "
-                           f"shard(s) kept in {cfg.run_dir / 'samples'}",
+            with resumable(lambda: f"{len(list_files(sample_stage.shard_location(cfg), 'shard-*.parquet'))} "
+                           f"finished shard(s) kept in {sample_stage.shard_location(cfg)}",
                            f"rerun `rationale sample {recipe}` to sample only what is missing"):
                 samples, stats = sample_stage.run(questions, cfg, progress=show)
         summary = stats.summary()
         if json_out:
-            echo_json({"samples_dir": str(cfg.run_dir / "samples"), "total_samples": samples.height, **summary})
+            echo_json({"samples_dir": sample_stage.shard_location(cfg), "total_samples": samples.height, **summary})
             return
         out = stdout_console()
-        out.print(f"{samples.height} samples in {cfg.run_dir / 'samples'}; this run sampled {stats.new_samples} "
-                      f"in {stats.shards_written} shards: {stats.prompt_tokens} prompt + {stats.completion_tokens} "
-                      f"completion tokens in {stats.seconds:.1f} s ({stats.tokens_per_s:.1f} generated tokens/s)")
+        out.print(f"{samples.height} samples in {sample_stage.shard_location(cfg)}; this run sampled "
+                  f"{stats.new_samples} in {stats.shards_written} shards: {stats.prompt_tokens} prompt + "
+                  f"{stats.completion_tokens} completion tokens in {stats.seconds:.1f} s "
+                  f"({stats.tokens_per_s:.1f} generated tokens/s)")
         if "adaptive" in summary:
             a = summary["adaptive"]
             out.print(f"adaptive: {a['solved']} of {a['questions']} questions solved in {a['rounds']} round(s), "

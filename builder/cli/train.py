@@ -14,10 +14,11 @@ log = logging.getLogger(__name__)
 
 def train(
     recipe: Annotated[Path, typer.Argument(help="Training recipe YAML (see recipes/train/).")],
-    max_steps: Annotated[int | None, typer.Option(help="Override hyperparameters.max_steps.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Override training.max_steps.")] = None,
     output_dir: Annotated[str | None, typer.Option(help="Override output_dir.")] = None,
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the evaluation after training.")] = False,
-    no_resume: Annotated[bool, typer.Option("--no-resume", help="Ignore checkpoints in output_dir.")] = False,
+    no_resume: Annotated[bool, typer.Option("--no-resume", help="Start over (output_dir/checkpoints is removed).")
+                         ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result (steps, paths, eval) as JSON.")] = False,
 ) -> None:
     """Fine-tune the recipe's student on its dataset version (completion-only loss), save it with a model card."""
@@ -27,17 +28,19 @@ def train(
 
     cfg = load_train_recipe(recipe)
     if max_steps is not None:
-        cfg.hyperparameters.max_steps = max_steps
+        cfg.training.max_steps = max_steps
     if output_dir is not None:
         cfg.output_dir = str(Path(output_dir).resolve())
     if no_resume:
-        cfg.checkpoints.resume = False
+        cfg.resume = False
     def kept() -> str:
         last = latest_checkpoint(Path(cfg.output_dir))
         return f"last checkpoint {last}" if last else f"no checkpoint yet in {cfg.output_dir}"
 
     with resumable(kept, f"rerun `rationale train {recipe}` to resume from the last checkpoint"):
         result = main(cfg, evaluate=False if no_eval else None)
+    if not result.main_process:  # `accelerate launch`: the main process reports
+        return
     if json_out:
         echo_json({"steps": result.steps, "dataset": result.dataset_ref, "seconds": result.seconds,
                    "tokens_per_s": result.tokens_per_s, "output_dir": str(result.output_dir),

@@ -10,7 +10,9 @@ from builder.dedup.lsh import (
     cluster_within_groups,
     exact_within_groups,
     jaccard,
+    link_buckets,
     pairwise_jaccard,
+    union_pairs,
 )
 from builder.dedup.minhash import (
     Permutations,
@@ -24,5 +26,6 @@ from builder.dedup.minhash import (
 
 __all__ = [
     "Permutations", "Shingled", "band_keys", "cluster_global", "cluster_within_groups", "exact_within_groups",
-    "jaccard", "normalize", "pairwise_jaccard", "permutations", "shingle", "signatures", "signatures_from_hashes",
+    "jaccard", "link_buckets", "normalize", "pairwise_jaccard", "permutations", "shingle", "signatures",
+    "signatures_from_hashes", "union_pairs",
 ]

@@ -150,6 +150,36 @@ def cluster_global(sig: np.ndarray, *, bands: int, threshold: float, window: int
     return _resolve(parent)
 
 
+def link_buckets(sig: np.ndarray, band: np.ndarray, key: np.ndarray, row: np.ndarray, parent: np.ndarray, *,
+                 bands: int, threshold: float, window: int = 64) -> np.ndarray:
+    """`cluster_global`'s linking on part of the buckets: union into `parent` the duplicates among rows that share
+    a (band, band key) and return each row's root. Each (band, key) bucket must be here whole; its rows are compared
+    in row order, each with up to `window` before it, so a partition of the buckets by key (one task each) finds
+    the same duplicate pairs as `cluster_global`."""
+    rows = sig.shape[1] // bands
+    keys = np.zeros(len(sig), np.uint64)
+    for b in np.unique(band):
+        sel = band == b
+        r, k = row[sel], key[sel]
+        keys[r] = k
+        _link_sorted(sig, r[np.lexsort((r, k))], keys, parent, bands, rows, float(threshold), window)
+    return _resolve(parent)
+
+
+@njit
+def _union_all(parent, a, b):
+    for k in range(len(a)):
+        _union(parent, a[k], b[k])
+    for i in range(len(parent)):
+        parent[i] = _find(parent, i)
+    return parent
+
+
+def union_pairs(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Connected components of rows 0..n-1 joined by the pairs (a[k], b[k]): each row's root, its lowest row."""
+    return _union_all(np.arange(n), a.astype(np.int64), b.astype(np.int64))
+
+
 @njit
 def _resolve(parent):
     for i in range(len(parent)):

@@ -12,7 +12,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 TASKS = ["single_eq", "addsub", "multiarith", "gsm8k", "aqua", "svamp", "date_understanding",
          "tracking_shuffled_objects", "last_letter_concatenation", "coin_flip", "commonsense_qa", "strategy_qa"]
-# student key -> (Hub id, format, eval backend)
+# student key -> (Hub id, format, eval backend); decoders train with TRL's SFTTrainer, Flan-T5 with Seq2SeqTrainer
 STUDENTS = {
     "gpt2-124m": ("openai-community/gpt2", "ft_cot", "vllm"),
     "gpt2-355m": ("openai-community/gpt2-medium", "ft_cot", "vllm"),
@@ -22,6 +22,7 @@ STUDENTS = {
     "flan-t5-large": ("google/flan-t5-large", "seq2seq", "hf"),
 }
 SETUPS = {"d1": 1, "diverse": 8}
+TRAINER_ARGS = {"ft_cot": "TRL SFTConfig", "seq2seq": "transformers Seq2SeqTrainingArguments"}
 
 TEMPLATE = """\
 # Fine-tune-CoT, paper setup: {student} on {task}, teacher rationales with D={d} per question.
@@ -34,22 +35,29 @@ dataset:
   ref: ftcot-{task}-d{d}
   root: ../../../../../store
 
-# ---- student
-student:
-  model: {model}
+# ---- student (TRL ModelConfig names)
+model:
+  model_name_or_path: {model}
 format: {fmt}
 
-# ---- optimisation (the paper's: AdamW, lr 3e-4, batch 8, max length 512, 20 epochs)
-hyperparameters:
+# ---- training ({trainer} field names), the paper's settings:
+# AdamW, lr 3e-4, batch 8, max length 512, 20 epochs, constant LR. The batch is per device: on N GPUs
+# (accelerate launch) it is N x 8 per step unless gradient_accumulation_steps or the per-device batch changes.
+training:
   learning_rate: 3.0e-4
-  batch_size: 8
+  per_device_train_batch_size: 8
+  gradient_accumulation_steps: 1
   max_length: 512
-  epochs: 20
+  num_train_epochs: 20
+  lr_scheduler_type: constant
+  optim: adamw_torch
   bf16: true
-seed: 42
-output_dir: ../../../../../outputs/paper/{setup}/{task}/{student}
-checkpoints:
   save_steps: 500
+  save_total_limit: 2
+  logging_steps: 10
+  seed: 42
+resume: true                    # a rerun continues from the newest checkpoint (same settings only)
+output_dir: ../../../../../outputs/paper/{setup}/{task}/{student}
 
 # ---- evaluation: the paper's test split, greedy
 eval:
@@ -69,7 +77,7 @@ def main() -> None:
             folder.mkdir(parents=True, exist_ok=True)
             for student, (model, fmt, backend) in STUDENTS.items():
                 text = TEMPLATE.format(student=student, task=task, d=d, setup=setup, model=model, fmt=fmt,
-                                       backend=backend, max_tokens=256)
+                                       backend=backend, max_tokens=256, trainer=TRAINER_ARGS[fmt])
                 (folder / f"{student}.yaml").write_text(text)
 
 

@@ -1,0 +1,113 @@
+"""Where sample shards live: a local folder or an fsspec URL (file://, s3://, gs://, ...), read and written alike.
+
+Ray replicas on several nodes write their shards to shared storage; the driver lists them to resume (set difference
+of (qid, sample_idx)) and reads them back. Local paths keep the exact local code path (temp file + fsync + rename);
+URLs go through fsspec: a temp object renamed into place where the filesystem can rename (file://, hdfs, ...), a
+single put where an object store makes the object appear whole or not at all (s3://, gs://, az://).
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import uuid
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from builder.schemas import TEMP_GLOB, remove_stale_temp_files
+
+_OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2"})
+
+
+def is_url(location: str | Path) -> bool:
+    return "://" in str(location)
+
+
+def _fs(location: str) -> tuple[Any, str]:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(location)
+    return fs, path
+
+
+def _protocol(fs: Any) -> str:
+    proto = fs.protocol
+    return proto[0] if isinstance(proto, (tuple, list)) else proto
+
+
+def join(location: str | Path, *names: str) -> str:
+    """`location`/names; URLs keep their scheme (posix joins), local paths stay paths."""
+    if is_url(location):
+        return posixpath.join(str(location).rstrip("/"), *names)
+    return str(Path(location).joinpath(*names))
+
+
+def _unstrip(location: str, fs: Any, path: str) -> str:
+    """The URL of `path` on `location`'s filesystem (fsspec lists paths without the scheme)."""
+    return fs.unstrip_protocol(path) if hasattr(fs, "unstrip_protocol") else f"{location.split('://')[0]}://{path}"
+
+
+def list_files(location: str | Path, pattern: str) -> list[str]:
+    """Files matching `pattern` directly in `location`, sorted by name (an absent folder holds none)."""
+    if not is_url(location):
+        return [str(p) for p in sorted(Path(location).glob(pattern))]
+    fs, root = _fs(str(location))
+    found = fs.glob(posixpath.join(root, pattern))
+    return sorted((_unstrip(str(location), fs, p) for p in found), key=lambda p: posixpath.basename(p))
+
+
+def basename(path: str) -> str:
+    return posixpath.basename(path) if is_url(path) else Path(path).name
+
+
+def makedirs(location: str | Path) -> None:
+    if is_url(location):
+        fs, path = _fs(str(location))
+        if _protocol(fs) not in _OBJECT_STORES:
+            fs.makedirs(path, exist_ok=True)
+    else:
+        Path(location).mkdir(parents=True, exist_ok=True)
+
+
+def remove_stale(location: str | Path) -> list[str]:
+    """Delete temp files a killed writer left in `location` (they are never read)."""
+    if not is_url(location):
+        return [str(p) for p in remove_stale_temp_files(location)]
+    fs, _ = _fs(str(location))
+    stale = list_files(location, TEMP_GLOB)
+    for url in stale:
+        fs.rm(_fs(url)[1])
+    return stale
+
+
+def read_parquet(path: str, columns: list[str] | None = None) -> pl.DataFrame:
+    if not is_url(path):
+        return pl.read_parquet(path, columns=columns)
+    fs, p = _fs(path)
+    with fs.open(p, "rb") as fh:
+        return pl.read_parquet(fh, columns=columns)
+
+
+def write_parquet_url(df: pl.DataFrame, url: str) -> str:
+    """Write `df` to `url` so that readers never see half a file (see the module docstring)."""
+    fs, path = _fs(url)
+    buf = io.BytesIO()
+    df.write_parquet(buf, compression="zstd")
+    data = buf.getvalue()
+    if _protocol(fs) in _OBJECT_STORES:
+        fs.pipe_file(path, data)  # one PUT: the object is whole or absent
+        return url
+    parent, name = posixpath.split(path)
+    fs.makedirs(parent, exist_ok=True)
+    tmp = posixpath.join(parent, f".{name}.{uuid.uuid4().hex[:8]}.tmp")  # matches TEMP_GLOB
+    try:
+        with fs.open(tmp, "wb") as fh:
+            fh.write(data)
+        fs.mv(tmp, path)
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+        raise
+    return url
