@@ -56,7 +56,7 @@ def test_two_cpu_processes_follow_the_one_process_loss_curve(tmp_path: Path, tin
     config = ROOT / "recipes" / "accelerate" / "cpu-2proc.yaml"
     proc = subprocess.run([accelerate, "launch", "--config_file", str(config),
                            "-m", "builder.train", str(two), "--no-eval", "--json"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=170)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=480)  # hang guard
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])  # one report: the main process's
     assert report["steps"] == 6 and sum(line.startswith("{") for line in proc.stdout.splitlines()) == 1
@@ -66,7 +66,7 @@ def test_two_cpu_processes_follow_the_one_process_loss_curve(tmp_path: Path, tin
 
     one = _recipe(tmp_path / "one.yaml", store, tiny_model_dir, tmp_path / "one", batch=2, accum=2)
     proc = subprocess.run([sys.executable, "-m", "builder.train", str(one), "--no-eval"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=170)
+                          capture_output=True, text=True, timeout=480)  # hang guard
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     got, want = _losses(tmp_path / "two"), _losses(tmp_path / "one")
