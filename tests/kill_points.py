@@ -109,14 +109,14 @@ def _train(point: str, k: int) -> None:
 
 # ---------------------------------------------------------------- build
 def _build(point: str, table: str) -> None:
-    from builder import build, card, curate, grade, store
+    from builder import build, card, curate, grade, schemas, store
 
     if point == "computed":
         module = {"graded": grade, "ledger": curate}[table]
         run = module.run
         module.run = lambda *a, **k: (run(*a, **k), kill_group())
     elif point in ("table_mid_write", "written", "pause_written"):
-        write = build.write_table
+        write = schemas.write_table  # the executors write graded/ledger, build writes questions
 
         def watched_write(df, path, name, **kwargs):
             at = Path(path).name == f"{table}.parquet"
@@ -129,7 +129,7 @@ def _build(point: str, table: str) -> None:
                 _pause()
             return result
 
-        build.write_table = watched_write
+        schemas.write_table = build.write_table = watched_write
     elif point == "version_temp":
         card.write_card = lambda *a, **k: kill_group()
     elif point == "version_renamed":
