@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Annotated
 
+import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -69,3 +71,19 @@ def apply_executor(cfg: object, executor: str | None, address: str | None) -> No
         cfg.executor = ExecutorConfig.model_validate({**current.model_dump(), **update})  # type: ignore[attr-defined]
     except ValueError as exc:
         raise BuilderError(f"--executor/--address: {exc}") from None
+
+
+ExecutorOption = Annotated[str | None, typer.Option(
+    "--executor",
+    help="Where to run: local (this process) or ray (a Ray cluster); overrides the recipe's executor.kind.")]
+AddressOption = Annotated[str | None, typer.Option(
+    "--address", help="Ray address (auto, ray://host:10001, host:port); default: start or reuse a local Ray.")]
+
+
+def shards_kept(cfg: object) -> str:
+    """How many finished sample shards a stopped run leaves, and where (the recipe's shard storage)."""
+    from builder.executors.storage import list_files
+    from builder.sample import SHARD_GLOB, shard_location
+
+    location = shard_location(cfg)  # type: ignore[arg-type]
+    return f"{len(list_files(location, SHARD_GLOB))} sample shard(s) kept in {location}"

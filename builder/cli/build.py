@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from builder.cli._common import AddressOption, ExecutorOption
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
@@ -15,11 +17,8 @@ def register(app: typer.Typer) -> None:
         json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
         work_dir: Annotated[Path | None, typer.Option(help="Override the recipe's work_dir (working state).")] = None,
         store: Annotated[Path | None, typer.Option(help="Override the recipe's store.root.")] = None,
-        executor: Annotated[str | None, typer.Option(
-            help="Where to run: local (this process) or ray (a Ray cluster); overrides the recipe's executor.kind.")
-        ] = None,
-        address: Annotated[str | None, typer.Option(
-            help="Ray address (auto, ray://host:10001, host:port); default: start or reuse a local Ray.")] = None,
+        executor: ExecutorOption = None,
+        address: AddressOption = None,
     ) -> None:
         """Turn a recipe's questions into a versioned rationale dataset (tasks -> sample -> grade -> curate -> store).
 
@@ -28,7 +27,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from builder import build as build_stage
-        from builder.cli._common import apply_executor, console, echo_json, resumable, stage_progress
+        from builder.cli._common import apply_executor, console, echo_json, resumable, shards_kept, stage_progress
         from builder.recipe import load_recipe
 
         cfg = load_recipe(recipe)
@@ -43,11 +42,7 @@ def register(app: typer.Typer) -> None:
         check_output_path(cfg.run_dir / "questions.parquet")
         check_output_path(cfg.resolve_path(cfg.store.root) / cfg.dataset_name / "versions.json")
         def kept() -> str:
-            from builder.executors.storage import list_files
-            from builder.sample import shard_location
-
-            shards = len(list_files(shard_location(cfg), "shard-*.parquet"))
-            return f"{shards} sample shard(s) kept in {shard_location(cfg)}, no version written"
+            return f"{shards_kept(cfg)}, no version written"
 
         with resumable(kept, f"rerun `rationale build {recipe}` to resume from them"):
             summary = build_stage.run(cfg, progress=stage_progress())

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from builder.cli._common import AddressOption, ExecutorOption
+
 if TYPE_CHECKING:
     from rich.progress import Progress
 
@@ -28,17 +30,13 @@ def register(app: typer.Typer) -> None:
         regenerate: Annotated[str | None, typer.Option(
             help="Regenerate one sample exactly: QID:SAMPLE_IDX (prints it as JSON).")] = None,
         json_out: Annotated[bool, typer.Option("--json", help="Print the sampling summary as JSON.")] = False,
-        executor: Annotated[str | None, typer.Option(
-            help="Where to run: local (this process) or ray (a Ray cluster); overrides the recipe's executor.kind.")
-        ] = None,
-        address: Annotated[str | None, typer.Option(
-            help="Ray address (auto, ray://host:10001, host:port); default: start or reuse a local Ray.")] = None,
+        executor: ExecutorOption = None,
+        address: AddressOption = None,
     ) -> None:
         """Sample rationales into <work_dir>/<name>/samples/ (resumes; only missing (qid, sample_idx) are sampled)."""
         from builder import sample as sample_stage
         from builder import tasks
-        from builder.cli._common import apply_executor, echo_json, resumable, stdout_console
-        from builder.executors.storage import list_files
+        from builder.cli._common import apply_executor, echo_json, resumable, shards_kept, stdout_console
         from builder.recipe import load_recipe
         from builder.schemas import write_table
 
@@ -64,8 +62,7 @@ def register(app: typer.Typer) -> None:
                 progress.update(bar, description=label, completed=p.samples_done, total=p.samples_total,
                                 questions=f"{p.questions_done}/{p.questions_total}", tps=f"{p.tokens_per_s:.0f}")
 
-            with resumable(lambda: f"{len(list_files(sample_stage.shard_location(cfg), 'shard-*.parquet'))} "
-                           f"finished shard(s) kept in {sample_stage.shard_location(cfg)}",
+            with resumable(lambda: shards_kept(cfg),
                            f"rerun `rationale sample {recipe}` to sample only what is missing"):
                 samples, stats = sample_stage.run(questions, cfg, progress=show)
         summary = stats.summary()
