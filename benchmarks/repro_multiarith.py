@@ -2,6 +2,7 @@
 
     python benchmarks/repro_multiarith.py                       # the full run (see recipes/train/multiarith/)
     python benchmarks/repro_multiarith.py --max-steps 2 --limit 10   # a smoke run of the same path
+    python benchmarks/repro_multiarith.py --seed 7 --student-only --work-dir runs/repro-seed7   # seed noise
     python benchmarks/repro_multiarith.py --student DIR --eval-backend hf   # another student; no vLLM (GPU check)
 
 1. Builds a dataset version from ../shared/teacher-completions/multiarith.jsonl (text-davinci-002, the paper's
@@ -65,6 +66,10 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="Override the recipe's steps (smoke runs).")
     parser.add_argument("--limit", type=int, default=None, help="First N test questions (smoke runs).")
     parser.add_argument("--student", default=None, help="Another student model (path or name) than the recipe's.")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="Another training seed than the recipe's (data order, init): to see the seed noise.")
+    parser.add_argument("--student-only", action="store_true",
+                        help="Skip the untrained model's Zero-shot-CoT baseline (it does not depend on the seed).")
     parser.add_argument("--eval-backend", choices=["vllm", "hf"], default=None,
                         help="Evaluate with vLLM or transformers.generate (machines without vLLM).")
     args = parser.parse_args()
@@ -84,6 +89,10 @@ def main() -> None:
     recipe.eval.limit = args.limit
     if args.max_steps:
         recipe.training.max_steps = args.max_steps
+    if args.seed is not None:
+        recipe.training.seed = args.seed
+    if args.student_only:
+        recipe.eval.baselines = []
     if args.student:
         recipe.model.model_name_or_path = args.student
     if args.eval_backend:
@@ -95,7 +104,8 @@ def main() -> None:
     student, baseline = rows["student"], rows.get("zero_shot_cot")
     figures = {
         "student": recipe.model.model_name_or_path, "device": _device_name(),
-        "dataset": ref, "content_hash": digest, "train_rows": None, "steps": result.steps,
+        "dataset": ref, "content_hash": digest, "seed": recipe.training.seed, "train_rows": None,
+        "steps": result.steps,
         "student_accuracy_pct": student["accuracy_pct"], "student_correct": student["correct"], "n": student["n"],
         "zero_shot_cot_accuracy_pct": baseline["accuracy_pct"] if baseline else None,
         "paper_gpt2_124m_pct": student["paper_pct"],

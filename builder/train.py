@@ -285,6 +285,17 @@ def _trainer_class(seq2seq: bool) -> type:
         rationale_settings: dict[str, Any] = {}
         rationale_keep: int | None = None
 
+        if not seq2seq:
+            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+                """On CPU the model's own loss (HF Trainer's): TRL's fused LM head has no CPU kernel, and its torch
+                tiles made a SmolLM2-135M step 1.33x slower (benchmarks/train_step_bench.py). On GPU, TRL's."""
+                if self.args.device.type != "cpu":
+                    return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+                from transformers import Trainer
+
+                return Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs,
+                                            num_items_in_batch)
+
         def _save_checkpoint(self, model, trial):
             super()._save_checkpoint(model, trial)
             if self.args.should_save:
