@@ -451,8 +451,11 @@ def _save_model(trainer: Any, recipe: TrainRecipe, model_ref: str) -> None:
     from transformers import AutoConfig
 
     out = recipe.out
-    dtype = getattr(AutoConfig.from_pretrained(model_ref, revision=recipe.model.model_revision), "dtype", None)
+    base = AutoConfig.from_pretrained(model_ref, revision=recipe.model.model_revision)
+    dtype = getattr(base, "dtype", None)
     dtype = dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype), torch.float32)
+    # HF Trainer turns the KV cache off for training; the saved student generates, so it gets the base's setting
+    trainer.accelerator.unwrap_model(trainer.model).config.use_cache = getattr(base, "use_cache", True)
     if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
         trainer.save_model(str(out))
         if trainer.args.should_save and recipe.model.use_peft:
