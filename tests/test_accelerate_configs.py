@@ -109,7 +109,8 @@ import os
 from transformers import TrainingArguments
 args = TrainingArguments(output_dir=os.environ["PROBE_OUT"], use_cpu=True, report_to=[])
 state = args.distributed_state
-print("PROBE", state.process_index, state.num_processes, state.distributed_type.value, state.backend, flush=True)
+with open(f"{os.environ['PROBE_OUT']}.{state.process_index}", "w") as fh:  # one file each: stdout interleaves
+    fh.write(f"{state.process_index} {state.num_processes} {state.distributed_type.value} {state.backend}")
 """
 
 
@@ -123,5 +124,5 @@ def test_cpu_2proc_launches_two_gloo_processes(tmp_path: Path):
                            str(CONFIG_DIR / "cpu-2proc.yaml"), str(script)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = sorted(line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("PROBE"))
+    lines = sorted(p.read_text().split() for p in tmp_path.glob("out.*"))
     assert lines == [["0", "2", "MULTI_CPU", "gloo"], ["1", "2", "MULTI_CPU", "gloo"]], proc.stdout
