@@ -248,7 +248,7 @@ def test_trainer_data_is_completion_only_ends_in_eos_and_starts_with_the_eval_pr
 
 @pytest.mark.slow
 def test_loss_falls_and_card_names_the_version(tmp_path: Path, store_root: Path, tiny_model_dir: Path):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from builder.train import TRAIN_LOG, main
 
@@ -267,8 +267,8 @@ def test_loss_falls_and_card_names_the_version(tmp_path: Path, store_root: Path,
     assert f"| final loss | {result.losses[-1]:.4f} |" in card and "TRL SFTTrainer" in card
     model = AutoModelForCausalLM.from_pretrained(recipe.out)  # a plain transformers folder
     assert model.config.vocab_size > 0
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    assert model.config.use_cache is base.config.use_cache is True  # HF Trainer's training-time False stays behind
+    base = AutoConfig.from_pretrained(tiny_model_dir)
+    assert model.config.use_cache is base.use_cache is True  # HF Trainer's training-time False stays behind
     assert [p.name for p in (recipe.out / "checkpoints").glob("checkpoint-*")] != []
     assert (recipe.out / "checkpoints" / "checkpoint-40" / "rationale_settings.json").is_file()
 
