@@ -1,11 +1,11 @@
 """Build: the glue that runs tasks -> sample -> grade -> curate -> store for one recipe.
 
-Working state lives in `<work_dir>/<name>/` (questions.parquet, samples/ shards, graded.parquet, ledger.parquet,
-stats.json); a rerun resumes sampling from the shards on disk and writes a new version only when the content hash
-is new. Sampling, grading and curation run on the recipe's executor (`builder.executors`: local or ray); the
-executor is not part of the version's recipe, so a build on Ray has the content hash of the local one. On Ray the
-driver never holds the samples or the graded table: workers read the shards, write `graded/` and `ledger/` as
-parquet parts beside them (`outputs`), and only the kept rows (the dataset) come back for the store.
+Working state lives where the run (`builder.run.Run`) says: the driver's files in `<work_dir>/<name>/`, the shards
+(and on Ray the graded and ledger parts) on the run's storage; a rerun resumes sampling from the shards and writes
+a new version only when the content hash is new. Sampling, grading and curation run on the recipe's executor
+(`builder.executors`: local or ray); the executor is not part of the version's recipe, so a build on Ray has the
+content hash of the local one. On Ray the driver never holds the samples or the graded table: workers read the
+shards and write the graded and ledger parts, and only the kept rows (the dataset) come back for the store.
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ import logging
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from builder.errors import BuilderError
 from builder.recipe import Recipe
+from builder.run import Run
 from builder.schemas import remove_stale_temp_files, write_table
 from builder.stats import BuildStats, SamplingSummary
 from builder.version import __version__
@@ -65,48 +64,23 @@ def eval_questions_for(recipe: Recipe) -> pl.DataFrame | None:
     return pl.concat(frames, how="diagonal_relaxed") if frames else None
 
 
-def outputs(recipe: Recipe, executor: Any) -> tuple[str, str]:
-    """Where the build writes the graded table and the ledger: `<run_dir>/graded.parquet` and `ledger.parquet` on
-    the local executor; on Ray, parquet-part folders `graded/` and `ledger/` in the run's folder on its storage
-    (`<executor.storage>/<name>/`, or the run folder without storage), written by the workers."""
-    from builder import sample
-    from builder.executors import storage
-
-    if not executor.parts:
-        return str(recipe.run_dir / "graded.parquet"), str(recipe.run_dir / "ledger.parquet")
-    where = sample.run_location(recipe)
-    return storage.join(where, "graded"), storage.join(where, "ledger")
-
-
 def run(recipe: Recipe, *, engine: Any = None, progress: Any = None) -> BuildSummary:
     """Run every stage of `recipe`; return the summary. `progress` is a rich Progress (or None for quiet runs).
 
-    One build at a time per run folder: a second one would delete the first's temp files at start-up and race it
-    through graded/ledger, so it fails at once (BuilderError, exit 2) instead.
+    The build holds the run's lease (`builder.run.Run`) from the first stage to the version: a second driver on the
+    same run, here or on another machine sharing `executor.storage`, is refused at once (RunConflict, exit 2).
     """
-    from filelock import FileLock, Timeout
-
-    recipe.run_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(recipe.run_dir / ".build.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise BuilderError(f"{recipe.run_dir}: another `rationale build` is running in this run folder (lock "
-                           f"{lock.lock_file}); wait for it to finish and run again") from None
-    try:
-        return _run_locked(recipe, engine, progress)
-    finally:
-        lock.release()
+    with Run.of(recipe) as held:
+        return _run_held(recipe, held, engine, progress)
 
 
-def _run_locked(recipe: Recipe, engine: Any, progress: Any) -> BuildSummary:
+def _run_held(recipe: Recipe, run: Run, engine: Any, progress: Any) -> BuildSummary:
     from builder import sample, store, tasks
     from builder.executors import make_executor
 
     t0 = time.perf_counter()
-    run_dir = recipe.run_dir
-    if stale := remove_stale_temp_files(run_dir):
-        log.info("removed %d half-written file(s) of a killed run from %s", len(stale), run_dir)
+    if stale := remove_stale_temp_files(run.local):
+        log.info("removed %d half-written file(s) of a killed run from %s", len(stale), run.local)
     ctx = progress if progress is not None else nullcontext()
     with ctx:
         step = progress.add_task("questions", total=None) if progress else None
@@ -116,25 +90,23 @@ def _run_locked(recipe: Recipe, engine: Any, progress: Any) -> BuildSummary:
                 progress.update(step, description=description, completed=completed, total=total)
 
         questions = tasks.run(recipe.tasks, recipe.base_dir)
-        write_table(questions, run_dir / "questions.parquet", "questions")
+        write_table(questions, run.questions, "questions")
         advance(f"sampling {questions.height} questions x {recipe.sampling.n}", 0, questions.height *
                 recipe.sampling.n)
         executor = make_executor(recipe)
-        graded_out, ledger_out = outputs(recipe, executor)
         try:
-            _, sstats = sample.run(questions, recipe, engine=engine, run_dir=run_dir, executor=executor, collect=False,
+            _, sstats = sample.run(questions, recipe, engine=engine, run=run, executor=executor, collect=False,
                                    progress=lambda p: advance("sampling", p.samples_done, p.samples_total))
             advance("grading")
-            graded = executor.grade(sample.shard_location(recipe, run_dir), questions, recipe.grading, out=graded_out)
+            graded = executor.grade(run, questions, sstats.wanted, recipe.grading)
             advance("curating")
-            ledger, curation = executor.curate(graded, recipe.curation, eval_questions=eval_questions_for(recipe),
-                                               out=ledger_out)
+            ledger, curation = executor.curate(run, graded, recipe.curation, eval_questions=eval_questions_for(recipe))
         finally:
             executor.close()
         stats = BuildStats(curation, SamplingSummary(
             prompt_tokens=graded.prompt_tokens, completion_tokens=graded.completion_tokens,
             seconds=round(sstats.seconds, 3), extra=sstats.extra))
-        (run_dir / "stats.json").write_text(json.dumps(stats.to_json(), indent=2, default=str))
+        run.stats.write_text(json.dumps(stats.to_json(), indent=2, default=str))
         advance("writing version")
         rows = store.rows_from_ledger(ledger)
         info = store.write_version(rows, root=recipe.resolve_path(recipe.store.root), name=recipe.dataset_name,
@@ -153,5 +125,5 @@ def _run_locked(recipe: Recipe, engine: Any, progress: Any) -> BuildSummary:
         seconds=round(time.perf_counter() - t0, 2),
         completion_tokens=sstats.completion_tokens,
         tokens_per_s=round(sstats.tokens_per_s, 1),
-        run_dir=str(Path(run_dir)),
+        run_dir=str(run.local),
     )

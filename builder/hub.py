@@ -1,12 +1,17 @@
 """Hub: publish a dataset version as one commit plus a tag, and pull a tagged version back with hash checks.
 
 publish: version folder -> one `HfApi.create_commit` holding every file (and deleting files of an older version
-that this one lacks), then `HfApi.create_tag` named after the version (v1, v2, ...). Publishing a version whose tag
-already points at the same content hash does nothing. The token comes from huggingface_hub itself (HF_TOKEN or
-`hf auth login`); this module never reads, prints or stores it.
+that this one lacks), then `HfApi.create_tag` named after the version (v1, v2, ...). A tag only ever lands on a
+commit whose manifest.json names that very version (name, version and content hash): publish reads the manifest at
+an existing tag of that name (same version: nothing to do; another one, even with the same content hash: refused)
+and at the head it might tag (an interrupted publish of this version: tag it; anything else, including another
+version with this content hash: commit this version's own files). The token comes from huggingface_hub itself
+(HF_TOKEN or `hf auth login`); this module never reads, prints or stores it.
 
 pull: `snapshot_download(revision=tag)` into a temp folder beside the destination, `store.verify` every file
-against manifest.json, then rename into place; a tampered file is rejected with its name.
+against manifest.json, then rename into place; a tampered file is rejected with its name. A verified copy already
+at the destination is reused for a version tag (immutable); for a branch (main) or any other revision it is reused
+only while the remote manifest names the same version and content hash, else downloaded again and replaced.
 """
 
 from __future__ import annotations
@@ -80,18 +85,37 @@ def _hub_call(what: str, fn, *args, **kwargs):
 
 
 def _remote_manifest(api: Any, repo: str, revision: str) -> dict[str, Any] | None:
-    """manifest.json at `revision`, or None when the repo has none there."""
-    from huggingface_hub.errors import EntryNotFoundError, RevisionNotFoundError
+    """manifest.json at `revision`, or None when the Hub says the repo has none there.
+
+    Only the Hub's own "no such file/revision" answers mean None: an unreachable Hub or offline mode (which
+    huggingface_hub reports as a *local* entry not found) raises, so that neither publish nor pull mistakes "could
+    not ask" for "holds no manifest" (`_hub_call` turns it into a HubError)."""
+    from huggingface_hub.errors import RemoteEntryNotFoundError, RevisionNotFoundError
 
     with tempfile.TemporaryDirectory(prefix="rationale-manifest-") as tmp:
         try:
             path = api.hf_hub_download(repo, store.MANIFEST, repo_type=REPO_TYPE, revision=revision, cache_dir=tmp)
-        except (EntryNotFoundError, RevisionNotFoundError):
+        except (RemoteEntryNotFoundError, RevisionNotFoundError):
             return None
         try:
             return json.loads(Path(path).read_text())
         except json.JSONDecodeError:
             return None
+
+
+_IDENTITY = ("name", "version", "content_hash")
+
+
+def _same_version(remote: dict[str, Any] | None, manifest: dict[str, Any]) -> bool:
+    """Whether a remote manifest names the same version as `manifest`: dataset name, version and content hash."""
+    return remote is not None and all(remote.get(k) == manifest[k] for k in _IDENTITY)
+
+
+def _describe(m: dict[str, Any] | None) -> str:
+    """'content hash 1a2b3c4d5e6f (demo v1)' for error messages; a missing manifest says so."""
+    if m is None:
+        return f"no readable {store.MANIFEST}"
+    return f"content hash {str(m.get('content_hash'))[:12]} ({m.get('name')} {m.get('version')})"
 
 
 def publish(
@@ -115,7 +139,8 @@ def publish(
 
     Raises:
         StoreError: the local version fails verification (names the file).
-        HubError: the tag exists with different content, or the Hub refused a call.
+        HubError: the tag exists on a commit whose manifest names another version or content (both named), or the
+            Hub refused a call.
     """
     problem = repo_id_problem(repo)
     if problem:
@@ -142,21 +167,31 @@ def publish(
     _hub_call(f"create {repo}", api.create_repo, repo, repo_type=REPO_TYPE, private=private, exist_ok=True)
     refs = _hub_call(f"list refs of {repo}", api.list_repo_refs, repo, repo_type=REPO_TYPE)
     tags = {t.name: t.target_commit for t in refs.tags}
-    if tag in tags:
-        remote = _hub_call(f"read {repo}@{tag}", _remote_manifest, api, repo, tag) or {}
-        if remote.get("content_hash") == digest:
-            logger.info("%s@%s already holds content %s; nothing to do", repo, tag, digest[:12])
+    if tag in tags:  # read at the commit the tag points to, the one `pull @tag` downloads
+        remote = _hub_call(f"read {repo}@{tag}", _remote_manifest, api, repo, tags[tag])
+        if _same_version(remote, manifest):
+            logger.info("%s@%s already holds %s %s (content %s); nothing to do", repo, tag, manifest["name"], tag,
+                        digest[:12])
             return PublishResult(repo, tag, digest, "unchanged", tags[tag], files)
-        raise HubError(f"{repo}: tag {tag} already exists with content hash {str(remote.get('content_hash'))[:12]}, "
-                       f"this version has {digest[:12]}; tags are immutable: publish to another repo or delete "
-                       "the tag on the Hub first")
+        same_content = remote is not None and remote.get("content_hash") == digest
+        why = f"; the tag names another version's content, so `pull {repo}@{tag}` refuses it" if same_content else ""
+        raise HubError(f"{repo}: tag {tag} already exists with {_describe(remote)}; this version is "
+                       f"{manifest['name']} {tag} with content hash {digest[:12]}{why}; tags are immutable: publish "
+                       f"to another repo, or delete the tag on the Hub first (HfApi().delete_tag({repo!r}, "
+                       f"tag={tag!r}, repo_type='dataset')) and publish again")
     main = next((b.target_commit for b in refs.branches if b.name == "main"), None)
-    remote = _hub_call(f"read {repo}@main", _remote_manifest, api, repo, "main") if main else None
-    if remote and remote.get("content_hash") == digest:
-        commit = main  # an earlier publish committed but did not tag (interrupted): tag that commit
+    # read at the head commit itself (not "main", which may move meanwhile): it is the commit tagged below
+    remote = _hub_call(f"read {repo}@main", _remote_manifest, api, repo, main) if main else None
+    if _same_version(remote, manifest):
+        commit = main  # an earlier publish of this very version committed but did not tag (interrupted): tag it
         result.status = "tagged"
-    else:
-        existing = _hub_call(f"list files of {repo}", api.list_repo_files, repo, repo_type=REPO_TYPE) if main else []
+    else:  # another version, even one with this content hash (a revert), gets this version's own commit
+        if remote is not None and remote.get("content_hash") == digest:
+            logger.info("%s@main holds %s %s with the same content hash %s; committing %s %s as its own commit so "
+                        "that tag %s names it", repo, remote.get("name"), remote.get("version"), digest[:12],
+                        manifest["name"], tag, tag)
+        existing = _hub_call(f"list files of {repo}", api.list_repo_files, repo, repo_type=REPO_TYPE,
+                             revision=main) if main else []
         deleted = sorted(set(existing) - set(paths) - _KEEP_REMOTE)
         operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=staged.get(p) or str(folder / p))
                       for p in paths]
@@ -188,28 +223,52 @@ def pull(ref: str, dest: str | Path | None = None, *, endpoint: str | None = Non
     """Download ORG/NAME@TAG into `dest` (default ./NAME/TAG) and verify every file against its manifest.
 
     The download lands in a temp folder beside `dest` and is renamed into place only after verification, so a
-    rejected download leaves nothing behind. An existing `dest` that verifies as the same tag is reused.
+    rejected download leaves nothing behind. An existing `dest` that verifies is reused when TAG is a version tag
+    (v1, v2, ...: immutable) it holds; for a branch (main, the default) or any other revision, only while the remote
+    manifest there names the same version and content hash. When it does not, and `dest` is a copy pulled from this
+    repo, the new download replaces it once verified; any other folder is left alone and refused.
 
     Raises:
-        StoreError: a file is missing, altered or unexpected (names it), or the manifest is for another version.
+        StoreError: a file is missing, altered or unexpected (names it), the manifest is for another version, or
+            `dest` holds something else that this pull will not replace (names both).
         HubError: unknown repo or tag, no access, or offline mode.
     """
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import HfApi, snapshot_download
 
     repo, tag = parse_repo_ref(ref)
     dest = Path(dest) if dest is not None else Path(repo.split("/")[1]) / tag
     if dest.exists() and not dest.is_dir():
         raise StoreError(f"{dest}: exists and is not a folder; remove it or pick another --dest")
+    stale: dict[str, Any] | None = None  # the verified copy at dest that this pull replaces (a branch moved on)
     if dest.exists() and any(dest.iterdir()):
         try:
-            manifest = store.verify(dest)
+            local = store.verify(dest)
         except StoreError as exc:
             raise StoreError(f"{dest}: exists and is not a valid copy ({exc}); remove it or pick another --dest"
                              ) from None
-        if tag in ("main", manifest["version"]):
-            logger.info("%s already holds %s@%s; verified, nothing downloaded", dest, repo, tag)
+        if store.is_version_name(tag):  # a version tag never moves: a verified copy of it stays current
+            if local["version"] == tag:
+                logger.info("%s already holds %s@%s; verified, nothing downloaded", dest, repo, tag)
+                return dest
+            raise StoreError(f"{dest}: holds {local['version']}, not {tag}; remove it or pick another --dest")
+        # a branch (main) or another revision that may move: the copy is current only while it names what the
+        # remote holds there now
+        remote = _hub_call(f"read {repo}@{tag}", _remote_manifest, HfApi(endpoint=endpoint), repo, tag)
+        if _same_version(remote, local):
+            logger.info("%s already holds %s@%s (%s %s, content hash %s); verified, nothing downloaded", dest, repo,
+                        tag, local["name"], local["version"], local["content_hash"][:12])
             return dest
-        raise StoreError(f"{dest}: holds {manifest['version']}, not {tag}; remove it or pick another --dest")
+        if local.get("published_repo") != repo:  # a local store version, or another repo's copy: never replaced
+            origin = (f"a copy of {local['published_repo']}" if local.get("published_repo") else
+                      "not a copy pulled from the Hub")
+            there = (f"{remote['name']} {remote['version']} (content hash {str(remote['content_hash'])[:12]})"
+                     if remote else f"no readable {store.MANIFEST}")
+            raise StoreError(f"{dest}: holds {local['name']} {local['version']} (content hash "
+                             f"{local['content_hash'][:12]}, {origin}), while {repo}@{tag} holds {there}; not "
+                             "replacing it: remove it or pick another --dest")
+        stale = local
+        logger.info("%s holds %s %s (content hash %s) but %s@%s has moved on; downloading it again", dest,
+                    local["name"], local["version"], local["content_hash"][:12], repo, tag)
     made = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]  # removed again on failure
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".pull-{dest.name}-{uuid.uuid4().hex[:8]}"
@@ -224,7 +283,17 @@ def pull(ref: str, dest: str | Path | None = None, *, endpoint: str | None = Non
             raise StoreError(f"{repo}@{tag} rejected: {str(exc).replace(str(tmp) + '/', '')}") from None
         if tag != "main" and store.is_version_name(tag) and manifest["version"] != tag:
             raise StoreError(f"{repo}@{tag} rejected: {store.MANIFEST} says version {manifest['version']}")
-        tmp.rename(dest)
+        if stale is None:
+            tmp.rename(dest)
+        else:  # swap the verified download in; the old copy goes only once the new one is in place
+            old = dest.parent / f".pull-old-{dest.name}-{uuid.uuid4().hex[:8]}"
+            dest.rename(old)
+            try:
+                tmp.rename(dest)
+            except BaseException:
+                old.rename(dest)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         for folder in made:  # innermost first; only folders this pull created, and only while empty

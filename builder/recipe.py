@@ -364,6 +364,13 @@ class Recipe(_Strict):
             raise ValueError("teacher.import_path is required for backend=import")
         if self.teacher.backend == "openai" and not self.teacher.base_url:
             raise ValueError("teacher.base_url is required for backend=openai")
+        if self.executor.kind == "ray" and self.teacher.backend == "import":
+            raise ValueError("executor.kind ray generates on engine replicas; teacher.backend import reads existing "
+                             "completions: run it with executor.kind local")
+        c = self.curation
+        if c.decontaminate and not c.eval_sets and not any(t.source == "paper" for t in self.tasks.items):
+            raise ValueError("curation.decontaminate: nothing to compare against; it checks the test splits of the "
+                             "recipe's paper tasks and curation.eval_sets, and there are neither (add an eval set)")
         if self.sampling.max_thinking_tokens is not None and not self.teacher.reasoning_parser:
             raise ValueError("sampling.max_thinking_tokens needs teacher.reasoning_parser (the parser knows where "
                              "thinking ends); without one, sampling.max_tokens bounds the whole completion")

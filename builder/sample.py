@@ -2,10 +2,12 @@
 
 Work is keyed by (qid, sample_idx) and cut into shards of `shard_size` questions; the teacher streams each shard's
 completions back (stage 1, the rationale, n per question; then the greedy Zero-shot-CoT answer stage) and each
-finished shard is written atomically to `<run_dir>/samples/shard-NNNNN.parquet`. A rerun reads the keys already on
-disk and asks only for what is missing, so a killed run loses at most the shards in flight and never leaves a
-partial or duplicated row: half-written temp files are deleted at start, and a lock keeps two samplers out of one
-run dir. Imported completions (`teacher.backend: import`) take the same path.
+finished shard is written atomically to the run's `samples/shard-NNNNN.parquet` (`builder.run`: where, and which
+run a shard belongs to). A rerun reads the keys already on storage and asks only for what is missing, so a killed
+run loses at most the shards in flight and never leaves a partial or duplicated row: half-written temp files are
+deleted at start, and the run's lease keeps two drivers out of one run. What the run holds for a question is its
+first `n` samples (`wanted`): raising `n` samples only the new indices, lowering it leaves the shards as they are
+and grades fewer. Imported completions (`teacher.backend: import`) take the same path.
 
 Where the shards are generated is the recipe's executor (`builder.executors`): `local` streams them through the
 teacher in this process; `ray` through a Ray Data pool of engine replicas that write them to shared storage
@@ -24,14 +26,11 @@ just a larger per-question target, so resuming replays the same decisions from t
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -41,13 +40,13 @@ from builder.errors import BuilderError
 from builder.executors import Executor, ShardWritten, make_executor
 from builder.executors import storage as shard_storage
 from builder.prompts import Exemplar, teacher_prompt
-from builder.recipe import PromptConfig, Recipe, SamplingConfig, TeacherConfig, drop_added_defaults
-from builder.schemas import atomic_write_parquet, remove_stale_temp_files, table_schema, validate
-from builder.teachers import TEACHERS, Answer, Completion, Request, ShardWork, Teacher, make_teacher
+from builder.recipe import Recipe
+from builder.run import Run
+from builder.schemas import atomic_write_parquet, table_schema, validate
+from builder.teachers import Answer, Completion, Request, ShardWork, Teacher, make_teacher
 
 log = logging.getLogger(__name__)
 
-SHARD_GLOB = "shard-*.parquet"
 _SEED_MOD = 2**31 - 2**20  # leaves room for base + sample_idx below 2**31
 
 
@@ -73,6 +72,7 @@ class SampleStats:
     shards_written: int = 0
     rounds: int = 0
     question_stats: pl.DataFrame | None = None
+    wanted: pl.DataFrame | None = None  # (qid, n_samples): what the run holds per question, for grading
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -104,60 +104,9 @@ class SampleProgress:
         return self.completion_tokens / self.seconds if self.seconds else 0.0
 
 
-def run_fingerprint(recipe: Recipe) -> dict[str, Any]:
-    """What must match for shards on disk to be reused: teacher, prompt and the seed-bearing sampling settings.
-
-    Budget knobs (n, adaptive, shard size) and the teacher fields its backend leaves out of `fingerprint_fields`
-    (transport: base_url, concurrency, ...) may change between runs: more samples later keep the earlier ones.
-    """
-    s = recipe.sampling
-    fields = {*TEACHERS.get(recipe.teacher.backend).fingerprint_fields, "reasoning_parser"}
-    # fields added later (reasoning_parser, chat_template_kwargs, ...) count once set: old run ids stay valid
-    return {
-        "teacher": drop_added_defaults(TeacherConfig, recipe.teacher.model_dump(include=fields)),
-        "prompt": drop_added_defaults(PromptConfig, recipe.prompt.model_dump()),
-        "sampling": drop_added_defaults(SamplingConfig, s.model_dump(exclude={"n", "shard_size", "adaptive"})),
-        "tasks": recipe.tasks.model_dump(exclude={"benchmarks_dir"}),
-    }
-
-
-def run_id_for(recipe: Recipe) -> str:
-    digest = hashlib.sha256(json.dumps(run_fingerprint(recipe), sort_keys=True).encode()).hexdigest()[:12]
-    return f"{recipe.name}-{digest}"
-
-
-def samples_dir(run_dir: Path) -> Path:
-    return run_dir / "samples"
-
-
-def shard_location(recipe: Recipe, run_dir: Path | None = None) -> str:
-    """Where the recipe's shards live: `<executor.storage>/<name>/samples` (local path or fsspec URL) when storage
-    is set, else `<run_dir>/samples`."""
-    if recipe.executor.storage is None:
-        return str(samples_dir(run_dir or recipe.run_dir))
-    return shard_storage.join(run_location(recipe, run_dir), "samples")
-
-
-def run_location(recipe: Recipe, run_dir: Path | None = None) -> str:
-    """The run's folder on its shard storage (the parent of `shard_location`): where a Ray build writes its graded
-    and ledger parts (`graded/`, `ledger/`); the run folder itself without `executor.storage`."""
-    storage = recipe.executor.storage
-    if storage is None:
-        return str(run_dir or recipe.run_dir)
-    if not shard_storage.is_url(storage):
-        storage = str(recipe.resolve_path(storage))
-    return shard_storage.join(storage, recipe.name)
-
-
-def read_samples(run_dir: Path | None, columns: list[str] | None = None, *, location: str | None = None
-                 ) -> pl.DataFrame:
-    """All samples on disk (every shard under `location`, default `<run_dir>/samples`); an unreadable shard is
-    named in the error."""
-    if location is None:
-        if run_dir is None:
-            raise ValueError("read_samples: give a run_dir or a shard location")
-        location = str(samples_dir(run_dir))
-    files = shard_storage.list_files(location, SHARD_GLOB)
+def read_samples(run: Run, columns: list[str] | None = None) -> pl.DataFrame:
+    """Every sample of the run on storage; a shard of another run, or an unreadable one, is refused by name."""
+    files = run.shards()
     schema = table_schema("samples")
     if not files:
         empty = schema.empty()
@@ -165,28 +114,25 @@ def read_samples(run_dir: Path | None, columns: list[str] | None = None, *, loca
     frames = []
     for f in files:
         try:
-            frames.append(shard_storage.read_parquet(f, columns=columns))
+            df = shard_storage.read_parquet(f, columns=None if columns is None else [*columns, "run_id"])
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise BuilderError(f"{f}: corrupt sample shard ({exc}); delete it and rerun to re-sample it") from exc
+        run.check_shard(df["run_id"].unique(), f)
+        frames.append(df if columns is None or "run_id" in columns else df.drop("run_id"))
     df = pl.concat(frames, how="diagonal_relaxed")  # shards older than a schema's added columns lack them
-    return df if columns else validate(df, "samples", where=location)
+    return df if columns else validate(df, "samples", where=run.samples)
 
 
-def _check_fingerprint(run_dir: Path, recipe: Recipe, location: str) -> str:
-    run_id = run_id_for(recipe)
-    marker = run_dir / "sample_config.json"
-    if marker.exists():
-        previous = json.loads(marker.read_text())
-        if previous.get("run_id") != run_id and shard_storage.list_files(location, SHARD_GLOB):
-            raise BuilderError(
-                f"{run_dir} holds samples made with other teacher/prompt/sampling settings "
-                f"(run {previous.get('run_id')}, now {run_id}); use another recipe name or work_dir, "
-                f"or delete {location}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"run_id": run_id, **run_fingerprint(recipe)}, indent=2, default=str))
-    os.replace(tmp, marker)
-    return run_id
+def wanted(questions: pl.DataFrame, n: int | pl.Expr) -> pl.DataFrame:
+    """(qid, n_samples): how many samples of each question the run holds, `n` or a per-question expression."""
+    return questions.select("qid", n_samples=(n if isinstance(n, pl.Expr) else pl.lit(n)).cast(pl.Int64))
+
+
+def only_wanted(samples: pl.DataFrame, want: pl.DataFrame) -> pl.DataFrame:
+    """The samples of `want`'s questions with sample_idx below their count: a run that lowered `n` (or whose
+    adaptive budget stopped a question early) grades exactly those, whatever else its shards hold."""
+    return (samples.join(want.select("qid", "n_samples"), on="qid", how="inner")
+            .filter(pl.col("sample_idx") < pl.col("n_samples")).drop("n_samples"))
 
 
 def missing_requests(questions: pl.DataFrame, done: pl.DataFrame, n: int | pl.Expr, run_seed: int = 0
@@ -209,9 +155,8 @@ def missing_requests(questions: pl.DataFrame, done: pl.DataFrame, n: int | pl.Ex
     return runs.select("q_order", "qid", "first_idx", "count")
 
 
-def _next_shard_index(location: str) -> int:
-    names = [shard_storage.basename(p).removesuffix(".parquet")
-             for p in shard_storage.list_files(location, SHARD_GLOB)]
+def _next_shard_index(run: Run) -> int:
+    names = [shard_storage.basename(p).removesuffix(".parquet") for p in run.shards()]
     return max((int(n.split("-")[1]) for n in names), default=-1) + 1
 
 
@@ -236,14 +181,12 @@ def round_targets(recipe: Recipe) -> list[int]:
 @dataclass
 class _Context:
     recipe: Recipe
-    run_dir: Path
-    run_id: str
+    run: Run
     teacher: Teacher
     qinfo: dict[str, dict[str, Any]]
     exemplars: dict[str, list[Exemplar]]
     answer_prompts: dict[str, str]
     prompts: dict[str, str] = field(default_factory=dict)
-    location: str = ""
     executor: Executor | None = None
     render: bool = True  # False: a remote replica renders chat prompts with its own engine's tokenizer
 
@@ -264,15 +207,15 @@ class _Context:
 
 
 def run(questions: pl.DataFrame, recipe: Recipe, *, engine: Any = None, teacher: Teacher | None = None,
-        run_dir: Path | None = None, progress: Callable[[SampleProgress], None] | None = None,
+        run: Run | None = None, progress: Callable[[SampleProgress], None] | None = None,
         executor: Executor | None = None, collect: bool = True) -> tuple[pl.DataFrame | None, SampleStats]:
-    """Sample rationales per question; resume from shards already in `run_dir` (or `executor.storage`).
+    """Sample rationales per question; resume from the run's shards on its storage.
 
     Without `sampling.adaptive`, every question gets `sampling.n` samples. With it, questions are sampled in rounds
     of `round_size` until they have `target_correct` correct rationales (graded with the recipe's grading mode
     between rounds) or `max_samples` samples; round r wants min(max_samples, r * round_size) samples of each
     question still open, so a resumed run replays the same decisions from the samples on disk. Per-question pass
-    rate and majority answer go to `<run_dir>/question_stats.parquet` and `stats.question_stats`.
+    rate and majority answer go to the run's question_stats.parquet and `stats.question_stats`.
 
     Args:
         questions: the questions table.
@@ -281,99 +224,95 @@ def run(questions: pl.DataFrame, recipe: Recipe, *, engine: Any = None, teacher:
             otherwise.
         teacher: a ready teacher (e.g. an OpenAI-compatible client with test settings); overrides `engine`. A
             teacher passed in is not closed; one made here is.
-        run_dir: working folder (default: the recipe's run dir).
+        run: the run (`builder.run.Run`) whose lease the caller holds; default: the recipe's, held for this call.
         progress: called with a `SampleProgress` after each shard.
         executor: where shards are generated (default: the recipe's `executor`); with a remote one (ray) `engine`
             and `teacher` only serve the driver (budget), the replicas start their own engines.
         collect: read the samples back into a frame at the end (True); False returns None instead and reads only
-            their qids (the count), for a build that grades the shards where they are (`shard_location`).
+            their qids (the count), for a build that grades the shards where they are (`stats.wanted` says which).
 
     Returns:
-        The samples table (every shard on disk for these questions; None without `collect`) and this call's
-        statistics.
+        The samples the run holds for these questions (sample_idx below each question's budget; None without
+        `collect`) and this call's statistics.
 
     Raises:
-        BuilderError: another sampler holds the run dir, the run dir was made with other settings, or a shard is
-            corrupt.
+        BuilderError: another driver holds the run, the run's storage holds another fingerprint's samples, or a
+            shard is corrupt or foreign.
     """
     questions = validate(questions, "questions", where="questions")
-    run_dir = run_dir or recipe.run_dir
-    from filelock import FileLock, Timeout
-
-    samples_dir(run_dir).mkdir(parents=True, exist_ok=True)
-    location = shard_location(recipe, run_dir)
-    shard_storage.makedirs(location)
-    lock = FileLock(str(run_dir / ".sample.lock"))
+    own_run = run is None
+    run = run or Run.of(recipe)
+    if own_run:
+        run.acquire()
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise BuilderError(f"{run_dir}: another `rationale sample` is writing here (lock {lock.lock_file}); wait "
-                           "for it to finish") from None
-    try:
-        if stale := remove_stale_temp_files(samples_dir(run_dir)) + shard_storage.remove_stale(location):
-            log.info("removed %d stale temp file(s) from a killed run in %s", len(stale), location)
+        shard_storage.makedirs(run.samples)
+        if stale := shard_storage.remove_stale(run.samples):
+            log.info("removed %d stale temp file(s) from a killed run in %s", len(stale), run.samples)
         own_executor = executor is None
         executor = executor or make_executor(recipe)
         own = teacher is None
         teacher = teacher or make_teacher(recipe, engine=engine)  # remote executors: never started here
         try:
-            return _run_locked(questions, recipe, teacher, run_dir, progress, executor, location, collect)
+            return _run_held(questions, recipe, teacher, run, progress, executor, collect)
         finally:
             if own:
                 teacher.close()
             if own_executor:
                 executor.close()
     finally:
-        lock.release()
+        if own_run:
+            run.release()
 
 
-def _run_locked(questions: pl.DataFrame, recipe: Recipe, teacher: Teacher, run_dir: Path,
-                progress: Callable[[SampleProgress], None] | None, executor: Executor, location: str,
-                collect: bool = True) -> tuple[pl.DataFrame | None, SampleStats]:
-    run_id = _check_fingerprint(run_dir, recipe, location)
+def _run_held(questions: pl.DataFrame, recipe: Recipe, teacher: Teacher, run: Run,
+              progress: Callable[[SampleProgress], None] | None, executor: Executor, collect: bool = True
+              ) -> tuple[pl.DataFrame | None, SampleStats]:
     adaptive = recipe.sampling.adaptive.enabled
     stats = SampleStats()
     ctx: _Context | None = None
     open_q = questions.select("qid")  # questions still sampled in this round
+    budget = questions.select("qid", n_samples=pl.lit(0, pl.Int64))  # per question: the last round's target
     finished = 0
     targets = round_targets(recipe)
     for rnd, target in enumerate(targets, start=1):
         stats.rounds = rnd
-        done = read_samples(run_dir, ["qid", "sample_idx"], location=location)
+        done = read_samples(run, ["qid", "sample_idx"])
+        want = wanted(questions, teacher.budget(questions, target))
+        budget = budget.update(want.join(open_q, on="qid", how="semi"), on="qid")
         todo = missing_requests(questions.join(open_q, on="qid", how="semi"), done, teacher.budget(questions, target))
         done_q = questions.height - (open_q.height if adaptive else todo["qid"].n_unique())
-        total = int(questions.height * targets[0] if not adaptive else
-                    done.filter(pl.col("sample_idx") < target).height + todo["count"].sum())
+        total = int(want["n_samples"].sum() if not adaptive else
+                    only_wanted(done, budget).height + todo["count"].sum())
         left = int(todo["count"].sum())
         state = SampleProgress(finished if adaptive else done_q, questions.height, total - left, total, 0, 0, 0.0, rnd)
         if progress:
             progress(state)
         if todo.height:
             if ctx is None:
-                ctx = _Context(recipe, run_dir, run_id, teacher,
+                ctx = _Context(recipe, run, teacher,
                                questions.select("qid", "task", "question").rows_by_key("qid", named=True,
                                                                                        unique=True),
                                {t: _exemplars_for(recipe, t) for t in questions["task"].unique()},
                                tasks.answer_prompts(recipe.tasks, questions) if recipe.prompt.two_stage else {},
-                               location=location, executor=executor, render=not executor.remote)
+                               executor=executor, render=not executor.remote)
                 if not executor.remote:
                     teacher.start()  # before the clock: seconds and tokens/s measure generation, not engine start-up
             stats.seconds += _sample_todo(ctx, todo, stats, state, progress, adaptive)
         if not adaptive:
             break
-        open_q, finished = _grade_round(run_dir, questions, open_q, recipe, target, location)
+        open_q, finished = _grade_round(run, questions, open_q, recipe, target)
         if not open_q.height:
             break
     stats.extra.update(teacher.stats())
+    stats.wanted = budget
     samples = None
     if collect or adaptive:  # adaptive rounds grade in the driver (see docs/SCALING.md)
-        samples = read_samples(run_dir, location=location).join(questions.select("qid"), on="qid", how="semi")
+        samples = only_wanted(read_samples(run), budget)
         stats.samples = samples.height
     else:
-        stats.samples = read_samples(run_dir, ["qid"], location=location).join(
-            questions.select("qid"), on="qid", how="semi").height
+        stats.samples = only_wanted(read_samples(run, ["qid", "sample_idx"]), budget).height
     if adaptive:
-        stats.question_stats = _final_question_stats(run_dir, samples, questions, recipe)
+        stats.question_stats = _final_question_stats(run, samples, questions, recipe)
         qs = stats.question_stats
         stats.extra["adaptive"] = {
             "rounds": stats.rounds, "questions": qs.height,
@@ -393,15 +332,15 @@ def _sample_todo(ctx: _Context, todo: pl.DataFrame, stats: SampleStats, state: S
     from the first replica call to the last shard written (the replicas' engine start-up left out, as locally)."""
     s = ctx.recipe.sampling
     todo = todo.with_columns(chunk=(pl.col("q_order").rank("dense") - 1) // s.shard_size)
-    first = _next_shard_index(ctx.location)
+    first = _next_shard_index(ctx.run)
 
     def works() -> Iterator[tuple[str, ShardWork]]:
         # names in question order, fixed before any work is sent: unique, and the same file if a shard is retried
         for i, (_, part) in enumerate(todo.group_by("chunk", maintain_order=True)):
-            yield shard_storage.join(ctx.location, f"shard-{first + i:05d}.parquet"), ctx.shard_work(part)
+            yield ctx.run.shard(first + i), ctx.shard_work(part)
 
     executor = ctx.executor or make_executor(ctx.recipe)
-    write = partial(write_shard, recipe=ctx.recipe, run_id=ctx.run_id)
+    write = partial(write_shard, recipe=ctx.recipe, run_id=ctx.run.id)
     t_start = t0 = time.perf_counter()
     first_call, last_write = float("inf"), 0.0
     for done in executor.sample(works(), recipe=ctx.recipe, teacher=ctx.teacher, write=write):
@@ -444,11 +383,11 @@ def _graded(samples: pl.DataFrame, questions: pl.DataFrame, recipe: Recipe) -> p
     return grade.run(samples, questions, recipe.grading)
 
 
-def _grade_round(run_dir: Path, questions: pl.DataFrame, open_q: pl.DataFrame, recipe: Recipe, target: int,
-                 location: str) -> tuple[pl.DataFrame, int]:
+def _grade_round(run: Run, questions: pl.DataFrame, open_q: pl.DataFrame, recipe: Recipe, target: int
+                 ) -> tuple[pl.DataFrame, int]:
     """Which questions stay open after a round: fewer than target_correct correct among their first `target`."""
     a = recipe.sampling.adaptive
-    on_disk = (read_samples(run_dir, location=location).join(open_q, on="qid", how="semi")
+    on_disk = (read_samples(run).join(open_q, on="qid", how="semi")
                .filter(pl.col("sample_idx") < target))
     graded = _graded(on_disk, questions, recipe)
     correct = graded.group_by("qid").agg(pl.col("correct").sum().alias("n_correct"))
@@ -458,14 +397,14 @@ def _grade_round(run_dir: Path, questions: pl.DataFrame, open_q: pl.DataFrame, r
     return still, questions.height - still.height
 
 
-def _final_question_stats(run_dir: Path, samples: pl.DataFrame, questions: pl.DataFrame, recipe: Recipe
+def _final_question_stats(run: Run, samples: pl.DataFrame, questions: pl.DataFrame, recipe: Recipe
                           ) -> pl.DataFrame:
     from builder import grade
 
     a = recipe.sampling.adaptive
     qs = grade.question_stats(_graded(samples, questions, recipe)).with_columns(
         solved=pl.col("n_correct") >= a.target_correct)
-    atomic_write_parquet(qs, run_dir / "question_stats.parquet")
+    atomic_write_parquet(qs, run.question_stats)
     return qs
 
 
@@ -504,7 +443,7 @@ def regenerate(recipe: Recipe, question: str, task: str, qid: str, sample_idx: i
     own = teacher is None
     teacher = teacher or make_teacher(recipe, engine=engine)
     answer_prompts = tasks.answer_prompts(recipe.tasks) if recipe.prompt.two_stage else {}
-    ctx = _Context(recipe, recipe.run_dir, run_id_for(recipe), teacher,
+    ctx = _Context(recipe, Run.of(recipe), teacher,
                    questions.rows_by_key("qid", named=True, unique=True), {task: _exemplars_for(recipe, task)},
                    answer_prompts)
     try:
@@ -514,4 +453,4 @@ def regenerate(recipe: Recipe, question: str, task: str, qid: str, sample_idx: i
     finally:
         if own:
             teacher.close()
-    return _shard_frame(work, completions, answers, recipe, ctx.run_id)
+    return _shard_frame(work, completions, answers, recipe, ctx.run.id)

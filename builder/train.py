@@ -133,25 +133,86 @@ def rotate_checkpoints(out: Path, keep: int | None) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+# Recipe keys (dotted: section.key) that a resumed run may change: they decide only when the run logs, saves and
+# reports, where it writes or reads from, what the card says and what happens after training; none changes a weight.
+# Every other recipe key, including any added later, is part of the checkpoint's settings and must match.
+RESUME_MAY_CHANGE = frozenset({
+    "name", "description", "output_dir", "resume", "eval",  # card text, starting over, the evaluation afterwards
+    "dataset.ref", "dataset.root", "dataset.path", "dataset.hub",  # where the version is read: compared by what it
+    # is instead ("dataset" NAME@VERSION and "content_hash", with dataset.tasks and dataset.limit and the examples)
+    "training.logging_steps", "training.report_to",  # logging and reporting cadence
+    "training.save_steps", "training.save_total_limit",  # saving cadence
+    "training.dataloader_num_workers",  # loader processes only fetch: the sampler stays in the main process and
+    # collation is deterministic, so the batches are the same ones
+})
+SETTINGS_VERSION = 2  # version 1 (no "settings_version" key): the flat file of 926bc94 and before
+_LORA_KEYS = ("model.lora_r", "model.lora_alpha", "model.lora_dropout", "model.lora_target_modules")
+# Settings a version-2 file may lack because they were added to the recipe after it was written: the value every
+# run had before the key existed. Only keys whose old behaviour is certain belong here; any other missing key is
+# refused by name.
+ADDED_SETTINGS: dict[str, Any] = {}
+# The keys of the version-1 file and their names now; everything else it lacks was not recorded.
+_V1_KEYS = {"model": "model.model_name_or_path", "use_peft": "model.use_peft", "lora_r": "model.lora_r",
+            **{k: f"training.{k}" for k in ("per_device_train_batch_size", "gradient_accumulation_steps",
+                                             "max_steps", "num_train_epochs", "max_length", "packing", "seed")}}
+_NOT_RECORDED = object()
+
+
+def _recorded_settings(found: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's settings file under today's key names, with what can be known of the keys it lacks."""
+    version = found.pop("settings_version", 1)
+    if version == 1:
+        found = {_V1_KEYS.get(k, k): v for k, v in found.items()}
+        added: dict[str, Any] = {}
+    else:
+        added = ADDED_SETTINGS
+    if found.get("model.use_peft") is False:  # a run without adapters: its LoRA settings were none (run_settings)
+        added = {**{k: None for k in _LORA_KEYS}, **added}
+    return {**added, **found}
+
+
 def check_checkpoint_settings(ckpt: Path, settings: dict[str, Any]) -> None:
-    """Refuse to resume a checkpoint written with other settings (another dataset, batch, world size, seed...)."""
+    """Refuse to resume a checkpoint written with other settings: any recipe setting that changes the training
+    trajectory (all but RESUME_MAY_CHANGE), the dataset version and content hash, the world size. The error names
+    the first differing key with both values; a key the checkpoint did not record (an older file) is refused too,
+    since its value there is unknown."""
     path = ckpt / SETTINGS_FILE
-    found = json.loads(path.read_text())
-    changed = [f"{k}: {found.get(k)!r} there, {v!r} now" for k, v in settings.items() if found.get(k) != v]
-    if changed:
-        raise BuilderError(f"{path}: checkpoint was written with other settings ({'; '.join(changed)}); use a new "
-                           "output_dir, or start over with resume: false (rationale train --no-resume)")
+    found = _recorded_settings(json.loads(path.read_text()))
+    now = json.loads(json.dumps(settings))  # compare as written: tuples as lists, keys as strings
+    now.pop("settings_version", None)
+    # a difference the checkpoint recorded first: it is certain, an unrecorded key only unknown
+    changed = sorted((k for k, v in now.items() if found.get(k, _NOT_RECORDED) != v),
+                     key=lambda k: k not in found)
+    if not changed:
+        return
+    key = changed[0]
+    there = found.get(key, _NOT_RECORDED)
+    first = (f"{key}: not recorded there (a checkpoint of an older rationale-builder; its value is unknown), "
+             f"{now[key]!r} now" if there is _NOT_RECORDED else f"{key}: {there!r} there, {now[key]!r} now")
+    others = changed[1:]
+    listed = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+    more = f"; {len(others)} more differ: {listed}" if others else ""
+    raise BuilderError(f"{path}: checkpoint was written with other settings ({first}{more}); resuming would go on "
+                       "from its weights and optimiser state under the new ones. Use a new output_dir, or start over "
+                       "with resume: false (rationale train --no-resume)")
 
 
 def run_settings(recipe: TrainRecipe, data: DatasetVersion, n_examples: int, world_size: int) -> dict[str, Any]:
-    """What a checkpoint must share with the run that resumes it: the same data, in the same order and batches."""
-    t, m = recipe.training, recipe.model
-    return {"dataset": data.ref, "content_hash": data.content_hash, "examples": n_examples, "format": recipe.format,
-            "model": m.model_name_or_path, "use_peft": m.use_peft, "lora_r": m.lora_r if m.use_peft else None,
-            "per_device_train_batch_size": t.per_device_train_batch_size,
-            "gradient_accumulation_steps": t.gradient_accumulation_steps, "world_size": world_size,
-            "max_steps": t.max_steps, "num_train_epochs": t.num_train_epochs, "max_length": t.max_length,
-            "packing": t.packing, "seed": t.seed}
+    """What a checkpoint must share with the run that resumes it: the same data (version, content hash, task
+    filter, limit, examples), in the same order and batches (world size), and every other recipe setting that
+    changes the trajectory (model, format, training: all recipe keys but RESUME_MAY_CHANGE), under their dotted
+    recipe names. LoRA settings are None when the run trains no adapters (they change nothing then)."""
+    flat: dict[str, Any] = {}
+    for section, value in recipe.model_dump().items():
+        if section in RESUME_MAY_CHANGE:  # a whole section (eval)
+            continue
+        items = ({f"{section}.{k}": v for k, v in value.items()} if isinstance(value, dict)
+                 else {section: value})
+        flat.update({k: v for k, v in items.items() if k not in RESUME_MAY_CHANGE})
+    if not recipe.model.use_peft:
+        flat.update(dict.fromkeys(_LORA_KEYS))
+    return {"settings_version": SETTINGS_VERSION, "dataset": data.ref, "content_hash": data.content_hash,
+            "examples": n_examples, **flat, "world_size": world_size}
 
 
 # ------------------------------------------------------------------ model

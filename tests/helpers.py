@@ -202,6 +202,8 @@ class FakeHub:
     commit's `lfsFile` line. A blob the store already holds gets no upload action (so a rerun uploads only what
     is missing); a commit naming a blob that was never uploaded is refused, as on the Hub. Xet is not offered: the
     `fake_hub` fixture sets HF_HUB_DISABLE_XET, so huggingface_hub takes this LFS path even with hf_xet installed.
+    The read side answers what `hf_hub_download` and `snapshot_download` ask (`/api/datasets/ORG/NAME/revision/REV`,
+    `/tree/REV`, `/resolve/REV/PATH`), so `hub.pull` runs against the same fake.
     """
 
     def __init__(self, endpoint: str = "https://fake-hub.test"):
@@ -268,7 +270,8 @@ class FakeHub:
             return js({"url": f"{self.endpoint}/datasets/{repo_id}"})
         if path == "/api/validate-yaml":
             return js({"errors": [], "warnings": []})
-        m = re.match(r"^/api/datasets/([^/]+/[^/]+)/(refs|preupload|commit|tag|tree)(?:/([^/]+))?(?:/(.*))?$", path)
+        m = re.match(r"^/api/datasets/([^/]+/[^/]+)/(refs|preupload|commit|tag|tree|revision)(?:/([^/]+))?(?:/(.*))?$",
+                     path)
         if m:
             repo_id, op, rev = m.group(1), m.group(2), m.group(3)
             repo = self.repos.get(repo_id)
@@ -281,6 +284,12 @@ class FakeHub:
                     "tags": [{"name": t, "ref": f"refs/tags/{t}", "targetCommit": c} for t, c in repo["tags"].items()],
                     "converts": [],
                 })
+            if op == "revision":  # HfApi.dataset_info(revision=...): snapshot_download resolves a branch/tag here
+                oid = self._rev(repo, rev)
+                if oid is None:
+                    return err(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+                return js({"id": repo_id, "sha": oid, "private": repo["visibility"] == "private",
+                           "siblings": [{"rfilename": p} for p in sorted(repo["commits"][oid]["files"])]})
             if op == "tree":
                 oid = self._rev(repo, rev)
                 if oid is None:

@@ -19,6 +19,7 @@ from polars.testing import assert_frame_equal
 
 from builder import sample, tasks
 from builder.recipe import load_recipe
+from builder.run import Run
 from tests.helpers import arith_task
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,7 +78,7 @@ def test_the_executor_is_neither_hashed_nor_fingerprinted_and_local_never_import
     assert plain.model_dump(mode="json") == local.model_dump(mode="json")  # what manifests hold and hash
     canonical = [store.canonical_recipe(r.model_dump(mode="json")) for r in (plain, local)]
     assert canonical[0] == canonical[1] and "executor" not in canonical[0]
-    assert sample.run_id_for(plain) == sample.run_id_for(local)
+    assert Run.of(plain).id == Run.of(local).id
     assert type(make_executor(local)).__name__ == "LocalExecutor"
 
     code = ("import sys; from builder import build, sample; from builder.recipe import load_recipe; "
@@ -106,7 +107,7 @@ def test_two_ray_replicas_give_the_local_keys_seeds_and_texts(tmp_path, tiny_mod
     questions = tasks.run(recipe.tasks, recipe.base_dir)
 
     on_ray, stats = sample.run(questions, recipe)
-    location = sample.shard_location(recipe)
+    location = Run.of(recipe).samples
     assert location.startswith("file://") and location.endswith("/rs/samples")
     shards = sorted((tmp_path / "shared" / "rs" / "samples").glob("shard-*.parquet"))
     assert [p.name for p in shards] == [f"shard-{i:05d}.parquet" for i in range(N_QUESTIONS)]  # driver's names
@@ -114,8 +115,8 @@ def test_two_ray_replicas_give_the_local_keys_seeds_and_texts(tmp_path, tiny_mod
     assert stats.shards_written == N_QUESTIONS and stats.new_samples == N_QUESTIONS * N
     check_complete(on_ray, questions)
 
-    local_recipe = recipe.model_copy(update={"executor": recipe.executor.model_copy(update={"kind": "local"}),
-                                             "work_dir": str(tmp_path / "local")})
+    local_recipe = recipe.model_copy(update={"executor": recipe.executor.model_copy(update={
+        "kind": "local", "storage": None}), "work_dir": str(tmp_path / "local")})  # sampled anew, not read back
     local, _ = sample.run(questions, local_recipe, engine=vllm_engine)
     assert_frame_equal(on_ray.select(KEYS).sort(KEYS), local.select(KEYS).sort(KEYS))
     assert on_ray["run_id"].unique().to_list() == local["run_id"].unique().to_list()  # executor not fingerprinted
@@ -183,6 +184,6 @@ def test_a_killed_ray_driver_resumes_from_the_shards_on_disk(tmp_path, tiny_mode
 
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    resumed = sample.read_samples(recipe.run_dir)
+    resumed = sample.read_samples(Run.of(recipe))
     check_complete(resumed, questions)
     assert f"this run sampled {(N_QUESTIONS - kept) * N} in {N_QUESTIONS - kept} shards" in done.stdout, done.stdout

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,6 +31,8 @@ from polars.testing import assert_frame_equal
 from builder import store
 from builder.cli import main
 from builder.errors import BuilderError
+from builder.recipe import load_recipe
+from builder.run import Run
 from builder.schemas import read_table
 from tests.helpers import write_import_recipe
 
@@ -203,8 +206,9 @@ def test_two_builds_racing_in_one_run_folder_one_wins_the_other_exits_2(recipe, 
         assert second.returncode == 2, second.stderr[-2000:]
         run_dir = folder / "runs" / NAME
         errors = [line for line in second.stderr.splitlines() if line.startswith("error: ")]
-        assert errors == [f"error: {run_dir}: another `rationale build` is running in this run folder (lock "
-                          f"{run_dir / '.build.lock'}); wait for it to finish and run again"]
+        assert len(errors) == 1 and errors[0].startswith(
+            f"error: {run_dir / 'run.json'}: another driver holds run {NAME}-"), errors
+        assert f"(lease held by {socket.gethostname()} pid {first.pid}, renewed until" in errors[0]
         assert "Traceback" not in second.stderr
         assert graded.read_bytes() == before and not _run_files(folder)["ledger"] and not _temp_tables(folder)
     finally:
@@ -232,7 +236,7 @@ def test_truncated_samples_shard_is_named_and_the_rerun_after_deleting_it_remake
     shard = run_dir / "samples" / "shard-00000.parquet"
     _truncate(shard)
     with pytest.raises(BuilderError, match=r"shard-00000\.parquet: corrupt sample shard .*delete it and rerun"):
-        sample.read_samples(run_dir)
+        sample.read_samples(Run.of(load_recipe(recipe)))
     _truncate(run_dir / "graded.parquet")
     _truncate(run_dir / "ledger.parquet")
     capsys.readouterr()
@@ -243,7 +247,7 @@ def test_truncated_samples_shard_is_named_and_the_rerun_after_deleting_it_remake
     assert main(["build", str(recipe), "--json"]) == 0  # the shard is re-made; graded/ledger are recomputed
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["content_hash"] == reference["content_hash"] and again["created"] is False
-    assert sample.read_samples(run_dir).height == reference["samples"]
+    assert sample.read_samples(Run.of(load_recipe(recipe))).height == reference["samples"]
     assert_complete(recipe.parent, reference)
 
 

@@ -93,6 +93,143 @@ def test_fake_hub_tag_with_other_content_is_refused(fake_hub, tmp_path):
         hub.publish("demo@v1", "org/demo-cot", root=tmp_path / "b", api=_api(fake_hub))
 
 
+def _legacy_revert(source: Path, version: str) -> Path:
+    """The version folder the store wrote before issue 25 when a build reverted to older content (v1 X, v2 Y, then a
+    v3 whose content hash is X again): v1's rows and recipe as `version`, with its own card and manifest. Made by
+    hand, since the store no longer writes one; remote repos and old stores may still hold such versions."""
+    import shutil
+
+    from builder.card import write_card
+
+    rows, manifest = store.read_version(source)
+    dest = source.parent / version
+    shutil.copytree(source, dest)
+    for f in dest.rglob("*"):
+        if f.is_file():
+            f.chmod(0o644)
+    manifest = {k: v for k, v in manifest.items() if k not in ("files", "manifest_sha256")} | {"version": version}
+    write_card(dest, rows, manifest)
+    manifest["files"] = {f.relative_to(dest).as_posix(): {"sha256": store.sha256_file(f), "bytes": f.stat().st_size}
+                         for f in sorted(dest.rglob("*")) if f.is_file() and f.name != store.MANIFEST}
+    manifest["manifest_sha256"] = store.manifest_digest(manifest)
+    (dest / store.MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n")
+    checked = store.verify(dest)
+    assert (checked["version"], checked["content_hash"]) == (version, store.verify(source)["content_hash"])
+    return dest
+
+
+def _reverted_store(root: Path) -> dict[str, str]:
+    """v1 (content X), v2 (Y), v3 (X again) in one local store; returns version -> content hash."""
+    v1 = build_version(root)
+    v2 = build_version(root, make_ledger(salt="!"))
+    _legacy_revert(v1.path, "v3")
+    return {"v1": v1.content_hash, "v2": v2.content_hash, "v3": v1.content_hash}
+
+
+@pytest.mark.parametrize("order", [("v1", "v3"), ("v3", "v1")], ids=["v1-then-v3", "v3-then-v1"])
+def test_fake_hub_a_version_with_anothers_content_gets_its_own_commit_and_pulls_back(fake_hub, tmp_path, order):
+    """Publishing v3 (content X) while main holds v1 (X), or the other way round, must not tag the commit whose
+    manifest names the other version: `pull @v3` would refuse that tag forever."""
+    root = tmp_path / "store"
+    hashes = _reverted_store(root)
+    results = {v: hub.publish(f"demo@{v}", "org/demo-cot", root=root, api=_api(fake_hub)) for v in order}
+    repo = fake_hub.repos["org/demo-cot"]
+    assert repo["tags"][order[0]] != repo["tags"][order[1]]
+    for version in order:
+        remote = json.loads(fake_hub.files_at("org/demo-cot", version)["manifest.json"])
+        assert (remote["version"], remote["content_hash"]) == (version, hashes[version])
+        assert results[version].status == "published" and results[version].commit == repo["tags"][version]
+        dest = hub.pull(f"org/demo-cot@{version}", tmp_path / "pulled" / version, endpoint=fake_hub.endpoint)
+        assert (store.verify(dest)["version"], store.verify(dest)["content_hash"]) == (version, hashes[version])
+    # publishing either again is still a no-op
+    n = len(fake_hub.requests)
+    assert all(hub.publish(f"demo@{v}", "org/demo-cot", root=root, api=_api(fake_hub)).status == "unchanged"
+               for v in order)
+    assert not [r for r in fake_hub.requests[n:] if re.search(r"/(commit|tag|preupload)/", r["path"])]
+
+
+def test_fake_hub_an_existing_tag_naming_another_version_is_refused(fake_hub, tmp_path):
+    """A repo where an older publish tagged v3 on v1's commit (same content hash): publishing v3 again must say so,
+    naming the repo, the tag, both versions and both content hashes, and write nothing."""
+    root = tmp_path / "store"
+    hashes = _reverted_store(root)
+    api = _api(fake_hub)
+    first = hub.publish("demo@v1", "org/demo-cot", root=root, api=api)
+    api.create_tag("org/demo-cot", tag="v3", revision=first.commit, repo_type="dataset")  # what the old code did
+    n = len(fake_hub.requests)
+    with pytest.raises(hub.HubError) as caught:
+        hub.publish("demo@v3", "org/demo-cot", root=root, api=api)
+    message = str(caught.value)
+    x = hashes["v1"][:12]
+    assert re.search(rf"^org/demo-cot: tag v3 already exists with content hash {x} \(demo v1\); this version is "
+                     rf"demo v3 with content hash {x}", message), message
+    assert "tags are immutable" in message and "delete" in message
+    assert not [r for r in fake_hub.requests[n:] if re.search(r"/(commit|tag|preupload)/", r["path"])]
+    assert fake_hub.repos["org/demo-cot"]["tags"]["v3"] == first.commit
+    # a tag on a commit with no manifest at all (here the repo's first commit) is refused as well, and says so
+    initial = next(oid for oid, c in fake_hub.repos["org/demo-cot"]["commits"].items() if c["parent"] is None)
+    api.create_tag("org/demo-cot", tag="v2", revision=initial, repo_type="dataset")
+    with pytest.raises(hub.HubError, match=rf"^org/demo-cot: tag v2 already exists with no readable manifest.json; "
+                       rf"this version is demo v2 with content hash {hashes['v2'][:12]}; tags are immutable"):
+        hub.publish("demo@v2", "org/demo-cot", root=root, api=api)
+
+
+def _downloads(fake: FakeHub, since: int) -> list[str]:
+    """Paths of the files fetched through /resolve/ after request `since` (GET only; manifest reads included)."""
+    return [r["path"].split("/resolve/", 1)[1].split("/", 1)[1] for r in fake.requests[since:]
+            if r["method"] == "GET" and "/resolve/" in r["path"]]
+
+
+def test_fake_hub_pull_of_main_downloads_again_when_main_moved(fake_hub, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    root = tmp_path / "store"
+    v1 = build_version(root)
+    v2 = build_version(root, make_ledger(salt="!"))
+    api = _api(fake_hub)
+    hub.publish("demo@v1", "org/demo-cot", root=root, api=api)
+    dest = tmp_path / "pulled" / "main"
+    assert hub.pull("org/demo-cot", dest, endpoint=fake_hub.endpoint) == dest  # no revision: main
+    assert store.verify(dest)["content_hash"] == v1.content_hash
+    hub.publish("demo@v2", "org/demo-cot", root=root, api=api)
+    n = len(fake_hub.requests)
+    assert hub.pull("org/demo-cot@main", dest, endpoint=fake_hub.endpoint) == dest
+    m = store.verify(dest)
+    assert (m["version"], m["content_hash"]) == ("v2", v2.content_hash)
+    assert set(_folder_files(dest)) <= set(_downloads(fake_hub, n))  # every file of v2 came from the Hub
+    assert _folder_files(dest) == {k: v for k, v in fake_hub.files_at("org/demo-cot", "v2").items()
+                                   if k != ".gitattributes"}
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["main"]  # no temp or old copy left beside it
+    # main unchanged: only its manifest is read, the verified copy is kept
+    n = len(fake_hub.requests)
+    assert hub.pull("org/demo-cot@main", dest, endpoint=fake_hub.endpoint) == dest
+    assert _downloads(fake_hub, n) == ["manifest.json"]
+    with monkeypatch.context() as offline:  # main cannot be checked offline: said, and the copy is left as it is
+        offline.setattr(constants, "HF_HUB_OFFLINE", True)
+        with pytest.raises(hub.HubError, match=r"read org/demo-cot@main: cannot reach the Hub \(OfflineModeIsEnabled"):
+            hub.pull("org/demo-cot@main", dest, endpoint=fake_hub.endpoint)
+    assert store.verify(dest)["version"] == "v2"
+    # a version tag is immutable: a verified copy of it is reused without asking the Hub
+    tagged = hub.pull("org/demo-cot@v1", tmp_path / "pulled" / "v1", endpoint=fake_hub.endpoint)
+    n = len(fake_hub.requests)
+    assert hub.pull("org/demo-cot@v1", tagged, endpoint=fake_hub.endpoint) == tagged
+    assert fake_hub.requests[n:] == []
+
+
+def test_fake_hub_pull_of_main_never_replaces_a_folder_that_is_not_a_copy_of_that_repo(fake_hub, tmp_path):
+    """--dest pointing at a local store version (or another repo's copy) that differs from main: refused, untouched."""
+    root = tmp_path / "store"
+    v1 = build_version(root)
+    hub.publish("demo@v1", "org/demo-cot", root=root, api=_api(fake_hub))
+    v2 = build_version(root, make_ledger(salt="!"))
+    before = _folder_files(v2.path)
+    with pytest.raises(StoreError, match=rf"{re.escape(str(v2.path))}: holds demo v2 \(content hash "
+                       rf"{v2.content_hash[:12]}.*org/demo-cot@main holds demo v1 \(content hash "
+                       rf"{v1.content_hash[:12]}.*pick another --dest"):
+        hub.pull("org/demo-cot@main", v2.path, endpoint=fake_hub.endpoint)
+    assert _folder_files(v2.path) == before
+
+
 def test_fake_hub_interrupted_publish_only_adds_the_missing_tag(fake_hub, tmp_path):
     build_version(tmp_path / "store")
     api = _api(fake_hub)

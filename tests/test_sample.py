@@ -13,6 +13,7 @@ from builder import sample, tasks
 from builder.errors import BuilderError, InputError
 from builder.prompts import Exemplar, answer_stage_prompt, teacher_prompt
 from builder.recipe import Recipe
+from builder.schemas import remove_stale_temp_files
 from tests.helpers import ARITH_QUESTIONS, arith_task
 
 
@@ -73,19 +74,17 @@ def test_stale_temp_files_of_a_killed_run_are_removed(tmp_path):
     stale.write_bytes(b"PAR1 half")
     keep = shards / "shard-00000.parquet"
     keep.write_bytes(b"")
-    assert sample.remove_stale_temp_files(shards) == [stale]
+    assert remove_stale_temp_files(shards) == [stale]
     assert not stale.exists() and keep.exists()
 
 
-def test_a_second_sampler_on_the_same_run_dir_is_refused(tmp_path):
-    from filelock import FileLock
+def test_a_second_sampler_on_the_same_run_is_refused(tmp_path):
+    from builder.run import Run
 
     recipe = make_recipe(tmp_path, tmp_path / "no-model")
     questions = tasks.run(recipe.tasks, recipe.base_dir)
-    recipe.run_dir.mkdir(parents=True)
-    with FileLock(str(recipe.run_dir / ".sample.lock")):
-        with pytest.raises(BuilderError, match="another `rationale sample` is writing here"):
-            sample.run(questions, recipe)
+    with Run.of(recipe), pytest.raises(BuilderError, match="another driver holds run t-"):
+        sample.run(questions, recipe)
 
 
 # ------------------------------------------------------------------ real engine

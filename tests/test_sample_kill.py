@@ -17,6 +17,7 @@ from polars.testing import assert_frame_equal
 
 from builder import sample, tasks
 from builder.recipe import load_recipe
+from builder.run import Run
 from tests.helpers import arith_task
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,7 +103,7 @@ def test_sigkill_at_several_points_then_resume_equals_uninterrupted_run(tmp_path
     rc, err = run_cli(recipe_path)
     assert rc == 0, err[-3000:]
     assert not temp_files(run_dir)
-    resumed = sample.read_samples(run_dir)
+    resumed = sample.read_samples(Run.of(recipe))
 
     keys = resumed.select("qid", "sample_idx")
     assert keys.is_duplicated().sum() == 0
@@ -111,5 +112,6 @@ def test_sigkill_at_several_points_then_resume_equals_uninterrupted_run(tmp_path
     assert_frame_equal(keys.sort("qid", "sample_idx"), expected.sort("qid", "sample_idx"))
 
     # the same recipe sampled without interruption (in-process engine, same model, settings and seeds)
-    reference, _ = sample.run(questions, recipe, engine=vllm_engine, run_dir=tmp_path / "reference")
+    elsewhere = recipe.model_copy(update={"work_dir": str(tmp_path / "reference")})
+    reference, _ = sample.run(questions, elsewhere, engine=vllm_engine)
     assert_frame_equal(resumed.sort("qid", "sample_idx"), reference.sort("qid", "sample_idx"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import polars as pl
 import pytest
 
@@ -107,15 +109,17 @@ def test_missing_added_columns_are_filled_with_typed_nulls_and_others_still_erro
 
 
 def test_an_old_shard_and_a_new_one_read_together(tmp_path):
-    from builder.sample import read_samples, samples_dir
+    from builder.run import Run
+    from builder.sample import read_samples
 
-    shards = samples_dir(tmp_path)
+    run = Run(None, "r", {}, str(tmp_path), tmp_path, {"r"})  # type: ignore[arg-type]  # locations only
+    shards = Path(run.samples)
     shards.mkdir()
     samples().write_parquet(shards / "shard-00000.parquet")  # written before the reasoning columns
     new = samples(qid=["q2", "q2"], reasoning=["think a", None], reasoning_tokens=[2, None],
                   reasoning_finished=[True, None])
     new.write_parquet(shards / "shard-00001.parquet")
-    both = read_samples(tmp_path).sort("qid", "sample_idx")
+    both = read_samples(run).sort("qid", "sample_idx")
     assert both.columns == table_schema("samples").names and both.height == 4
     assert both["reasoning"].to_list() == [None, None, "think a", None]
     assert both["reasoning_tokens"].to_list() == [None, None, 2, None]

@@ -10,9 +10,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
-from filelock import FileLock
 
 from builder.cli import main
+from builder.recipe import load_recipe
+from builder.run import Run
 from builder.teachers import TEACHERS, Completion, Teacher, sequential_stream
 from tests.helpers import ARITH_QUESTIONS, arith_task
 
@@ -74,7 +75,8 @@ def test_a_registered_backend_builds_resumes_and_keeps_its_fingerprint(tmp_path,
     assert sum(n for _, _, n in echo_requests) == 2 * len(ARITH_QUESTIONS)
 
     run_dir = tmp_path / "runs" / "echo-build"
-    config = json.loads((run_dir / "sample_config.json").read_text())
+    marker = json.loads((run_dir / "run.json").read_text())
+    config = {"run_id": marker["run_id"], **marker["fingerprint"]}
     assert config["teacher"] == {"backend": "echo", "model": "echo-1"}  # the backend's own fingerprint fields
     samples = pl.read_parquet(run_dir / "samples" / "shard-*.parquet")
     assert samples["run_id"].unique().to_list() == [config["run_id"]]
@@ -86,9 +88,9 @@ def test_a_registered_backend_builds_resumes_and_keeps_its_fingerprint(tmp_path,
     assert len(echo_requests) == asked
     assert again["content_hash"] == first["content_hash"] and again["created"] is False
 
-    with FileLock(str(run_dir / ".sample.lock")):  # the sampler's lock guards this backend's run dir too
+    with Run.of(load_recipe(recipe)):  # the run's lease guards this backend's run too
         assert main(["build", str(recipe)]) == 2
-    assert "another `rationale sample` is writing here" in capsys.readouterr().err
+    assert "another driver holds run echo-build-" in capsys.readouterr().err
 
 
 def test_an_unknown_backend_is_a_one_line_error_listing_the_valid_ones(tmp_path, capsys):

@@ -290,6 +290,129 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path: Path, store_roo
     assert result.resumed_from == 0 and result.steps == 3
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("first", "change", "refused"), [
+    ({}, {"training": {"learning_rate": 1e-3}}, "training.learning_rate: 0.003 there, 0.001 now"),
+    ({"model": {"use_peft": True, "lora_r": 4, "lora_alpha": 8}}, {"model": {"lora_alpha": 16}},
+     "model.lora_alpha: 8 there, 16 now"),
+    ({}, {"training": {"logging_steps": 2}}, None),
+    # cadence, reporting and what only the card or the evaluation after training read
+    ({}, {"training": {"save_steps": 2, "save_total_limit": 1, "report_to": ["none"]}, "name": "renamed",
+          "description": "other words", "eval": {"enabled": False, "limit": 3}}, None),
+], ids=["learning_rate", "lora_alpha", "logging_steps", "cadence_and_card"])
+def test_resume_refuses_any_setting_of_the_trajectory_and_allows_cadence(
+        tmp_path: Path, store_root: Path, tiny_model_dir: Path, first: dict, change: dict, refused: str | None,
+        capsys):
+    """Every recipe setting that changes the training trajectory must match the checkpoint's (else the run would go
+    on with the old optimiser state under new settings, and the card would report the new ones); logging, saving
+    and reporting cadence may change. `rationale train` says which key differs and exits 2."""
+    from builder.cli import main as cli_main
+    from builder.train import main
+
+    data = _recipe(tmp_path, store_root, tiny_model_dir, **first)
+    data["training"]["max_steps"] = 3
+    main(parse_train_recipe(data))
+    for key, value in change.items():
+        data[key] = {**data[key], **value} if isinstance(data.get(key), dict) else value
+    if refused is None:
+        result = main(parse_train_recipe(data))
+        assert result.resumed_from == 3  # resumed, not refused and not started over
+        return
+    with pytest.raises(BuilderError) as exc:
+        main(parse_train_recipe(data))
+    assert refused in str(exc.value) and "--no-resume" in str(exc.value)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    capsys.readouterr()
+    assert cli_main(["train", str(path), "--no-eval"]) == 2
+    err = capsys.readouterr().err
+    assert refused in err and "--no-resume" in err
+
+
+def _settings_of(data: dict, world_size: int = 1, examples: int = 16) -> dict:
+    from types import SimpleNamespace
+
+    from builder.train import run_settings
+
+    version = SimpleNamespace(ref="tiny@v1", content_hash="abc123")
+    return run_settings(parse_train_recipe(data), version, examples, world_size)
+
+
+def _write_settings(tmp_path: Path, settings: dict) -> Path:
+    from builder.train import write_checkpoint_settings
+
+    ckpt = tmp_path / "checkpoints" / "checkpoint-3"
+    ckpt.mkdir(parents=True)
+    write_checkpoint_settings(ckpt, {**settings, "step": 3})
+    return ckpt
+
+
+_BASE = {"name": "x", "dataset": {"ref": "tiny@v1"}, "model": {"model_name_or_path": "m"}, "output_dir": "o"}
+
+
+@pytest.mark.parametrize(("change", "refused"), [
+    ({"training": {"lr_scheduler_type": "cosine"}}, "training.lr_scheduler_type: 'constant' there, 'cosine' now"),
+    ({"training": {"warmup_steps": 2, "lr_scheduler_type": "constant_with_warmup"}}, "training.warmup_steps"),
+    ({"training": {"optim": "sgd"}}, "training.optim: 'adamw_torch' there, 'sgd' now"),
+    ({"training": {"weight_decay": 0.1}}, "training.weight_decay: 0.0 there, 0.1 now"),
+    ({"training": {"bf16": True}}, "training.bf16: False there, True now"),
+    ({"training": {"padding_free": True}}, "training.padding_free"),
+    ({"model": {"dtype": "bfloat16"}}, "model.dtype: None there, 'bfloat16' now"),
+    ({"model": {"model_revision": "abc"}}, "model.model_revision: None there, 'abc' now"),
+    ({"model": {"use_peft": True}}, "model.use_peft: False there, True now"),
+    ({"dataset": {"ref": "tiny@v1", "tasks": ["multiarith"]}}, "dataset.tasks: None there, ['multiarith'] now"),
+    ({"format": "chat"}, "format: 'ft_cot' there, 'chat' now"),
+])
+def test_checkpoint_settings_cover_the_whole_recipe(tmp_path: Path, change: dict, refused: str):
+    from builder.train import check_checkpoint_settings
+
+    ckpt = _write_settings(tmp_path, _settings_of(_BASE))
+    data = {k: {**_BASE[k], **v} if isinstance(_BASE.get(k), dict) else v for k, v in change.items()}
+    with pytest.raises(BuilderError) as exc:
+        check_checkpoint_settings(ckpt, _settings_of({**_BASE, **data}))
+    assert refused in str(exc.value) and "--no-resume" in str(exc.value)
+
+
+def test_checkpoint_settings_other_world_size_and_lora_when_not_peft(tmp_path: Path):
+    from builder.train import check_checkpoint_settings
+
+    ckpt = _write_settings(tmp_path, _settings_of(_BASE))
+    with pytest.raises(BuilderError, match="world_size: 1 there, 2 now"):
+        check_checkpoint_settings(ckpt, _settings_of(_BASE, world_size=2))
+    # LoRA settings of a run that trains no adapters change nothing
+    check_checkpoint_settings(ckpt, _settings_of({**_BASE, "model": {**_BASE["model"], "lora_alpha": 64}}))
+    # the dataset may be read from another place: the version and its content hash are what is compared
+    check_checkpoint_settings(ckpt, _settings_of({**_BASE, "dataset": {"ref": "tiny@v1", "root": "elsewhere"}}))
+
+
+def test_resume_allow_list_names_recipe_keys():
+    from builder.train import RESUME_MAY_CHANGE
+
+    recipe = parse_train_recipe(_BASE).model_dump()
+    keys = set(recipe) | {f"{section}.{k}" for section, v in recipe.items() if isinstance(v, dict) for k in v}
+    assert RESUME_MAY_CHANGE <= keys, RESUME_MAY_CHANGE - keys
+
+
+def test_checkpoint_of_the_old_settings_file_is_judged_by_what_it_recorded(tmp_path: Path):
+    """A checkpoint written before every setting was recorded (the flat settings file of 926bc94): a key it holds is
+    compared under its new name; one it lacks is refused by name (its value there is unknown), but for the LoRA keys
+    of a run without adapters."""
+    from builder.train import check_checkpoint_settings
+
+    old = {"dataset": "tiny@v1", "content_hash": "abc123", "examples": 16, "format": "ft_cot", "model": "m",
+           "use_peft": False, "lora_r": None, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
+           "world_size": 1, "max_steps": None, "num_train_epochs": 20, "max_length": 512, "packing": False,
+           "seed": 42}
+    ckpt = _write_settings(tmp_path, old)
+    with pytest.raises(BuilderError) as exc:  # a difference it recorded is named as such
+        check_checkpoint_settings(ckpt, _settings_of({**_BASE, "training": {"per_device_train_batch_size": 4}}))
+    assert "training.per_device_train_batch_size: 8 there, 4 now" in str(exc.value)
+    with pytest.raises(BuilderError) as exc:  # else the first setting it did not record
+        check_checkpoint_settings(ckpt, _settings_of(_BASE))
+    msg = str(exc.value)
+    assert "not recorded" in msg and "--no-resume" in msg and "model.lora" not in msg
+
+
 def _train_cli(recipe_path: Path, kill_at: tuple[str, int] | None = None) -> tuple[int, str]:
     """`rationale train RECIPE --no-eval` in a fresh interpreter and its own session; with `kill_at`, under
     tests/kill_points.py, which SIGKILLs the whole process group at that point."""

@@ -69,6 +69,7 @@ def apply_executor(cfg: object, executor: str | None, address: str | None) -> No
     update = {k: v for k, v in (("kind", executor), ("address", address)) if v is not None}
     try:
         cfg.executor = ExecutorConfig.model_validate({**current.model_dump(), **update})  # type: ignore[attr-defined]
+        cfg._check()  # type: ignore[attr-defined]  # the recipe's own checks, with the executor it now has
     except ValueError as exc:
         raise BuilderError(f"--executor/--address: {exc}") from None
 
@@ -81,9 +82,8 @@ AddressOption = Annotated[str | None, typer.Option(
 
 
 def shards_kept(cfg: object) -> str:
-    """How many finished sample shards a stopped run leaves, and where (the recipe's shard storage)."""
-    from builder.executors.storage import list_files
-    from builder.sample import SHARD_GLOB, shard_location
+    """How many finished sample shards a stopped run leaves, and where (the run's storage)."""
+    from builder.run import Run
 
-    location = shard_location(cfg)  # type: ignore[arg-type]
-    return f"{len(list_files(location, SHARD_GLOB))} sample shard(s) kept in {location}"
+    run = Run.of(cfg)  # type: ignore[arg-type]
+    return f"{len(run.shards())} sample shard(s) kept in {run.samples}"

@@ -29,6 +29,7 @@ def register(app: typer.Typer) -> None:
         from builder import build as build_stage
         from builder.cli._common import apply_executor, console, echo_json, resumable, shards_kept, stage_progress
         from builder.recipe import load_recipe
+        from builder.run import Run
 
         cfg = load_recipe(recipe)
         apply_executor(cfg, executor, address)
@@ -39,7 +40,7 @@ def register(app: typer.Typer) -> None:
         from builder.paths import check_output_path
 
         # before any work: a store or work_dir that cannot be written fails now, not after sampling
-        check_output_path(cfg.run_dir / "questions.parquet")
+        check_output_path(Run.of(cfg).questions)
         check_output_path(cfg.resolve_path(cfg.store.root) / cfg.dataset_name / "versions.json")
         def kept() -> str:
             return f"{shards_kept(cfg)}, no version written"

@@ -38,6 +38,7 @@ def register(app: typer.Typer) -> None:
         from builder import tasks
         from builder.cli._common import apply_executor, echo_json, resumable, shards_kept, stdout_console
         from builder.recipe import load_recipe
+        from builder.run import Run
         from builder.schemas import write_table
 
         cfg = load_recipe(recipe)
@@ -53,7 +54,8 @@ def register(app: typer.Typer) -> None:
             row = sample_stage.regenerate(cfg, match["question"][0], match["task"][0], qid, int(idx))
             typer.echo(json.dumps(row.to_dicts()[0]))
             return
-        write_table(questions, cfg.run_dir / "questions.parquet", "questions")
+        the_run = Run.of(cfg)
+        write_table(questions, the_run.questions, "questions")
         with _progress() as progress:
             bar = progress.add_task("sampling", total=None, questions="0/?", tps="-")
 
@@ -65,12 +67,13 @@ def register(app: typer.Typer) -> None:
             with resumable(lambda: shards_kept(cfg),
                            f"rerun `rationale sample {recipe}` to sample only what is missing"):
                 samples, stats = sample_stage.run(questions, cfg, progress=show)
+        assert samples is not None
         summary = stats.summary()
         if json_out:
-            echo_json({"samples_dir": sample_stage.shard_location(cfg), "total_samples": samples.height, **summary})
+            echo_json({"samples_dir": the_run.samples, "total_samples": samples.height, **summary})
             return
         out = stdout_console()
-        out.print(f"{samples.height} samples in {sample_stage.shard_location(cfg)}; this run sampled "
+        out.print(f"{samples.height} samples in {the_run.samples}; this run sampled "
                   f"{stats.new_samples} in {stats.shards_written} shards: {stats.prompt_tokens} prompt + "
                   f"{stats.completion_tokens} completion tokens in {stats.seconds:.1f} s "
                   f"({stats.tokens_per_s:.1f} generated tokens/s)")
@@ -78,4 +81,4 @@ def register(app: typer.Typer) -> None:
             a = summary["adaptive"]
             out.print(f"adaptive: {a['solved']} of {a['questions']} questions solved in {a['rounds']} round(s), "
                           f"mean pass rate {a['mean_pass_rate']:.3f}, {a['mean_samples_per_question']} samples per "
-                          f"question; per-question stats in {cfg.run_dir / 'question_stats.parquet'}")
+                          f"question; per-question stats in {the_run.question_stats}")

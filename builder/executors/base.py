@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import polars as pl
 
     from builder.recipe import CurationConfig, ExecutorConfig, GradingConfig, Recipe
+    from builder.run import Run
     from builder.stats import CurationStats
     from builder.teachers.base import Answer, Completion, ShardWork, Teacher
 
@@ -63,9 +64,6 @@ class Executor(Protocol):
 
     #: True when prompts are rendered where the teacher runs (a remote replica) instead of in the driver.
     remote: bool
-    #: True when grade/curate write parquet parts on the run's storage (`<run>/graded/`, `<run>/ledger/`) instead
-    #: of one file each in the run folder (`graded.parquet`, `ledger.parquet`).
-    parts: bool
 
     def sample(self, works: Iterable[tuple[str, ShardWork]], *, recipe: Recipe, teacher: Teacher | None,
                write: ShardWriter) -> Iterator[ShardWritten]:
@@ -74,17 +72,17 @@ class Executor(Protocol):
         file, so a replica that dies never duplicates rows. `teacher` is the driver's teacher (local only)."""
         ...
 
-    def grade(self, samples: str, questions: pl.DataFrame, cfg: GradingConfig, *, out: str) -> Graded:
-        """Grade every sample under `samples` (the shard location: a local path or an fsspec URL) whose qid is among
-        `questions`; write the graded table to `out` (local: one parquet file; ray: parquet parts in a folder on
-        the run's storage) and return where it is, with the totals the build summary needs."""
+    def grade(self, run: Run, questions: pl.DataFrame, wanted: pl.DataFrame, cfg: GradingConfig) -> Graded:
+        """Grade the run's samples that `wanted` (qid, n_samples) asks for: the questions' first n_samples, never a
+        shard of another run; write the graded table where the run says (local: `run.graded_file`; ray: parts in
+        `run.graded_parts`) and return where it is, with the totals the build summary needs."""
         ...
 
-    def curate(self, graded: Graded, cfg: CurationConfig, *, eval_questions: pl.DataFrame | None = None, out: str
+    def curate(self, run: Run, graded: Graded, cfg: CurationConfig, *, eval_questions: pl.DataFrame | None = None
                ) -> tuple[pl.DataFrame, CurationStats]:
         """Curate `graded` (ledger and stats identical to `builder.curate.run` on the same rows); write the whole
-        ledger to `out` (as for grade) and return (the ledger rows the store needs, stats): every row locally, only
-        the kept ones on Ray (the dataset itself; the dropped rows stay on storage)."""
+        ledger where the run says (as for grade) and return (the ledger rows the store needs, stats): every row
+        locally, only the kept ones on Ray (the dataset itself; the dropped rows stay on storage)."""
         ...
 
     def close(self) -> None:

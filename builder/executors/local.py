@@ -11,13 +11,13 @@ if TYPE_CHECKING:
     import polars as pl
 
     from builder.recipe import CurationConfig, ExecutorConfig, GradingConfig, Recipe
+    from builder.run import Run
     from builder.stats import CurationStats
     from builder.teachers.base import ShardWork, Teacher
 
 
 class LocalExecutor:
     remote = False
-    parts = False
 
     def __init__(self, cfg: ExecutorConfig | None = None) -> None:
         self.cfg = cfg
@@ -37,27 +37,26 @@ class LocalExecutor:
         for work, completions, answers in teacher.stream(pending(), recipe.sampling.answer_max_tokens):
             yield write(work, completions, answers, dest.pop(shard_key(work)))
 
-    def grade(self, samples: str, questions: pl.DataFrame, cfg: GradingConfig, *, out: str) -> Graded:
-        """Read the shards into one frame, grade it and write `out` (graded.parquet)."""
+    def grade(self, run: Run, questions: pl.DataFrame, wanted: pl.DataFrame, cfg: GradingConfig) -> Graded:
+        """Read the wanted samples into one frame, grade it and write `run.graded_file`."""
         from builder import grade
-        from builder.sample import read_samples
+        from builder.sample import only_wanted, read_samples
         from builder.schemas import write_table
 
-        frame = read_samples(None, location=samples).join(questions.select("qid"), on="qid", how="semi")
-        graded = grade.run(frame, questions, cfg)
-        write_table(graded, out, "graded")
+        graded = grade.run(only_wanted(read_samples(run), wanted), questions, cfg)
+        write_table(graded, run.graded_file, "graded")
         return Graded(graded, graded.height, int(graded["correct"].sum() or 0),
                       int(graded["prompt_tokens"].sum() or 0), int(graded["completion_tokens"].sum() or 0))
 
-    def curate(self, graded: Graded, cfg: CurationConfig, *, eval_questions: pl.DataFrame | None = None, out: str
+    def curate(self, run: Run, graded: Graded, cfg: CurationConfig, *, eval_questions: pl.DataFrame | None = None
                ) -> tuple[pl.DataFrame, CurationStats]:
-        """`curate.run` on the graded frame; the whole ledger is written to `out` (ledger.parquet) and returned."""
+        """`curate.run` on the graded frame; the whole ledger is written to `run.ledger_file` and returned."""
         from builder import curate
         from builder.schemas import read_table, write_table
 
         frame = graded.source if not isinstance(graded.source, str) else read_table(graded.source, "graded")
         ledger, stats = curate.run(frame, cfg, eval_questions=eval_questions)
-        write_table(ledger, out, "ledger")
+        write_table(ledger, run.ledger_file, "ledger")
         return ledger, stats
 
     def close(self) -> None:

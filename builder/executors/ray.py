@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from builder.recipe import CurationConfig, ExecutorConfig, GradingConfig, Recipe
+    from builder.run import Run
     from builder.stats import CurationStats
     from builder.teachers.base import ShardWork, Teacher
 
@@ -211,7 +212,6 @@ def _replica_env() -> dict[str, str]:
 
 class RayExecutor:
     remote = True
-    parts = True
 
     def __init__(self, cfg: ExecutorConfig) -> None:
         self.cfg = cfg
@@ -220,11 +220,6 @@ class RayExecutor:
                write: ShardWriter) -> Iterator[ShardWritten]:
         import ray
 
-        if recipe.teacher.backend == "import":
-            from builder.errors import RecipeError
-
-            raise RecipeError("executor.kind ray generates on engine replicas; teacher.backend import reads existing "
-                              "completions and runs with executor.kind local")
         items = [{"dest": path, "work": encode_work(work)} for path, work in works]
         if not items:
             return
@@ -250,30 +245,29 @@ class RayExecutor:
             yield ShardWritten(**{k: (str(row[k]) if k == "path" else float(row[k]) if k in ("started", "finished")
                                       else int(row[k])) for k in _STATS})
 
-    def grade(self, samples: str, questions: pl.DataFrame, cfg: GradingConfig, *, out: str) -> Graded:
-        """`ray_curate.grade`: Ray reads the shards under `samples` and writes the graded parts to the folder `out`
+    def grade(self, run: Run, questions: pl.DataFrame, wanted: pl.DataFrame, cfg: GradingConfig) -> Graded:
+        """`ray_curate.grade`: Ray reads the run's shards and writes the graded parts to `run.graded_parts`
         (replaced); the driver gets back four integers per block, never the text."""
         import ray
 
-        from builder.executors import ray_curate, storage
-        from builder.sample import SHARD_GLOB
+        from builder.executors import ray_curate
 
         ray_session(self.cfg.address)
-        files = storage.list_files(samples, SHARD_GLOB)
+        files = run.shards()
         if not files:
             from builder.schemas import table_schema
 
             empty = table_schema("graded").empty()
             return Graded(empty, 0, 0, 0, 0)
-        ray_curate.grade(files, questions, cfg, out, restrict=True)
+        out = ray_curate.grade(files, questions, cfg, run.graded_parts, wanted=wanted, run=run)
         sums = ray.get(ray.data.read_parquet(out).select_columns(list(_TOTALS[1:])).map_batches(
             _totals_batch, batch_format="pyarrow").to_arrow_refs())
         rows, correct, prompt, completion = (sum(int(t[c][0].as_py()) for t in sums if t.num_rows) for c in _TOTALS)
         return Graded(out, rows, correct, prompt, completion)
 
-    def curate(self, graded: Graded, cfg: CurationConfig, *, eval_questions: pl.DataFrame | None = None, out: str
+    def curate(self, run: Run, graded: Graded, cfg: CurationConfig, *, eval_questions: pl.DataFrame | None = None
                ) -> tuple[pl.DataFrame, CurationStats]:
-        """`ray_curate.curate(collect=False)`: the ledger goes from Ray to parquet parts in the folder `out` (in
+        """`ray_curate.curate(collect=False)`: the ledger goes from Ray to parquet parts in `run.ledger_parts` (in
         ledger order by file name) and only its kept rows come back to the driver."""
         import polars as pl
         import ray
@@ -287,6 +281,7 @@ class RayExecutor:
                                           blocks=self.cfg.curate_blocks, collect=False)
         if isinstance(ledger, pl.DataFrame):  # nothing graded: curate.run's (empty) ledger
             ledger = ray.data.from_arrow(ledger.to_arrow())
+        out = run.ledger_parts
         ledger.write_parquet(out, mode=SaveMode.OVERWRITE)
         kept = [pl.from_arrow(t) for t in ray.get(ray.data.read_parquet(out).map_batches(
             _kept_batch, batch_format="pyarrow").to_arrow_refs())]

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from builder.recipe import CurationConfig, GradingConfig
+    from builder.run import Run
     from builder.stats import CurationStats
 
 log = logging.getLogger(__name__)
@@ -69,16 +70,16 @@ def _get(obj: Any) -> Any:
     return _CACHE[key]
 
 
-def _dataset(source: pl.DataFrame | str | Path | list[str], parts: int):
+def _dataset(source: pl.DataFrame | str | Path | list[str], parts: int, *, paths: bool = False):
     """A Ray dataset of `source`: a frame (cut into `parts` blocks), or parquet files (a file, folder or glob, or a
-    list of files: local paths or fsspec URLs)."""
+    list of files: local paths or fsspec URLs; `paths` adds each row's file as a `path` column)."""
     import ray.data
 
     if isinstance(source, pl.DataFrame):
         step = max(1, -(-source.height // max(1, parts)))
         return ray.data.from_arrow([source.slice(lo, step).to_arrow() for lo in range(0, max(source.height, 1), step)])
     if isinstance(source, list):
-        return ray.data.read_parquet([str(f) for f in source])
+        return ray.data.read_parquet([str(f) for f in source], include_paths=paths)
     path = str(source)
     files = sorted(globlib.glob(path)) if any(ch in path for ch in "*?[") else [path]
     if not files:
@@ -106,29 +107,39 @@ def _tables(ds) -> list[pl.DataFrame]:
 
 # ------------------------------------------------------------------ grading
 def grade(samples: pl.DataFrame | str | Path | list[str], questions: pl.DataFrame, cfg: GradingConfig,
-          output: str | Path, *, parts: int = 8, restrict: bool = False) -> str:
+          output: str | Path, *, parts: int = 8, wanted: pl.DataFrame | None = None, run: Run | None = None) -> str:
     """`builder.grade.run` as `map_batches` (it grades row by row, so any batch gives the same rows); the graded
     table is written as parquet parts under `output` (shared storage on a cluster; what was there is replaced).
-    `restrict`: drop samples whose qid is not among `questions` first (a run folder's shards of questions the
-    recipe no longer has, as `build` does) instead of failing on them. Returns `output`."""
+    `wanted` (qid, n_samples): grade only those questions' first n_samples (`builder.sample.only_wanted`), as a
+    build does over a run's shards. `run`: shard files are read with their paths and a row of another run is
+    refused naming its file. Returns `output`."""
     import ray
     from ray.data import SaveMode
 
     _context()
-    ds = _dataset(samples, parts).map_batches(_grade_batch, batch_format="pyarrow", batch_size=SCAN_ROWS,
-                                              fn_kwargs={"questions": ray.put(questions), "cfg": cfg,
-                                                         "restrict": restrict})
+    ids = None if run is None else {"own": run.id, "accepted": frozenset(run.accepted)}
+    source = _dataset(samples, parts, paths=ids is not None)
+    ds = source.map_batches(_grade_batch, batch_format="pyarrow", batch_size=SCAN_ROWS,
+                            fn_kwargs={"questions": ray.put(questions), "cfg": cfg,
+                                       "wanted": None if wanted is None else ray.put(wanted), "ids": ids})
     ds.write_parquet(str(output), mode=SaveMode.OVERWRITE)
     return str(output)
 
 
-def _grade_batch(batch: pa.Table, *, questions, cfg: GradingConfig, restrict: bool = False) -> pa.Table:
+def _grade_batch(batch: pa.Table, *, questions, cfg: GradingConfig, wanted=None, ids: dict | None = None
+                 ) -> pa.Table:
     from builder.grade import run
+    from builder.run import check_run_ids
+    from builder.sample import only_wanted
 
     q = _get(questions)
     df = pl.from_arrow(batch)
-    if restrict:
-        df = df.join(q.select("qid"), on="qid", how="semi")
+    if ids is not None:
+        for (path,), part in df.group_by("path"):
+            check_run_ids(part["run_id"].unique(), str(path), **ids)
+        df = df.drop("path")
+    if wanted is not None:
+        df = only_wanted(df, _get(wanted))
     return run(df, q, cfg).to_arrow()
 
 

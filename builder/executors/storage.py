@@ -9,6 +9,7 @@ single put where an object store makes the object appear whole or not at all (s3
 from __future__ import annotations
 
 import io
+import os
 import posixpath
 import uuid
 from pathlib import Path
@@ -111,3 +112,38 @@ def write_parquet_url(df: pl.DataFrame, url: str) -> str:
             fs.rm(tmp)
         raise
     return url
+
+
+def read_text(path: str) -> str | None:
+    """A small text file (a run's marker), or None when it does not exist."""
+    if not is_url(path):
+        try:
+            return Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+    fs, p = _fs(path)
+    try:
+        return fs.cat_file(p).decode("utf-8")
+    except FileNotFoundError:
+        return None
+
+
+def write_text(path: str, text: str) -> None:
+    """Replace a small text file whole: readers see the old or the new content, never half of one."""
+    data = text.encode("utf-8")
+    if not is_url(path):
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+        return
+    fs, p = _fs(path)
+    if _protocol(fs) in _OBJECT_STORES:
+        fs.pipe_file(p, data)
+        return
+    parent, name = posixpath.split(p)
+    fs.makedirs(parent, exist_ok=True)
+    tmp = posixpath.join(parent, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+    fs.pipe_file(tmp, data)
+    fs.mv(tmp, p)

@@ -1,0 +1,149 @@
+"""The run: one identity (the run fingerprint) and one owner (a lease) per run folder, on any storage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from builder import build, sample, tasks
+from builder.errors import BuilderError
+from builder.recipe import Recipe, load_recipe
+from builder.run import Run
+from tests.helpers import arith_task, write_import_recipe
+
+
+def import_recipe(tmp_path: Path, benchmarks_dir: Path, teacher_completions_dir: Path, *, work: str = "runs",
+                  storage: Path | None = None, limit: int | None = None, **teacher) -> Recipe:
+    path = write_import_recipe(tmp_path / f"{work}.yaml", benchmarks_dir, teacher_completions_dir / "multiarith.jsonl",
+                               work_dir=tmp_path / work, store={"root": str(tmp_path / "store")}, limit=limit,
+                               teacher=teacher or None)
+    cfg = load_recipe(path)
+    if storage is not None:
+        cfg.executor = cfg.executor.model_copy(update={"storage": str(storage)})
+    return cfg
+
+
+# ------------------------------------------------------------------ identity on shared storage
+def test_two_teachers_on_one_shared_storage_are_refused_not_mixed(tmp_path, benchmarks_dir, teacher_completions_dir):
+    shared = tmp_path / "bucket"
+    first = import_recipe(tmp_path, benchmarks_dir, teacher_completions_dir, work="a", storage=shared, limit=8)
+    build.run(first)
+    other = import_recipe(tmp_path, benchmarks_dir, teacher_completions_dir, work="b", storage=shared, limit=8,
+                          model="another-teacher")
+    with pytest.raises(BuilderError, match=r"teacher\.model.*'text-davinci-002'.*'another-teacher'") as err:
+        build.run(other)
+    assert Run.of(first).id in str(err.value) and Run.of(other).id in str(err.value)
+    assert len(list((tmp_path / "store" / "multiarith-davinci").glob("v[0-9]*"))) == 1  # nothing published for B
+
+
+def test_a_foreign_shard_is_refused_naming_the_file(tmp_path, benchmarks_dir, teacher_completions_dir):
+    cfg = import_recipe(tmp_path, benchmarks_dir, teacher_completions_dir, limit=8)
+    build.run(cfg)
+    shard = sorted((cfg.run_dir / "samples").glob("shard-*.parquet"))[0]
+    df = pl.read_parquet(shard).with_columns(run_id=pl.lit("someone-else-0123456789ab"))
+    shard.chmod(0o644)
+    df.write_parquet(shard)
+    with pytest.raises(BuilderError, match=rf"{shard.name}.*someone-else-0123456789ab"):
+        build.run(cfg)
+
+
+def test_a_changed_setting_names_the_key_and_how_to_start_fresh(tmp_path, benchmarks_dir, teacher_completions_dir):
+    cfg = import_recipe(tmp_path, benchmarks_dir, teacher_completions_dir, limit=4)
+    questions = tasks.run(cfg.tasks, cfg.base_dir)
+    sample.run(questions, cfg)
+    changed = cfg.model_copy(update={"prompt": cfg.prompt.model_copy(update={"trigger": "Think first."})})
+    with pytest.raises(BuilderError, match=r"prompt\.trigger.*Let's think step by step.*Think first\..*start fresh"):
+        sample.run(questions, changed)
+
+
+# ------------------------------------------------------------------ what the fingerprint leaves out
+def test_a_pilot_grows_into_the_full_run_reusing_its_samples(tmp_path, benchmarks_dir, teacher_completions_dir):
+    pilot = import_recipe(tmp_path, benchmarks_dir, teacher_completions_dir, limit=10)
+    _, first = sample.run(tasks.run(pilot.tasks, pilot.base_dir), pilot)
+    shards = {p: p.stat().st_mtime_ns for p in (pilot.run_dir / "samples").glob("shard-*.parquet")}
+    full = import_recipe(tmp_path, benchmarks_dir, teacher_completions_dir, limit=40)
+    assert Run.of(full).id == Run.of(pilot).id
+    _, grown = sample.run(tasks.run(full.tasks, full.base_dir), full)
+    assert first.new_samples == first.samples >= 10  # a question may hold several imported completions
+    assert grown.new_samples == grown.samples - first.samples > 0
+    assert all(p.stat().st_mtime_ns == t for p, t in shards.items())  # the pilot's shards were reused as they are
+
+
+@pytest.mark.slow
+def test_lowering_n_grades_and_stores_exactly_the_first_n(tmp_path, tiny_model_dir, vllm_engine):
+    def recipe(n: int) -> Recipe:
+        return Recipe.model_validate({
+            "name": "lower-n", "work_dir": str(tmp_path / "runs"), "tasks": {"items": [arith_task(tmp_path)]},
+            "teacher": {"model": str(tiny_model_dir)},
+            "prompt": {"two_stage": False},
+            "sampling": {"n": n, "max_tokens": 40, "shard_size": 2, "seed": 1,
+                         "structured_outputs_regex": "The answer is [1-9]\\."},
+            "grading": {"mode": "rationale"},
+            "curation": {"keep_correct_only": False, "dedup_exact": False, "filters": [],
+                         "minhash": {"enabled": False}, "selection": {"max_per_question": None}},
+            "store": {"root": str(tmp_path / "store")},
+        })
+
+    four = build.run(recipe(4), engine=vllm_engine)
+    assert four.samples == 4 * 5
+    two = build.run(recipe(2), engine=vllm_engine)
+    assert two.samples == 2 * 5 and two.created
+    manifest = json.loads((Path(two.version_path) / "manifest.json").read_text())
+    rows = pl.read_parquet(Path(two.version_path) / "data")
+    assert manifest["recipe"]["sampling"]["n"] == 2
+    assert rows.height == manifest["rows"] == 2 * 5 and rows["sample_idx"].max() == 1
+    graded = pl.read_parquet(recipe(2).run_dir / "graded.parquet")
+    assert graded.height == 10 and graded["sample_idx"].max() == 1
+
+
+# ------------------------------------------------------------------ the lease
+def test_a_second_driver_under_a_live_lease_is_refused(tmp_path, benchmarks_dir, teacher_completions_dir):
+    cfg = import_recipe(tmp_path, benchmarks_dir, teacher_completions_dir, limit=4)
+    holder = Run.of(cfg)
+    holder.acquire()
+    try:
+        with pytest.raises(BuilderError, match=r"another driver holds run .* \(lease held by .*pid"):
+            build.run(cfg)
+    finally:
+        holder.release()
+    build.run(cfg)  # released: the next driver takes it
+
+
+def test_a_stale_lease_is_taken_over_and_said_so(tmp_path, benchmarks_dir, teacher_completions_dir, caplog):
+    cfg = import_recipe(tmp_path, benchmarks_dir, teacher_completions_dir, limit=4)
+    dead = Run.of(cfg)
+    dead.acquire(ttl_s=0.2, heartbeat=False)  # a driver that stopped renewing (killed on another machine)
+    marker = json.loads(Path(dead.marker).read_text())
+    marker["lease"]["host"] = "some-other-host"
+    Path(dead.marker).write_text(json.dumps(marker))
+    time.sleep(0.3)
+    with caplog.at_level(logging.WARNING, logger="builder.run"):
+        build.run(cfg)
+    assert "took over the stale lease of some-other-host" in caplog.text
+
+
+def test_a_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(tmp_path, benchmarks_dir,
+                                                                      teacher_completions_dir):
+    cfg = import_recipe(tmp_path, benchmarks_dir, teacher_completions_dir, limit=4)
+    dead = Run.of(cfg)
+    dead.acquire(ttl_s=3600, heartbeat=False)
+    marker = json.loads(Path(dead.marker).read_text())
+    marker["lease"]["pid"] = 2**22 + 17  # above pid_max: no such process
+    Path(dead.marker).write_text(json.dumps(marker))
+    build.run(cfg)
+
+
+def test_the_marker_lives_on_the_shared_storage(tmp_path, benchmarks_dir, teacher_completions_dir):
+    shared = tmp_path / "bucket"
+    cfg = import_recipe(tmp_path, benchmarks_dir, teacher_completions_dir, storage=shared, limit=4)
+    build.run(cfg)
+    marker = json.loads((shared / cfg.name / "run.json").read_text())
+    assert marker["run_id"] == Run.of(cfg).id and marker["lease"]["expires"] == 0  # released at the end
+    assert marker["fingerprint"]["teacher"]["model"] == "text-davinci-002"
+    assert yaml.safe_dump(marker)  # plain JSON types only
