@@ -66,9 +66,9 @@ def main(args: argparse.Namespace) -> dict:
         return tokens, seconds, sorted(c.text for o in outs for c in o.outputs)
 
     def ours(tag: str) -> tuple[int, float, list[str]]:
-        run_dir = Path(recipe.work_dir) / tag
+        fresh = recipe.model_copy(update={"work_dir": str(Path(recipe.work_dir) / tag)})  # a run of its own
         t0 = time.perf_counter()
-        samples, stats = sample.run(questions, recipe, engine=llm, run_dir=run_dir)
+        samples, stats = sample.run(questions, fresh, engine=llm)
         seconds = time.perf_counter() - t0
         assert stats.new_samples == samples.height
         return int(samples["completion_tokens"].sum()), seconds, sorted(samples["rationale"].to_list())

@@ -149,7 +149,7 @@ def generate_answers(model: str, engine: Any, questions: pl.DataFrame, spec: Eva
         tasks = questions["task"].to_list()
         work = ShardWork([Request(qid, p, 0, k, spec.seed) for qid, p in zip(questions["qid"], prompts, strict=True)],
                          {qid: answer_prompts[t] for qid, t in zip(questions["qid"], tasks, strict=True)}
-                         if mode == "zero_shot_cot" else {})
+                         if mode == "zero_shot_cot" else {}, answer_truncated=True)
         _, completions, answers = next(iter(teacher.stream([work], spec.answer_max_tokens)))
         text = [c.text for c in completions]
         frames.append(pl.DataFrame({

@@ -15,7 +15,7 @@ import polars as pl
 
 from builder.errors import InputError
 from builder.graders import GRADERS, latex
-from builder.graders._common import is_blank
+from builder.graders._common import NO_ANSWER, is_blank
 from builder.prompts import student_answer_expr
 from builder.schemas import validate
 from builder.tasks import PAPER_TASKS
@@ -141,7 +141,13 @@ def grade_frame(df: pl.DataFrame, *, mode: str = "auto") -> pl.DataFrame:
                                       "grade_status": pl.String, "grader": pl.String})
     else:
         graded = pl.concat(parts).sort("_row")
-    return df.drop([c for c in OUT_COLUMNS if c in df.columns]).hstack(graded.drop("_row"))
+    out = df.drop([c for c in OUT_COLUMNS if c in df.columns]).hstack(graded.drop("_row"))
+    if "finish_reason" in out.columns:  # the engine refused the request (teachers' FAILED): nothing was answered
+        refused = pl.col("finish_reason") == "error"
+        out = out.with_columns(pl.when(refused).then(pl.lit(None, pl.String)).otherwise("pred").alias("pred"),
+                               pl.when(refused).then(False).otherwise("correct").alias("correct"),
+                               pl.when(refused).then(pl.lit(NO_ANSWER)).otherwise("grade_status").alias("grade_status"))
+    return out
 
 
 def run(samples: pl.DataFrame, questions: pl.DataFrame, cfg: GradingConfig) -> pl.DataFrame:

@@ -426,6 +426,7 @@ def _shard_frame(work: ShardWork, completions: Sequence[Completion], answers: Se
                           for c in completions],
         "answer_completion": [a[0] if a else None for a in answers],
         "finish_reason": [c.finish_reason for c in completions],
+        "error": [c.error for c in completions],
         "prompt_tokens": [c.prompt_tokens for c in completions],
         "completion_tokens": [None if c.completion_tokens is None else c.completion_tokens + ((a[1] or 0) if a else 0)
                               for c, a in zip(completions, answers, strict=True)],
@@ -433,7 +434,7 @@ def _shard_frame(work: ShardWork, completions: Sequence[Completion], answers: Se
     }, schema_overrides={"sample_idx": pl.Int32, "seed": pl.Int64, "prompt_tokens": pl.Int32,
                          "completion_tokens": pl.Int32, "teacher_revision": pl.String, "answer_prompt": pl.String,
                          "answer_completion": pl.String, "reasoning": pl.String, "reasoning_tokens": pl.Int32,
-                         "reasoning_finished": pl.Boolean})
+                         "reasoning_finished": pl.Boolean, "error": pl.String})
 
 
 def regenerate(recipe: Recipe, question: str, task: str, qid: str, sample_idx: int, *, engine: Any = None,

@@ -48,7 +48,9 @@ def write_recipe(folder: Path, model: Path) -> Path:
         "tasks": {"items": [{"name": "letters", "source": "file", "path": str(qfile),
                              "columns": {"question": "q", "gold": "a"}, "answer_type": "string"}]},
         "teacher": {"model": str(model), "engine_args": {"max_model_len": 1024}},
-        "sampling": {"n": N, "max_tokens": 16, "answer_max_tokens": 8, "shard_size": 2, "seed": 5},
+        # rationales that end (a random model never stops by itself): only those get an answer stage
+        "sampling": {"n": N, "max_tokens": 16, "answer_max_tokens": 8, "shard_size": 2, "seed": 5,
+                     "structured_outputs_regex": "[a-z ]{1,8}\\."},
         "curation": {"keep_correct_only": False, "filters": ["empty", "no_answer"],
                      "selection": {"mode": "first", "max_per_question": 1}},
         "executor": {"replicas": 2, "storage": f"file://{folder / 'shared'}"},
@@ -72,9 +74,9 @@ def test_ray_build_keeps_the_text_out_of_the_driver_and_gives_the_local_version(
     real_read, real_grade, real_curate, real_rows = (sample.read_samples, grade.run, curate.run,
                                                       store.rows_from_ledger)
 
-    def read_spy(run_dir, columns=None, *, location=None):
+    def read_spy(run, columns=None):
         reads.append(columns)
-        return real_read(run_dir, columns, location=location)
+        return real_read(run, columns)
 
     def grade_spy(samples, *args, **kwargs):
         in_driver.append(("grade", samples.height))

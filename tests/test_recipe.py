@@ -158,3 +158,28 @@ def test_recipe_only_checks_run_when_the_recipe_loads(tmp_path):
                               "      path: q.jsonl\n      answer_type: number"))
     with pytest.raises(RecipeError, match=r"tasks\.items\.0: .*name is empty"):
         load_recipe(p)
+
+
+def test_what_the_recipe_alone_decides_fails_at_load_not_after_sampling(tmp_path):
+    """Decontamination with nothing to compare against, and the import backend on Ray, were found only after the
+    questions loaded (Ray) or after sampling (decontamination); both are decided by the recipe alone."""
+    from builder.cli._common import apply_executor
+    from builder.errors import BuilderError
+
+    file_task = ("    - name: mine\n      source: file\n      path: q.jsonl\n      answer_type: number\n")
+    p = tmp_path / "r.yaml"
+    p.write_text(GOOD.replace("    - name: multiarith\n", file_task) + "curation:\n  decontaminate: true\n")
+    with pytest.raises(RecipeError, match=r"curation\.decontaminate: nothing to compare against"):
+        load_recipe(p)
+    p.write_text(GOOD.replace("    - name: multiarith\n", file_task)
+                 + "curation:\n  decontaminate: true\n  eval_sets: [evals.jsonl]\n")
+    assert load_recipe(p).curation.decontaminate  # an eval set is something to compare against
+
+    imported = GOOD.replace("  model: some/model", "  backend: import\n  model: m\n  import_path: c.jsonl")
+    p.write_text(imported + "executor:\n  kind: ray\n")
+    with pytest.raises(RecipeError, match=r"executor\.kind ray generates on engine replicas"):
+        load_recipe(p)
+    p.write_text(imported)
+    cfg = load_recipe(p)
+    with pytest.raises(BuilderError, match=r"--executor/--address: .*teacher\.backend import"):
+        apply_executor(cfg, "ray", None)

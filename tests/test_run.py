@@ -147,3 +147,27 @@ def test_the_marker_lives_on_the_shared_storage(tmp_path, benchmarks_dir, teache
     assert marker["run_id"] == Run.of(cfg).id and marker["lease"]["expires"] == 0  # released at the end
     assert marker["fingerprint"]["teacher"]["model"] == "text-davinci-002"
     assert yaml.safe_dump(marker)  # plain JSON types only
+
+
+def test_a_run_folder_made_before_run_markers_is_adopted_when_its_settings_match(tmp_path, benchmarks_dir,
+                                                                                 teacher_completions_dir):
+    """Before run.json, the marker was the driver's sample_config.json and the run id also covered the tasks:
+    such a folder's shards are this run's when teacher, prompt and sampling match, and refused otherwise."""
+    cfg = import_recipe(tmp_path, benchmarks_dir, teacher_completions_dir, limit=6)
+    first = build.run(cfg)
+    old_id = "multiarith-davinci-0123456789ab"
+    for shard in (cfg.run_dir / "samples").glob("shard-*.parquet"):
+        shard.chmod(0o644)
+        pl.read_parquet(shard).with_columns(run_id=pl.lit(old_id)).write_parquet(shard)
+    (cfg.run_dir / "run.json").unlink()
+    legacy = {"run_id": old_id, **Run.of(cfg).fingerprint, "tasks": {"items": ["what the old id covered"]}}
+    (cfg.run_dir / "sample_config.json").write_text(json.dumps(legacy))
+    again = build.run(cfg)
+    assert again.samples == first.samples and again.content_hash == first.content_hash and not again.created
+    assert json.loads((cfg.run_dir / "run.json").read_text())["accepts"] == [old_id]
+
+    (cfg.run_dir / "run.json").unlink()
+    legacy["teacher"] = {**legacy["teacher"], "model": "another-teacher"}
+    (cfg.run_dir / "sample_config.json").write_text(json.dumps(legacy))
+    with pytest.raises(BuilderError, match=rf"samples of run {old_id}.*teacher\.model was 'another-teacher'"):
+        build.run(cfg)

@@ -99,7 +99,8 @@ def test_sample_writes_every_key_once_with_recorded_seeds(tmp_path, tiny_model_d
     expected = [sample.sample_seed(3, q, i) for q, i in samples.select("qid", "sample_idx").rows()]
     assert samples["seed"].to_list() == expected
     assert set(samples["finish_reason"]) <= {"stop", "length"}
-    assert samples["answer_completion"].null_count() == 0  # Zero-shot-CoT stage 2 ran for every sample
+    # Zero-shot-CoT stage 2 ran for every sample but those cut by the length limit
+    assert (samples["answer_completion"].is_null() == (samples["finish_reason"] == "length")).all()
     assert (samples["answer_prompt"] == "Therefore, the answer (arabic numerals) is").all()
     assert (samples["completion_tokens"] > 0).all() and (samples["prompt_tokens"] > 0).all()
     assert stats.shards_written == 3  # 5 questions, 2 per shard

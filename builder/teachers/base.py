@@ -50,6 +50,11 @@ class Completion:
 
     A reasoning teacher's thinking trace is `reasoning` (tags stripped) and `text` only what follows it;
     `reasoning_finished` is False when the trace never closed; `completion_tokens` counts both parts.
+
+    A request the engine refused (e.g. a prompt longer than max_model_len) is still a sample: `finish_reason`
+    "error" (`FAILED`), `error` the engine's message ("answer stage: ..." when only the stage-2 request failed, the
+    rationale then kept), `text` empty when stage 1 failed. It is written like any sample, so a resume does not ask
+    again, and it is never graded correct.
     """
 
     qid: str
@@ -65,14 +70,26 @@ class Completion:
     reasoning: str | None = None
     reasoning_tokens: int | None = None
     reasoning_finished: bool | None = None
+    error: str | None = None
+
+
+# finish_reason of a sample whose request the engine refused (Completion.error says why)
+FAILED = "error"
+# finish_reason of a rationale cut by max_tokens or max_model_len (curation's `truncated` filter drops it)
+TRUNCATED = "length"
 
 
 @dataclass
 class ShardWork:
-    """One shard: the stage-1 requests of a few questions and, per qid, the task's answer prompt (None: inline)."""
+    """One shard: the stage-1 requests of a few questions and, per qid, the task's answer prompt (None: inline).
+
+    Rationales cut by the length limit get no answer stage (curation drops them; their answer prompt may not even fit
+    the model): `answer_truncated` asks for it anyway (evaluation baselines following the paper's protocol).
+    """
 
     requests: list[Request]
     answer_prompt: dict[str, str | None]
+    answer_truncated: bool = False
 
     @property
     def sequences(self) -> int:
@@ -133,8 +150,10 @@ def make_teacher(recipe: Recipe, *, engine: Any = None) -> Teacher:
 
 
 def answer_items(work: ShardWork, completions: Sequence[Completion]) -> list[int]:
-    """Positions of the completions that get a stage-2 answer (their question's task has an answer prompt)."""
-    return [i for i, c in enumerate(completions) if work.answer_prompt.get(c.qid)]
+    """Positions of the completions that get a stage-2 answer: their question's task has an answer prompt, stage 1
+    did not fail, and the rationale was not cut by the length limit (unless the shard asks, `answer_truncated`)."""
+    skip = {FAILED} if work.answer_truncated else {FAILED, TRUNCATED}
+    return [i for i, c in enumerate(completions) if work.answer_prompt.get(c.qid) and c.finish_reason not in skip]
 
 
 class SequentialTeacher(Protocol):
