@@ -98,6 +98,7 @@ def _run_held(recipe: Recipe, run: Run, engine: Any, progress: Any) -> BuildSumm
             _, sstats = sample.run(questions, recipe, engine=engine, run=run, executor=executor, collect=False,
                                    progress=lambda p: advance("sampling", p.samples_done, p.samples_total))
             advance("grading")
+            run.check_held()
             graded = executor.grade(run, questions, sstats.wanted, recipe.grading)
             advance("curating")
             ledger, curation = executor.curate(run, graded, recipe.curation, eval_questions=eval_questions_for(recipe))
@@ -108,6 +109,7 @@ def _run_held(recipe: Recipe, run: Run, engine: Any, progress: Any) -> BuildSumm
             seconds=round(sstats.seconds, 3), extra=sstats.extra))
         run.stats.write_text(json.dumps(stats.to_json(), indent=2, default=str))
         advance("writing version")
+        run.check_held()
         rows = store.rows_from_ledger(ledger)
         info = store.write_version(rows, root=recipe.resolve_path(recipe.store.root), name=recipe.dataset_name,
                                    recipe=recipe.model_dump(mode="json"), stats=stats, tool_version=__version__)

@@ -238,6 +238,15 @@ class Run:
         finally:
             self._token = None
 
+    def check_held(self) -> None:
+        """Refuse to go on when another driver has taken the lease over (this one stalled past its expiry, or
+        raced it on an object store): called before each shard and before anything is written from the samples."""
+        lease = (self._read_marker() or {}).get("lease") or {}
+        if self._token is None or lease.get("token") != self._token:
+            raise RunConflict(f"{self.marker}: this driver no longer holds run {self.id} (the lease is now held by "
+                              f"{_holder(lease)}); stopped before writing more beside it. What is on storage is "
+                              "kept: rerun once the other driver is done")
+
     def __enter__(self) -> Run:
         if not self.held:
             self.acquire()
@@ -285,9 +294,7 @@ class Run:
                 with self._marker_lock():
                     marker = self._read_marker() or {}
                     if (marker.get("lease") or {}).get("token") != self._token:
-                        log.error("%s: the lease of run %s was taken by %s; this driver no longer owns the run",
-                                  self.marker, self.id, _holder(marker.get("lease") or {}))
-                        return
+                        return  # taken over: `check_held` stops the driver at its next step
                     self._write_marker(ttl)
             except Exception as exc:  # a storage hiccup: the next beat tries again before the lease runs out
                 log.warning("%s: could not renew the lease (%s)", self.marker, exc)

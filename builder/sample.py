@@ -275,6 +275,7 @@ def _run_held(questions: pl.DataFrame, recipe: Recipe, teacher: Teacher, run: Ru
     finished = 0
     targets = round_targets(recipe)
     for rnd, target in enumerate(targets, start=1):
+        run.check_held()
         stats.rounds = rnd
         done = read_samples(run, ["qid", "sample_idx"])
         want = wanted(questions, teacher.budget(questions, target))
@@ -344,6 +345,7 @@ def _sample_todo(ctx: _Context, todo: pl.DataFrame, stats: SampleStats, state: S
     t_start = t0 = time.perf_counter()
     first_call, last_write = float("inf"), 0.0
     for done in executor.sample(works(), recipe=ctx.recipe, teacher=ctx.teacher, write=write):
+        ctx.run.check_held()
         first_call, last_write = min(first_call, done.started), max(last_write, done.finished)
         stats.shards_written += 1
         stats.new_samples += done.rows

@@ -171,3 +171,17 @@ def test_a_run_folder_made_before_run_markers_is_adopted_when_its_settings_match
     (cfg.run_dir / "sample_config.json").write_text(json.dumps(legacy))
     with pytest.raises(BuilderError, match=rf"samples of run {old_id}.*teacher\.model was 'another-teacher'"):
         build.run(cfg)
+
+
+def test_a_driver_that_lost_its_lease_stops_before_writing_more(tmp_path, benchmarks_dir, teacher_completions_dir):
+    """Another driver took the lease over (this one stalled past its expiry): this one must not write shards or a
+    version beside it."""
+    cfg = import_recipe(tmp_path, benchmarks_dir, teacher_completions_dir, limit=4)
+    held = Run.of(cfg)
+    held.acquire(heartbeat=False)
+    marker = json.loads(Path(held.marker).read_text())
+    marker["lease"].update(host="other-host", pid=7, token="theirs", expires=time.time() + 600)
+    Path(held.marker).write_text(json.dumps(marker))
+    with pytest.raises(BuilderError, match=r"no longer holds run .*other-host pid 7"):
+        sample.run(tasks.run(cfg.tasks, cfg.base_dir), cfg, run=held)
+    assert not list((cfg.run_dir / "samples").glob("shard-*.parquet"))
