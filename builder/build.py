@@ -110,7 +110,7 @@ def _run_held(recipe: Recipe, run: Run, engine: Any, progress: Any) -> BuildSumm
         run.stats.write_text(json.dumps(stats.to_json(), indent=2, default=str))
         advance("writing version")
         run.check_held()
-        rows = store.rows_from_ledger(ledger)
+        rows = store.rows_from_ledger(ledger) if isinstance(ledger, pl.DataFrame) else ledger
         info = store.write_version(rows, root=recipe.resolve_path(recipe.store.root), name=recipe.dataset_name,
                                    recipe=recipe.model_dump(mode="json"), stats=stats, tool_version=__version__)
         advance("done", 1, 1)
@@ -119,7 +119,7 @@ def _run_held(recipe: Recipe, run: Run, engine: Any, progress: Any) -> BuildSumm
         questions=questions.height,
         samples=graded.rows,
         correct=graded.correct,
-        kept=rows.height,
+        kept=store.load_manifest(info.path)["rows"],
         version=info.version,
         version_path=str(info.path),
         content_hash=info.content_hash,

@@ -19,6 +19,7 @@ from builder.graders._common import NO_ANSWER, is_blank
 from builder.prompts import student_answer_expr
 from builder.schemas import validate
 from builder.tasks import PAPER_TASKS
+from builder.teachers.base import FAILED
 
 if TYPE_CHECKING:
     from builder.recipe import GradingConfig
@@ -143,7 +144,7 @@ def grade_frame(df: pl.DataFrame, *, mode: str = "auto") -> pl.DataFrame:
         graded = pl.concat(parts).sort("_row")
     out = df.drop([c for c in OUT_COLUMNS if c in df.columns]).hstack(graded.drop("_row"))
     if "finish_reason" in out.columns:  # the engine refused the request (teachers' FAILED): nothing was answered
-        refused = pl.col("finish_reason") == "error"
+        refused = pl.col("finish_reason") == FAILED
         out = out.with_columns(pl.when(refused).then(pl.lit(None, pl.String)).otherwise("pred").alias("pred"),
                                pl.when(refused).then(False).otherwise("correct").alias("correct"),
                                pl.when(refused).then(pl.lit(NO_ANSWER)).otherwise("grade_status").alias("grade_status"))

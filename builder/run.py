@@ -59,8 +59,10 @@ def fingerprint(recipe: Recipe) -> dict[str, Any]:
     (`fingerprint_fields`), the prompt, the sampling settings that reach the engine, and the choice-shuffle seed
     (it changes the question text a prompt holds). Not the tasks' files, limits or splits (which questions), not
     `n`, the adaptive budget or the shard size (how many samples), not transport settings (base_url, concurrency).
-    A task's own answer prompt or choice shuffling counts where the recipe sets it."""
+    A task's choice shuffling counts where the recipe sets it against the task's default; the answer prompt each
+    question was asked is checked per sample instead (`builder.sample`: it may depend on the questions loaded)."""
     from builder.recipe import PromptConfig, SamplingConfig, TeacherConfig, drop_added_defaults
+    from builder.tasks import default_shuffle
     from builder.teachers import TEACHERS
 
     fields = {*TEACHERS.get(recipe.teacher.backend).fingerprint_fields, "reasoning_parser"}
@@ -71,8 +73,8 @@ def fingerprint(recipe: Recipe) -> dict[str, Any]:
         "sampling": drop_added_defaults(SamplingConfig, recipe.sampling.model_dump(
             exclude={"n", "shard_size", "adaptive"})),
         "tasks": {"shuffle_seed": recipe.tasks.shuffle_seed, **{
-            f"{key}.{spec.name}": getattr(spec, key) for spec in recipe.tasks.items
-            for key in ("answer_prompt", "shuffle_choices") if getattr(spec, key) is not None}},
+            f"shuffle_choices.{spec.name}": spec.shuffle_choices for spec in recipe.tasks.items
+            if spec.shuffle_choices is not None and spec.shuffle_choices != default_shuffle(spec)}},
     }
 
 
@@ -208,8 +210,9 @@ class Run:
         with self._marker_lock():
             marker = self._read_marker()
             if marker is None:
-                marker = self._adopt_unmarked()
+                self._adopt_unmarked()
             elif marker.get("run_id") != self.id:
+                self._check_lease(marker.get("lease") or {}, marker["run_id"])
                 self._refuse_other_fingerprint(marker)
             else:
                 self.accepted |= set(marker.get("accepts", []))
@@ -226,7 +229,7 @@ class Run:
         if self._stop is not None:
             self._stop.set()
             if self._beat is not None:
-                self._beat.join()
+                self._beat.join(timeout=30)  # a beat stuck on unreachable storage must not hold up Ctrl-C
         self._stop = self._beat = None
         if self._token is None:
             return
@@ -240,12 +243,13 @@ class Run:
 
     def check_held(self) -> None:
         """Refuse to go on when another driver has taken the lease over (this one stalled past its expiry, or
-        raced it on an object store): called before each shard and before anything is written from the samples."""
-        lease = (self._read_marker() or {}).get("lease") or {}
-        if self._token is None or lease.get("token") != self._token:
-            raise RunConflict(f"{self.marker}: this driver no longer holds run {self.id} (the lease is now held by "
-                              f"{_holder(lease)}); stopped before writing more beside it. What is on storage is "
-                              "kept: rerun once the other driver is done")
+        raced it on an object store): called before each round and before anything is written from the samples."""
+        self.holding()()
+
+    def holding(self) -> LeaseCheck:
+        """`check_held` as a small picklable callable: what a shard writer runs just before it writes, wherever it
+        runs (a Ray replica too)."""
+        return LeaseCheck(self.marker, self._token or "", self.id)
 
     def __enter__(self) -> Run:
         if not self.held:
@@ -256,15 +260,14 @@ class Run:
         self.release()
 
     def _marker_lock(self) -> Any:
-        """A local lock around the marker's read-modify-write (object stores: the write is whole, the check is
-        repeated after it by `_write_marker`)."""
+        """A local lock around the marker's read-modify-write. Object stores have none: the marker is written
+        whole, and a driver that lost a race for it finds out at its next `check_held`."""
         from contextlib import nullcontext
 
         from filelock import FileLock
 
-        if storage.is_url(self.root):
-            return nullcontext()
-        return FileLock(str(Path(self.root) / ".run.lock"), timeout=30)
+        folder = storage.local_folder(self.root)
+        return nullcontext() if folder is None else FileLock(str(Path(folder) / ".run.lock"), timeout=30)
 
     def _read_marker(self) -> dict[str, Any] | None:
         text = storage.read_text(self.marker)
@@ -299,7 +302,7 @@ class Run:
             except Exception as exc:  # a storage hiccup: the next beat tries again before the lease runs out
                 log.warning("%s: could not renew the lease (%s)", self.marker, exc)
 
-    def _check_lease(self, lease: dict[str, Any]) -> None:
+    def _check_lease(self, lease: dict[str, Any], holder_run: str | None = None) -> None:
         if not lease or float(lease.get("expires") or 0) <= 0:
             return
         holder = _holder(lease)
@@ -311,9 +314,9 @@ class Run:
             log.warning("%s: took over the stale lease of %s (last heartbeat %.0f s ago)", self.marker, holder,
                         time.time() - float(lease.get("heartbeat") or 0))
             return
-        raise RunConflict(f"{self.marker}: another driver holds run {self.id} (lease held by {holder}, renewed "
-                          f"until {left:.0f} s from now); wait for it to finish, or stop it: a driver that is gone "
-                          f"loses the lease when it expires")
+        raise RunConflict(f"{self.marker}: another driver holds run {holder_run or self.id} (lease held by {holder}, "
+                          f"renewed until {left:.0f} s from now); wait for it to finish, or stop it: a driver that is "
+                          "gone loses the lease when it expires")
 
     def _refuse_other_fingerprint(self, marker: dict[str, Any]) -> None:
         other = marker["run_id"]
@@ -326,14 +329,14 @@ class Run:
                           "samples made with other settings are never mixed in. Keep them apart with another recipe "
                           f"name, work_dir or executor.storage, or start fresh by deleting {self.root}")
 
-    def _adopt_unmarked(self) -> dict[str, Any]:
+    def _adopt_unmarked(self) -> None:
         """A root without run.json: empty, or made before the marker moved onto the storage. Its shards are this
         run's when the old driver-local marker (sample_config.json) has this fingerprint's teacher, prompt and
         sampling settings (old run ids also covered the tasks), or when they carry this run id; any other shard is
         refused by name."""
         shards = self.shards()
         if not shards:
-            return {}
+            return
         legacy = self.local / LEGACY_MARKER
         old = json.loads(legacy.read_text()) if legacy.is_file() else {}
         if old:
@@ -348,7 +351,21 @@ class Run:
             log.info("%s: the samples of run %s (made before run markers) are this run's", self.root, old["run_id"])
         for shard in shards:
             self.check_shard(storage.read_parquet(shard, columns=["run_id"])["run_id"].unique(), shard)
-        return {}
+
+
+@dataclass(frozen=True)
+class LeaseCheck:
+    marker: str
+    token: str
+    run_id: str
+
+    def __call__(self) -> None:
+        text = storage.read_text(self.marker)
+        lease = (json.loads(text) if text else {}).get("lease") or {}
+        if not self.token or lease.get("token") != self.token:
+            raise RunConflict(f"{self.marker}: this driver no longer holds run {self.run_id} (the lease is now held "
+                              f"by {_holder(lease)}); stopped before writing more beside it. What is on storage is "
+                              "kept: rerun once the other driver is done")
 
 
 def _holder(lease: dict[str, Any]) -> str:

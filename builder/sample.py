@@ -41,9 +41,10 @@ from builder.executors import Executor, ShardWritten, make_executor
 from builder.executors import storage as shard_storage
 from builder.prompts import Exemplar, teacher_prompt
 from builder.recipe import Recipe
-from builder.run import Run
+from builder.run import Run, RunConflict
 from builder.schemas import atomic_write_parquet, table_schema, validate
 from builder.teachers import Answer, Completion, Request, ShardWork, Teacher, make_teacher
+from builder.teachers.base import FAILED
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +270,9 @@ def _run_held(questions: pl.DataFrame, recipe: Recipe, teacher: Teacher, run: Ru
               ) -> tuple[pl.DataFrame | None, SampleStats]:
     adaptive = recipe.sampling.adaptive.enabled
     stats = SampleStats()
+    _forget_refused(run)
+    if recipe.prompt.two_stage and not teacher.own_prompts:
+        _check_answer_prompts(run, questions, tasks.answer_prompts(recipe.tasks, questions))
     ctx: _Context | None = None
     open_q = questions.select("qid")  # questions still sampled in this round
     budget = questions.select("qid", n_samples=pl.lit(0, pl.Int64))  # per question: the last round's target
@@ -325,6 +329,40 @@ def _run_held(questions: pl.DataFrame, recipe: Recipe, teacher: Teacher, run: Ru
     return (samples if collect else None), stats
 
 
+def _check_answer_prompts(run: Run, questions: pl.DataFrame, wanted_prompts: dict[str, str]) -> None:
+    """The answer prompt a question's samples were asked with must be the one this recipe asks: it depends on the
+    task's settings (answer_type, answer_prompt) and, for choice tasks, on the widest choice list among the
+    questions loaded, none of which is in the run fingerprint (growing `limit` must not refuse a run)."""
+    asked = (read_samples(run, ["qid", "answer_prompt"]).unique()
+             .join(questions.select("qid", "task"), on="qid")
+             .with_columns(want=pl.col("task").replace_strict(wanted_prompts, default=None, return_dtype=pl.String)))
+    changed = asked.filter(pl.col("answer_prompt").ne_missing(pl.col("want")))
+    if changed.height:
+        row = changed.row(0, named=True)
+        raise RunConflict(f"{run.samples}: the samples of task {row['task']!r} were asked with the answer prompt "
+                          f"{row['answer_prompt']!r}; this recipe asks {row['want']!r} (the task's answer_type or "
+                          "answer_prompt, or the widest choice list among its questions, changed), and samples made "
+                          "with another prompt are never mixed in. Keep them apart with another recipe name, "
+                          f"work_dir or executor.storage, or start fresh by deleting {run.root}")
+
+
+def _forget_refused(run: Run) -> None:
+    """Samples the engine refused (finish_reason error: a prompt over max_model_len, ...) are asked again on every
+    run, so a raised limit or a fixed server fills them in: their rows leave the shard (rewritten whole, under the
+    lease) and they are missing like any other key."""
+    for shard in run.shards():
+        reasons = shard_storage.read_parquet(shard, columns=["finish_reason"])["finish_reason"]
+        refused = int((reasons == FAILED).sum())
+        if not refused:
+            continue
+        kept = shard_storage.read_parquet(shard).filter(pl.col("finish_reason") != FAILED)
+        log.info("%s: %d sample(s) the engine refused will be asked again", shard, refused)
+        if shard_storage.is_url(shard):
+            shard_storage.write_parquet_url(kept, shard)
+        else:
+            atomic_write_parquet(kept, shard)
+
+
 def _sample_todo(ctx: _Context, todo: pl.DataFrame, stats: SampleStats, state: SampleProgress,
                  progress: Callable[[SampleProgress], None] | None, adaptive: bool) -> float:
     """Sample the missing runs of `todo`, `shard_size` questions per shard, writing each shard as it completes.
@@ -341,7 +379,7 @@ def _sample_todo(ctx: _Context, todo: pl.DataFrame, stats: SampleStats, state: S
             yield ctx.run.shard(first + i), ctx.shard_work(part)
 
     executor = ctx.executor or make_executor(ctx.recipe)
-    write = partial(write_shard, recipe=ctx.recipe, run_id=ctx.run.id)
+    write = partial(write_shard, recipe=ctx.recipe, run_id=ctx.run.id, held=ctx.run.holding())
     t_start = t0 = time.perf_counter()
     first_call, last_write = float("inf"), 0.0
     for done in executor.sample(works(), recipe=ctx.recipe, teacher=ctx.teacher, write=write):
@@ -365,16 +403,27 @@ def _sample_todo(ctx: _Context, todo: pl.DataFrame, stats: SampleStats, state: S
 
 
 def write_shard(work: ShardWork, completions: Sequence[Completion], answers: Sequence[Answer | None], dest: str, *,
-                recipe: Recipe, run_id: str) -> ShardWritten:
+                recipe: Recipe, run_id: str, held: Callable[[], None] = lambda: None) -> ShardWritten:
     """Build, validate and atomically write one shard to `dest` (a local path or an fsspec URL): what every
-    executor calls where the shard was generated (a Ray replica writes its own shards to shared storage)."""
+    executor calls where the shard was generated (a Ray replica writes its own shards to shared storage).
+
+    `held` (the run's `LeaseCheck`) runs just before the write: a driver that lost its lease writes nothing. A shard
+    is never overwritten: a retry of the same work (a Ray task run twice) finds its own keys there and is done; any
+    other content at `dest` means another driver wrote it, and is refused."""
     df = validate(_shard_frame(work, completions, answers, recipe, run_id), "samples", where=dest)
     questions = len({r.qid for r in work.requests})
     log.debug("%s: %d samples of %d questions", dest, df.height, questions)
-    if shard_storage.is_url(dest):
-        shard_storage.write_parquet_url(df, dest)
-    else:
-        atomic_write_parquet(df, dest)
+    held()
+    try:
+        if shard_storage.is_url(dest):
+            shard_storage.write_parquet_url(df, dest, replace=False)
+        else:
+            atomic_write_parquet(df, dest, replace=False)
+    except FileExistsError:
+        there = shard_storage.read_parquet(dest, columns=["qid", "sample_idx"])
+        if not there.sort("qid", "sample_idx").equals(df.select("qid", "sample_idx").sort("qid", "sample_idx")):
+            raise BuilderError(f"{dest}: already holds other samples (written by another driver of this run); "
+                               "nothing overwritten: rerun once the other driver is done") from None
     return ShardWritten(dest, df.height, questions, int(df["prompt_tokens"].sum() or 0),
                         int(df["completion_tokens"].sum() or 0), finished=time.time())
 

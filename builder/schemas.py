@@ -175,8 +175,9 @@ def validate(df: pl.DataFrame, table: str, *, where: str | None = None, extra: b
 TEMP_GLOB = ".*.parquet.*.tmp"
 
 
-def atomic_write_parquet(df: pl.DataFrame, path: str | Path) -> Path:
-    """Write Parquet (zstd) to a temp file in the same folder, fsync, then rename: readers never see half a file."""
+def atomic_write_parquet(df: pl.DataFrame, path: str | Path, *, replace: bool = True) -> Path:
+    """Write Parquet (zstd) to a temp file in the same folder, fsync, then rename: readers never see half a file.
+    `replace=False` never overwrites: an existing `path` raises FileExistsError (a hard link, not a rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # matches TEMP_GLOB
@@ -185,7 +186,11 @@ def atomic_write_parquet(df: pl.DataFrame, path: str | Path) -> Path:
             df.write_parquet(fh, compression="zstd")
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+            Path(tmp).unlink()
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

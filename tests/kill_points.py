@@ -46,7 +46,7 @@ def kill_group() -> None:
 
 def _kill_at_next_replace() -> None:
     """The file or folder being written is complete on disk; its rename into place never happens."""
-    os.replace = lambda *_: kill_group()
+    os.replace = os.link = lambda *_: kill_group()
 
 
 # ---------------------------------------------------------------- sampling
@@ -56,11 +56,11 @@ def _sample(point: str, k: int) -> None:
     written = 0
     write = sample.atomic_write_parquet
 
-    def counted_write(df, path):
+    def counted_write(df, path, **kwargs):
         nonlocal written
         if point == "mid_write" and written + 1 == k:
             _kill_at_next_replace()
-        result = write(df, path)
+        result = write(df, path, **kwargs)
         written += 1
         if point == "after_shard" and written == k:
             kill_group()

@@ -71,8 +71,8 @@ def test_ray_build_keeps_the_text_out_of_the_driver_and_gives_the_local_version(
         tmp_path, tiny_model_dir, ray_cluster, monkeypatch, capsys):
     recipe_path = write_recipe(tmp_path / "ray", tiny_model_dir)
     reads, in_driver, to_store = [], [], []
-    real_read, real_grade, real_curate, real_rows = (sample.read_samples, grade.run, curate.run,
-                                                      store.rows_from_ledger)
+    real_read, real_grade, real_curate, real_write = (sample.read_samples, grade.run, curate.run,
+                                                       store.write_version)
 
     def read_spy(run, columns=None):
         reads.append(columns)
@@ -86,27 +86,31 @@ def test_ray_build_keeps_the_text_out_of_the_driver_and_gives_the_local_version(
         in_driver.append(("curate", graded.height))
         return real_curate(graded, *args, **kwargs)
 
-    def rows_spy(ledger):
-        to_store.append(ledger.height)
-        return real_rows(ledger)
+    def write_spy(rows, **kwargs):
+        to_store.append(rows)
+        return real_write(rows, **kwargs)
 
     # the driver's modules only: Ray workers import their own (the stage functions go to them by reference)
     monkeypatch.setattr(sample, "read_samples", read_spy)
     monkeypatch.setattr(grade, "run", grade_spy)
     monkeypatch.setattr(curate, "run", curate_spy)
-    monkeypatch.setattr(store, "rows_from_ledger", rows_spy)
+    monkeypatch.setattr(store, "write_version", write_spy)
     assert main(["build", str(recipe_path), "--executor", "ray", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     monkeypatch.undo()
 
-    # the driver read key columns only (resume, the count), graded and curated nothing, stored only the kept rows
+    # the driver read key columns only (resume, the count), graded and curated nothing, and handed the store the
+    # ledger's parts to read the kept rows from, not the rows themselves
     assert reads and all(c is not None and set(c) <= KEY_COLUMNS for c in reads), reads
     assert in_driver == []
     shared = tmp_path / "ray" / "shared" / "rb"
     ledger = read_parts(shared / "ledger")
     assert summary["samples"] == ledger.height == N_QUESTIONS * N
     assert 0 < summary["kept"] <= N_QUESTIONS < ledger.height
-    assert to_store == [summary["kept"]] == [ledger.filter(pl.col("state") == "kept").height]
+    assert [type(r) for r in to_store] == [store.Parts] and to_store[0].table == "ledger"
+    assert sorted(str(f).rsplit("/", 1)[1] for f in to_store[0].files) == sorted(
+        p.name for p in (shared / "ledger").glob("*.parquet"))
+    assert summary["kept"] == ledger.filter(pl.col("state") == "kept").height
     assert ledger["sample_idx"].dtype == pl.Int32 and ledger.equals(read_table(shared / "ledger", "ledger"))
     run_dir = tmp_path / "ray" / "runs" / "rb"
     assert not (run_dir / "graded.parquet").exists() and not (run_dir / "ledger.parquet").exists()

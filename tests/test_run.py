@@ -185,3 +185,98 @@ def test_a_driver_that_lost_its_lease_stops_before_writing_more(tmp_path, benchm
     with pytest.raises(BuilderError, match=r"no longer holds run .*other-host pid 7"):
         sample.run(tasks.run(cfg.tasks, cfg.base_dir), cfg, run=held)
     assert not list((cfg.run_dir / "samples").glob("shard-*.parquet"))
+
+
+def test_another_fingerprint_is_refused_while_a_live_lease_holds_the_storage(tmp_path, benchmarks_dir,
+                                                                           teacher_completions_dir):
+    """No shard written yet (the first driver's engine still starting): the storage is not free to take."""
+    shared = tmp_path / "bucket"
+    first = Run.of(import_recipe(tmp_path, benchmarks_dir, teacher_completions_dir, work="a", storage=shared))
+    first.acquire()
+    try:
+        other = import_recipe(tmp_path, benchmarks_dir, teacher_completions_dir, work="b", storage=shared,
+                              model="another-teacher")
+        with pytest.raises(BuilderError, match=rf"another driver holds run {first.id} \(lease held by"):
+            build.run(other)
+    finally:
+        first.release()
+
+
+# ------------------------------------------------------------------ shard writes
+def _shard_work(qids: list[str]):
+    from builder.teachers import Completion, Request, ShardWork
+
+    work = ShardWork([Request(q, "Q: x\nA:", 0, 1, 7) for q in qids], {q: None for q in qids})
+    done = [Completion(q, 0, 7, " text.", "stop", 3, 2) for q in qids]
+    return work, done, [None] * len(done)
+
+
+def test_a_shard_is_never_overwritten_and_a_lost_lease_writes_nothing(tmp_path, benchmarks_dir,
+                                                                      teacher_completions_dir):
+    """A stalled driver that wakes after another took its run over must not replace that driver's shard (same
+    name, other questions): that silently removed samples from the other's version."""
+    cfg = import_recipe(tmp_path, benchmarks_dir, teacher_completions_dir, limit=4)
+    run = Run.of(cfg)
+    run.acquire(heartbeat=False)
+    dest = run.shard(0)
+    Path(dest).parent.mkdir(parents=True, exist_ok=True)
+    sample.write_shard(*_shard_work(["a", "b"]), dest, recipe=cfg, run_id=run.id, held=run.holding())
+    before = Path(dest).read_bytes()
+    sample.write_shard(*_shard_work(["a", "b"]), dest, recipe=cfg, run_id=run.id)  # a retried task: done already
+    with pytest.raises(BuilderError, match=r"shard-00000\.parquet: already holds other samples"):
+        sample.write_shard(*_shard_work(["c"]), dest, recipe=cfg, run_id=run.id)
+    assert Path(dest).read_bytes() == before
+
+    marker = json.loads(Path(run.marker).read_text())
+    marker["lease"].update(host="other-host", pid=7, token="theirs", expires=time.time() + 600)
+    Path(run.marker).write_text(json.dumps(marker))
+    with pytest.raises(BuilderError, match=r"no longer holds run"):
+        sample.write_shard(*_shard_work(["d"]), run.shard(1), recipe=cfg, run_id=run.id, held=run.holding())
+    assert not Path(run.shard(1)).exists()
+
+
+# ------------------------------------------------------------------ what a sample was asked with
+def engine_recipe(tmp_path: Path, model: Path, **task) -> Recipe:
+    return Recipe.model_validate({
+        "name": "asked", "work_dir": str(tmp_path / "runs"),
+        "tasks": {"items": [{**arith_task(tmp_path), **task}]},
+        "teacher": {"model": str(model), "engine_args": {"max_model_len": 1024}},
+        "sampling": {"n": 1, "max_tokens": 8, "answer_max_tokens": 4, "shard_size": 8, "seed": 2,
+                     "structured_outputs_regex": "[a-z ]{1,6}\\."},
+    })
+
+
+@pytest.mark.slow
+def test_samples_asked_with_another_answer_prompt_are_refused_and_an_explicit_default_is_not(
+        tmp_path, tiny_model_dir, vllm_engine):
+    """answer_type (or answer_prompt) decides the answer stage's prompt, and is not in the run fingerprint (the
+    widest choice list can change it as questions are added): each sample's recorded answer prompt is checked."""
+    first = engine_recipe(tmp_path, tiny_model_dir)
+    questions = tasks.run(first.tasks, first.base_dir)
+    _, stats = sample.run(questions, first, engine=vllm_engine)
+    assert stats.new_samples == 5
+    explicit = engine_recipe(tmp_path, tiny_model_dir, answer_prompt="Therefore, the answer (arabic numerals) is",
+                             shuffle_choices=False)  # the defaults, written out
+    assert Run.of(explicit).id == Run.of(first).id
+    _, again = sample.run(questions, explicit, engine=vllm_engine)
+    assert again.new_samples == 0
+    as_text = engine_recipe(tmp_path, tiny_model_dir, answer_type="string")
+    with pytest.raises(BuilderError, match=r"task 'arith' were asked with the answer prompt 'Therefore, the answer "
+                                           r"\(arabic numerals\) is'; this recipe asks 'Therefore, the answer is'"):
+        sample.run(tasks.run(as_text.tasks, as_text.base_dir), as_text, engine=vllm_engine)
+
+
+@pytest.mark.slow
+def test_a_refused_request_is_asked_again_on_the_next_run(tmp_path, tiny_model_dir, vllm_engine):
+    """A prompt over max_model_len is recorded as an error sample, and the next run asks for it again instead of
+    keeping the error forever (a raised limit or a fixed server then fills it in)."""
+    long = ("Tom has 3 apples and " + "then he finds one more apple, " * 300 + "How many apples?", 4)
+    cfg = engine_recipe(tmp_path, tiny_model_dir)
+    cfg.tasks.items[0] = cfg.tasks.items[0].model_copy(update={"path": arith_task(
+        tmp_path, [("Tom has 3 apples and eats 1. How many are left?", 2), long], file="two.jsonl")["path"]})
+    questions = tasks.run(cfg.tasks, cfg.base_dir)
+    samples, first = sample.run(questions, cfg, engine=vllm_engine)
+    assert first.new_samples == 2 and samples["finish_reason"].to_list().count("error") == 1
+    samples, again = sample.run(questions, cfg, engine=vllm_engine)
+    assert again.new_samples == 1  # the refused one, asked again (and refused again by this engine)
+    assert samples.height == 2 and samples.select("qid", "sample_idx").is_duplicated().sum() == 0

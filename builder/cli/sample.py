@@ -54,9 +54,8 @@ def register(app: typer.Typer) -> None:
             row = sample_stage.regenerate(cfg, match["question"][0], match["task"][0], qid, int(idx))
             typer.echo(json.dumps(row.to_dicts()[0]))
             return
-        the_run = Run.of(cfg)
-        write_table(questions, the_run.questions, "questions")
-        with _progress() as progress:
+        with Run.of(cfg) as the_run, _progress() as progress:  # the lease first: questions.parquet is the run's
+            write_table(questions, the_run.questions, "questions")
             bar = progress.add_task("sampling", total=None, questions="0/?", tps="-")
 
             def show(p: sample_stage.SampleProgress) -> None:
@@ -66,7 +65,7 @@ def register(app: typer.Typer) -> None:
 
             with resumable(lambda: shards_kept(cfg),
                            f"rerun `rationale sample {recipe}` to sample only what is missing"):
-                samples, stats = sample_stage.run(questions, cfg, progress=show)
+                samples, stats = sample_stage.run(questions, cfg, run=the_run, progress=show)
         assert samples is not None
         summary = stats.summary()
         if json_out:

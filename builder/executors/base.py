@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from builder.recipe import CurationConfig, ExecutorConfig, GradingConfig, Recipe
     from builder.run import Run
     from builder.stats import CurationStats
+    from builder.store import Parts
     from builder.teachers.base import Answer, Completion, ShardWork, Teacher
 
 
@@ -79,10 +80,10 @@ class Executor(Protocol):
         ...
 
     def curate(self, run: Run, graded: Graded, cfg: CurationConfig, *, eval_questions: pl.DataFrame | None = None
-               ) -> tuple[pl.DataFrame, CurationStats]:
+               ) -> tuple[pl.DataFrame | Parts, CurationStats]:
         """Curate `graded` (ledger and stats identical to `builder.curate.run` on the same rows); write the whole
-        ledger where the run says (as for grade) and return (the ledger rows the store needs, stats): every row
-        locally, only the kept ones on Ray (the dataset itself; the dropped rows stay on storage)."""
+        ledger where the run says (as for grade) and return (what the store reads the version's rows from, stats):
+        the ledger frame locally; on Ray the ledger's parquet parts (`store.Parts`), read in batches."""
         ...
 
     def close(self) -> None:

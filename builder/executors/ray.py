@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from builder.recipe import CurationConfig, ExecutorConfig, GradingConfig, Recipe
     from builder.run import Run
     from builder.stats import CurationStats
+    from builder.store import Parts
     from builder.teachers.base import ShardWork, Teacher
 
 log = logging.getLogger(__name__)
@@ -177,14 +178,6 @@ def _totals_batch(batch: pa.Table) -> pa.Table:
     return pa.table({k: [v] for k, v in sums.items()})
 
 
-def _kept_batch(batch: pa.Table) -> pa.Table:
-    import polars as pl
-
-    from builder import reasons as R
-
-    return pl.from_arrow(batch).filter(pl.col("state") == R.KEPT).to_arrow()
-
-
 def _engine_gpus(recipe: Recipe) -> int:
     args = recipe.teacher.engine_args
     return int(args.get("tensor_parallel_size", 1)) * int(args.get("pipeline_parallel_size", 1))
@@ -266,27 +259,24 @@ class RayExecutor:
         return Graded(out, rows, correct, prompt, completion)
 
     def curate(self, run: Run, graded: Graded, cfg: CurationConfig, *, eval_questions: pl.DataFrame | None = None
-               ) -> tuple[pl.DataFrame, CurationStats]:
+               ) -> tuple[pl.DataFrame | Parts, CurationStats]:
         """`ray_curate.curate(collect=False)`: the ledger goes from Ray to parquet parts in `run.ledger_parts` (in
-        ledger order by file name) and only its kept rows come back to the driver."""
+        ledger order by file name); the store reads its kept rows from there in batches (`store.Parts`), so the
+        dataset never sits whole in the driver."""
         import polars as pl
         import ray
         from ray.data import SaveMode
 
-        from builder.executors import ray_curate
-        from builder.schemas import table_schema
+        from builder.executors import ray_curate, storage
+        from builder.store import Parts
 
         ray_session(self.cfg.address)
         ledger, stats = ray_curate.curate(graded.source, cfg, eval_questions=eval_questions,
                                           blocks=self.cfg.curate_blocks, collect=False)
         if isinstance(ledger, pl.DataFrame):  # nothing graded: curate.run's (empty) ledger
             ledger = ray.data.from_arrow(ledger.to_arrow())
-        out = run.ledger_parts
-        ledger.write_parquet(out, mode=SaveMode.OVERWRITE)
-        kept = [pl.from_arrow(t) for t in ray.get(ray.data.read_parquet(out).map_batches(
-            _kept_batch, batch_format="pyarrow").to_arrow_refs())]
-        kept = [t for t in kept if t.height]
-        return (pl.concat(kept) if kept else table_schema("ledger").empty()), stats
+        ledger.write_parquet(run.ledger_parts, mode=SaveMode.OVERWRITE)
+        return Parts(storage.list_files(run.ledger_parts, "*.parquet"), "ledger"), stats
 
     def close(self) -> None:
         pass  # the Ray connection stays for the process (one ray.init per process; Ray shuts it down at exit)

@@ -38,6 +38,14 @@ def _protocol(fs: Any) -> str:
     return proto[0] if isinstance(proto, (tuple, list)) else proto
 
 
+def local_folder(location: str | Path) -> str | None:
+    """The local path of a plain path or a file:// URL (where file locks work); None on other filesystems."""
+    if not is_url(location):
+        return str(location)
+    fs, path = _fs(str(location))
+    return path if _protocol(fs) in ("file", "local") else None
+
+
 def join(location: str | Path, *names: str) -> str:
     """`location`/names; URLs keep their scheme (posix joins), local paths stay paths."""
     if is_url(location):
@@ -91,9 +99,13 @@ def read_parquet(path: str, columns: list[str] | None = None) -> pl.DataFrame:
         return pl.read_parquet(fh, columns=columns)
 
 
-def write_parquet_url(df: pl.DataFrame, url: str) -> str:
-    """Write `df` to `url` so that readers never see half a file (see the module docstring)."""
+def write_parquet_url(df: pl.DataFrame, url: str, *, replace: bool = True) -> str:
+    """Write `df` to `url` so that readers never see half a file (see the module docstring). `replace=False`
+    raises FileExistsError where an object is already there (checked just before the write: object stores have no
+    portable create-if-absent)."""
     fs, path = _fs(url)
+    if not replace and fs.exists(path):
+        raise FileExistsError(url)
     buf = io.BytesIO()
     df.write_parquet(buf, compression="zstd")
     data = buf.getvalue()

@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "BENCHMARKS_ENV", "PAPER_TASKS", "LoadedTask", "PaperTask", "answer_prompts", "check_spec", "cross_task_overlap",
-    "load_eval_set", "load_task", "load_tasks", "make_qid", "normalise_question", "paper_exemplars",
+    "default_shuffle", "load_eval_set", "load_task", "load_tasks", "make_qid", "normalise_question", "paper_exemplars",
     "paper_split_items", "resolve_benchmarks_dir", "run", "task_info",
 ]
 
@@ -134,6 +134,12 @@ def check_spec(spec: TaskSpec) -> None:
                          "use answer_type: choice")
 
 
+def default_shuffle(spec: TaskSpec) -> bool:
+    """Whether a task's choices are shuffled when the recipe does not say: the paper task's registration (BIG-bench
+    lists the right choice first), never for a file or Hub source."""
+    return spec.source == "paper" and PAPER_TASKS.get(spec.name).shuffle_choices
+
+
 def load_task(spec: TaskSpec, *, benchmarks_dir: Path | None = None, base_dir: str | Path | None = None,
               shuffle_seed: int = 0) -> LoadedTask:
     """Load one task as a `questions` frame (validated), with raw and duplicate counts.
@@ -150,12 +156,10 @@ def load_task(spec: TaskSpec, *, benchmarks_dir: Path | None = None, base_dir: s
             raise InputError(f"task {spec.name!r}: paper tasks need tasks.benchmarks_dir or ${BENCHMARKS_ENV}")
         folder = resolve_recipe_path(base_dir, spec.path) if spec.path else benchmarks_dir / spec.name
         raw, where, answer_type, fields = task.load(folder), str(folder), task.answer_type, task.fields
-        shuffle = task.shuffle_choices
     else:
         raw, where, mapping = load_source(spec, base_dir)
-        answer_type, fields, shuffle = spec.answer_type, (mapping["question"], mapping["gold"]), False
-    if spec.shuffle_choices is not None:
-        shuffle = spec.shuffle_choices
+        answer_type, fields = spec.answer_type, (mapping["question"], mapping["gold"])
+    shuffle = default_shuffle(spec) if spec.shuffle_choices is None else spec.shuffle_choices
     df, row_qids = _questions(raw, spec.name, answer_type, fields, shuffle=shuffle, shuffle_seed=shuffle_seed)
     duplicates = raw.height - df.height
     if spec.source == "paper":

@@ -53,8 +53,8 @@ class Completion:
 
     A request the engine refused (e.g. a prompt longer than max_model_len) is still a sample: `finish_reason`
     "error" (`FAILED`), `error` the engine's message ("answer stage: ..." when only the stage-2 request failed, the
-    rationale then kept), `text` empty when stage 1 failed. It is written like any sample, so a resume does not ask
-    again, and it is never graded correct.
+    rationale then kept), `text` empty when stage 1 failed. It is written like any sample and never graded correct;
+    the next run asks for it again (`builder.sample`), so a raised limit or a fixed server fills it in.
     """
 
     qid: str
@@ -107,6 +107,9 @@ class Teacher(Protocol):
 
     # TeacherConfig fields that change what this backend generates: they enter the run fingerprint (run id).
     fingerprint_fields: ClassVar[tuple[str, ...]] = SAMPLE_FIELDS
+    # True where completions come with the prompts they were made with (import): the recipe's answer prompts are
+    # then not checked against the samples on storage.
+    own_prompts: ClassVar[bool] = False
 
     def render(self, prompt: str | list[dict[str, str]]) -> str:
         """The stage-1 prompt as the text this backend sends (chat messages through the model's template)."""

@@ -106,6 +106,8 @@ def _split_tagged(df: pl.DataFrame, splitter: ReasoningSplitter) -> pl.DataFrame
 class ImportedTeacher(Teacher):
     """Completions read from `teacher.import_path`, matched to questions by qid (task + normalised question)."""
 
+    own_prompts = True
+
     def __init__(self, recipe: Recipe, *, engine: Any = None) -> None:
         t = recipe.teacher
         self.path = path = recipe.resolve_path(t.import_path)
