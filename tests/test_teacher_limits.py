@@ -160,8 +160,8 @@ def sample_and_curate(tmp_path: Path, model: Path, engine, questions: list[tuple
     qtable = tasks.run(recipe.tasks, recipe.base_dir)
     samples, stats = sample.run(qtable, recipe, engine=engine)  # today: vLLM's error aborts the stage
     assert samples.height == len(questions) * N and stats.new_samples == len(questions) * N
-    _, again = sample.run(qtable, recipe, engine=engine)  # every sample recorded: a rerun asks for nothing
-    assert again.new_samples == 0
+    _, again = sample.run(qtable, recipe, engine=engine)  # every sample recorded: a rerun asks only the refused again
+    assert again.new_samples == samples.filter(pl.col("finish_reason") == "error").height
     ledger, _ = curate.run(grade.run(samples, qtable, recipe.grading), recipe.curation)
     qid = dict(zip(qtable["question"], qtable["qid"], strict=True))
     return samples, ledger, stats, qid
