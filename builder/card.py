@@ -45,29 +45,38 @@ def _funnel_rows(funnel: dict[str, dict[str, int]]) -> tuple[list[str], list[dic
     return stages, rows
 
 
-def _length_stats(rows: pl.DataFrame, column: str = "rationale") -> pl.DataFrame:
-    words = pl.col(column).str.split(" ").list.len().alias("words")
-    return rows.filter(pl.col(column).is_not_null()).select("task", words)
+def length_counts(rows: pl.LazyFrame | pl.DataFrame, column: str = "rationale") -> pl.DataFrame:
+    """Rows per (task, length of `column` in words), sorted: the length table and histogram are computed from these
+    counts, never from the rows in memory (the store merges the counts of the parts it writes; counts of parts add
+    up). Words are split on single spaces."""
+    words = (pl.col(column).str.count_matches(" ", literal=True) + 1).alias("words")
+    return (rows.lazy().filter(pl.col(column).is_not_null()).group_by("task", words).agg(pl.len().alias("n"))
+            .sort("task", "words").collect())
 
 
-def _length_table(lengths: pl.DataFrame) -> list[dict[str, Any]]:
-    return lengths.group_by("task").agg(
-        pl.len().alias("rows"), pl.col("words").mean().round(1).alias("mean"),
-        pl.col("words").median().alias("median"), pl.col("words").max().alias("max"),
+def _length_table(counts: pl.DataFrame) -> list[dict[str, Any]]:
+    """Rows, mean, median and max length per task, as polars computes them over the lengths themselves."""
+    n, words = pl.col("n"), pl.col("words")
+
+    def at(rank: pl.Expr) -> pl.Expr:  # the length at 0-based position `rank` of the task's sorted lengths
+        return words.filter(n.cum_sum() > rank).first()
+
+    return counts.group_by("task").agg(
+        n.sum().alias("rows"), ((words.cast(pl.Int64) * n).sum() / n.sum()).round(1).alias("mean"),
+        ((at((n.sum() - 1) // 2) + at(n.sum() // 2)) / 2).alias("median"), words.max().alias("max"),
     ).sort("task").to_dicts()
 
 
-def _reasoning_section(rows: pl.DataFrame, manifest: dict[str, Any], assets: Path) -> dict[str, Any] | None:
-    """Trace lengths (table + histogram) and the unfinished-thinking count; None when no row has a trace and no
-    trace was dropped unfinished (a dataset without traces shows nothing)."""
+def _reasoning_section(counts: pl.DataFrame, manifest: dict[str, Any], assets: Path) -> dict[str, Any] | None:
+    """Trace lengths (table + histogram, from `length_counts` of `reasoning`) and the unfinished-thinking count; None
+    when no row has a trace and no trace was dropped unfinished (a dataset without traces shows nothing)."""
     filters = (manifest["recipe"].get("curation") or {}).get("filters") or []
     unfinished = manifest["dropped"].get(R.STAGE_FILTER, {}).get(R.UNFINISHED_THINKING, 0)
-    lengths = _length_stats(rows, "reasoning") if "reasoning" in rows.columns else pl.DataFrame()
-    if not lengths.height and not unfinished:
+    if not counts.height and not unfinished:
         return None
-    if lengths.height:
-        _plot_lengths(lengths, assets / "reasoning_lengths.png", what="reasoning trace")
-    return {"rows": _length_table(lengths) if lengths.height else [], "has_plot": bool(lengths.height),
+    if counts.height:
+        _plot_lengths(counts, assets / "reasoning_lengths.png", what="reasoning trace")
+    return {"rows": _length_table(counts) if counts.height else [], "has_plot": bool(counts.height),
             "unfinished": unfinished, "filtered": "unfinished_thinking" in filters}
 
 
@@ -105,15 +114,17 @@ def _plot_funnel(funnel: dict[str, dict[str, int]], stages: list[str], path: Pat
     fig.savefig(path, format="png", metadata={"Software": None})
 
 
-def _plot_lengths(lengths: pl.DataFrame, path: Path, what: str = "rationale") -> None:
+def _plot_lengths(counts: pl.DataFrame, path: Path, what: str = "rationale") -> None:
+    """Histogram per task from `length_counts` (each length weighted by its count: the same bars as the lengths)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.0, 3.6), dpi=100)
     ax = fig.add_subplot()
-    top = max(1, int(lengths.get_column("words").max()))
+    top = max(1, int(counts.get_column("words").max()))
     bins = min(40, top)
-    for (task,), part in lengths.sort("task").group_by(["task"], maintain_order=True):
-        ax.hist(part.get_column("words").to_numpy(), bins=bins, range=(0, top), alpha=0.6, label=str(task))
+    for (task,), part in counts.group_by(["task"], maintain_order=True):
+        ax.hist(part.get_column("words").to_numpy(), bins=bins, range=(0, top),
+                weights=part.get_column("n").to_numpy(), alpha=0.6, label=str(task))
     ax.set_xlabel(f"{what} length (words)")
     ax.set_ylabel("rows")
     ax.set_title(f"{what[0].upper()}{what[1:]} lengths")
@@ -192,11 +203,14 @@ def _decontamination(manifest: dict[str, Any]) -> dict[str, Any] | None:
     return decon if ran else None
 
 
-def write_card(folder: str | Path, rows: pl.DataFrame, manifest: dict[str, Any]) -> Path:
+def write_card(folder: str | Path, rows: pl.LazyFrame | pl.DataFrame, manifest: dict[str, Any], *,
+               lengths: dict[str, pl.DataFrame] | None = None) -> Path:
     """Render README.md and assets/*.png for a version folder whose data/ is already written.
 
     Reads the manifest the store is writing: the stats sections (empty when the build recorded none,
-    which the card says) and the recipe.
+    which the card says) and the recipe. `rows` (sorted) gives the example (its first row) and, unless `lengths`
+    holds them, the length counts (`length_counts` of rationale and reasoning: the store gathers them while it
+    writes the data and passes only the first row).
 
     Returns:
         The README.md path.
@@ -211,10 +225,14 @@ def write_card(folder: str | Path, rows: pl.DataFrame, manifest: dict[str, Any])
     has_funnel_plot = bool(funnel_rows and stages)
     if has_funnel_plot:
         _plot_funnel(funnel, stages, assets / "funnel.png")
-    lengths = _length_stats(rows)
-    length_rows = _length_table(lengths) if rows.height else []
-    if rows.height:
-        _plot_lengths(lengths, assets / "rationale_lengths.png")
+    rows = rows.lazy()
+    if lengths is None:
+        names = rows.collect_schema().names()
+        lengths = {c: length_counts(rows, c) for c in ("rationale", "reasoning") if c in names}
+    counts = lengths.get("rationale", pl.DataFrame())
+    length_rows = _length_table(counts) if counts.height else []
+    if counts.height:
+        _plot_lengths(counts, assets / "rationale_lengths.png")
     diversity_rows = [
         {"task": t, "jb": _fmt(d["before"]["mean_pairwise_jaccard"]), "ja": _fmt(d["after"]["mean_pairwise_jaccard"]),
          "db": _fmt(d["before"]["distinct_ngrams"]), "da": _fmt(d["after"]["distinct_ngrams"])}
@@ -229,8 +247,9 @@ def write_card(folder: str | Path, rows: pl.DataFrame, manifest: dict[str, Any])
     usage = ", ".join(f"{k.replace('_', ' ')} {_fmt(sampling[k], 1)}"
                       for k in ("prompt_tokens", "completion_tokens", "seconds") if sampling.get(k) is not None)
     example = None
-    if rows.height:
-        first = rows.row(0, named=True)
+    head = rows.head(1).collect()
+    if head.height:
+        first = head.row(0, named=True)
         example = {k: (first[k][:300] + " ...") if len(first[k]) > 300 else first[k]
                    for k in ("task", "prompt", "completion")}
     description = recipe.get("description") or (
@@ -249,7 +268,7 @@ def write_card(folder: str | Path, rows: pl.DataFrame, manifest: dict[str, Any])
         created_at=manifest.get("created_at"),
         configs=list(manifest["configs"]),
         task_configs=[c for c in manifest["configs"] if c != "default"],
-        columns=manifest.get("columns", rows.columns),
+        columns=manifest.get("columns", rows.collect_schema().names()),
         example=example,
         prompting=_prompting(recipe.get("prompt", {})),
         sampling_items=sampling_items,
@@ -259,8 +278,8 @@ def write_card(folder: str | Path, rows: pl.DataFrame, manifest: dict[str, Any])
         has_funnel_plot=has_funnel_plot,
         dropped_rows=dropped_rows,
         length_rows=length_rows,
-        has_length_plot=bool(rows.height),
-        reasoning=_reasoning_section(rows, manifest, assets),
+        has_length_plot=bool(counts.height),
+        reasoning=_reasoning_section(lengths.get("reasoning", pl.DataFrame()), manifest, assets),
         diversity_rows=diversity_rows,
         decon=_decontamination(manifest),
         repo_id=REPO_PLACEHOLDER.format(name=manifest["name"]),

@@ -114,14 +114,18 @@ def read_samples(run: Run, columns: list[str] | None = None) -> pl.DataFrame:
         return empty.select(columns) if columns else empty
     frames = []
     for f in files:
-        try:
-            df = shard_storage.read_parquet(f, columns=None if columns is None else [*columns, "run_id"])
-        except (pl.exceptions.PolarsError, OSError) as exc:
-            raise BuilderError(f"{f}: corrupt sample shard ({exc}); delete it and rerun to re-sample it") from exc
+        df = _read_shard(f, None if columns is None else [*columns, "run_id"])
         run.check_shard(df["run_id"].unique(), f)
         frames.append(df if columns is None or "run_id" in columns else df.drop("run_id"))
     df = pl.concat(frames, how="diagonal_relaxed")  # shards older than a schema's added columns lack them
     return df if columns else validate(df, "samples", where=run.samples)
+
+
+def _read_shard(path: str, columns: list[str] | None = None) -> pl.DataFrame:
+    try:
+        return shard_storage.read_parquet(path, columns=columns)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise BuilderError(f"{path}: corrupt sample shard ({exc}); delete it and rerun to re-sample it") from exc
 
 
 def wanted(questions: pl.DataFrame, n: int | pl.Expr) -> pl.DataFrame:
@@ -351,11 +355,11 @@ def _forget_refused(run: Run) -> None:
     run, so a raised limit or a fixed server fills them in: their rows leave the shard (rewritten whole, under the
     lease) and they are missing like any other key."""
     for shard in run.shards():
-        reasons = shard_storage.read_parquet(shard, columns=["finish_reason"])["finish_reason"]
+        reasons = _read_shard(shard, ["finish_reason"])["finish_reason"]
         refused = int((reasons == FAILED).sum())
         if not refused:
             continue
-        kept = shard_storage.read_parquet(shard).filter(pl.col("finish_reason") != FAILED)
+        kept = _read_shard(shard).filter(pl.col("finish_reason") != FAILED)
         log.info("%s: %d sample(s) the engine refused will be asked again", shard, refused)
         if shard_storage.is_url(shard):
             shard_storage.write_parquet_url(kept, shard)

@@ -15,10 +15,16 @@ The content hash covers the rows (canonical NDJSON, sorted by task, qid, sample_
 (canonical JSON without paths and other machine-specific fields), so the same recipe and seeds on the same engine
 give the same hash and any change of a row changes it. Versions are written to a temp folder and renamed into
 place under a file lock; a version is never rewritten.
+
+Writing and verifying take bounded memory at any size: the rows (a DataFrame, or `Parts`: the Parquet files of a
+rows table or a ledger that a Ray cluster wrote, sorted in range buckets) are read once, in order, feeding the shards,
+the rows digest and the card's length counts slice by slice; counts and sizes come from a first pass over the
+columns they need, one batch at a time; verify reads one row group at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -27,15 +33,16 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
 from builder import reasons as R
-from builder.errors import StoreError
+from builder.errors import SchemaError, StoreError
 from builder.prompts import (
     reasoning_completion_expr,
     student_completion_expr,
@@ -81,6 +88,16 @@ _VERSION_RE = re.compile(r"^v([1-9][0-9]*)$")
 _SORT_KEY = ["task", "qid", "sample_idx"]
 # What manifest.json keeps of the build stats: measured facts only (the settings are in its `recipe`).
 _STATS_SECTIONS = ("sampling", "funnel", "dropped", "diversity", "decontamination")
+# Memory bounds of writing and verifying a version (text bytes = the string columns' UTF-8 bytes): rows per NDJSON
+# slice fed to the digest; Parquet bytes (uncompressed, as the file's metadata gives them) per batch read
+# (pyarrow's decoding holds about 3x a batch); text per sorted bucket of `Parts` (raised so that at most
+# MAX_BUCKETS files are open); text per Parquet row group of the shards (its row count follows from the mean row,
+# so the files do not depend on how the rows were fed).
+DIGEST_BATCH_ROWS = 10_000
+BATCH_BYTES = 8 << 20
+BUCKET_BYTES = 32 << 20
+MAX_BUCKETS = 512
+ROW_GROUP_BYTES = 32 << 20
 
 
 class StoreWriteError(StoreError, OSError):
@@ -97,6 +114,22 @@ class VersionInfo:
     created: bool
 
 
+@dataclass(frozen=True)
+class Parts:
+    """Parquet files that hold a version's rows, read in bounded memory by `write_version`: a `rows` table, or a
+    `ledger` whose kept rows (state == kept) become the rows (`rows_from_ledger`, applied one batch at a time).
+    Files are local paths or URLs (`file://`, any fsspec URL); their order does not matter."""
+
+    files: list[str | Path]
+    table: Literal["rows", "ledger"]
+
+    def __post_init__(self) -> None:
+        if self.table not in ("rows", "ledger"):
+            raise ValueError(f"Parts.table is {self.table!r}, expected 'rows' or 'ledger'")
+        if isinstance(self.files, (str, Path)):
+            raise TypeError("Parts.files is a list of files, not one path")
+
+
 # ---------------------------------------------------------------- ledger -> rows
 def rows_from_ledger(ledger: pl.DataFrame) -> pl.DataFrame:
     """The kept rows of a ledger as the `rows` table, in the student formats of `builder.prompts`.
@@ -110,24 +143,34 @@ def rows_from_ledger(ledger: pl.DataFrame) -> pl.DataFrame:
         StoreError: a kept row has no extracted answer (names its qid and sample_idx).
     """
     ledger = validate(ledger, "ledger", where="ledger")
-    kept = ledger.filter(pl.col("state") == R.KEPT)
-    no_answer = kept.filter(pl.col("pred").is_null() | (pl.col("pred").str.strip_chars() == ""))
-    if no_answer.height:
-        first = no_answer.row(0, named=True)
-        raise StoreError(f"ledger: {no_answer.height} kept row(s) have no extracted answer (column 'pred'), first "
-                         f"qid={first['qid']} sample_idx={first['sample_idx']}; drop them in curation "
-                         "(filter 'no_answer') before storing")
+    rows = _kept_rows(ledger.filter(pl.col("state") == R.KEPT), "ledger")
+    return validate(rows.sort(_SORT_KEY), "rows", where="rows from ledger")
+
+
+def _kept_rows(kept: pl.DataFrame, where: str, *, messages: bool = True) -> pl.DataFrame:
+    """Kept ledger rows -> rows columns (unsorted, not validated; `messages` left out unless asked for)."""
+    _check_answers(kept, where)
     question, rationale, answer, reasoning = pl.col("question"), pl.col("rationale"), pl.col("answer"), pl.col(
         "reasoning")
     rows = kept.with_columns(rationale.str.strip_chars(), reasoning.str.strip_chars(),
                              pl.col("pred").str.strip_chars().alias("answer"))
-    rows = rows.with_columns(
+    return rows.with_columns(
         student_prompt_expr(question).alias("prompt"),
         pl.when(reasoning.is_null()).then(student_completion_expr(rationale, answer))
         .otherwise(reasoning_completion_expr(reasoning, rationale)).alias("completion"),
-        student_messages_expr(question, rationale, answer, reasoning).alias("messages"),
+        *([student_messages_expr(question, rationale, answer, reasoning).alias("messages")] if messages else []),
     )
-    return validate(rows.sort(_SORT_KEY), "rows", where="rows from ledger")
+
+
+def _check_answers(kept: pl.DataFrame, where: str) -> None:
+    """Refuse a kept ledger row without an extracted answer, naming the first."""
+    no_answer = kept.filter(pl.col("pred").is_null() | (pl.col("pred").str.strip_chars() == ""))
+    if no_answer.height:
+        first = no_answer.row(0, named=True)
+        raise StoreError(f"{where}: {no_answer.height} kept row(s) have no extracted answer (column 'pred'), first "
+                         f"qid={first['qid']} sample_idx={first['sample_idx']}; drop them in curation "
+                         "(filter 'no_answer') before storing")
+
 
 
 def conversational_rows(rows: pl.DataFrame) -> pl.DataFrame:
@@ -179,22 +222,55 @@ def _canonical_json(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
 
-def rows_digest(rows: pl.DataFrame) -> str:
-    """sha256 of the rows as NDJSON in schema column order, sorted by (task, qid, sample_idx).
+class _NdjsonSha256:
+    """sha256 of frames written as NDJSON one slice after another: the digest of the whole NDJSON text, which is
+    never held (the whole table's text peaked at 4x the table). A file-like object for `write_ndjson`."""
+
+    def __init__(self, drop: list[str] | tuple[str, ...] = ()) -> None:
+        self._sha = hashlib.sha256()
+        self._drop = list(drop)
+
+    def write(self, data: bytes | str) -> int:
+        self._sha.update(data.encode() if isinstance(data, str) else data)
+        return len(data)
+
+    def update(self, frame: pl.DataFrame, batch_rows: int | None = None) -> None:
+        for part in frame.drop(self._drop).iter_slices(batch_rows or DIGEST_BATCH_ROWS):
+            part.write_ndjson(self)
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
+def _unused_added(rows: pl.LazyFrame) -> list[str]:
+    """Added columns that are all null: left out of the rows digest (see `rows_digest`)."""
+    added = table_schema("rows").added
+    counts = rows.select(pl.len(), *(pl.col(c).null_count() for c in added)).collect(engine="streaming").row(0)
+    return [c for c, nulls in zip(added, counts[1:], strict=True) if nulls == counts[0]]
+
+
+def rows_digest(rows: pl.DataFrame, *, batch_rows: int | None = None) -> str:
+    """sha256 of the rows as NDJSON in schema column order, sorted by (task, qid, sample_idx), fed to the hash
+    `batch_rows` rows at a time (the value does not depend on it).
 
     Columns added to the rows schema later (`reasoning`) are left out while they are all null, so a dataset without
     traces keeps the hash it had before they existed.
     """
     rows = validate(rows, "rows", where="rows").sort(_SORT_KEY)
-    unused = [c for c in table_schema("rows").added if rows.get_column(c).null_count() == rows.height]
-    return hashlib.sha256(rows.drop(unused).write_ndjson().encode()).hexdigest()
+    digest = _NdjsonSha256(_unused_added(rows.lazy()))
+    digest.update(rows, batch_rows)
+    return digest.hexdigest()
+
+
+def _content_hash(rows_sha256: str, recipe: dict[str, Any]) -> str:
+    h = hashlib.sha256()
+    h.update(b"rows\n" + rows_sha256.encode() + b"\nrecipe\n" + _canonical_json(canonical_recipe(recipe)))
+    return h.hexdigest()
 
 
 def content_hash(rows: pl.DataFrame, recipe: dict[str, Any]) -> str:
     """The version identity: rows plus canonical recipe (see HASH_SPEC)."""
-    h = hashlib.sha256()
-    h.update(b"rows\n" + rows_digest(rows).encode() + b"\nrecipe\n" + _canonical_json(canonical_recipe(recipe)))
-    return h.hexdigest()
+    return _content_hash(rows_digest(rows), recipe)
 
 
 def manifest_digest(manifest: dict[str, Any]) -> str:
@@ -277,18 +353,57 @@ def _arrow_plain(table: Any) -> Any:
     return table.cast(schema)
 
 
-def _write_shards(df: pl.DataFrame, folder: Path, shard_rows: int) -> list[Path]:
-    import pyarrow.parquet as pq
+class _ShardWriter:
+    """Shards train-<i>-of-<k>.parquet of `rows` rows fed in order, `shard_rows` per file, written one row group of
+    `group_rows` rows at a time: one row group is held, and the files do not depend on how the rows were fed."""
 
-    folder.mkdir(parents=True, exist_ok=True)
-    k = max(1, -(-df.height // shard_rows))
-    paths = []
-    for i in range(k):
-        path = folder / f"{SPLIT}-{i:05d}-of-{k:05d}.parquet"
-        table = _arrow_plain(df.slice(i * shard_rows, shard_rows).to_arrow())
-        pq.write_table(table, path, compression="zstd")
-        paths.append(path)
-    return paths
+    def __init__(self, folder: Path, rows: int, shard_rows: int, group_rows: int) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.shard_rows, self.group_rows = folder, shard_rows, min(group_rows, shard_rows)
+        self.rows, self.k = rows, max(1, -(-rows // shard_rows))
+        self.paths: list[Path] = []
+        self.written = 0
+        self._pending: list[pl.DataFrame] = []
+        self._writer: Any = None
+
+    def write(self, frame: pl.DataFrame) -> None:
+        while frame.height:
+            in_shard = self.written % self.shard_rows
+            room = min(self.group_rows - in_shard % self.group_rows, self.shard_rows - in_shard)
+            part, frame = frame.head(room), frame.slice(room)
+            # held as Arrow in plain types: a copy of only these rows (polars' string views of a slice would keep
+            # the whole frame they were cut from alive until the row group is written)
+            self._pending.append(_arrow_plain(part.to_arrow(compat_level=pl.CompatLevel.newest())))
+            self.written += part.height
+            if part.height == room:
+                self._flush()
+        if self.written == self.rows:  # the last rows (e.g. of a task's config: the rows come sorted by task)
+            self.close()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.concat_tables(self._pending).combine_chunks()  # one chunk: the bytes do not depend on the feed
+        self._pending = []
+        if self._writer is None:
+            path = self.folder / f"{SPLIT}-{len(self.paths):05d}-of-{self.k:05d}.parquet"
+            self._writer = pq.ParquetWriter(path, table.schema, compression="zstd")
+            self.paths.append(path)
+        self._writer.write_table(table, row_group_size=max(1, table.num_rows))
+        del table
+        _release()
+        if self.written % self.shard_rows == 0:
+            self._writer.close()
+            self._writer = None
+
+    def close(self) -> list[Path]:
+        if self._pending:
+            self._flush()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        return self.paths
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -298,16 +413,387 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(fh.fileno())
 
 
-def _teacher(recipe: dict[str, Any], rows: pl.DataFrame) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Summary:
+    """What the layout, manifest and digest of a version need from its rows, merged batch by batch."""
+
+    rows: int
+    tasks: dict[str, int]
+    teachers: list[str]
+    unused: list[str]  # added columns that are all null: left out of the digest
+    text_bytes: int
+
+
+def _text_bytes() -> pl.Expr:
+    """A row's text in UTF-8 bytes (its string columns): what buckets and row groups are sized by."""
+    strings = [c.name for c in table_schema("rows").columns if c.dtype == pl.String()]
+    return pl.sum_horizontal(pl.col(strings).str.len_bytes().cast(pl.Int64))
+
+
+def _rows_for(text_bytes: int, summary: _Summary) -> int:
+    """Rows that hold about `text_bytes` of text at the rows' mean size."""
+    return max(1, text_bytes * summary.rows // max(1, summary.text_bytes))
+
+
+# Ledger columns that the rows are made of (`_kept_rows`): the only ones read from ledger parts.
+_LEDGER_INPUT = ("qid", "sample_idx", "task", "question", "rationale", "reasoning", "pred", "gold", "seed", "teacher",
+                 "state")
+# Rows columns made from (or changed from) the ledger's by `_kept_rows`.
+_LEDGER_MADE = frozenset({"answer", "prompt", "completion", "messages", "rationale", "reasoning"})
+
+
+@contextlib.contextmanager
+def _input_file(file: str | Path, where: str) -> Iterator[Any]:
+    """An input part as a pyarrow ParquetFile (a URL opened by fsspec); a file that cannot be read is named."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    text = str(file)
+    try:
+        with contextlib.ExitStack() as stack:
+            if "://" in text:
+                import fsspec
+
+                source: Any = stack.enter_context(fsspec.open(text, "rb"))
+            else:
+                source = text
+            yield stack.enter_context(pq.ParquetFile(source, buffer_size=1 << 20, pre_buffer=False))
+    except (pa.ArrowException, OSError) as exc:
+        raise StoreError(f"{text}: unreadable Parquet part of {where} ({str(exc).splitlines()[0]})") from None
+
+
+def _release() -> None:
+    """Hand the memory pyarrow's pool has freed back to the system: its allocator (mimalloc) keeps it otherwise, and
+    one pass over 5M rows left 290 MB held but unused."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+
+
+def _batch_rows(meta: Any, columns: list[str] | None) -> int:
+    """Rows per batch so that a batch of `columns` (None: all) holds about BATCH_BYTES (uncompressed)."""
+    size = 0
+    for i in range(meta.num_row_groups):
+        group = meta.row_group(i)
+        for j in range(group.num_columns):
+            chunk = group.column(j)
+            if columns is None or chunk.path_in_schema.split(".")[0] in columns:
+                size += chunk.total_uncompressed_size
+    return max(1, BATCH_BYTES * meta.num_rows // max(1, size))
+
+
+def _cast(frame: pl.DataFrame, target: dict[str, pl.DataType], columns: list[str], table: str, where: str
+          ) -> pl.DataFrame:
+    """`columns` of `frame` cast to `target` (a column the file lacks, added later to the schema: nulls)."""
+    try:
+        return frame.select(pl.col(c).cast(target[c], strict=True) if c in frame.columns
+                            else pl.lit(None, target[c]).alias(c) for c in columns)
+    except pl.exceptions.PolarsError as exc:
+        raise SchemaError(f"table {table!r} in {where}: {str(exc).splitlines()[0]}") from None
+
+
+def _target(file: str | Path, schema: Any, table: str, where: str) -> dict[str, pl.DataType]:
+    """The dtypes a part's columns are read as: its columns checked against `table` as `validate` does."""
+    found = pl.from_arrow(schema.empty_table()).schema
+    return dict(validate(pl.DataFrame(schema=found), table, where=f"{where} ({file})").schema)
+
+
+def _ledger_columns(columns: list[str]) -> list[str]:
+    """The ledger columns that rows `columns` are made of (`state` and `pred` always: kept rows, answers)."""
+    want = {"state", "pred", *(c for c in columns if c in _LEDGER_INPUT)}
+    if _LEDGER_MADE & set(columns):
+        want |= {"question", "rationale", "reasoning"}
+    return [c for c in _LEDGER_INPUT if c in want]
+
+
+def _parts_batches(parts: Parts, columns: list[str], where: str) -> Iterator[pl.DataFrame]:
+    """The rows of `parts`, `columns` only (rows-schema names, in that order), cast as `validate` does, in batches
+    of about BATCH_BYTES of the columns read; a ledger's kept rows made into rows batch by batch."""
+    for file in parts.files:
+        with _input_file(file, where) as parquet:
+            target = _target(file, parquet.schema_arrow, parts.table, where)
+            read = columns if parts.table == "rows" else _ledger_columns(columns)
+            present = [c for c in read if c in parquet.schema_arrow.names]
+            for batch in parquet.iter_batches(batch_size=_batch_rows(parquet.metadata, present), columns=present):
+                frame = _cast(pl.from_arrow(batch), target, read, parts.table, where)
+                del batch
+                if parts.table == "ledger":
+                    kept = frame.filter(pl.col("state") == R.KEPT)
+                    if _LEDGER_MADE & set(columns):
+                        frame = _kept_rows(kept, where, messages="messages" in columns).select(columns)
+                    else:
+                        _check_answers(kept, where)
+                        frame = kept.select(columns)
+                yield frame
+        _release()
+
+
+def _check_parts(parts: Parts, where: str) -> None:
+    """Every part opens and holds the columns its table needs (before the lock is taken)."""
+    for file in parts.files:
+        with _input_file(file, where) as parquet:
+            _target(file, parquet.schema_arrow, parts.table, where)
+
+
+def _parquet_rows(path: Path) -> int:
+    """A Parquet file's row count, from its metadata."""
+    import pyarrow.parquet as pq
+
+    with _reading(path), pq.ParquetFile(path) as parquet:
+        return parquet.metadata.num_rows
+
+
+def _parquet_batches(path: Path, columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
+    """A Parquet file's rows in batches of about BATCH_BYTES (at the file's mean row size), read by pyarrow, which
+    holds one batch (polars' streaming engine reads files ahead: 450 MB where this stays flat)."""
+    import pyarrow.parquet as pq
+
+    with _reading(path):
+        parquet = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
+        for batch in parquet.iter_batches(batch_size=_batch_rows(parquet.metadata, columns), columns=columns):
+            yield pl.from_arrow(batch)
+    _release()
+
+
+def _summarise(batches: Iterable[pl.DataFrame], where: str) -> tuple[_Summary, pl.DataFrame]:
+    """Counts, teachers and sizes of the rows, and the text bytes per question (task, qid, bytes; sorted), merged
+    batch by batch; refuses a null in a required column naming its count and first row, as `validate` does (the
+    columns of the batches: `messages`, derived, is checked as the data is written)."""
+    schema = table_schema("rows")
+    required = [c.name for c in schema.columns if not c.nullable]
+    checked = [*required, *schema.added]
+    nulls, first, teachers = dict.fromkeys(checked, 0), {}, set()
+    questions, pending = None, []
+    for batch in batches:
+        counts = {c: batch.get_column(c).null_count() for c in checked if c in batch.columns}
+        for c in required:
+            if counts.get(c) and c not in first:
+                first[c] = batch.filter(pl.col(c).is_null()).select("qid", "sample_idx").row(0)
+            nulls[c] += counts.get(c, 0)
+        for c in schema.added:
+            nulls[c] += counts[c]
+        teachers.update(batch.get_column("teacher").drop_nulls().unique().to_list())
+        pending.append(batch.group_by("task", "qid").agg(pl.len().alias("rows"), _text_bytes().sum().alias("bytes")))
+        if len(pending) >= 16:  # a bounded number of partial tables: merged into one row per question
+            questions, pending = _merge_questions([questions, *pending]), []
+    for c in required:
+        if nulls[c]:
+            raise SchemaError(f"table 'rows' in {where}: column {c!r} is null in {nulls[c]} row(s), first "
+                              f"qid={first[c][0]} sample_idx={first[c][1]}")
+    questions = _merge_questions([questions, *pending])
+    rows = int(questions.get_column("rows").sum())
+    tasks = questions.group_by("task").agg(pl.col("rows").sum()).sort("task")
+    return _Summary(rows=rows, tasks=dict(tasks.iter_rows()), teachers=sorted(teachers),
+                    unused=[c for c in schema.added if nulls[c] == rows],
+                    text_bytes=int(questions.get_column("bytes").sum())), questions.drop("rows")
+
+
+def _merge_questions(parts: list[pl.DataFrame | None]) -> pl.DataFrame:
+    """Partial per-question tables (task, qid, counts...) merged into one row per question, sorted by task and qid:
+    by a sort and the differences of running sums at each question's last row (a hash group-by of the string keys
+    held 2.5x the memory: 250 MB for 625k questions)."""
+    frames = [p for p in parts if p is not None]
+    if not frames:
+        return pl.DataFrame(schema={"task": pl.String, "qid": pl.String, "rows": pl.UInt32, "bytes": pl.Int64})
+    whole = pl.concat(frames, how="vertical").sort("task", "qid")
+    first = whole.select(((pl.col("task") != pl.col("task").shift(1)) | (pl.col("qid") != pl.col("qid").shift(1)))
+                         .fill_null(True)).to_series()
+    starts = first.arg_true()
+    last = pl.concat([starts.slice(1) - 1, pl.Series([whole.height - 1], dtype=starts.dtype)])
+    out = whole.filter(first).select("task", "qid")
+    for name, values in whole.drop("task", "qid").to_dict().items():
+        at_last = values.cast(pl.Int64).cum_sum().gather(last)
+        out = out.with_columns((at_last - at_last.shift(1, fill_value=0)).cast(values.dtype).alias(name))
+    return out
+
+
+def _duplicate_key(keys: pl.DataFrame) -> dict[str, Any] | None:
+    """The first key (qid, sample_idx) held by two rows of `keys` (task, qid, sample_idx) sorted by _SORT_KEY:
+    within a task such rows are neighbours."""
+    key = list(table_schema("rows").key)
+    same = pl.all_horizontal(pl.col(c) == pl.col(c).shift(1) for c in _SORT_KEY)
+    dup = keys.filter(same).head(1)
+    return dup.select(key).row(0, named=True) if dup.height else None
+
+
+def _shared_qid_duplicate(questions: pl.DataFrame, batches: Iterable[pl.DataFrame]) -> dict[str, Any] | None:
+    """The smallest key held by rows of two tasks: only qids under several tasks (in `questions`, one row per task
+    and qid) can have one, so only their keys are collected from `batches` (qid, sample_idx)."""
+    qids = questions.get_column("qid").sort()  # a sort: lighter than hashing every qid
+    shared = qids.filter(qids == qids.shift(1)).unique()
+    del qids
+    if shared.is_empty():
+        return None
+    key = list(table_schema("rows").key)
+    keys = pl.concat([b.filter(pl.col("qid").is_in(shared.implode())).select(key) for b in batches])
+    dup = keys.filter(pl.struct(key).is_duplicated()).sort(key).head(1)
+    return dup.row(0, named=True) if dup.height else None
+
+
+def _question_key(task: pl.Expr, qid: pl.Expr) -> pl.Expr:
+    """One string that sorts as (task, qid) does: the two joined by NUL, which sorts before any other byte."""
+    return pl.concat_str([task, pl.lit("\x00"), qid])
+
+
+def _bucket_bounds(questions: pl.DataFrame, summary: _Summary) -> pl.Series:
+    """The first question (`_question_key`) of each range bucket: the questions (sorted), in order, cut into buckets of
+    about BUCKET_BYTES of text (raised so that there are at most MAX_BUCKETS); a question is never cut."""
+    budget = max(BUCKET_BYTES, summary.text_bytes // MAX_BUCKETS)
+    bucket = (pl.col("bytes").cum_sum() - pl.col("bytes")) // budget
+    return questions.filter(bucket != bucket.shift(1).fill_null(-1)).select(
+        _question_key(pl.col("task"), pl.col("qid"))).to_series()
+
+
+def _sorted_buckets(batches: Iterable[pl.DataFrame], bounds: pl.Series, summary: _Summary, work: Path,
+                    where: str) -> Iterator[pl.DataFrame]:
+    """The rows of `batches` in (task, qid, sample_idx) order, one bucket in memory at a time.
+
+    One pass routes each batch's rows to their range bucket's temporary file (`_bucket_bounds`: a binary search of
+    the rows' question keys); then each bucket is read, sorted (by an index: its rows are gathered one slice at a
+    time) and checked for duplicate keys. Raises SchemaError on a duplicate key.
+    """
+    import pyarrow.parquet as pq
+
+    work.mkdir(parents=True, exist_ok=True)
+    writers: dict[int, Any] = {}
+    try:
+        for batch in batches:
+            keys = batch.select(_question_key(pl.col("task"), pl.col("qid"))).to_series()
+            keyed = batch.with_columns((bounds.search_sorted(keys, side="right") - 1).alias("bucket"))
+            del keys
+            for (bucket,), part in keyed.partition_by("bucket", as_dict=True, include_key=False).items():
+                table = part.to_arrow()
+                if bucket not in writers:
+                    writers[bucket] = pq.ParquetWriter(work / f"bucket-{bucket:06d}.parquet", table.schema)
+                writers[bucket].write_table(table)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    slice_rows = _rows_for(ROW_GROUP_BYTES, summary)
+    for bucket in sorted(writers):
+        path = work / f"bucket-{bucket:06d}.parquet"
+        with pq.ParquetFile(path, pre_buffer=False) as bucket_file:  # one column at a time, not polars' read-ahead
+            part = pl.from_arrow(bucket_file.read())
+        path.unlink()
+        _release()
+        order = part.select(pl.arg_sort_by(_SORT_KEY)).to_series()
+        dup = _duplicate_key(part.select(_SORT_KEY)[order])
+        if dup is not None:
+            raise SchemaError(f"table 'rows' in {where}: duplicate key {dup}")
+        for start in range(0, part.height, slice_rows):
+            yield part[order.slice(start, slice_rows)]
+
+
+@dataclass(frozen=True)
+class _CardInput:
+    """What the card reads of the rows: the first row, and rows per (task, words) of each text column."""
+
+    first: pl.DataFrame | None
+    lengths: dict[str, pl.DataFrame]
+
+
+class _LengthCounts:
+    """The card's length counts (`builder.card.length_counts`) of rationale and reasoning, merged part by part."""
+
+    COLUMNS = ("rationale", "reasoning")
+
+    def __init__(self) -> None:
+        self._parts: dict[str, list[pl.DataFrame]] = {c: [] for c in self.COLUMNS}
+
+    def update(self, part: pl.DataFrame) -> None:
+        from builder.card import length_counts
+
+        for column in self.COLUMNS:
+            pending = self._parts[column]
+            pending.append(length_counts(part, column))
+            if len(pending) >= 16:
+                self._parts[column] = [self._merge(pending)]
+
+    @staticmethod
+    def _merge(frames: list[pl.DataFrame]) -> pl.DataFrame:
+        return pl.concat(frames).group_by("task", "words").agg(pl.col("n").sum()).sort("task", "words")
+
+    def result(self) -> dict[str, pl.DataFrame]:
+        return {c: self._merge(frames) for c, frames in self._parts.items() if frames}
+
+
+def _write_data(parts: Iterable[pl.DataFrame], folder: Path, summary: _Summary, *, shard_rows: int,
+                task_configs: bool, where: str) -> tuple[dict[str, dict[str, Any]], str, _CardInput]:
+    """Write every config's files from the sorted rows, part after part, feeding the rows digest and the card's
+    length counts on the way: the rows are read once. Returns the configs (pattern, files, rows), the rows digest
+    and what the card needs of the rows."""
+    plan = _plan_configs(list(summary.tasks), task_configs)
+    group_rows = _rows_for(ROW_GROUP_BYTES, summary)
+    by_task = {task: (config, _ShardWriter(folder / "data" / config, summary.tasks[task], shard_rows, group_rows))
+               for config, task in plan.items() if task is not None}
+    whole = None if by_task else _ShardWriter(folder / "data", summary.rows, shard_rows, group_rows)
+    conv = _ShardWriter(folder / CONVERSATIONAL_CONFIG, summary.rows, shard_rows, group_rows)
+    digest = _NdjsonSha256(summary.unused)
+    lengths = _LengthCounts()
+    first = None
+    for part in parts:
+        nulls = part.get_column("messages").null_count()
+        if nulls:
+            at = part.filter(pl.col("messages").is_null()).row(0, named=True)
+            raise SchemaError(f"table 'rows' in {where}: column 'messages' is null in {nulls}+ row(s), first "
+                              f"qid={at['qid']} sample_idx={at['sample_idx']}")
+        digest.update(part)
+        lengths.update(part)
+        if first is None and part.height:  # a copy: a slice would keep the whole part alive
+            first = pl.from_arrow(part.head(1).drop(_DERIVED).to_arrow())
+        standard = part.drop(_DERIVED)
+        if whole is not None:
+            whole.write(standard)
+        else:
+            for (task,), piece in standard.partition_by("task", as_dict=True, maintain_order=True).items():
+                by_task[task][1].write(piece)
+        conv.write(conversational_rows(part))
+    if conv.written != summary.rows:
+        raise StoreError(f"{folder}: {summary.rows} rows were counted but {conv.written} read: the rows changed "
+                         "while the version was written (e.g. parts added to a scanned folder); rerun")
+    per_task = {config: {"pattern": f"data/{config}/{SPLIT}-*.parquet", "files": writer.close(),
+                         "rows": summary.tasks[task]} for task, (config, writer) in by_task.items()}
+    default = ({"pattern": f"data/{SPLIT}-*.parquet", "files": whole.close()} if whole is not None else
+               {"pattern": f"data/*/{SPLIT}-*.parquet", "files": [p for c in per_task.values() for p in c["files"]]})
+    configs = {DEFAULT_CONFIG: {**default, "rows": summary.rows},
+               CONVERSATIONAL_CONFIG: {"pattern": f"{CONVERSATIONAL_CONFIG}/{SPLIT}-*.parquet", "files": conv.close(),
+                                       "rows": summary.rows}, **per_task}
+    return configs, digest.hexdigest(), _CardInput(first=first, lengths=lengths.result())
+
+
+def _prepare(rows: pl.DataFrame | Parts, tmp: Path, where: str) -> tuple[_Summary, Iterable[pl.DataFrame]]:
+    """The rows' summary and the rows in sorted parts for `_write_data`. A sorted DataFrame is cut into slices;
+    `Parts` are read in pyarrow batches, only the columns each pass needs: once to summarise (all but `messages`),
+    once for the keys of qids under several tasks (when there are any), once to route into sorted buckets.
+
+    Raises:
+        SchemaError: a null in a required column or a duplicate key (of `Parts`; a DataFrame is validated).
+    """
+    if isinstance(rows, pl.DataFrame):
+        step = max(1, (BATCH_BYTES * rows.height) // max(1, rows.estimated_size()))
+        summary, _ = _summarise(rows.iter_slices(step), where)
+        return summary, rows.iter_slices(_rows_for(ROW_GROUP_BYTES, summary))
+    work = tmp / ".work"
+    work.mkdir(parents=True)
+    names = table_schema("rows").names
+    summary, questions = _summarise(_parts_batches(rows, [c for c in names if c not in _DERIVED], where), where)
+    dup = _shared_qid_duplicate(questions, _parts_batches(rows, list(table_schema("rows").key), where))
+    if dup is not None:
+        raise SchemaError(f"table 'rows' in {where}: duplicate key {dup}")
+    bounds = _bucket_bounds(questions, summary)
+    del questions  # the rows are routed by the bounds alone
+    return summary, _sorted_buckets(_parts_batches(rows, names, where), bounds, summary, work / "buckets", where)
+
+
+def _teacher(recipe: dict[str, Any], models: list[str]) -> dict[str, Any]:
     """The teacher as the card names it: the recipe's, else the model(s) the rows were written by."""
     teacher = recipe.get("teacher", {})
-    models = sorted(rows.get_column("teacher").unique().to_list()) if rows.height else []
     return {"model": teacher.get("model") or (models[0] if len(models) == 1 else models),
             "revision": teacher.get("revision"), "backend": teacher.get("backend")}
 
 
 def write_version(
-    rows: pl.DataFrame,
+    rows: pl.DataFrame | Parts,
     *,
     root: str | Path,
     name: str,
@@ -318,10 +804,16 @@ def write_version(
     task_configs: bool | None = None,
     lock_timeout_s: float | None = None,
 ) -> VersionInfo:
-    """Write `rows` as the next version of dataset `name` under `root`, unless the newest has the same hash.
+    """Write `rows` as the next version of dataset `name` under `root`, unless a version (any, not only the
+    newest) already has this content hash.
+
+    `Parts` (the Parquet parts of a rows table or of a ledger, e.g. as a Ray cluster wrote them) are written in
+    bounded memory: read in batches, summarised, and sorted bucket by bucket through temporary files in the
+    version's temp folder (`_prepare`, `_sorted_buckets`); a DataFrame is sorted in memory. Either way the rows are
+    read once for the shards, the digest and the card, and the same rows give the same files and content hash.
 
     Args:
-        rows: the `rows` table (see `rows_from_ledger`).
+        rows: the `rows` table (see `rows_from_ledger`), or `Parts`: Parquet files of a rows table or a ledger.
         root: the store folder; the dataset lives in <root>/<name>/.
         name: dataset name (letters, digits, '_', '-', '.').
         recipe: the resolved recipe as a JSON-able dict (hashed without paths, copied into manifest.json).
@@ -330,9 +822,10 @@ def write_version(
         shard_rows, task_configs, lock_timeout_s: default to recipe["store"] values, then StoreConfig defaults.
 
     Returns:
-        VersionInfo; created=False when the newest version already has this content hash (nothing written).
+        VersionInfo; created=False when a version already has this content hash (that version; nothing written).
 
     Raises:
+        SchemaError: the rows do not match the rows schema (names the column, or the first null or duplicate row).
         StoreError: bad name, no rows, the lock is held by another build past the timeout, or a write failed.
     """
     from filelock import FileLock, Timeout
@@ -346,11 +839,14 @@ def write_version(
     shard_rows = shard_rows or store_cfg.shard_rows
     task_configs = store_cfg.task_configs if task_configs is None else task_configs
     lock_timeout_s = store_cfg.lock_timeout_s if lock_timeout_s is None else lock_timeout_s
-    rows = validate(rows, "rows", where=f"rows for {name}").sort(_SORT_KEY)
-    if rows.height == 0:  # `datasets` cannot load a version without rows, and there is nothing to train on
-        raise StoreError(f"dataset {name!r}: no rows to store (curation kept no sample; see the funnel in the "
-                         "build summary); nothing written")
-    digest = content_hash(rows, recipe)
+    where = f"rows for {name}"
+    if isinstance(rows, pl.DataFrame):
+        rows = validate(rows, "rows", where=where).sort(_SORT_KEY)
+    elif isinstance(rows, Parts):
+        _check_parts(rows, where)  # columns checked before the lock; each batch is cast as it is read
+    else:
+        raise TypeError(f"write_version: rows is a {type(rows).__name__}, expected a polars DataFrame or "
+                        "store.Parts (Parquet files of a rows table or ledger)")
 
     dataset_dir = Path(root) / name
     dataset_dir.mkdir(parents=True, exist_ok=True)
@@ -364,28 +860,27 @@ def write_version(
         for stale in dataset_dir.glob(".tmp-*"):  # a crashed writer's leftovers; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
         existing = list_versions(dataset_dir.parent, name)
-        if existing and existing[-1]["content_hash"] == digest:
-            newest = existing[-1]
-            folder = dataset_dir / newest["version"]
-            # "unchanged" must not point at a damaged copy: check its files, and heal an index a kill left stale.
-            _check_files(folder, load_manifest(folder), hint=f"{newest['version']} has this content but is corrupt; "
-                         f"move {folder} out of the store and rerun to write it again")
-            if _read_index(dataset_dir) != existing:
-                _write_index(dataset_dir, existing)
-            logger.info("%s %s already has content hash %s; nothing written", name, newest["version"], digest[:12])
-            return VersionInfo(folder, newest["version"], digest, False)
-        number = 1 + max((int(v["version"][1:]) for v in existing), default=0)
-        version = f"v{number}"
+        version = f"v{1 + max((int(v['version'][1:]) for v in existing), default=0)}"  # unless the content exists
         tmp = dataset_dir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
         try:
-            manifest = _write_folder(tmp, rows, name=name, version=version, digest=digest, recipe=recipe,
-                                     stats=stats, tool_version=tool_version or _tool_version(),
-                                     shard_rows=shard_rows, task_configs=task_configs)
-            final = dataset_dir / version
-            if final.exists():
-                raise StoreError(f"{final}: already exists but has no readable manifest; versions are immutable, "
-                                 "move it away by hand")
-            os.rename(tmp, final)
+            summary, parts = _prepare(rows, tmp, where)
+            if summary.rows == 0:  # `datasets` cannot load a version without rows, and there is nothing to train on
+                raise StoreError(f"dataset {name!r}: no rows to store (curation kept no sample; see the funnel in "
+                                 "the build summary); nothing written")
+            configs, rows_sha256, card_input = _write_data(parts, tmp, summary, shard_rows=shard_rows,
+                                                           task_configs=task_configs, where=where)
+            shutil.rmtree(tmp / ".work", ignore_errors=True)
+            digest = _content_hash(rows_sha256, recipe)
+            same = next((v for v in existing if v["content_hash"] == digest), None)
+            if same is None:
+                manifest = _write_folder(tmp, configs, summary, name=name, version=version, digest=digest,
+                                         rows_sha256=rows_sha256, recipe=recipe, stats=stats,
+                                         tool_version=tool_version or _tool_version(), card_input=card_input)
+                final = dataset_dir / version
+                if final.exists():
+                    raise StoreError(f"{final}: already exists but has no readable manifest; versions are "
+                                     "immutable, move it away by hand")
+                os.rename(tmp, final)
         except OSError as exc:  # disk full, permissions: nothing half-written stays visible
             shutil.rmtree(tmp, ignore_errors=True)
             raise StoreWriteError(f"{dataset_dir}: writing {version} failed ({exc}); nothing was written, the store "
@@ -393,45 +888,33 @@ def write_version(
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        if same is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            folder = dataset_dir / same["version"]
+            # "unchanged" must not point at a damaged copy: check its files, and heal an index a kill left stale.
+            _check_files(folder, load_manifest(folder), hint=f"{same['version']} has this content but is corrupt; "
+                         f"move {folder} out of the store and rerun to write it again")
+            if _read_index(dataset_dir) != existing:
+                _write_index(dataset_dir, existing)
+            logger.info("%s %s already has content hash %s; nothing written", name, same["version"], digest[:12])
+            return VersionInfo(folder, same["version"], digest, False)
         try:
             _write_index(dataset_dir, [*existing, _index_entry(manifest)])
         except OSError as exc:  # the version is complete; the index is rebuilt from the folders on the next write
             logger.warning("%s: could not update %s (%s); the version folders remain the source of truth",
                            dataset_dir, INDEX, exc)
-        logger.info("wrote %s %s (%d rows, content hash %s)", name, version, rows.height, digest[:12])
+        logger.info("wrote %s %s (%d rows, content hash %s)", name, version, summary.rows, digest[:12])
         return VersionInfo(final, version, digest, True)
     finally:
         lock.release()
 
 
-def _write_folder(folder: Path, rows: pl.DataFrame, *, name: str, version: str, digest: str,
-                  recipe: dict[str, Any], stats: BuildStats | None, tool_version: str, shard_rows: int,
-                  task_configs: bool) -> dict[str, Any]:
+def _write_folder(folder: Path, configs: dict[str, dict[str, Any]], summary: _Summary, *, name: str, version: str,
+                  digest: str, rows_sha256: str, recipe: dict[str, Any], stats: BuildStats | None,
+                  tool_version: str, card_input: _CardInput) -> dict[str, Any]:
+    """The card, the manifest and read-only files around the data files `_write_data` wrote into `folder`."""
     from builder.card import write_card
 
-    tasks = sorted(rows.get_column("task").unique().to_list())
-    plan = _plan_configs(tasks, task_configs)
-    standard = rows.drop(_DERIVED)
-    configs: dict[str, dict[str, Any]] = {}
-    if all(task is None for task in plan.values()):
-        files = _write_shards(standard, folder / "data", shard_rows)
-        configs[DEFAULT_CONFIG] = {"pattern": f"data/{SPLIT}-*.parquet", "files": files, "rows": rows.height}
-    else:
-        all_files: list[Path] = []
-        for config, task in plan.items():
-            if task is None:
-                continue
-            part = standard.filter(pl.col("task") == task)
-            files = _write_shards(part, folder / "data" / config, shard_rows)
-            all_files += files
-            configs[config] = {"pattern": f"data/{config}/{SPLIT}-*.parquet", "files": files, "rows": part.height}
-        default = {"pattern": f"data/*/{SPLIT}-*.parquet", "files": all_files, "rows": rows.height}
-        configs = {DEFAULT_CONFIG: default, **configs}
-    conv = _write_shards(conversational_rows(rows), folder / CONVERSATIONAL_CONFIG, shard_rows)
-    configs = {DEFAULT_CONFIG: configs.pop(DEFAULT_CONFIG),
-               CONVERSATIONAL_CONFIG: {"pattern": f"{CONVERSATIONAL_CONFIG}/{SPLIT}-*.parquet", "files": conv,
-                                       "rows": rows.height}, **configs}
-    per_task = dict(rows.group_by("task").len().sort("task").iter_rows())
     measured = stats.to_json() if stats is not None else {}
     manifest: dict[str, Any] = {
         "format": FORMAT,
@@ -439,11 +922,11 @@ def _write_folder(folder: Path, rows: pl.DataFrame, *, name: str, version: str, 
         "version": version,
         "content_hash": digest,
         "hash_spec": HASH_SPEC,
-        "rows_sha256": rows_digest(rows),
+        "rows_sha256": rows_sha256,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tool_version": tool_version,
-        "rows": rows.height,
-        "tasks": per_task,
+        "rows": summary.rows,
+        "tasks": summary.tasks,
         "configs": {
             c: {"split": SPLIT, "data_files": v["pattern"], "rows": v["rows"],
                 "files": [p.relative_to(folder).as_posix() for p in v["files"]],
@@ -451,11 +934,12 @@ def _write_folder(folder: Path, rows: pl.DataFrame, *, name: str, version: str, 
             for c, v in configs.items()
         },
         "columns": table_schema("rows").names,
-        "teacher": _teacher(recipe, rows),
+        "teacher": _teacher(recipe, summary.teachers),
         **{section: measured.get(section, {}) for section in _STATS_SECTIONS},
         "recipe": recipe,
     }
-    write_card(folder, rows, manifest)
+    first = card_input.first if card_input.first is not None else table_schema("rows").empty().drop(_DERIVED)
+    write_card(folder, first, manifest, lengths=card_input.lengths)
     manifest["files"] = {
         p.relative_to(folder).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
         for p in sorted(folder.rglob("*")) if p.is_file()
@@ -675,58 +1159,143 @@ def _check_files(folder: Path, manifest: dict[str, Any], hint: str = "do not use
                              f"(file altered or corrupt); {hint}")
 
 
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Name the file when its Parquet cannot be read."""
+    import pyarrow as pa
+
+    try:
+        yield
+    except (pl.exceptions.PolarsError, pa.ArrowException, OSError) as exc:
+        raise StoreError(f"{path}: unreadable Parquet ({str(exc).splitlines()[0]}); the version is corrupt: "
+                         "`rationale pull` it again or rebuild it") from None
+
+
 def _read_files(folder: Path, files: list[str]) -> pl.DataFrame:
     frames = []
     for rel in files:
-        f = folder / rel
-        try:
-            frames.append(pl.read_parquet(f))
-        except (pl.exceptions.PolarsError, OSError) as exc:
-            raise StoreError(f"{f}: unreadable Parquet ({str(exc).splitlines()[0]}); the version is corrupt: "
-                             "`rationale pull` it again or rebuild it") from None
+        with _reading(folder / rel):
+            frames.append(pl.read_parquet(folder / rel))
     return pl.concat(frames, how="vertical_relaxed") if frames else table_schema("rows").empty()
 
 
-def _derive_problem(folder: Path, manifest: dict[str, Any], rows: pl.DataFrame) -> str | None:
-    """The first manifest field that disagrees with the data (rows, tasks, configs, columns, rows_sha256)."""
-    if manifest["rows"] != rows.height:
-        return f"says {manifest['rows']} rows, the data has {rows.height}"
-    tasks = dict(rows.group_by("task").len().sort("task").iter_rows())
+def _unused_in(paths: list[Path]) -> list[str]:
+    """Added columns that are all null (or absent, in versions older than them) in these files."""
+    added = table_schema("rows").added
+    rows, nulls = 0, dict.fromkeys(added, 0)
+    for path in paths:
+        with _reading(path):
+            scan = pl.scan_parquet(path)
+            present = [c for c in added if c in scan.collect_schema()]
+            counts = scan.select(pl.len(), *(pl.col(c).null_count() for c in present)).collect().row(0)
+        rows += counts[0]
+        for c in added:
+            nulls[c] += counts[1 + present.index(c)] if c in present else counts[0]
+    return [c for c in added if nulls[c] == rows]
+
+
+def _in_order(keys: pl.DataFrame) -> bool:
+    return bool(keys.select((pl.arg_sort_by(_SORT_KEY, maintain_order=True) == pl.int_range(pl.len())).all()).item())
+
+
+def _derive_problem(folder: Path, manifest: dict[str, Any]) -> tuple[str | None, str]:
+    """The first manifest field that disagrees with the data (rows, tasks, configs, columns, rows_sha256), and the
+    rows digest; with none, a duplicate key raises SchemaError.
+
+    The default config's rows are read once, one batch at a time, in the order the store writes them (sorted by
+    task, qid, sample_idx), feeding the digest and the expected `conversational` config; a duplicate key is two
+    neighbours, or two rows of a qid under several tasks (then read again, those keys only). The other configs are
+    checked from their files' metadata and task column.
+    """
+    configs = manifest["configs"]
+    files = [folder / rel for rel in configs.get(DEFAULT_CONFIG, {}).get("files") or []]
+    conversational = [folder / rel for rel in configs.get(CONVERSATIONAL_CONFIG, {}).get("files") or []]
+    conv_columns: list[str] = []
+    if conversational:
+        with _reading(conversational[0]):
+            conv_columns = list(pl.read_parquet_schema(conversational[0]))
+    digest, as_messages = _NdjsonSha256(_unused_in(files)), _NdjsonSha256()
+    height, tasks, last, unsorted, dup = 0, {}, table_schema("rows").empty().select(_SORT_KEY), None, None
+    questions, pending = None, []
+    for path in files:
+        for batch in _parquet_batches(path):
+            rows = validate(_with_derived(batch), "rows", where=str(path))
+            keys = pl.concat([last, rows.select(_SORT_KEY)])
+            if unsorted is None and not _in_order(keys):
+                unsorted = path
+            dup = dup or _duplicate_key(keys)
+            last = keys.tail(1)
+            pending.append(keys.group_by("task", "qid").len("rows"))
+            if len(pending) >= 16:
+                questions, pending = _merge_questions([questions, *pending]), []
+            height += rows.height
+            for task, n in rows.group_by("task").len().iter_rows():
+                tasks[task] = tasks.get(task, 0) + n
+            digest.update(rows)
+            if conv_columns:
+                as_messages.update(conversational_rows(rows).select(conv_columns))
+    if manifest["rows"] != height:
+        return f"says {manifest['rows']} rows, the data has {height}", digest.hexdigest()
+    tasks = dict(sorted(tasks.items()))
     if manifest["tasks"] != tasks:
-        return f"says tasks {manifest['tasks']}, the data has {tasks}"
+        return f"says tasks {manifest['tasks']}, the data has {tasks}", digest.hexdigest()
     # a version older than a column added to the schema lists no such column (validate filled it with nulls)
-    listed = manifest.get("columns", rows.columns)
-    columns = [c for c in rows.columns if c in listed or c not in table_schema("rows").added]
+    names = table_schema("rows").names
+    listed = manifest.get("columns", names)
+    columns = [c for c in names if c in listed or c not in table_schema("rows").added]
     if listed != columns:
-        return f"says columns {manifest['columns']}, the data has {columns}"
-    if manifest.get("rows_sha256", rows_digest(rows)) != rows_digest(rows):
-        return "rows_sha256 does not match the rows"
-    if manifest["configs"].get(DEFAULT_CONFIG, {}).get("files") is None:
-        return f"has no {DEFAULT_CONFIG!r} config"
-    conversational = manifest["configs"].get(CONVERSATIONAL_CONFIG, {}).get("files") or []
-    data_files = sorted(rel for rel in manifest["files"] if rel.endswith(".parquet") and rel not in conversational)
-    if sorted(manifest["configs"][DEFAULT_CONFIG]["files"]) != data_files:
-        return f"the {DEFAULT_CONFIG!r} config does not list every data file"
-    for name, config in manifest["configs"].items():
+        return f"says columns {manifest['columns']}, the data has {columns}", digest.hexdigest()
+    if unsorted is not None:
+        return (f"{unsorted}: rows out of (task, qid, sample_idx) order, which is how the store writes them",
+                digest.hexdigest())
+    if manifest.get("rows_sha256", digest.hexdigest()) != digest.hexdigest():  # older manifests have none
+        return "rows_sha256 does not match the rows", digest.hexdigest()
+    if configs.get(DEFAULT_CONFIG, {}).get("files") is None:
+        return f"has no {DEFAULT_CONFIG!r} config", digest.hexdigest()
+    data_files = sorted(rel for rel in manifest["files"] if rel.endswith(".parquet")
+                        and rel not in (configs.get(CONVERSATIONAL_CONFIG, {}).get("files") or []))
+    if sorted(configs[DEFAULT_CONFIG]["files"]) != data_files:
+        return f"the {DEFAULT_CONFIG!r} config does not list every data file", digest.hexdigest()
+    for name, config in configs.items():
         # `datasets` loads a config by its pattern, so the pattern must match exactly the listed files
         matched = sorted(p.relative_to(folder).as_posix() for p in folder.glob(config["data_files"]) if p.is_file())
         if matched != sorted(config["files"]):
-            return f"config {name!r}: data_files {config['data_files']!r} matches {matched}, not its files"
-        part = rows if name == DEFAULT_CONFIG else _read_files(folder, config["files"])
-        if config["rows"] != part.height:
-            return f"config {name!r} says {config['rows']} rows, its files hold {part.height}"
-        if name == CONVERSATIONAL_CONFIG:  # the same rows, only laid out as messages
-            if not part.sort(_SORT_KEY).equals(conversational_rows(rows).select(part.columns)):
-                return f"config {name!r} does not hold the default config's rows as messages"
-            continue
-        if name != DEFAULT_CONFIG and part.height and part.get_column("task").n_unique() != 1:
-            return f"config {name!r} mixes tasks {sorted(part.get_column('task').unique().to_list())}"
-    return None
+            return (f"config {name!r}: data_files {config['data_files']!r} matches {matched}, not its files",
+                    digest.hexdigest())
+        if name == DEFAULT_CONFIG:
+            found, part_tasks = height, set()
+        elif name == CONVERSATIONAL_CONFIG:  # the same rows, only laid out as messages
+            held = _NdjsonSha256()
+            found, part_tasks = 0, set()
+            for path in conversational:
+                for batch in _parquet_batches(path):
+                    held.update(batch)
+                    found += batch.height
+            if found == config["rows"] and held.hexdigest() != as_messages.hexdigest():
+                return f"config {name!r} does not hold the default config's rows as messages", digest.hexdigest()
+        else:  # row counts from the files' metadata, tasks from their task column, one batch at a time
+            found, part_tasks = 0, set()
+            for path in (folder / rel for rel in config["files"]):
+                found += _parquet_rows(path)
+                for batch in _parquet_batches(path, ["task"]):
+                    part_tasks |= set(batch.get_column("task").unique().to_list())
+        if config["rows"] != found:
+            return f"config {name!r} says {config['rows']} rows, its files hold {found}", digest.hexdigest()
+        if len(part_tasks) > 1:
+            return f"config {name!r} mixes tasks {sorted(part_tasks)}", digest.hexdigest()
+    dup = dup or _shared_qid_duplicate(_merge_questions([questions, *pending]),
+                                       (b for path in files for b in _parquet_batches(path, ["qid", "sample_idx"])))
+    if dup is not None:
+        raise SchemaError(f"table 'rows' in {folder}: duplicate key {dup}")
+    return None, digest.hexdigest()
 
 
 def verify(path: str | Path) -> dict[str, Any]:
     """Check a version folder: the manifest on its own (`load_manifest`), every file against it, no unlisted
     file, the manifest's fields re-derived from the data, and the content hash against the rows and recipe.
+
+    Each file is hashed as it streams and the rows are read one row group at a time (memory stays bounded at
+    any size); the rows digest is computed once.
 
     Files under .cache/ (huggingface_hub's download bookkeeping) and the Hub's .gitattributes are ignored; any
     other file the manifest does not list is an error, since `datasets` could pick it up.
@@ -737,6 +1306,7 @@ def verify(path: str | Path) -> dict[str, Any]:
     Raises:
         StoreError: naming the first missing, altered or unexpected file, a manifest field that disagrees with
             the data, or a content hash mismatch.
+        SchemaError: a data file does not hold the rows schema, or two rows share a key.
     """
     folder = Path(path)
     manifest = load_manifest(folder)
@@ -746,12 +1316,10 @@ def verify(path: str | Path) -> dict[str, Any]:
         rel = file.relative_to(folder).as_posix()
         if file.is_file() and rel not in listed and not rel.startswith(".cache/") and rel != ".gitattributes":
             raise StoreError(f"{file}: not listed in {folder / MANIFEST} (unexpected file in a version folder)")
-    rows = validate(_with_derived(_read_files(folder, manifest["configs"][DEFAULT_CONFIG]["files"])) if
-                    DEFAULT_CONFIG in manifest["configs"] else table_schema("rows").empty(), "rows", where=str(folder))
-    problem = _derive_problem(folder, manifest, rows.sort(_SORT_KEY))
+    problem, rows_sha256 = _derive_problem(folder, manifest)
     if problem:
         raise StoreError(f"{folder / MANIFEST}: {problem}; the manifest or data was altered")
-    found = content_hash(rows, manifest.get("recipe") or {})
+    found = _content_hash(rows_sha256, manifest.get("recipe") or {})
     if found != manifest["content_hash"]:
         raise StoreError(f"{folder / MANIFEST}: content_hash {manifest['content_hash'][:12]} does not match the "
                          f"rows and recipe ({found[:12]}); the manifest or data was altered")

@@ -312,13 +312,15 @@ def test_second_build_on_a_locked_store_fails_clearly_then_succeeds(tmp_path, be
 def test_disk_full_while_writing_a_version_leaves_no_partial_version(recipe, reference, monkeypatch, capsys):
     import pyarrow.parquet as pq
 
-    real = pq.write_table
+    real = pq.ParquetWriter.write_table  # the store writes every shard through a ParquetWriter
+    calls = []
 
-    def full_disk(table, where, **kwargs):  # half a shard reaches the disk, then ENOSPC
-        real(table.slice(0, table.num_rows // 2), where, **kwargs)
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(where))
+    def full_disk(writer, table, *args, **kwargs):  # half a row group reaches the disk, then ENOSPC
+        calls.append(writer.where)
+        real(writer, table.slice(0, table.num_rows // 2), *args, **kwargs)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(writer.where))
 
-    monkeypatch.setattr(pq, "write_table", full_disk)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", full_disk)
     assert main(["build", str(recipe)]) == 2
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
@@ -326,7 +328,8 @@ def test_disk_full_while_writing_a_version_leaves_no_partial_version(recipe, ref
     assert "writing v1 failed ([Errno 28] No space left on device" in err and "the store is unchanged" in err
     assert visible_versions(recipe.parent) == []
     assert sorted(p.name for p in dataset_dir(recipe.parent).iterdir()) == [".lock"]
-    monkeypatch.setattr(pq, "write_table", real)
+    assert calls and all(".tmp-v1-" in str(where) for where in calls)  # it failed writing the version's shards
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", real)
     assert main(["build", str(recipe), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["content_hash"] == reference["content_hash"]
     assert_complete(recipe.parent, reference)

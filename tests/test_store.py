@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -14,9 +15,9 @@ from polars.testing import assert_frame_equal
 
 from builder import store
 from builder.cli import main
-from builder.errors import StoreError
+from builder.errors import SchemaError, StoreError
 from builder.schemas import table_schema
-from tests.helpers import STORE_RECIPE, build_version, load_version_dataset, make_ledger
+from tests.helpers import STORE_RECIPE, build_version, load_version_dataset, make_ledger, make_stats
 
 
 # ---------------------------------------------------------------- rows
@@ -496,3 +497,169 @@ def test_canonical_recipe_hashes_a_reasoning_field_only_once_set(section, field,
     assert store.canonical_recipe(dump)[section][field] == value
     rows = store.rows_from_ledger(make_ledger(tasks=("multiarith",)))
     assert store.content_hash(rows, dump) != store.content_hash(rows, old)
+
+
+# ---------------------------------------------------------------- bounded memory: the digest in batches, lazy rows
+# rows_digest of _pinned_rows as the code of 926bc94 computed it (one NDJSON string of the whole table): a version
+# written before the digest was fed in batches keeps its content hash.
+PINNED_ROWS_DIGEST = {"plain": "66ee0567692af29712ee572183c4759ad1a3b110cc21339ae5a531b9fb4dac7d",
+                      "traced": "426e36e34aa62d94a3a08a216c038ab702605c796bef28fb4cf79c4d86c6c497"}
+
+
+def _pinned_rows(kind: str) -> pl.DataFrame:
+    """16 rows with JSON escapes and non-ASCII text; `traced`: two rows have a reasoning trace (else all null)."""
+    rows = store.rows_from_ledger(make_ledger(salt=' "quoted" é\t\\ ✓'))
+    if kind == "traced":
+        rows = rows.with_columns(reasoning=pl.when(pl.col("sample_idx") == 1).then(pl.lit("think\n first")))
+    return rows
+
+
+@pytest.mark.parametrize("kind", ["plain", "traced"])
+@pytest.mark.parametrize("batch_rows", [1, 3, 16, 10_000])
+def test_the_rows_digest_fed_in_batches_is_the_digest_of_the_whole_table(kind, batch_rows):
+    rows = _pinned_rows(kind)
+    assert store.rows_digest(rows.reverse(), batch_rows=batch_rows) == PINNED_ROWS_DIGEST[kind]
+    if kind == "plain":  # the all-null added column is left out, whether present or not
+        assert rows["reasoning"].null_count() == rows.height
+        assert store.rows_digest(rows.drop("reasoning"), batch_rows=batch_rows) == PINNED_ROWS_DIGEST[kind]
+
+
+def test_write_and_verify_serialise_the_rows_in_batches_never_whole(tmp_path, monkeypatch):
+    """No NDJSON text of the whole table (the 564 MB table that peaked at 2.35 GB): every slice is bounded."""
+    write_ndjson = pl.DataFrame.write_ndjson
+    sizes = []
+
+    def bounded(frame, *args, **kwargs):
+        sizes.append(frame.height)
+        assert frame.height <= 4, f"write_ndjson of {frame.height} rows"
+        return write_ndjson(frame, *args, **kwargs)
+
+    monkeypatch.setattr(store, "DIGEST_BATCH_ROWS", 4)
+    monkeypatch.setattr(pl.DataFrame, "write_ndjson", bounded)
+    info = build_version(tmp_path / "store")
+    assert store.verify(info.path)["content_hash"] == info.content_hash
+    assert sizes and max(sizes) <= 4
+
+
+def _ray_parts(rows: pl.DataFrame, folder, parts: int = 5, *, url: bool = False) -> store.Parts:
+    """The rows as a Ray cluster leaves them: shuffled parquet parts, in an older layout (no `reasoning` column,
+    sample_idx as int64); `url`: named by file:// URLs."""
+    folder.mkdir()
+    shuffled = rows.drop("reasoning").with_columns(pl.col("sample_idx").cast(pl.Int64))
+    shuffled = shuffled.sample(fraction=1.0, shuffle=True, seed=3)
+    files = []
+    for i, part in enumerate(shuffled.iter_slices(-(-rows.height // parts))):
+        part.write_parquet(folder / f"part-{i:03d}.parquet")
+        files.append((folder / f"part-{i:03d}.parquet").as_uri() if url else folder / f"part-{i:03d}.parquet")
+    return store.Parts(files, "rows")
+
+
+def _same_version(a: store.VersionInfo, b: store.VersionInfo) -> None:
+    """The same content hash, manifest fields, shards (byte for byte), rows and card (but for its time)."""
+    assert b.created and b.content_hash == a.content_hash
+    m_a, m_b = store.verify(a.path), store.verify(b.path)
+    for key in ("rows", "tasks", "configs", "columns", "teacher", "rows_sha256"):
+        assert m_b[key] == m_a[key], key
+    data = {rel: meta for rel, meta in m_a["files"].items() if rel.endswith(".parquet")}
+    assert len(data) > 6 and data == {rel: m_b["files"][rel] for rel in data}  # the same shards, byte for byte
+    for config in m_a["configs"]:
+        if config != "conversational":
+            assert_frame_equal(store.read_version(b.path, config=config)[0],
+                               store.read_version(a.path, config=config)[0])
+
+    def card(info):  # the same card but for the time it was written
+        return re.sub(r"\d{4}-\d\d-\d\dT[\d:]+\+00:00", "<created>", (info.path / "README.md").read_text())
+    assert card(b) == card(a)
+
+
+@pytest.mark.parametrize("url", [False, True])
+@pytest.mark.parametrize("bucket_bytes", [1 << 30, 2_000])
+def test_rows_parts_give_the_same_version_as_the_data_frame(tmp_path, monkeypatch, bucket_bytes, url):
+    """Small buckets force the range partition (several buckets); one huge bucket does not."""
+    monkeypatch.setattr(store, "BUCKET_BYTES", bucket_bytes)
+    monkeypatch.setattr(store, "BATCH_BYTES", 3_000)  # several batches per part
+    ledger = make_ledger(questions=30, samples=3)
+    rows = store.rows_from_ledger(ledger)
+    eager = build_version(tmp_path / "eager", ledger, shard_rows=7)
+    parts = store.write_version(_ray_parts(rows, tmp_path / "parts", url=url), root=tmp_path / "parts-store",
+                                name="demo", recipe=STORE_RECIPE, stats=make_stats(ledger), tool_version="test",
+                                shard_rows=7)
+    _same_version(eager, parts)
+
+
+def test_ledger_parts_give_the_same_version_as_rows_from_ledger(tmp_path, monkeypatch):
+    """`Parts(files, "ledger")`: the kept rows of ledger parts (every state, shuffled), made into rows batch by batch,
+    are the version `write_version(rows_from_ledger(ledger))` writes."""
+    monkeypatch.setattr(store, "BUCKET_BYTES", 2_000)
+    monkeypatch.setattr(store, "BATCH_BYTES", 3_000)
+    ledger = make_ledger(questions=30, samples=3)
+    assert ledger.get_column("state").n_unique() > 1  # kept and dropped rows: the parts are filtered
+    eager = build_version(tmp_path / "eager", ledger, shard_rows=7)
+    (tmp_path / "ledger").mkdir()
+    files = []
+    for i, part in enumerate(ledger.sample(fraction=1.0, shuffle=True, seed=5).iter_slices(-(-ledger.height // 4))):
+        files.append(tmp_path / "ledger" / f"part-{i:03d}.parquet")
+        part.write_parquet(files[-1])
+    parts = store.write_version(store.Parts(files, "ledger"), root=tmp_path / "parts-store", name="demo",
+                                recipe=STORE_RECIPE, stats=make_stats(ledger), tool_version="test", shard_rows=7)
+    _same_version(eager, parts)
+
+
+def _one_part(frame: pl.DataFrame, folder) -> store.Parts:
+    folder.mkdir()
+    frame.write_parquet(folder / "part.parquet")
+    return store.Parts([folder / "part.parquet"], "rows")
+
+
+def test_parts_are_checked_like_a_data_frame(tmp_path):
+    rows = store.rows_from_ledger(make_ledger())
+    dup = _one_part(pl.concat([rows, rows.head(1)]), tmp_path / "dup")
+    with pytest.raises(SchemaError, match=r"in rows for demo: duplicate key \{'qid': '\S+', 'sample_idx': \d\}"):
+        store.write_version(dup, root=tmp_path / "store", name="demo", recipe=STORE_RECIPE)
+    null = _one_part(rows.with_columns(pl.when(pl.col("sample_idx") == 2).then(None).otherwise(pl.col("gold"))
+                                       .alias("gold")), tmp_path / "null")
+    with pytest.raises(SchemaError, match=r"in rows for demo: column 'gold' is null in \d+ row\(s\), first qid="):
+        store.write_version(null, root=tmp_path / "store", name="demo", recipe=STORE_RECIPE)
+    no_messages = _one_part(rows.with_columns(pl.when(pl.col("sample_idx") == 2).then(None)
+                                              .otherwise(pl.col("messages")).alias("messages")), tmp_path / "msg")
+    with pytest.raises(SchemaError, match=r"in rows for demo: column 'messages' is null in \d+\+ row\(s\), first "
+                                          r"qid=\S+ sample_idx=2"):
+        store.write_version(no_messages, root=tmp_path / "store", name="demo", recipe=STORE_RECIPE)
+    missing = _one_part(rows.drop("gold"), tmp_path / "missing")
+    with pytest.raises(SchemaError, match=r"in rows for demo .*missing column\(s\) \['gold'\]"):
+        store.write_version(missing, root=tmp_path / "store", name="demo", recipe=STORE_RECIPE)
+    with pytest.raises(StoreError, match=r"dataset 'demo': no rows to store"):
+        store.write_version(_one_part(rows.head(0), tmp_path / "empty"), root=tmp_path / "store", name="demo",
+                            recipe=STORE_RECIPE)
+    with pytest.raises(StoreError, match=r"nowhere\.parquet: unreadable Parquet part of rows for demo"):
+        store.write_version(store.Parts([tmp_path / "nowhere.parquet"], "rows"), root=tmp_path / "store",
+                            name="demo", recipe=STORE_RECIPE)
+    assert store.list_versions(tmp_path / "store", "demo") == []
+    assert not list((tmp_path / "store" / "demo").glob(".tmp-*"))
+
+
+def test_ledger_parts_refuse_a_kept_row_without_an_answer(tmp_path):
+    ledger = make_ledger()
+    kept = pl.col("state") == "kept"
+    first_kept = ledger.filter(kept).row(0, named=True)
+    broken = ledger.with_columns(pl.when(kept & (pl.col("qid") == first_kept["qid"]) & (pl.col("sample_idx") ==
+                                 first_kept["sample_idx"])).then(None).otherwise(pl.col("pred")).alias("pred"))
+    (tmp_path / "ledger").mkdir()
+    broken.write_parquet(tmp_path / "ledger" / "part.parquet")
+    with pytest.raises(StoreError, match=rf"rows for demo: 1 kept row\(s\) have no extracted answer .* first "
+                                         rf"qid={first_kept['qid']} sample_idx={first_kept['sample_idx']}"):
+        store.write_version(store.Parts([tmp_path / "ledger" / "part.parquet"], "ledger"), root=tmp_path / "store",
+                            name="demo", recipe=STORE_RECIPE)
+
+
+# ---------------------------------------------------------------- any existing version with the hash
+def test_a_build_with_the_content_of_an_older_version_reports_that_version(tmp_path):
+    """v1 (X), v2 (Y), revert to X: the build is v1, not a v3 with v1's content."""
+    root = tmp_path / "store"
+    v1 = build_version(root)
+    v2 = build_version(root, make_ledger(salt=" carefully"))
+    revert = build_version(root)
+    assert (revert.created, revert.version, revert.path, revert.content_hash) == (False, "v1", v1.path,
+                                                                                  v1.content_hash)
+    assert [v["version"] for v in store.list_versions(root, "demo")] == ["v1", "v2"] and v2.created
+    assert not list((root / "demo").glob(".tmp-*"))
