@@ -23,7 +23,9 @@ from builder.recipe import load_recipe
 from builder.schemas import read_table
 
 N_QUESTIONS, N = 6, 2
-KEY_COLUMNS = {"qid", "sample_idx"}
+# what the driver may read of the shards: keys, and the answer prompt each question was asked with (one short
+# instruction per task, checked against the recipe's), never a prompt, rationale or trace
+KEY_COLUMNS = {"qid", "sample_idx", "answer_prompt"}
 
 
 @pytest.fixture(scope="module")
