@@ -65,10 +65,12 @@ def fingerprint(recipe: Recipe) -> dict[str, Any]:
     from builder.tasks import default_shuffle
     from builder.teachers import TEACHERS
 
-    fields = {*TEACHERS.get(recipe.teacher.backend).fingerprint_fields, "reasoning_parser"}
+    backend = TEACHERS.get(recipe.teacher.backend)
+    fields = {*backend.fingerprint_fields, "reasoning_parser"}
+    extra = getattr(backend, "fingerprint_extra", lambda _: {})(recipe)
     # fields added later (reasoning_parser, chat_template_kwargs, ...) count once set: old run ids stay valid
     return {
-        "teacher": drop_added_defaults(TeacherConfig, recipe.teacher.model_dump(include=fields)),
+        "teacher": {**drop_added_defaults(TeacherConfig, recipe.teacher.model_dump(include=fields)), **extra},
         "prompt": drop_added_defaults(PromptConfig, recipe.prompt.model_dump()),
         "sampling": drop_added_defaults(SamplingConfig, recipe.sampling.model_dump(
             exclude={"n", "shard_size", "adaptive"})),
@@ -341,6 +343,7 @@ class Run:
         old = json.loads(legacy.read_text()) if legacy.is_file() else {}
         if old:
             mine = {k: v for k, v in self.fingerprint.items() if k != "tasks"}
+            mine["teacher"] = {k: v for k, v in mine["teacher"].items() if k in (old.get("teacher") or {})}
             change = first_difference({k: old.get(k) for k in mine}, mine)
             if change is not None:
                 raise RunConflict(f"{self.root} holds the samples of run {old.get('run_id')}; this recipe is run "

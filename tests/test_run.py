@@ -280,3 +280,20 @@ def test_a_refused_request_is_asked_again_on_the_next_run(tmp_path, tiny_model_d
     samples, again = sample.run(questions, cfg, engine=vllm_engine)
     assert again.new_samples == 1  # the refused one, asked again (and refused again by this engine)
     assert samples.height == 2 and samples.select("qid", "sample_idx").is_duplicated().sum() == 0
+
+
+def test_an_import_file_edited_in_place_is_not_taken_for_the_samples_already_imported(
+        tmp_path, benchmarks_dir, teacher_completions_dir):
+    """The completions file is what decides an imported sample's text: its content, not only its path, is in the
+    fingerprint, so editing it is refused instead of publishing the old rationales under the new file's name."""
+    import shutil
+
+    completions = tmp_path / "completions.jsonl"
+    shutil.copy(teacher_completions_dir / "multiarith.jsonl", completions)
+    recipe_path = write_import_recipe(tmp_path / "r.yaml", benchmarks_dir, completions, work_dir=tmp_path / "runs",
+                                      store={"root": str(tmp_path / "store")}, limit=4)
+    build.run(load_recipe(recipe_path))
+    edited = pl.read_ndjson(completions).with_columns(rationale=pl.lit(" Rewritten. The answer is 7."))
+    edited.write_ndjson(completions)
+    with pytest.raises(BuilderError, match=r"teacher\.import_sha256 was '[0-9a-f]{12}.*', now '[0-9a-f]{12}"):
+        build.run(load_recipe(recipe_path))

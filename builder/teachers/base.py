@@ -111,6 +111,11 @@ class Teacher(Protocol):
     # then not checked against the samples on storage.
     own_prompts: ClassVar[bool] = False
 
+    @classmethod
+    def fingerprint_extra(cls, recipe: Recipe) -> dict[str, Any]:
+        """What else decides this backend's texts beyond its recipe fields (the content of a file it reads)."""
+        return {}
+
     def render(self, prompt: str | list[dict[str, str]]) -> str:
         """The stage-1 prompt as the text this backend sends (chat messages through the model's template)."""
         ...

@@ -13,6 +13,8 @@ that still holds its tags (`<think>...</think>answer`) with vLLM's parser over t
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 from collections.abc import Iterable, Iterator
@@ -41,6 +43,25 @@ FIELDS = ("question", "rationale", "answer_completion", "answer_prompt", "prompt
 TEXT_FIELDS = ("question", "rationale", "answer_completion", "answer_prompt", "prompt", "task", "finish_reason",
                "teacher")
 COUNT_FIELDS = ("sample_idx", "prompt_tokens", "completion_tokens")  # non-negative integers
+
+
+@functools.lru_cache(maxsize=8)
+def _digest_of(path: Path, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
+def _file_digest(path: Path) -> str | None:
+    """sha256 prefix of a file (cached while its size and mtime stay), None when it is missing (reading it then
+    names the problem)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return _digest_of(path, st.st_size, st.st_mtime_ns)
 
 
 def _read_any(path: Path) -> Table:
@@ -107,6 +128,11 @@ class ImportedTeacher(Teacher):
     """Completions read from `teacher.import_path`, matched to questions by qid (task + normalised question)."""
 
     own_prompts = True
+
+    @classmethod
+    def fingerprint_extra(cls, recipe: Recipe) -> dict[str, Any]:
+        """The completions file's content: an edited file is other samples, even at the same path."""
+        return {"import_sha256": _file_digest(recipe.resolve_path(recipe.teacher.import_path))}
 
     def __init__(self, recipe: Recipe, *, engine: Any = None) -> None:
         t = recipe.teacher
