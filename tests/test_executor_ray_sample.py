@@ -136,10 +136,10 @@ def test_a_killed_replica_is_restarted_and_nothing_is_duplicated(tmp_path, tiny_
     marker = tmp_path / "killed.pid"
     real_write = sample.write_shard
 
-    def write_then_die(work, completions, answers, dest, *, recipe, run_id):
+    def write_then_die(work, completions, answers, dest, **kwargs):
         # runs inside a replica (pickled by value): after the 3rd shard is on disk, the replica that wrote it kills
-        # itself before reporting it, so Ray restarts the actor and retries that shard (same file name)
-        done = real_write(work, completions, answers, dest, recipe=recipe, run_id=run_id)
+        # itself before reporting it, so Ray restarts the actor and retries that shard (same file name, found whole)
+        done = real_write(work, completions, answers, dest, **kwargs)
         if len(list(Path(dest).parent.glob("shard-*.parquet"))) >= 3:
             try:
                 fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
