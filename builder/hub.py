@@ -5,7 +5,9 @@ that this one lacks), then `HfApi.create_tag` named after the version (v1, v2, .
 commit whose manifest.json names that very version (name, version and content hash): publish reads the manifest at
 an existing tag of that name (same version: nothing to do; another one, even with the same content hash: refused)
 and at the head it might tag (an interrupted publish of this version: tag it; anything else, including another
-version with this content hash: commit this version's own files). The token comes from huggingface_hub itself
+version with this content hash: commit this version's own files). So `main` holds the version whose first publish
+came last; re-publishing a version already tagged changes nothing and warns when main holds another one (after a
+revert, `pull ORG/NAME@vN` gives the reverted version). The token comes from huggingface_hub itself
 (HF_TOKEN or `hf auth login`); this module never reads, prints or stores it.
 
 pull: `snapshot_download(revision=tag)` into a temp folder beside the destination, `store.verify` every file
@@ -172,6 +174,12 @@ def publish(
         if _same_version(remote, manifest):
             logger.info("%s@%s already holds %s %s (content %s); nothing to do", repo, tag, manifest["name"], tag,
                         digest[:12])
+            head = next((b.target_commit for b in refs.branches if b.name == "main"), None)
+            served = _hub_call(f"read {repo}@main", _remote_manifest, api, repo, head) if head else None
+            if served is not None and not _same_version(served, manifest):  # e.g. a revert to an older version
+                logger.warning("%s: main holds %s, not this version: `pull %s` and load_dataset(%r) give that one; "
+                               "pull %s@%s for this one (main only moves when a version is first published)", repo,
+                               _describe(served), repo, repo, repo, tag)
             return PublishResult(repo, tag, digest, "unchanged", tags[tag], files)
         same_content = remote is not None and remote.get("content_hash") == digest
         why = f"; the tag names another version's content, so `pull {repo}@{tag}` refuses it" if same_content else ""

@@ -71,6 +71,9 @@ class TaskSpec(_Strict):
     def _known_task(self) -> TaskSpec:
         if is_blank_text(self.name):
             raise ValueError("name is empty; every task needs a name (a paper task key, or any name for a file)")
+        if any(ch < " " or ch == "\x7f" for ch in self.name):
+            raise ValueError(f"name {self.name!r} holds a control character; a task name is a config name, a file "
+                             "name and a sort key of the dataset: use printable text")
         if self.source != "paper" and self.answer_type is None:
             raise ValueError(f"answer_type is required for a {self.source} task (e.g. number, choice, yesno, string)")
         from builder.tasks import check_spec

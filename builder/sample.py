@@ -417,6 +417,8 @@ def write_shard(work: ShardWork, completions: Sequence[Completion], answers: Seq
     df = validate(_shard_frame(work, completions, answers, recipe, run_id), "samples", where=dest)
     questions = len({r.qid for r in work.requests})
     log.debug("%s: %d samples of %d questions", dest, df.height, questions)
+    if not df.height:  # an importer holding none of the asked indices: nothing to keep, no file
+        return ShardWritten(dest, 0, questions, 0, 0, finished=time.time())
     held()
     try:
         if shard_storage.is_url(dest):

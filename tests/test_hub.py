@@ -582,3 +582,21 @@ def test_pull_through_olah_serving_local_git_mirrors(mirror, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_fake_hub_republishing_a_reverted_version_warns_that_main_serves_another(fake_hub, tmp_path, caplog):
+    """v1 (X), v2 (Y) published; the recipe goes back to X and the build reports v1: publishing v1 again changes
+    nothing on the Hub, and says that main (what `pull ORG/NAME` and load_dataset give) still holds v2."""
+    import logging
+
+    root = tmp_path / "store"
+    build_version(root)
+    build_version(root, make_ledger(salt="!"))
+    for version in ("v1", "v2"):
+        hub.publish(f"demo@{version}", "org/demo-cot", root=root, api=_api(fake_hub))
+    assert build_version(root).version == "v1"
+    with caplog.at_level(logging.WARNING, logger="builder.hub"):
+        again = hub.publish("demo@v1", "org/demo-cot", root=root, api=_api(fake_hub))
+    assert again.status == "unchanged"
+    assert re.search(r"org/demo-cot: main holds content hash [0-9a-f]{12} \(demo v2\), not this version: .*"
+                     r"pull org/demo-cot@v1 for this one", caplog.text), caplog.text

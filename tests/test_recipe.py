@@ -158,6 +158,10 @@ def test_recipe_only_checks_run_when_the_recipe_loads(tmp_path):
                               "      path: q.jsonl\n      answer_type: number"))
     with pytest.raises(RecipeError, match=r"tasks\.items\.0: .*name is empty"):
         load_recipe(p)
+    p.write_text(GOOD.replace("    - name: multiarith", "    - name: \"a\\0b\"\n      source: file\n"
+                              "      path: q.jsonl\n      answer_type: number"))
+    with pytest.raises(RecipeError, match=r"tasks\.items\.0: .*holds a control character"):
+        load_recipe(p)
 
 
 def test_what_the_recipe_alone_decides_fails_at_load_not_after_sampling(tmp_path):

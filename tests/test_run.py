@@ -297,3 +297,19 @@ def test_an_import_file_edited_in_place_is_not_taken_for_the_samples_already_imp
     edited.write_ndjson(completions)
     with pytest.raises(BuilderError, match=r"teacher\.import_sha256 was '[0-9a-f]{12}.*', now '[0-9a-f]{12}"):
         build.run(load_recipe(recipe_path))
+
+
+def test_an_import_with_gaps_in_sample_idx_writes_no_empty_shard_on_a_rerun(tmp_path, benchmarks_dir,
+                                                                           teacher_completions_dir):
+    """The budget asks for the indices the file skips on every run; the importer has nothing for them: a rerun
+    must not pile up empty shards."""
+    rows = pl.read_ndjson(teacher_completions_dir / "multiarith.jsonl").head(6)
+    gapped = pl.concat([rows.with_columns(sample_idx=pl.lit(i)) for i in (0, 3)])
+    gapped.write_ndjson(tmp_path / "gapped.jsonl")
+    cfg = load_recipe(write_import_recipe(tmp_path / "r.yaml", benchmarks_dir, tmp_path / "gapped.jsonl",
+                                          work_dir=tmp_path / "runs", store={"root": str(tmp_path / "store")}))
+    build.run(cfg)
+    shards = sorted((cfg.run_dir / "samples").glob("shard-*.parquet"))
+    assert all(pl.read_parquet(s).height for s in shards)
+    build.run(cfg)
+    assert sorted((cfg.run_dir / "samples").glob("shard-*.parquet")) == shards
