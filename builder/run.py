@@ -210,7 +210,7 @@ class Run:
         storage.makedirs(self.root)
         self.local.mkdir(parents=True, exist_ok=True)
         with self._marker_lock():
-            marker = self._read_marker()
+            marker = read_marker(self.marker)
             if marker is None:
                 self._adopt_unmarked()
             elif marker.get("run_id") != self.id:
@@ -237,7 +237,7 @@ class Run:
             return
         try:
             with self._marker_lock():
-                marker = self._read_marker() or {}
+                marker = read_marker(self.marker) or {}
                 if (marker.get("lease") or {}).get("token") == self._token:
                     self._write_marker(0.0, expires=0)
         finally:
@@ -271,19 +271,6 @@ class Run:
         folder = storage.local_folder(self.root)
         return nullcontext() if folder is None else FileLock(str(Path(folder) / ".run.lock"), timeout=30)
 
-    def _read_marker(self) -> dict[str, Any] | None:
-        text = storage.read_text(self.marker)
-        if text is None:
-            return None
-        try:
-            marker = json.loads(text)
-        except ValueError:
-            raise RunConflict(f"{self.marker}: not valid JSON; the run marker is damaged (delete it to let the next "
-                              "build check the shards and write it again)") from None
-        if not isinstance(marker, dict) or not isinstance(marker.get("run_id"), str):
-            raise RunConflict(f"{self.marker}: no run_id; the run marker is damaged (delete it to rewrite it)")
-        return marker
-
     def _write_marker(self, ttl: float, expires: float | None = None) -> None:
         now = time.time()
         lease = {"host": socket.gethostname(), "pid": os.getpid(), "token": self._token, "heartbeat": now,
@@ -297,7 +284,7 @@ class Run:
         while not self._stop.wait(max(ttl / 3, 0.05)):
             try:
                 with self._marker_lock():
-                    marker = self._read_marker() or {}
+                    marker = read_marker(self.marker) or {}
                     if (marker.get("lease") or {}).get("token") != self._token:
                         return  # taken over: `check_held` stops the driver at its next step
                     self._write_marker(ttl)
@@ -363,12 +350,26 @@ class LeaseCheck:
     run_id: str
 
     def __call__(self) -> None:
-        text = storage.read_text(self.marker)
-        lease = (json.loads(text) if text else {}).get("lease") or {}
+        lease = (read_marker(self.marker) or {}).get("lease") or {}
         if not self.token or lease.get("token") != self.token:
             raise RunConflict(f"{self.marker}: this driver no longer holds run {self.run_id} (the lease is now held "
                               f"by {_holder(lease)}); stopped before writing more beside it. What is on storage is "
                               "kept: rerun once the other driver is done")
+
+
+def read_marker(path: str) -> dict[str, Any] | None:
+    """A run's marker (None when there is none yet); a damaged one is refused by name."""
+    text = storage.read_text(path)
+    if text is None:
+        return None
+    try:
+        marker = json.loads(text)
+    except ValueError:
+        raise RunConflict(f"{path}: not valid JSON; the run marker is damaged (delete it to let the next build "
+                          "check the shards and write it again)") from None
+    if not isinstance(marker, dict) or not isinstance(marker.get("run_id"), str):
+        raise RunConflict(f"{path}: no run_id; the run marker is damaged (delete it to rewrite it)")
+    return marker
 
 
 def _holder(lease: dict[str, Any]) -> str:

@@ -275,8 +275,7 @@ def _run_held(questions: pl.DataFrame, recipe: Recipe, teacher: Teacher, run: Ru
     adaptive = recipe.sampling.adaptive.enabled
     stats = SampleStats()
     _forget_refused(run)
-    if recipe.prompt.two_stage and not teacher.own_prompts:
-        _check_answer_prompts(run, questions, tasks.answer_prompts(recipe.tasks, questions))
+    answer_prompts = tasks.answer_prompts(recipe.tasks, questions) if recipe.prompt.two_stage else {}
     ctx: _Context | None = None
     open_q = questions.select("qid")  # questions still sampled in this round
     budget = questions.select("qid", n_samples=pl.lit(0, pl.Int64))  # per question: the last round's target
@@ -285,10 +284,13 @@ def _run_held(questions: pl.DataFrame, recipe: Recipe, teacher: Teacher, run: Ru
     for rnd, target in enumerate(targets, start=1):
         run.check_held()
         stats.rounds = rnd
-        done = read_samples(run, ["qid", "sample_idx"])
-        want = wanted(questions, teacher.budget(questions, target))
+        done = read_samples(run, ["qid", "sample_idx", "answer_prompt"])
+        if rnd == 1 and answer_prompts and not teacher.own_prompts:
+            _check_answer_prompts(run, done, questions, answer_prompts)
+        n = teacher.budget(questions, target)
+        want = wanted(questions, n)
         budget = budget.update(want.join(open_q, on="qid", how="semi"), on="qid")
-        todo = missing_requests(questions.join(open_q, on="qid", how="semi"), done, teacher.budget(questions, target))
+        todo = missing_requests(questions.join(open_q, on="qid", how="semi"), done, n)
         done_q = questions.height - (open_q.height if adaptive else todo["qid"].n_unique())
         total = int(want["n_samples"].sum() if not adaptive else
                     only_wanted(done, budget).height + todo["count"].sum())
@@ -302,8 +304,7 @@ def _run_held(questions: pl.DataFrame, recipe: Recipe, teacher: Teacher, run: Ru
                                questions.select("qid", "task", "question").rows_by_key("qid", named=True,
                                                                                        unique=True),
                                {t: _exemplars_for(recipe, t) for t in questions["task"].unique()},
-                               tasks.answer_prompts(recipe.tasks, questions) if recipe.prompt.two_stage else {},
-                               executor=executor, render=not executor.remote)
+                               answer_prompts, executor=executor, render=not executor.remote)
                 if not executor.remote:
                     teacher.start()  # before the clock: seconds and tokens/s measure generation, not engine start-up
             stats.seconds += _sample_todo(ctx, todo, stats, state, progress, adaptive)
@@ -333,11 +334,12 @@ def _run_held(questions: pl.DataFrame, recipe: Recipe, teacher: Teacher, run: Ru
     return (samples if collect else None), stats
 
 
-def _check_answer_prompts(run: Run, questions: pl.DataFrame, wanted_prompts: dict[str, str]) -> None:
+def _check_answer_prompts(run: Run, done: pl.DataFrame, questions: pl.DataFrame, wanted_prompts: dict[str, str]
+                          ) -> None:
     """The answer prompt a question's samples were asked with must be the one this recipe asks: it depends on the
     task's settings (answer_type, answer_prompt) and, for choice tasks, on the widest choice list among the
     questions loaded, none of which is in the run fingerprint (growing `limit` must not refuse a run)."""
-    asked = (read_samples(run, ["qid", "answer_prompt"]).unique()
+    asked = (done.select("qid", "answer_prompt").unique()
              .join(questions.select("qid", "task"), on="qid")
              .with_columns(want=pl.col("task").replace_strict(wanted_prompts, default=None, return_dtype=pl.String)))
     changed = asked.filter(pl.col("answer_prompt").ne_missing(pl.col("want")))
