@@ -16,10 +16,33 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+TIERS = ("unit", "integration", "e2e")
+# Fixtures a unit test may not use: each starts a model, an engine or a cluster (the unit tier runs in minutes).
+HEAVY = {"tiny_model_dir", "vllm_engine", "ray_cluster", "ray_local"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test with its tier (the folder it lives in); refuse a unit test that starts something heavy."""
+    for item in items:
+        tier = next((t for t in TIERS if (ROOT / "tests" / t) in item.path.parents), None)
+        if tier is None:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in tests/unit, tests/integration or tests/e2e")
+        item.add_marker(tier)
+        heavy = HEAVY & set(item.fixturenames)
+        if tier == "unit" and heavy:
+            raise pytest.UsageError(f"{item.nodeid} is a unit test but uses {sorted(heavy)}: move it to "
+                                    "tests/integration")
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
+    """../shared (the paper's files and real teacher outputs): skipped with the reason where it is absent, a failure
+    where $RATIONALE_REQUIRE_SHARED is set (CI), so a missing folder never passes quietly there."""
     if not SHARED.is_dir():
-        pytest.fail(f"{SHARED} not found: the tests read the paper files from ../shared (or $RATIONALE_SHARED_DIR)")
+        reason = f"{SHARED} not found: this test reads the paper files from ../shared (or $RATIONALE_SHARED_DIR)"
+        if os.environ.get("RATIONALE_REQUIRE_SHARED"):
+            pytest.fail(reason)
+        pytest.skip(reason)
     return SHARED
 
 
@@ -71,3 +94,16 @@ def fake_hub(monkeypatch):
                                                    follow_redirects=True))
     yield fake
     _http.set_client_factory(_http.default_client_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory, teacher_completions_dir: Path) -> Path:
+    """A real dataset version (store.write_version) of 16 MultiArith rows: tiny@v1."""
+    from builder.store import write_version
+    from tests.helpers import davinci_version_rows
+
+    root = tmp_path_factory.mktemp("store")
+    rows = davinci_version_rows(teacher_completions_dir, 16)
+    info = write_version(rows, root=root, name="tiny", recipe={"name": "tiny"})
+    assert info.version == "v1"
+    return root

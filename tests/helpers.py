@@ -24,6 +24,7 @@ import yaml
 
 from builder import reasons as R
 from builder import store
+from builder.recipe import Recipe
 from builder.schemas import table_schema
 from builder.stats import (
     BuildStats,
@@ -34,6 +35,10 @@ from builder.stats import (
     Funnel,
     SamplingSummary,
 )
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent  # the repository
+DATA = TESTS / "data"
 
 ARITH_QUESTIONS = [
     ("Tom has 3 apples and buys 4 more. How many apples does he have?", 7),
@@ -427,3 +432,54 @@ def vllm_serve(model: Path, *args: str, api_key: str | None = None, timeout_s: f
             pass
         proc.wait(timeout=60)
         log.close()
+
+
+def davinci_version_rows(teacher_completions_dir: Path, n: int) -> pl.DataFrame:
+    """The first n correct MultiArith text-davinci-002 rationales as a `rows` table (short ones, to keep it fast),
+    in the store's student formats."""
+    from builder.prompts import student_completion_expr, student_messages_expr, student_prompt_expr
+    from builder.tasks import make_qid
+
+    src = pl.read_ndjson(teacher_completions_dir / "multiarith.jsonl").filter(pl.col("reference_correct"))
+    src = (src.unique("question", keep="first", maintain_order=True)  # MultiArith repeats 20 questions
+           .with_columns(pl.col("rationale").str.strip_chars()).sort(pl.col("rationale").str.len_chars()).head(n))
+    return src.select(
+        pl.col("question").map_batches(lambda s: pl.Series([make_qid("multiarith", q) for q in s]),
+                                       return_dtype=pl.String).alias("qid"),
+        pl.lit(0, pl.Int32).alias("sample_idx"), pl.lit("multiarith").alias("task"), "question", "rationale",
+        pl.col("reference_pred").alias("answer"), "gold",
+        student_prompt_expr(pl.col("question")).alias("prompt"),
+        student_completion_expr(pl.col("rationale"), pl.col("reference_pred")).alias("completion"),
+        student_messages_expr(pl.col("question"), pl.col("rationale"), pl.col("reference_pred")).alias("messages"),
+        pl.lit(0, pl.Int64).alias("seed"), pl.lit("text-davinci-002").alias("teacher"),
+    )
+
+
+def tiny_train_recipe(tmp_path: Path, store_root: Path, model_dir: Path, **over) -> dict:
+    """A training recipe for the tiny model on tiny@v1 in `store_root`; `over` replaces keys (merging sections)."""
+    data = {
+        "name": "tiny-student",
+        "dataset": {"ref": "tiny@v1", "root": str(store_root)},
+        "model": {"model_name_or_path": str(model_dir)},
+        "training": {"learning_rate": 3e-3, "per_device_train_batch_size": 4, "max_length": 192, "max_steps": 6,
+                     "save_steps": 3, "save_total_limit": 5, "seed": 7},
+        "output_dir": str(tmp_path / "out"),
+        "eval": {"enabled": False},
+    }
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return data
+
+
+def sample_recipe(tmp_path: Path, model: Path, **sampling) -> Recipe:
+    """A small arithmetic build on `model`: 4 samples a question, shards of 2 questions; `sampling` overrides."""
+    return Recipe.model_validate({
+        "name": "t",
+        "work_dir": str(tmp_path / "runs"),
+        "tasks": {"items": [arith_task(tmp_path)]},
+        "teacher": {"model": str(model)},
+        "sampling": {"n": 4, "max_tokens": 12, "answer_max_tokens": 4, "shard_size": 2, "seed": 3, **sampling},
+    })

@@ -19,7 +19,7 @@ from builder import reasons as R
 from builder.executors import ray_curate
 from builder.recipe import CurationConfig, GradingConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from ray_curate_bench import graded_rows  # noqa: E402
 
 ROWS = 200_000

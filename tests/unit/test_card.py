@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from builder import store
 from builder.errors import StoreError
 from builder.stats import BuildStats, ContaminationHit, Decontamination
-from tests.helpers import STORE_RECIPE, load_version_dataset, make_ledger, make_stats
+from tests.helpers import ROOT, STORE_RECIPE, load_version_dataset, make_ledger, make_stats
 
 
 def _png_size(path) -> tuple[int, int]:
@@ -108,7 +107,7 @@ def test_quickstart_card_carries_hub_metadata_that_huggingface_hub_validates(tmp
 
     from builder.recipe import load_recipe
 
-    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "quickstart" / "build.yaml")
+    recipe = load_recipe(ROOT / "recipes" / "quickstart" / "build.yaml")
     recipe.store.license = "apache-2.0"
     ledger = make_ledger(tasks=("arith",))
     stats = make_stats(ledger)

@@ -17,8 +17,9 @@ from builder.cli import main
 from builder.grade import grade_frame
 from builder.prompts import reasoning_completion
 from builder.schemas import read_table
+from tests.helpers import DATA as TEST_DATA
 
-DATA = Path(__file__).resolve().parent / "data" / "reasoning" / "traces.jsonl"
+DATA = TEST_DATA / "reasoning" / "traces.jsonl"
 TASK_TYPES = {"math": "number", "choice": "choice"}
 
 

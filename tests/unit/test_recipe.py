@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from builder.cli import main
 from builder.errors import RecipeError
 from builder.recipe import Recipe, load_recipe
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 BUILD_RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml")  # train recipes and accelerate configs aside
                        if not {"train", "accelerate"} & set(p.relative_to(ROOT / "recipes").parts))
 

@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 
 from builder.cli import main
-from tests.helpers import TOKEN, write_import_recipe
+from tests.helpers import ROOT, TOKEN, write_import_recipe
 
-ROOT = Path(__file__).resolve().parent.parent
 OPENAI_KEY = "sk-fake-openai-4c3b2a1f0e9d8c7b"
 TEACHER_KEY = "sk-fake-teacher-key-0a1b2c3d4e5f"
 

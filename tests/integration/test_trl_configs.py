@@ -12,15 +12,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from tests.helpers import build_version
+from tests.helpers import ROOT, build_version
 
 pytest.importorskip("trl")
 
-ROOT = Path(__file__).resolve().parents[1]
 HASH_SEEDS = ("0", "10", "42")  # 10: the seed under which a mixed table trained as `messages`, without EOS
 
 # Runs in a subprocess: train 2 steps on each config, report what the trainer tokenized.

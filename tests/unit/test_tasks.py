@@ -18,8 +18,9 @@ from builder.readers import read_jsonl
 from builder.recipe import TasksConfig, TaskSpec
 from builder.schemas import read_table, validate
 from builder.tasks.normalise import canonical_number, raw_frame
+from tests.helpers import DATA as TEST_DATA
 
-DATA = Path(__file__).parent / "data" / "tasks"
+DATA = TEST_DATA / "tasks"
 
 # From ../shared/benchmarks/README.md: items per file, and exact duplicate questions within the file.
 README_COUNTS = {

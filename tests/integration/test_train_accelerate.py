@@ -23,9 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import build_version
+from tests.helpers import ROOT, build_version
 
-ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-3  # relative, per step; see the module docstring for what was measured
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
+
 CONFIG_DIR = ROOT / "recipes" / "accelerate"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 

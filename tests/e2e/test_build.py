@@ -17,9 +17,7 @@ from builder.cli import main
 from builder.errors import StoreError
 from builder.recipe import load_recipe
 from builder.schemas import read_table
-from tests.helpers import write_import_recipe
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, write_import_recipe
 
 
 def test_build_from_imported_teacher_completions_end_to_end(tmp_path, benchmarks_dir, teacher_completions_dir,

@@ -34,9 +34,8 @@ from builder.errors import BuilderError
 from builder.recipe import load_recipe
 from builder.run import Run
 from builder.schemas import read_table
-from tests.helpers import write_import_recipe
+from tests.helpers import ROOT, write_import_recipe
 
-ROOT = Path(__file__).resolve().parent.parent
 NAME = "ma-faults"
 
 KILL_POINTS = ROOT / "tests" / "kill_points.py"

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "builder"
+from tests.helpers import ROOT
+
+PACKAGE = ROOT / "builder"
 
 
 def module_names(root: Path) -> dict[str, Path]:

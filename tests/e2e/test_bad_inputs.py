@@ -29,8 +29,9 @@ import yaml
 
 import builder.cli
 from builder.cli import main
+from tests.helpers import TESTS
 
-CORPUS = Path(__file__).resolve().parent / "bad_inputs"
+CORPUS = TESTS / "bad_inputs"
 CASES: list[dict] = yaml.safe_load((CORPUS / "cases.yaml").read_text())["cases"]
 HUGE = 5 * 1024 * 1024  # characters in the "huge row" cases
 GOOD_QUESTIONS = [json.loads(line) for line in (CORPUS / "data" / "questions.jsonl").read_text().splitlines()]

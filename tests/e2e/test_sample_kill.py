@@ -18,9 +18,8 @@ from polars.testing import assert_frame_equal
 from builder import sample, tasks
 from builder.recipe import load_recipe
 from builder.run import Run
-from tests.helpers import arith_task
+from tests.helpers import ROOT, arith_task
 
-ROOT = Path(__file__).resolve().parent.parent
 N_QUESTIONS, N = 24, 3
 
 

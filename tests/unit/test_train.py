@@ -1,0 +1,202 @@
+"""builder.train and builder.train_recipe: recipes (TRL names), completion-only masking on the TRL path, loss, resume
+after SIGKILL, the other-settings refusal, LoRA, seq2seq, card, CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from builder.errors import BuilderError, RecipeError
+from builder.train_recipe import load_train_recipe, parse_train_recipe, train_recipe_json_schema
+from tests.helpers import ROOT
+
+# ------------------------------------------------------------------ fixtures
+
+
+# ------------------------------------------------------------------ recipes and schema
+def test_schema_file_is_not_stale():
+    assert (ROOT / "schemas" / "train_recipe.schema.json").read_text() == train_recipe_json_schema()
+
+
+RECIPES = sorted((ROOT / "recipes" / "train").rglob("*.yaml"))
+
+
+def test_recipes_exist_for_paper_and_modern_setups():
+    names = {p.relative_to(ROOT / "recipes" / "train").as_posix() for p in RECIPES}
+    assert "multiarith/smollm2-135m-cpu.yaml" in names
+    for student in ("gpt2-124m", "gpt2-355m", "gpt2-774m", "flan-t5-small", "flan-t5-base", "flan-t5-large"):
+        for setup in ("d1", "diverse"):
+            assert f"paper/{setup}/multiarith/{student}.yaml" in names
+    assert any(n.startswith("modern/") for n in names)
+    train_dir = ROOT / "recipes" / "train"
+    assert "rationale train" in (train_dir / "README.md").read_text()
+    for path in RECIPES:  # each recipe group (the first folder under recipes/train) documents its command
+        readme = train_dir / path.relative_to(train_dir).parts[0] / "README.md"
+        assert readme.is_file(), f"{path} has no README.md in its recipe folder"
+        assert "rationale train" in readme.read_text()
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[str(p.relative_to(ROOT / "recipes" / "train")) for p in RECIPES])
+def test_every_recipe_loads(path: Path):
+    recipe = load_train_recipe(path)
+    assert recipe.out.is_absolute()
+    if "flan-t5" in path.name:
+        assert recipe.format == "seq2seq" and recipe.eval.backend == "hf"
+
+
+def test_paper_defaults():
+    r = parse_train_recipe({"name": "x", "dataset": {"ref": "d@v1"}, "model": {"model_name_or_path": "gpt2"},
+                            "output_dir": "o"})
+    t = r.training
+    assert (t.learning_rate, t.per_device_train_batch_size, t.max_length, t.num_train_epochs) == (3e-4, 8, 512, 20)
+    assert t.lr_scheduler_type == "constant" and r.format == "ft_cot" and not r.model.use_peft and r.resume
+
+
+def test_recipe_keys_are_trl_and_transformers_fields():
+    """`model:` keys are TRL ModelConfig fields, `training:` keys SFTConfig fields (and, but for the SFT-only ones,
+    Seq2SeqTrainingArguments fields), and each reaches the trainer under its own name."""
+    import dataclasses
+
+    from transformers import Seq2SeqTrainingArguments
+    from trl import ModelConfig, SFTConfig
+
+    from builder.train import trainer_args
+    from builder.train_recipe import SFT_ONLY_KEYS, ModelSpec, TrainingSpec
+
+    def names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    # trust_remote_code moved from ModelConfig to SFTConfig in TRL 1.x; the recipe keeps it with the model
+    assert set(ModelSpec.model_fields) - {"trust_remote_code"} <= names(ModelConfig)
+    assert "trust_remote_code" in names(SFTConfig)
+    assert set(TrainingSpec.model_fields) <= names(SFTConfig)
+    assert set(TrainingSpec.model_fields) - set(SFT_ONLY_KEYS) <= names(Seq2SeqTrainingArguments)
+    base = {"name": "x", "dataset": {"ref": "d@v1"}, "model": {"model_name_or_path": "gpt2"}, "output_dir": "o",
+            "training": {"learning_rate": 1e-3, "per_device_train_batch_size": 3, "gradient_accumulation_steps": 2,
+                         "max_steps": 9, "lr_scheduler_type": "cosine", "weight_decay": 0.1, "seed": 5}}
+    args = trainer_args(parse_train_recipe(base), Path("/tmp/o"), cpu=True)
+    assert isinstance(args, SFTConfig) and args.completion_only_loss
+    got = {k: getattr(args, k) for k in ("learning_rate", "per_device_train_batch_size",
+                                         "gradient_accumulation_steps", "max_steps", "weight_decay", "seed")}
+    assert got == {"learning_rate": 1e-3, "per_device_train_batch_size": 3, "gradient_accumulation_steps": 2,
+                   "max_steps": 9, "weight_decay": 0.1, "seed": 5}
+    assert args.lr_scheduler_type == "cosine" and args.max_length == 512 and args.output_dir == "/tmp/o/checkpoints"
+    s2s = trainer_args(parse_train_recipe({**base, "format": "seq2seq", "eval": {"backend": "hf"}}), Path("/tmp/o"),
+                       cpu=True)
+    assert isinstance(s2s, Seq2SeqTrainingArguments) and s2s.per_device_train_batch_size == 3
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"training": {"lr": 1}}, "t.yaml: training.lr: unknown field"),
+    ({"model": {"name": "g"}}, "t.yaml: model.name: unknown field"),
+    ({"dataset": {"ref": "a@v1", "path": "x"}}, "exactly one of dataset.ref, dataset.path, dataset.hub"),
+    ({"format": "gpt"}, "t.yaml: format: Input should be 'ft_cot', 'chat', 'seq2seq' or 'r1'"),
+    ({"format": "seq2seq"}, "format seq2seq evaluates with eval.backend: hf"),
+    ({"format": "seq2seq", "eval": {"backend": "hf"}, "training": {"packing": True}},
+     "Seq2SeqTrainer, which has no training.packing"),
+    ({"training": {"per_device_train_batch_size": 0}},
+     "training.per_device_train_batch_size: Input should be greater than or equal"),
+    ({"training": {"warmup_steps": 5}}, "lr_scheduler_type constant ignores warmup_steps"),
+    ({"training": {"batch_size": 4}}, "training.batch_size is training.per_device_train_batch_size"),
+    # the keys of the old recipe shape name their new place
+    ({"hyperparameters": {"batch_size": 4, "learning_rate": 1e-3}},
+     "hyperparameters.batch_size is training.per_device_train_batch_size now; "
+     "hyperparameters.learning_rate is training.learning_rate now"),
+    ({"student": {"model": "gpt2"}}, "student.model is model.model_name_or_path now"),
+    ({"lora": {"r": 4}}, "lora.r is model.lora_r (with model.use_peft: true) now"),
+    ({"checkpoints": {"keep": 2, "resume": False}},
+     "checkpoints.keep is training.save_total_limit now; checkpoints.resume is resume now"),
+    ({"seed": 3}, "seed is training.seed now"),
+])
+def test_recipe_errors_name_the_field(data: dict, message: str):
+    base = {"name": "x", "dataset": {"ref": "d@v1"}, "model": {"model_name_or_path": "gpt2"}, "output_dir": "o"}
+    for k, v in data.items():
+        base[k] = {**base[k], **v} if isinstance(base.get(k), dict) else v
+    with pytest.raises(RecipeError) as exc:
+        parse_train_recipe(base, "t.yaml")
+    assert message in str(exc.value)
+
+
+def _settings_of(data: dict, world_size: int = 1, examples: int = 16) -> dict:
+    from types import SimpleNamespace
+
+    from builder.train import run_settings
+
+    version = SimpleNamespace(ref="tiny@v1", content_hash="abc123")
+    return run_settings(parse_train_recipe(data), version, examples, world_size)
+
+
+def _write_settings(tmp_path: Path, settings: dict) -> Path:
+    from builder.train import write_checkpoint_settings
+
+    ckpt = tmp_path / "checkpoints" / "checkpoint-3"
+    ckpt.mkdir(parents=True)
+    write_checkpoint_settings(ckpt, {**settings, "step": 3})
+    return ckpt
+
+
+_BASE = {"name": "x", "dataset": {"ref": "tiny@v1"}, "model": {"model_name_or_path": "m"}, "output_dir": "o"}
+
+
+@pytest.mark.parametrize(("change", "refused"), [
+    ({"training": {"lr_scheduler_type": "cosine"}}, "training.lr_scheduler_type: 'constant' there, 'cosine' now"),
+    ({"training": {"warmup_steps": 2, "lr_scheduler_type": "constant_with_warmup"}}, "training.warmup_steps"),
+    ({"training": {"optim": "sgd"}}, "training.optim: 'adamw_torch' there, 'sgd' now"),
+    ({"training": {"weight_decay": 0.1}}, "training.weight_decay: 0.0 there, 0.1 now"),
+    ({"training": {"bf16": True}}, "training.bf16: False there, True now"),
+    ({"training": {"padding_free": True}}, "training.padding_free"),
+    ({"model": {"dtype": "bfloat16"}}, "model.dtype: None there, 'bfloat16' now"),
+    ({"model": {"model_revision": "abc"}}, "model.model_revision: None there, 'abc' now"),
+    ({"model": {"use_peft": True}}, "model.use_peft: False there, True now"),
+    ({"dataset": {"ref": "tiny@v1", "tasks": ["multiarith"]}}, "dataset.tasks: None there, ['multiarith'] now"),
+    ({"format": "chat"}, "format: 'ft_cot' there, 'chat' now"),
+])
+def test_checkpoint_settings_cover_the_whole_recipe(tmp_path: Path, change: dict, refused: str):
+    from builder.train import check_checkpoint_settings
+
+    ckpt = _write_settings(tmp_path, _settings_of(_BASE))
+    data = {k: {**_BASE[k], **v} if isinstance(_BASE.get(k), dict) else v for k, v in change.items()}
+    with pytest.raises(BuilderError) as exc:
+        check_checkpoint_settings(ckpt, _settings_of({**_BASE, **data}))
+    assert refused in str(exc.value) and "--no-resume" in str(exc.value)
+
+
+def test_checkpoint_settings_other_world_size_and_lora_when_not_peft(tmp_path: Path):
+    from builder.train import check_checkpoint_settings
+
+    ckpt = _write_settings(tmp_path, _settings_of(_BASE))
+    with pytest.raises(BuilderError, match="world_size: 1 there, 2 now"):
+        check_checkpoint_settings(ckpt, _settings_of(_BASE, world_size=2))
+    # LoRA settings of a run that trains no adapters change nothing
+    check_checkpoint_settings(ckpt, _settings_of({**_BASE, "model": {**_BASE["model"], "lora_alpha": 64}}))
+    # the dataset may be read from another place: the version and its content hash are what is compared
+    check_checkpoint_settings(ckpt, _settings_of({**_BASE, "dataset": {"ref": "tiny@v1", "root": "elsewhere"}}))
+
+
+def test_resume_allow_list_names_recipe_keys():
+    from builder.train import RESUME_MAY_CHANGE
+
+    recipe = parse_train_recipe(_BASE).model_dump()
+    keys = set(recipe) | {f"{section}.{k}" for section, v in recipe.items() if isinstance(v, dict) for k in v}
+    assert RESUME_MAY_CHANGE <= keys, RESUME_MAY_CHANGE - keys
+
+
+def test_checkpoint_of_the_old_settings_file_is_judged_by_what_it_recorded(tmp_path: Path):
+    """A checkpoint written before every setting was recorded (the flat settings file of 926bc94): a key it holds is
+    compared under its new name; one it lacks is refused by name (its value there is unknown), but for the LoRA keys
+    of a run without adapters."""
+    from builder.train import check_checkpoint_settings
+
+    old = {"dataset": "tiny@v1", "content_hash": "abc123", "examples": 16, "format": "ft_cot", "model": "m",
+           "use_peft": False, "lora_r": None, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
+           "world_size": 1, "max_steps": None, "num_train_epochs": 20, "max_length": 512, "packing": False,
+           "seed": 42}
+    ckpt = _write_settings(tmp_path, old)
+    with pytest.raises(BuilderError) as exc:  # a difference it recorded is named as such
+        check_checkpoint_settings(ckpt, _settings_of({**_BASE, "training": {"per_device_train_batch_size": 4}}))
+    assert "training.per_device_train_batch_size: 8 there, 4 now" in str(exc.value)
+    with pytest.raises(BuilderError) as exc:  # else the first setting it did not record
+        check_checkpoint_settings(ckpt, _settings_of(_BASE))
+    msg = str(exc.value)
+    assert "not recorded" in msg and "--no-resume" in msg and "model.lora" not in msg
