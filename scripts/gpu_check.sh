@@ -13,7 +13,8 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 python3 -c "import torch, transformers; assert torch.cuda.is_available(), 'no CUDA device'; \
 print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())"
-python3 -m pytest -q -p no:cacheprovider -m "not engine" tests/test_train.py tests/test_eval.py
+python3 -m pytest -q -p no:cacheprovider -m "not engine" tests/unit/test_train.py tests/unit/test_eval.py \
+  tests/integration/test_train_model.py tests/integration/test_eval_engine.py
 work=${GPU_CHECK_DIR:-/tmp/gpu-check}
 tiny=$(python3 -c "from pathlib import Path; from tests.tiny_model import build_tiny_model; \
 print(build_tiny_model(Path('$work/tiny')))" | tail -n 1)

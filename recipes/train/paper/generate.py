@@ -2,7 +2,7 @@
 
     python recipes/train/paper/generate.py
 
-One template, so the 144 recipes cannot drift apart; `tests/test_train.py` loads every one through the schema.
+One template, so the 144 recipes cannot drift apart; `tests/unit/test_train.py` loads every one through the schema.
 """
 
 from __future__ import annotations
