@@ -20,8 +20,13 @@ def resolve_recipe_path(base_dir: str | Path | None, path: str | None) -> Path |
 # before either becomes a URL or, for pulls, a folder name (a tag like '../../x' must never become a path).
 _PART = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?"
 REPO_ID_PATTERN = rf"^{_PART}/{_PART}$"
-TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-HUB_REF_PATTERN = rf"^{_PART}/{_PART}(@[A-Za-z0-9][A-Za-z0-9_.-]*)?$"
+# Dataset and run names and version tags, the one rule for all of them (a name becomes a folder and a Hub tag):
+# ASCII letters, digits and NAME_CHARS' punctuation, starting with a letter or digit.
+NAME_CHARS = "A-Za-z0-9_.-"
+NAME = rf"[A-Za-z0-9][{NAME_CHARS}]*"
+NAME_PATTERN = rf"^{NAME}$"
+TAG_PATTERN = NAME_PATTERN
+HUB_REF_PATTERN = rf"^{_PART}/{_PART}(@{NAME})?$"
 
 
 def repo_id_problem(repo: str) -> str | None:

@@ -133,7 +133,7 @@ def _build(point: str, table: str) -> None:
     elif point == "version_temp":
         card.write_card = lambda *a, **k: kill_group()
     elif point == "version_renamed":
-        store._write_index = lambda *a, **k: kill_group()
+        store.index.write_index = lambda *a, **k: kill_group()
     elif point == "pause_card":
         write_card = card.write_card
         card.write_card = lambda *a, **k: (_pause(), write_card(*a, **k))[1]

@@ -511,7 +511,7 @@ def test_write_and_verify_serialise_the_rows_in_batches_never_whole(tmp_path, mo
         assert frame.height <= 4, f"write_ndjson of {frame.height} rows"
         return write_ndjson(frame, *args, **kwargs)
 
-    monkeypatch.setattr(store, "DIGEST_BATCH_ROWS", 4)
+    monkeypatch.setattr(store.hashing, "DIGEST_BATCH_ROWS", 4)
     monkeypatch.setattr(pl.DataFrame, "write_ndjson", bounded)
     info = build_version(tmp_path / "store")
     assert store.verify(info.path)["content_hash"] == info.content_hash
@@ -553,8 +553,8 @@ def _same_version(a: store.VersionInfo, b: store.VersionInfo) -> None:
 @pytest.mark.parametrize("bucket_bytes", [1 << 30, 2_000])
 def test_rows_parts_give_the_same_version_as_the_data_frame(tmp_path, monkeypatch, bucket_bytes, url):
     """Small buckets force the range partition (several buckets); one huge bucket does not."""
-    monkeypatch.setattr(store, "BUCKET_BYTES", bucket_bytes)
-    monkeypatch.setattr(store, "BATCH_BYTES", 3_000)  # several batches per part
+    monkeypatch.setattr(store.sort, "BUCKET_BYTES", bucket_bytes)
+    monkeypatch.setattr(store.parquet, "BATCH_BYTES", 3_000)  # several batches per part
     ledger = make_ledger(questions=30, samples=3)
     rows = store.rows_from_ledger(ledger)
     eager = build_version(tmp_path / "eager", ledger, shard_rows=7)
@@ -567,8 +567,8 @@ def test_rows_parts_give_the_same_version_as_the_data_frame(tmp_path, monkeypatc
 def test_ledger_parts_give_the_same_version_as_rows_from_ledger(tmp_path, monkeypatch):
     """`Parts(files, "ledger")`: the kept rows of ledger parts (every state, shuffled), made into rows batch by batch,
     are the version `write_version(rows_from_ledger(ledger))` writes."""
-    monkeypatch.setattr(store, "BUCKET_BYTES", 2_000)
-    monkeypatch.setattr(store, "BATCH_BYTES", 3_000)
+    monkeypatch.setattr(store.sort, "BUCKET_BYTES", 2_000)
+    monkeypatch.setattr(store.parquet, "BATCH_BYTES", 3_000)
     ledger = make_ledger(questions=30, samples=3)
     assert ledger.get_column("state").n_unique() > 1  # kept and dropped rows: the parts are filtered
     eager = build_version(tmp_path / "eager", ledger, shard_rows=7)
