@@ -29,8 +29,8 @@ RECIPE = ROOT / "recipes" / "train" / "multiarith" / "smollm2-135m-cpu.yaml"
 
 def build_version(work: Path) -> tuple[str, str]:
     """Import the teacher's completions into a dataset version; returns (ref, content hash)."""
+    from builder.bind import parse_recipe
     from builder.build import run
-    from builder.recipe import parse_recipe
 
     recipe = parse_recipe({
         "name": "multiarith-davinci",

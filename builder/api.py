@@ -25,14 +25,15 @@ if TYPE_CHECKING:
 
 
 def load(recipe: str | Path | dict[str, Any] | Recipe, *, base_dir: str | Path | None = None) -> Recipe:
-    """A validated `Recipe` from a YAML path, a dict (relative paths resolve against `base_dir`, default the
-    current folder) or a `Recipe`."""
-    from builder.recipe import Recipe, load_recipe
+    """A validated, bound `Recipe` (`builder.bind`) from a YAML path, a dict (relative paths resolve against
+    `base_dir`, default the current folder) or a `Recipe`."""
+    from builder.bind import bind, load_recipe, parse_recipe
+    from builder.recipe import Recipe
 
     if isinstance(recipe, Recipe):
-        return recipe
+        return bind(recipe)
     if isinstance(recipe, dict):
-        return Recipe.model_validate({**recipe, "base_dir": str(Path(base_dir or ".").resolve())})
+        return parse_recipe(recipe, "<recipe>", Path(base_dir or ".").resolve())
     return load_recipe(Path(recipe))
 
 

@@ -93,7 +93,7 @@ def _run_held(recipe: Recipe, run: Run, engine: Any, progress: Any) -> BuildSumm
         write_table(questions, run.questions, "questions")
         advance(f"sampling {questions.height} questions x {recipe.sampling.n}", 0, questions.height *
                 recipe.sampling.n)
-        executor = make_executor(recipe)
+        executor = make_executor(recipe.executor)
         try:
             _, sstats = sample.run(questions, recipe, engine=engine, run=run, executor=executor, collect=False,
                                    progress=lambda p: advance("sampling", p.samples_done, p.samples_total))

@@ -29,7 +29,8 @@ from builder.errors import BuilderError
 from builder.train_recipe import EvalSpec, TrainRecipe
 
 if TYPE_CHECKING:
-    from builder.recipe import Recipe
+    from builder.recipe import TeacherConfig
+    from builder.teachers import TeacherSetup
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +97,23 @@ def stage1_prompts(render: Callable[[str | list[dict[str, str]]], str], question
     return [render(teacher_prompt(q, style="zero_shot_cot", fmt="raw", trigger=direct[t])) for t, q in rows]
 
 
-def student_recipe(model: str, spec: EvalSpec, *, backend: str, fmt: str, n: int, temperature: float,
-                   max_tokens: int, stop: list[str]) -> Recipe:
-    """A student as a teacher: the teacher, prompt and sampling parts of a recipe (all a sampling backend reads)."""
-    from builder.recipe import PromptConfig, Recipe, SamplingConfig, TeacherConfig
+def student_teacher(model: str, spec: EvalSpec, *, backend: str) -> TeacherConfig:
+    """The student as a teacher section: its model on the eval's backend and engine arguments."""
+    from builder.recipe import TeacherConfig
 
-    return Recipe.model_construct(
-        name="eval", base_dir=None,
-        teacher=TeacherConfig(backend=backend, model=model, engine_args=dict(spec.engine_args)),
-        prompt=PromptConfig(format="chat" if fmt in ("chat", "r1") else "raw"),
-        sampling=SamplingConfig(n=n, temperature=temperature, max_tokens=max_tokens, stop=stop, seed=spec.seed))
+    return TeacherConfig(backend=backend, model=model, engine_args=dict(spec.engine_args))
+
+
+def student_setup(model: str, spec: EvalSpec, *, backend: str, fmt: str, n: int, temperature: float,
+                  max_tokens: int, stop: list[str]) -> TeacherSetup:
+    """A student as a teacher: the teacher, prompt and sampling sections it is made from (no recipe)."""
+    from builder.recipe import PromptConfig, SamplingConfig
+    from builder.teachers import TeacherSetup
+
+    return TeacherSetup(
+        student_teacher(model, spec, backend=backend),
+        PromptConfig(format="chat" if fmt in ("chat", "r1") else "raw"),
+        SamplingConfig(n=n, temperature=temperature, max_tokens=max_tokens, stop=stop, seed=spec.seed))
 
 
 # ------------------------------------------------------------------ evaluation
@@ -141,7 +149,7 @@ def generate_answers(model: str, engine: Any, questions: pl.DataFrame, spec: Eva
     prompts: list[str] | None = None
     frames = []
     for decoding, k, temperature in _decodings(spec):
-        teacher = make_teacher(student_recipe(
+        teacher = make_teacher(student_setup(
             model, spec, backend=backend, fmt=fmt, n=k, temperature=temperature,
             max_tokens=spec.answer_max_tokens if direct else spec.max_tokens, stop=stop), engine=engine)
         if prompts is None:
@@ -252,8 +260,7 @@ def evaluate(model: str, questions: pl.DataFrame, spec: EvalSpec | None = None, 
     own = engine is None
     if own:
         engine = (load_model(model, seq2seq=fmt == "seq2seq") if backend == "hf" else
-                  load_engine(student_recipe(model, spec, backend=backend, fmt=fmt, n=1, temperature=0.0,
-                                             max_tokens=spec.max_tokens, stop=[]).teacher))
+                  load_engine(student_teacher(model, spec, backend=backend)))
     t0 = time.perf_counter()
     try:
         generated = generate_answers(model, engine, questions, spec, mode=mode, fmt=fmt, backend=backend)

@@ -1,25 +1,23 @@
-"""Build recipes: YAML validated by pydantic (unknown keys are errors); one model per stage nested in `Recipe`.
+"""Build recipes as data: YAML validated by pydantic (unknown keys are errors); one model per stage in `Recipe`.
 
-The JSON schema of `Recipe` is exported to schemas/recipe.schema.json (`python -m builder.recipe` rewrites it;
-a test fails when it is stale).
+This module imports no stage, registry or backend: the names a recipe holds (teacher backend, executor kind, quality
+filters, tasks and their graders) are checked against the registries by `builder.bind`, the one step that turns a
+recipe file into a recipe the stages run (`bind.load_recipe`), and which writes schemas/recipe.schema.json.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from builder.errors import RecipeError
-from builder.executors.base import EXECUTORS
-from builder.paths import resolve_recipe_path
+from builder.paths import NAME_PATTERN, resolve_recipe_path
 from builder.prompts import Exemplar
 from builder.readers import is_blank_text
-from builder.teachers import TEACHERS
 
 # Recipe fields added after recipes were first hashed carry this mark: while they hold their default they are left
 # out of the content hash (`builder.store.canonical_recipe`) and the run fingerprint, so existing datasets keep
@@ -76,9 +74,6 @@ class TaskSpec(_Strict):
                              "name and a sort key of the dataset: use printable text")
         if self.source != "paper" and self.answer_type is None:
             raise ValueError(f"answer_type is required for a {self.source} task (e.g. number, choice, yesno, string)")
-        from builder.tasks import check_spec
-
-        check_spec(self)  # unknown names raise listing the valid ones; checked now, not when the task is loaded
         return self
 
 
@@ -95,7 +90,7 @@ class TeacherConfig(_Strict):
 
     backend: str = Field("vllm", description="A registered teacher backend (builder.teachers.TEACHERS): vllm "
                          "in-process, an OpenAI-compatible server (openai), existing completions (import), or "
-                         "transformers.generate (hf).", json_schema_extra={"enum": TEACHERS.names()})
+                         "transformers.generate (hf).")
     model: str = Field(description="Hub id, local folder, or a local alias (smollm2-135m-instruct).")
     revision: str | None = Field(None, description="Model revision, recorded in every sample.")
     engine_args: dict[str, Any] = Field(
@@ -120,13 +115,6 @@ class TeacherConfig(_Strict):
         "`rationale`. vllm: the engine parses (and can enforce sampling.max_thinking_tokens); openai: start the "
         "server with the same --reasoning-parser (raw /completions are split here); import: splits a rationale "
         "that still holds its tags, with the tokenizer of `model`.")
-
-    @field_validator("backend")
-    @classmethod
-    def _known_backend(cls, name: str) -> str:
-        if name not in TEACHERS:
-            raise ValueError(f"unknown teacher backend {name!r}; valid: {', '.join(TEACHERS.names())}")
-        return name
 
 
 class PromptConfig(_Strict):
@@ -275,18 +263,6 @@ class CurationConfig(_Strict):
                                  "reasoning_length filter would drop every trace")
         return self
 
-    @field_validator("filters")
-    @classmethod
-    def _known_filters(cls, names: list[str]) -> list[str]:
-        # Checked when the recipe loads, not after hours of sampling when curation first looks the names up.
-        from builder.filters import FILTERS
-
-        unknown = [name for name in names if name not in FILTERS]
-        if unknown:
-            raise ValueError(f"curation.filters lists an unknown quality filter {unknown[0]!r}; valid: "
-                             f"{', '.join(sorted(FILTERS.names()))}")
-        return names
-
 
 # ---------------------------------------------------------------- store
 class StoreConfig(_Strict):
@@ -313,8 +289,7 @@ class ExecutorConfig(_Strict):
     hash come out of either executor (docs/SCALING.md)."""
 
     kind: str = Field("local", description="A registered executor (builder.executors.EXECUTORS): local (this "
-                      "process, the default; Ray is never imported) or ray (Ray Data actor pool of engine replicas).",
-                      json_schema_extra={"enum": EXECUTORS.names()})
+                      "process, the default; Ray is never imported) or ray (Ray Data actor pool of engine replicas).")
     address: str | None = Field(
         None, description="Ray cluster address: null starts (or reuses) a local Ray with every core; 'auto' attaches "
         "to the cluster of `ray start`; 'ray://host:10001' a remote one through Ray Client.")
@@ -333,17 +308,11 @@ class ExecutorConfig(_Strict):
     curate_blocks: int | None = Field(
         None, ge=1, description="Ray: Ray Data blocks for curation (null: automatic).")
 
-    @field_validator("kind")
-    @classmethod
-    def _known_kind(cls, name: str) -> str:
-        EXECUTORS.get(name)  # unknown names raise listing the valid ones
-        return name
-
 
 class Recipe(_Strict):
     """A build recipe: tasks -> sample -> grade -> curate -> store."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Build name; also the dataset name.")
+    name: str = Field(pattern=NAME_PATTERN, description="Build name; also the dataset name.")
     description: str = ""
     work_dir: str = Field("runs", description="Resumable working state: <work_dir>/<name>/.")
     tasks: TasksConfig
@@ -510,30 +479,3 @@ def read_yaml(path: str | Path, kind: str = "recipe") -> Any:
         raise RecipeError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
 
 
-def parse_recipe(data: Any, source: str = "<recipe>", base_dir: str | Path | None = None) -> Recipe:
-    return parse_model(Recipe, data, source, base_dir)
-
-
-def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a YAML build recipe.
-
-    Raises:
-        FileNotFoundError: no such file.
-        RecipeError: broken YAML (with line) or invalid fields (with their dotted path).
-    """
-    path = Path(path)
-    return parse_recipe(read_yaml(path), str(path), path.resolve().parent)
-
-
-def export_json_schema(path: str | Path | None = None) -> str:
-    from builder.schemas import SCHEMA_DIR
-
-    text = json.dumps(Recipe.model_json_schema(), indent=2, sort_keys=True) + "\n"
-    if path is None:
-        path = SCHEMA_DIR / "recipe.schema.json"
-    Path(path).write_text(text)
-    return text
-
-
-if __name__ == "__main__":
-    export_json_schema()

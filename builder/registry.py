@@ -1,4 +1,5 @@
-"""Plain-dict registries filled by decorators: adding a grader, filter or task loader is one function, one line."""
+"""Plain-dict registries filled by decorators: adding a teacher backend, executor, grader, filter or task loader is
+one class or function and one line. `builder.bind` checks a recipe's names against them."""
 
 from __future__ import annotations
 
@@ -29,10 +30,15 @@ class Registry(Generic[F]):
         self._items.pop(name, None)
 
     def get(self, name: str) -> F:
-        try:
-            return self._items[name]
-        except KeyError:
-            raise ValueError(f"unknown {self.kind} {name!r}; valid: {', '.join(sorted(self._items))}") from None
+        if name not in self._items:
+            raise ValueError(self.problem(name))
+        return self._items[name]
+
+    def problem(self, name: str) -> str | None:
+        """Why `name` cannot be looked up (it is not registered), or None."""
+        if name in self._items:
+            return None
+        return f"unknown {self.kind} {name!r}; valid: {', '.join(sorted(self._items))}"
 
     def __contains__(self, name: str) -> bool:
         return name in self._items

@@ -63,11 +63,11 @@ def fingerprint(recipe: Recipe) -> dict[str, Any]:
     question was asked is checked per sample instead (`builder.sample`: it may depend on the questions loaded)."""
     from builder.recipe import PromptConfig, SamplingConfig, TeacherConfig, drop_added_defaults
     from builder.tasks import default_shuffle
-    from builder.teachers import TEACHERS
+    from builder.teachers import TEACHERS, TeacherSetup
 
     backend = TEACHERS.get(recipe.teacher.backend)
     fields = {*backend.fingerprint_fields, "reasoning_parser"}
-    extra = getattr(backend, "fingerprint_extra", lambda _: {})(recipe)
+    extra = getattr(backend, "fingerprint_extra", lambda _: {})(TeacherSetup.of(recipe))
     # fields added later (reasoning_parser, chat_template_kwargs, ...) count once set: old run ids stay valid
     return {
         "teacher": {**drop_added_defaults(TeacherConfig, recipe.teacher.model_dump(include=fields)), **extra},

@@ -42,8 +42,9 @@ from builder.executors import storage as shard_storage
 from builder.prompts import Exemplar, teacher_prompt
 from builder.recipe import Recipe
 from builder.run import Run, RunConflict
-from builder.schemas import atomic_write_parquet, table_schema, validate
-from builder.teachers import Answer, Completion, Request, ShardWork, Teacher, make_teacher
+from builder.schemas import atomic_write_parquet, validate
+from builder.shards import only_wanted, read_samples, read_shard, wanted
+from builder.teachers import Answer, Completion, Request, ShardWork, Teacher, TeacherSetup, make_teacher
 from builder.teachers.base import FAILED
 
 log = logging.getLogger(__name__)
@@ -103,41 +104,6 @@ class SampleProgress:
     @property
     def tokens_per_s(self) -> float:
         return self.completion_tokens / self.seconds if self.seconds else 0.0
-
-
-def read_samples(run: Run, columns: list[str] | None = None) -> pl.DataFrame:
-    """Every sample of the run on storage; a shard of another run, or an unreadable one, is refused by name."""
-    files = run.shards()
-    schema = table_schema("samples")
-    if not files:
-        empty = schema.empty()
-        return empty.select(columns) if columns else empty
-    frames = []
-    for f in files:
-        df = _read_shard(f, None if columns is None else [*columns, "run_id"])
-        run.check_shard(df["run_id"].unique(), f)
-        frames.append(df if columns is None or "run_id" in columns else df.drop("run_id"))
-    df = pl.concat(frames, how="diagonal_relaxed")  # shards older than a schema's added columns lack them
-    return df if columns else validate(df, "samples", where=run.samples)
-
-
-def _read_shard(path: str, columns: list[str] | None = None) -> pl.DataFrame:
-    try:
-        return shard_storage.read_parquet(path, columns=columns)
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise BuilderError(f"{path}: corrupt sample shard ({exc}); delete it and rerun to re-sample it") from exc
-
-
-def wanted(questions: pl.DataFrame, n: int | pl.Expr) -> pl.DataFrame:
-    """(qid, n_samples): how many samples of each question the run holds, `n` or a per-question expression."""
-    return questions.select("qid", n_samples=(n if isinstance(n, pl.Expr) else pl.lit(n)).cast(pl.Int64))
-
-
-def only_wanted(samples: pl.DataFrame, want: pl.DataFrame) -> pl.DataFrame:
-    """The samples of `want`'s questions with sample_idx below their count: a run that lowered `n` (or whose
-    adaptive budget stopped a question early) grades exactly those, whatever else its shards hold."""
-    return (samples.join(want.select("qid", "n_samples"), on="qid", how="inner")
-            .filter(pl.col("sample_idx") < pl.col("n_samples")).drop("n_samples"))
 
 
 def missing_requests(questions: pl.DataFrame, done: pl.DataFrame, n: int | pl.Expr, run_seed: int = 0
@@ -254,9 +220,10 @@ def run(questions: pl.DataFrame, recipe: Recipe, *, engine: Any = None, teacher:
         if stale := shard_storage.remove_stale(run.samples):
             log.info("removed %d stale temp file(s) from a killed run in %s", len(stale), run.samples)
         own_executor = executor is None
-        executor = executor or make_executor(recipe)
+        executor = executor or make_executor(recipe.executor)
         own = teacher is None
-        teacher = teacher or make_teacher(recipe, engine=engine)  # remote executors: never started here
+        # remote executors: never started here
+        teacher = teacher or make_teacher(TeacherSetup.of(recipe), engine=engine)
         try:
             return _run_held(questions, recipe, teacher, run, progress, executor, collect)
         finally:
@@ -357,11 +324,11 @@ def _forget_refused(run: Run) -> None:
     run, so a raised limit or a fixed server fills them in: their rows leave the shard (rewritten whole, under the
     lease) and they are missing like any other key."""
     for shard in run.shards():
-        reasons = _read_shard(shard, ["finish_reason"])["finish_reason"]
+        reasons = read_shard(shard, ["finish_reason"])["finish_reason"]
         refused = int((reasons == FAILED).sum())
         if not refused:
             continue
-        kept = _read_shard(shard).filter(pl.col("finish_reason") != FAILED)
+        kept = read_shard(shard).filter(pl.col("finish_reason") != FAILED)
         log.info("%s: %d sample(s) the engine refused will be asked again", shard, refused)
         if shard_storage.is_url(shard):
             shard_storage.write_parquet_url(kept, shard)
@@ -384,11 +351,11 @@ def _sample_todo(ctx: _Context, todo: pl.DataFrame, stats: SampleStats, state: S
         for i, (_, part) in enumerate(todo.group_by("chunk", maintain_order=True)):
             yield ctx.run.shard(first + i), ctx.shard_work(part)
 
-    executor = ctx.executor or make_executor(ctx.recipe)
+    executor = ctx.executor or make_executor(ctx.recipe.executor)
     write = partial(write_shard, recipe=ctx.recipe, run_id=ctx.run.id, held=ctx.run.holding())
     t_start = t0 = time.perf_counter()
     first_call, last_write = float("inf"), 0.0
-    for done in executor.sample(works(), recipe=ctx.recipe, teacher=ctx.teacher, write=write):
+    for done in executor.sample(works(), setup=TeacherSetup.of(ctx.recipe), teacher=ctx.teacher, write=write):
         ctx.run.check_held()
         first_call, last_write = min(first_call, done.started), max(last_write, done.finished)
         stats.shards_written += 1
@@ -501,7 +468,7 @@ def regenerate(recipe: Recipe, question: str, task: str, qid: str, sample_idx: i
     """Sample exactly sample `sample_idx` of question `qid` again (same seed, same prompt): one-row samples table."""
     questions = pl.DataFrame({"qid": [qid], "task": [task], "question": [question]})
     own = teacher is None
-    teacher = teacher or make_teacher(recipe, engine=engine)
+    teacher = teacher or make_teacher(TeacherSetup.of(recipe), engine=engine)
     answer_prompts = tasks.answer_prompts(recipe.tasks) if recipe.prompt.two_stage else {}
     ctx = _Context(recipe, Run.of(recipe), teacher,
                    questions.rows_by_key("qid", named=True, unique=True), {task: _exemplars_for(recipe, task)},

@@ -8,7 +8,6 @@ non-zero; `--debug` shows the traceback.
 from __future__ import annotations
 
 import errno
-import importlib
 import logging
 import os
 import sys
@@ -16,6 +15,8 @@ import sys
 import typer
 from typer._click import exceptions as click_exc  # Typer >=0.24 bundles its own click: catch its exceptions
 
+# One module per command group, each with register(app); each imports its stage inside the command.
+from builder.cli import build, curate, grade, hub, sample, tasks, train, versions
 from builder.errors import BuilderError
 
 app = typer.Typer(
@@ -47,19 +48,10 @@ def _root(
     Results (paths, tables, --json) go to stdout; progress and logs to stderr.
     """
 
-# Command-group modules under builder.cli, each with register(app).
-COMMAND_MODULES = ("build", "tasks", "sample", "grade", "curate", "versions", "hub", "train")
 
-_registered = False
-
-
-def _register_commands() -> None:
-    global _registered
-    if _registered:
-        return
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"builder.cli.{name}").register(app)
-    _registered = True
+# The command groups, in the order `rationale --help` lists them.
+for _group in (build, tasks, sample, grade, curate, versions, hub, train):
+    _group.register(app)
 
 
 # What to do about the OS errors a user's paths cause (the path itself comes from the error).
@@ -115,7 +107,6 @@ def main(argv: list[str] | None = None) -> int:
     # vLLM logs every engine detail at INFO; keep the terminal for our progress unless --debug.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "DEBUG" if debug else "WARNING")
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout is for our results (paths, JSON)
-    _register_commands()
     try:
         result = app(args=argv, prog_name="rationale", standalone_mode=False)
         if result == 130:  # Typer turns Ctrl-C into a silent exit code 130

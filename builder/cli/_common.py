@@ -60,7 +60,9 @@ def resumable(kept: Callable[[], str], resume: str) -> Iterator[None]:
 
 
 def apply_executor(cfg: object, executor: str | None, address: str | None) -> None:
-    """`--executor KIND [--address ADDR]` override the recipe's executor section (validated like the recipe)."""
+    """`--executor KIND [--address ADDR]` override the recipe's executor section (validated and bound like the
+    recipe)."""
+    from builder.bind import bind
     from builder.recipe import ExecutorConfig
 
     if executor is None and address is None:
@@ -72,6 +74,7 @@ def apply_executor(cfg: object, executor: str | None, address: str | None) -> No
         cfg._check()  # type: ignore[attr-defined]  # the recipe's own checks, with the executor it now has
     except ValueError as exc:
         raise BuilderError(f"--executor/--address: {exc}") from None
+    bind(cfg, "--executor/--address")  # type: ignore[arg-type]
 
 
 ExecutorOption = Annotated[str | None, typer.Option(

@@ -27,8 +27,8 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from builder import build as build_stage
+        from builder.bind import load_recipe
         from builder.cli._common import apply_executor, console, echo_json, resumable, shards_kept, stage_progress
-        from builder.recipe import load_recipe
         from builder.run import Run
 
         cfg = load_recipe(recipe)

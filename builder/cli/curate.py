@@ -33,9 +33,10 @@ def register(app: typer.Typer) -> None:
 
         from builder import curate
         from builder import reasons as R
+        from builder.bind import load_recipe
         from builder.cli._common import console, echo_json, stdout_console
         from builder.paths import check_output_path
-        from builder.recipe import CurationConfig, load_recipe
+        from builder.recipe import CurationConfig
         from builder.schemas import read_table, write_table
 
         for path in (output, stats):  # before any work: a failed command leaves nothing behind

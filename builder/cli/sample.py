@@ -36,8 +36,8 @@ def register(app: typer.Typer) -> None:
         """Sample rationales into <work_dir>/<name>/samples/ (resumes; only missing (qid, sample_idx) are sampled)."""
         from builder import sample as sample_stage
         from builder import tasks
+        from builder.bind import load_recipe
         from builder.cli._common import apply_executor, echo_json, resumable, shards_kept, stdout_console
-        from builder.recipe import load_recipe
         from builder.run import Run
         from builder.schemas import write_table
 

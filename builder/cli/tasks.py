@@ -57,8 +57,8 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from builder import tasks
+        from builder.bind import load_recipe
         from builder.cli._common import echo_json, stdout_console
-        from builder.recipe import load_recipe
         from builder.schemas import write_table
 
         cfg = load_recipe(recipe)

@@ -20,8 +20,7 @@ from builder.registry import Registry
 if TYPE_CHECKING:
     from builder.recipe import CurationConfig
 
-# A filter reads its knobs from the curation config (recipe types only under TYPE_CHECKING: recipe.py validates
-# `curation.filters` against FILTERS, so this module must not import it back).
+# A filter reads its knobs from the curation config; `builder.bind` checks `curation.filters` against FILTERS.
 Filter = Callable[["CurationConfig"], pl.Expr]
 FILTERS: Registry[Filter] = Registry("quality filter")
 

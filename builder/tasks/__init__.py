@@ -105,7 +105,7 @@ def load_tasks(cfg: TasksConfig, base_dir: str | Path | None = None) -> list[Loa
 
 
 def check_spec(spec: TaskSpec) -> None:
-    """The checks that need only the recipe (the recipe runs them when it loads, before any work starts).
+    """The checks that need only the recipe (`builder.bind` runs them when it loads, before any work starts).
 
     Raises:
         ValueError: unknown paper task, answer type or mapped field; a split other than train/test/all; an answer

@@ -1,7 +1,8 @@
 """Teacher backends: the `Teacher` protocol, the `TEACHERS` registry, one module per backend.
 
 vllm (in-process engine), openai (an OpenAI-compatible server), import (existing completions) and hf
-(transformers.generate; also how seq2seq students are evaluated). `make_teacher(recipe)` builds the recipe's one.
+(transformers.generate; also how seq2seq students are evaluated). `make_teacher(TeacherSetup.of(recipe))`
+builds a recipe's one.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from builder.teachers.base import (
     ShardWork,
     Teacher,
     TeacherFactory,
+    TeacherSetup,
     make_teacher,
     sequential_stream,
 )
 
 __all__ = ["SAMPLE_FIELDS", "TEACHERS", "Answer", "Completion", "Request", "ShardResult", "ShardWork", "Teacher",
-           "TeacherFactory", "make_teacher", "sequential_stream"]
+           "TeacherFactory", "TeacherSetup", "make_teacher", "sequential_stream"]

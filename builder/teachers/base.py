@@ -7,11 +7,11 @@ writing shards, so a backend is only the transport. Add one with a class and a d
 
     @TEACHERS.register("echo")
     class EchoTeacher(Teacher):
-        def __init__(self, recipe, *, engine=None): ...
+        def __init__(self, setup, *, engine=None): ...
         def stream(self, shards, answer_max_tokens): ...
 
-This module imports no recipe types at runtime, so `builder.recipe` can validate `teacher.backend` against
-`TEACHERS`.
+A teacher is made from its own recipe sections (`TeacherSetup`: teacher, prompt, sampling), never a whole recipe,
+so a student under evaluation is a teacher without a recipe (`builder.eval`).
 """
 
 from __future__ import annotations
@@ -20,16 +20,39 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from builder.paths import resolve_recipe_path
 from builder.registry import Registry
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import polars as pl
 
-    from builder.recipe import Recipe
+    from builder.recipe import PromptConfig, Recipe, SamplingConfig, TeacherConfig
 
 # The TeacherConfig fields in the run fingerprint of the built-in backends. import_path/import_columns are None/{}
 # for sampling backends, but every run id made so far includes them: dropping them would orphan existing run dirs.
 SAMPLE_FIELDS: tuple[str, ...] = ("backend", "model", "revision", "import_path", "import_columns")
+
+
+@dataclass(frozen=True)
+class TeacherSetup:
+    """What a teacher is made from: its recipe sections, where the recipe's relative paths resolve, and the recipe's
+    task names (an imported file without a task column belongs to its one task)."""
+
+    teacher: TeacherConfig
+    prompt: PromptConfig
+    sampling: SamplingConfig
+    base_dir: str | None = None
+    tasks: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, recipe: Recipe) -> TeacherSetup:
+        return cls(recipe.teacher, recipe.prompt, recipe.sampling, recipe.base_dir,
+                   tuple(t.name for t in recipe.tasks.items))
+
+    def resolve_path(self, path: str | None) -> Path | None:
+        return resolve_recipe_path(self.base_dir, path)
 
 
 @dataclass
@@ -112,7 +135,7 @@ class Teacher(Protocol):
     own_prompts: ClassVar[bool] = False
 
     @classmethod
-    def fingerprint_extra(cls, recipe: Recipe) -> dict[str, Any]:
+    def fingerprint_extra(cls, setup: TeacherSetup) -> dict[str, Any]:
         """What else decides this backend's texts beyond its recipe fields (the content of a file it reads)."""
         return {}
 
@@ -146,15 +169,15 @@ class TeacherFactory(Protocol):
 
     fingerprint_fields: tuple[str, ...]
 
-    def __call__(self, recipe: Recipe, *, engine: Any = None) -> Teacher: ...
+    def __call__(self, setup: TeacherSetup, *, engine: Any = None) -> Teacher: ...
 
 
 TEACHERS: Registry[TeacherFactory] = Registry("teacher backend")
 
 
-def make_teacher(recipe: Recipe, *, engine: Any = None) -> Teacher:
-    """The recipe's teacher backend; `engine` is a running engine to reuse (a vllm.LLM the tests share)."""
-    return TEACHERS.get(recipe.teacher.backend)(recipe, engine=engine)
+def make_teacher(setup: TeacherSetup, *, engine: Any = None) -> Teacher:
+    """The setup's teacher backend; `engine` is a running engine to reuse (a vllm.LLM the tests share)."""
+    return TEACHERS.get(setup.teacher.backend)(setup, engine=engine)
 
 
 def answer_items(work: ShardWork, completions: Sequence[Completion]) -> list[int]:

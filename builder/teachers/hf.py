@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from builder.prompts import answer_stage_prompt
 from builder.teachers.base import (
@@ -17,11 +17,9 @@ from builder.teachers.base import (
     ShardResult,
     ShardWork,
     Teacher,
+    TeacherSetup,
     sequential_stream,
 )
-
-if TYPE_CHECKING:
-    from builder.recipe import Recipe
 
 
 @dataclass
@@ -71,11 +69,11 @@ def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
 class HFTeacher(Teacher):
     """A teacher (or student under evaluation) on transformers.generate; `engine` is an `HFModel` to reuse."""
 
-    def __init__(self, recipe: Recipe, *, engine: HFModel | None = None) -> None:
-        self.config, self.sampling = recipe.teacher, recipe.sampling
+    def __init__(self, setup: TeacherSetup, *, engine: HFModel | None = None) -> None:
+        self.config, self.sampling = setup.teacher, setup.sampling
         self._engine, self._own = engine, engine is None
-        self.template_kwargs = recipe.prompt.chat_template_kwargs
-        self.special = recipe.prompt.format != "chat"  # a rendered chat prompt already holds the template's BOS
+        self.template_kwargs = setup.prompt.chat_template_kwargs
+        self.special = setup.prompt.format != "chat"  # a rendered chat prompt already holds the template's BOS
 
     @property
     def engine(self) -> HFModel:

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import polars as pl
 
@@ -28,11 +28,8 @@ from builder.errors import InputError
 from builder.prompts import teacher_prompt
 from builder.readers import Table, is_blank, read_table
 from builder.schemas import validate
-from builder.teachers.base import TEACHERS, Answer, Completion, ShardResult, ShardWork, Teacher
+from builder.teachers.base import TEACHERS, Answer, Completion, ShardResult, ShardWork, Teacher, TeacherSetup
 from builder.teachers.reasoning import ReasoningSplitter, load_tokenizer
-
-if TYPE_CHECKING:
-    from builder.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +127,13 @@ class ImportedTeacher(Teacher):
     own_prompts = True
 
     @classmethod
-    def fingerprint_extra(cls, recipe: Recipe) -> dict[str, Any]:
+    def fingerprint_extra(cls, setup: TeacherSetup) -> dict[str, Any]:
         """The completions file's content: an edited file is other samples, even at the same path."""
-        return {"import_sha256": _file_digest(recipe.resolve_path(recipe.teacher.import_path))}
+        return {"import_sha256": _file_digest(setup.resolve_path(setup.teacher.import_path))}
 
-    def __init__(self, recipe: Recipe, *, engine: Any = None) -> None:
-        t = recipe.teacher
-        self.path = path = recipe.resolve_path(t.import_path)
+    def __init__(self, setup: TeacherSetup, *, engine: Any = None) -> None:
+        t = setup.teacher
+        self.path = path = setup.resolve_path(t.import_path)
         table = _read_any(path)
         raw = table.frame
         mapping = {f: t.import_columns.get(f, f) for f in FIELDS}
@@ -147,7 +144,7 @@ class ImportedTeacher(Teacher):
             if mapping[needed] not in raw.columns:
                 raise InputError(f"{path}: column {mapping[needed]!r} (for {needed}) not found; columns: "
                                  f"{raw.columns}")
-        tasks = [s.name for s in recipe.tasks.items]
+        tasks = setup.tasks
         has_task = mapping["task"] in raw.columns
         if not has_task and len(tasks) != 1:
             raise InputError(f"{path}: no {mapping['task']!r} column and the recipe has {len(tasks)} tasks; map one")
@@ -169,11 +166,11 @@ class ImportedTeacher(Teacher):
                              f"first at {same['_where'][0]}; each completion of a question needs its own sample_idx")
         if "reasoning" not in df.columns and t.reasoning_parser:
             df = _split_tagged(df, ReasoningSplitter(t.reasoning_parser, load_tokenizer(t.model, t.revision),
-                                                     recipe.prompt.chat_template_kwargs))
+                                                     setup.prompt.chat_template_kwargs))
         elif "reasoning" in df.columns:
             df = df.with_columns(reasoning_finished=pl.when(pl.col("reasoning").is_not_null()).then(
                 pl.col("rationale").fill_null("").str.strip_chars() != ""))
-        head, _, tail = teacher_prompt("\0", style="zero_shot_cot", fmt="raw", trigger=recipe.prompt.trigger
+        head, _, tail = teacher_prompt("\0", style="zero_shot_cot", fmt="raw", trigger=setup.prompt.trigger
                                        ).partition("\0")
         self.rows = df.select(  # the samples table's columns (but run_id, which the stage adds)
             "qid",

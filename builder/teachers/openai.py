@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from builder.errors import EngineError
 from builder.teachers.base import (
@@ -43,12 +43,10 @@ from builder.teachers.base import (
     ShardResult,
     ShardWork,
     Teacher,
+    TeacherSetup,
     sequential_stream,
 )
 from builder.teachers.reasoning import ReasoningSplitter, Split, load_tokenizer
-
-if TYPE_CHECKING:
-    from builder.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -62,21 +60,21 @@ class OpenAITeacher(Teacher):
     backoff_s = 0.5  # first retry delay; doubles per attempt
     backoff_max_s = 30.0
 
-    def __init__(self, recipe: Recipe, *, engine: Any = None) -> None:
+    def __init__(self, setup: TeacherSetup, *, engine: Any = None) -> None:
         import httpx
 
-        teacher = recipe.teacher
+        teacher = setup.teacher
         if not teacher.base_url:
             raise EngineError("teacher.base_url is required for backend=openai (e.g. http://127.0.0.1:8000/v1)")
-        self.cfg, self.sampling, self.chat = teacher, recipe.sampling, recipe.prompt.format == "chat"
+        self.cfg, self.sampling, self.chat = teacher, setup.sampling, setup.prompt.format == "chat"
         self.base_url = teacher.base_url.rstrip("/")
         self.client = httpx.Client(timeout=httpx.Timeout(teacher.timeout_s),
                                    limits=httpx.Limits(max_connections=teacher.concurrency))
         self.pool = ThreadPoolExecutor(max_workers=teacher.concurrency, thread_name_prefix="teacher")
         self.requests_sent = 0
         self.retries = 0
-        self.template_kwargs = recipe.prompt.chat_template_kwargs
-        s = recipe.sampling  # stage-1 extensions of vLLM servers
+        self.template_kwargs = setup.prompt.chat_template_kwargs
+        s = setup.sampling  # stage-1 extensions of vLLM servers
         self._extra: dict[str, Any] = {
             **({"thinking_token_budget": s.max_thinking_tokens} if s.max_thinking_tokens is not None else {}),
             **({"structured_outputs": {"regex": s.structured_outputs_regex}} if s.structured_outputs_regex else {}),

@@ -27,6 +27,7 @@ from builder.teachers.base import (
     ShardResult,
     ShardWork,
     Teacher,
+    TeacherSetup,
     answer_items,
 )
 from builder.teachers.reasoning import ReasoningSplitter
@@ -34,7 +35,7 @@ from builder.teachers.reasoning import ReasoningSplitter
 if TYPE_CHECKING:
     from vllm import LLM
 
-    from builder.recipe import Recipe, TeacherConfig
+    from builder.recipe import TeacherConfig
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +128,12 @@ class VLLMTeacher(Teacher):
     "error" and the engine's message (`Completion.error`), and `stats()` counts them.
     """
 
-    def __init__(self, recipe: Recipe, *, engine: LLM | None = None, window: int | None = None) -> None:
-        self.config, self.sampling, self.prompt, self.window = recipe.teacher, recipe.sampling, recipe.prompt, window
+    def __init__(self, setup: TeacherSetup, *, engine: LLM | None = None, window: int | None = None) -> None:
+        self.config, self.sampling, self.prompt, self.window = setup.teacher, setup.sampling, setup.prompt, window
         self._engine, self._own = engine, engine is None
         self._splitter: ReasoningSplitter | None = None
         # rendered chat prompts carry the template's BOS: the tokenizer must not add another (Llama-3 style)
-        self._tokenization = {"add_special_tokens": False} if recipe.prompt.format == "chat" else None
+        self._tokenization = {"add_special_tokens": False} if setup.prompt.format == "chat" else None
         self._failed = 0  # samples recorded with finish_reason "error"
 
     @property

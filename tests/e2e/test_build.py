@@ -13,9 +13,9 @@ import polars as pl
 import pytest
 
 from builder import build
+from builder.bind import load_recipe
 from builder.cli import main
 from builder.errors import StoreError
-from builder.recipe import load_recipe
 from builder.schemas import read_table
 from tests.helpers import ROOT, write_import_recipe
 

@@ -6,7 +6,7 @@ commit.
 Every test ends the same way: the rerun completes, and its content hash equals that of an uninterrupted build of
 the same recipe (nothing lost, nothing duplicated). Builds use imported text-davinci-002 completions of the first
 80 MultiArith train questions, so no model starts. Sampling and training kills are tested in test_sample_kill.py
-and test_train.py (same kill_points.py). A build resumes sampling from its shards and reuses a finished version;
+and test_train_kill.py (same kill_points.py). A build resumes sampling from its shards and reuses a finished version;
 grade and curate are recomputed on every build (cheap, and never stale against the grader code), so what the kill
 test shows for them is that a rerun from each landing point ends with the identical graded table and ledger.
 """
@@ -29,9 +29,9 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from builder import store
+from builder.bind import load_recipe
 from builder.cli import main
 from builder.errors import BuilderError
-from builder.recipe import load_recipe
 from builder.run import Run
 from builder.schemas import read_table
 from tests.helpers import ROOT, write_import_recipe

@@ -16,7 +16,7 @@ import yaml
 from polars.testing import assert_frame_equal
 
 from builder import sample, tasks
-from builder.recipe import load_recipe
+from builder.bind import load_recipe
 from builder.run import Run
 from tests.helpers import ROOT, arith_task
 

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from builder import build, curate, grade, sample, store
+from builder.bind import load_recipe
 from builder.cli import main
-from builder.recipe import load_recipe
 from builder.schemas import read_table
 
 N_QUESTIONS, N = 6, 2

@@ -18,7 +18,7 @@ import yaml
 from polars.testing import assert_frame_equal
 
 from builder import sample, tasks
-from builder.recipe import load_recipe
+from builder.bind import load_recipe
 from builder.run import Run
 from tests.helpers import ROOT, arith_task
 
@@ -78,11 +78,11 @@ def test_the_executor_is_neither_hashed_nor_fingerprinted_and_local_never_import
     canonical = [store.canonical_recipe(r.model_dump(mode="json")) for r in (plain, local)]
     assert canonical[0] == canonical[1] and "executor" not in canonical[0]
     assert Run.of(plain).id == Run.of(local).id
-    assert type(make_executor(local)).__name__ == "LocalExecutor"
+    assert type(make_executor(local.executor)).__name__ == "LocalExecutor"
 
-    code = ("import sys; from builder import build, sample; from builder.recipe import load_recipe; "
+    code = ("import sys; from builder import build, sample; from builder.bind import load_recipe; "
             "from builder.executors import make_executor; "
-            f"make_executor(load_recipe({str(tmp_path / 'a' / 'recipe.yaml')!r})); "
+            f"make_executor(load_recipe({str(tmp_path / 'a' / 'recipe.yaml')!r}).executor); "
             "assert 'ray' not in sys.modules, 'the local executor imported ray'")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

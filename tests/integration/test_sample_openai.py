@@ -18,7 +18,7 @@ from polars.testing import assert_frame_equal
 from builder import sample, tasks
 from builder.errors import EngineError
 from builder.recipe import Recipe
-from builder.teachers import make_teacher
+from builder.teachers import TeacherSetup, make_teacher
 from tests.helpers import ARITH_QUESTIONS, arith_task, vllm_serve
 
 SECRET = "sk-test-9f8e7d6c5b4a-never-write-me"
@@ -164,7 +164,7 @@ def test_retries_429_5xx_and_timeouts_with_backoff(tmp_path, tiny_model_dir, vll
     expected, _ = sample.run(questions, direct)
     with FlakyProxy(vllm_server, ["429", "503", "sleep", "503"], sleep_s=12.0) as proxy:
         recipe = make_recipe(tmp_path, tiny_model_dir, proxy.url, timeout_s=6.0, max_retries=3)
-        teacher = make_teacher(recipe)
+        teacher = make_teacher(TeacherSetup.of(recipe))
         teacher.backoff_s = 0.01
         got, _ = sample.run(questions, recipe, teacher=teacher)
     assert teacher.retries == 4
@@ -178,7 +178,7 @@ def test_gives_up_after_max_retries_and_never_retries_a_bad_key(tmp_path, tiny_m
     with FlakyProxy(vllm_server, ["503"] * 10) as proxy:
         recipe = make_recipe(tmp_path, tiny_model_dir, proxy.url, max_retries=2, concurrency=1)
         questions = tasks.run(recipe.tasks, recipe.base_dir)
-        teacher = make_teacher(recipe)
+        teacher = make_teacher(TeacherSetup.of(recipe))
         teacher.backoff_s = 0.01
         with pytest.raises(EngineError, match=r"HTTP 503.*gave up after 3 attempts"):
             sample.run(questions, recipe, teacher=teacher)
@@ -187,7 +187,7 @@ def test_gives_up_after_max_retries_and_never_retries_a_bad_key(tmp_path, tiny_m
     wrong = "sk-wrong-key-123"
     monkeypatch.setenv(KEY_ENV, wrong)
     recipe = make_recipe(tmp_path, tiny_model_dir, vllm_server, work="bad-key")
-    teacher = make_teacher(recipe)
+    teacher = make_teacher(TeacherSetup.of(recipe))
     with pytest.raises(EngineError, match=rf"HTTP 401.*\${KEY_ENV}") as info:
         sample.run(questions, recipe, teacher=teacher)
     assert teacher.retries == 0 and wrong not in str(info.value)

@@ -88,10 +88,10 @@ def test_max_model_len_is_only_defaulted_on_cpu_and_the_users_value_wins(monkeyp
 # ------------------------------------------------------------------ the teacher's stream (real engine)
 @pytest.mark.slow
 def test_the_stream_survives_refused_and_length_cut_requests(tmp_path, tiny_model_dir, vllm_engine):
-    from builder.teachers import Request, ShardWork, make_teacher
+    from builder.teachers import Request, ShardWork, TeacherSetup, make_teacher
 
     recipe = make_recipe(tmp_path, tiny_model_dir)
-    teacher = make_teacher(recipe, engine=vllm_engine)
+    teacher = make_teacher(TeacherSetup.of(recipe), engine=vllm_engine)
     prompt = {
         "too_long": teacher_prompt(question_of(vllm_engine, MAX_MODEL_LEN + 40), style="zero_shot_cot", fmt="raw"),
         # stage 1 fits; a rationale either reaches max_model_len (length) or stops before it, and then its
@@ -134,10 +134,10 @@ def test_the_stream_survives_refused_and_length_cut_requests(tmp_path, tiny_mode
 def test_a_shard_may_still_ask_cut_rationales_for_an_answer(tmp_path, tiny_model_dir, vllm_engine):
     """Evaluation baselines follow the paper's Zero-shot-CoT protocol (`ShardWork.answer_truncated`): every
     rationale gets the answer stage, and one whose answer prompt does not fit is recorded, not raised."""
-    from builder.teachers import Request, ShardWork, make_teacher
+    from builder.teachers import Request, ShardWork, TeacherSetup, make_teacher
 
     recipe = make_recipe(tmp_path, tiny_model_dir)
-    teacher = make_teacher(recipe, engine=vllm_engine)
+    teacher = make_teacher(TeacherSetup.of(recipe), engine=vllm_engine)
     short = teacher_prompt(ARITH_QUESTIONS[0][0], style="zero_shot_cot", fmt="raw")
     near = teacher_prompt(question_of(vllm_engine, MAX_MODEL_LEN - ROOM), style="zero_shot_cot", fmt="raw")
     shards = [ShardWork([Request(qid, p, 0, N, 200)], {qid: ANSWER_PROMPT}, answer_truncated=True)

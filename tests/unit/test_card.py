@@ -105,7 +105,7 @@ def test_quickstart_card_carries_hub_metadata_that_huggingface_hub_validates(tmp
     source_datasets, citation; parsed back by huggingface_hub's DatasetCard into DatasetCardData."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    from builder.recipe import load_recipe
+    from builder.bind import load_recipe
 
     recipe = load_recipe(ROOT / "recipes" / "quickstart" / "build.yaml")
     recipe.store.license = "apache-2.0"

@@ -284,7 +284,8 @@ def test_r1_does_not_open_the_trace_twice():
 
 
 def test_r1_recipe_keeps_the_built_in_evaluation():
-    """An R1-format student is evaluated with the graders after its trace (tests/test_eval.py), so eval stays on."""
+    """An R1-format student is evaluated with the graders after its trace (tests/integration/test_eval_engine.py),
+    so eval stays on."""
     from builder.train_recipe import parse_train_recipe
 
     base = {"name": "r", "dataset": {"ref": "x@v1"}, "model": {"model_name_or_path": "m"}, "format": "r1",

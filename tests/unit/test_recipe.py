@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from builder.bind import load_recipe, recipe_json_schema
 from builder.cli import main
 from builder.errors import RecipeError
-from builder.recipe import Recipe, load_recipe
 from tests.helpers import ROOT
 
 BUILD_RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml")  # train recipes and accelerate configs aside
@@ -26,7 +26,7 @@ teacher:
 
 def test_recipe_json_schema_is_not_stale():
     on_disk = json.loads((ROOT / "schemas" / "recipe.schema.json").read_text())
-    assert on_disk == Recipe.model_json_schema(), "run: python -m builder.recipe"
+    assert on_disk == recipe_json_schema(), "run: python -m builder.bind"
 
 
 @pytest.mark.parametrize("path", BUILD_RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -72,7 +72,7 @@ def test_non_utf8_recipe(tmp_path):
 
 @pytest.mark.parametrize("text, field", [
     (GOOD.replace("  model: some/model", "  modle: some/model"), "teacher.modle"),
-    (GOOD.replace("name: multiarith", "name: no_such_task"), "tasks.items.0: Value error, unknown paper task"),
+    (GOOD.replace("name: multiarith", "name: no_such_task"), "tasks.items.0: unknown paper task"),
     (GOOD.replace("name: demo", "name: demo\nsampling:\n  n: many"), "sampling.n"),
 ])
 def test_build_with_a_wrong_recipe_exits_non_zero_naming_the_field(tmp_path, capsys, monkeypatch, text, field):
@@ -186,3 +186,37 @@ def test_what_the_recipe_alone_decides_fails_at_load_not_after_sampling(tmp_path
     cfg = load_recipe(p)
     with pytest.raises(BuilderError, match=r"--executor/--address: .*teacher\.backend import"):
         apply_executor(cfg, "ray", None)
+
+
+# ---------------------------------------------------------------- data, then one binding step
+def test_validating_a_recipe_loads_no_stage_registry_or_backend():
+    import subprocess
+    import sys
+
+    code = ("import sys; from builder.recipe import Recipe; "
+            "r = Recipe.model_validate({'name': 'd', 'tasks': {'items': [{'name': 'nope'}]}, "
+            "'teacher': {'backend': 'ollama', 'model': 'm'}, 'executor': {'kind': 'dask'}, "
+            "'curation': {'filters': ['truncatd']}}); "
+            "assert r.teacher.backend == 'ollama'; "
+            "loaded = sorted(m for m in sys.modules if m.startswith(('builder.teachers', 'builder.executors', "
+            "'builder.filters', 'builder.tasks', 'builder.graders', 'builder.kernels', 'numba', 'vllm', 'torch'))); "
+            "assert not loaded, loaded")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_binding_names_every_unknown_name_with_its_file_field_and_the_valid_names(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(GOOD.replace("name: multiarith", "name: multiarithh").replace("  model: some/model",
+                                                                               "  backend: ollama\n  model: m")
+                 + "executor:\n  kind: dask\ncuration:\n  filters: [empty, truncatd]\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(p)
+    assert str(info.value).splitlines() == [
+        f"{p}: teacher.backend: unknown teacher backend 'ollama'; valid: hf, import, openai, vllm",
+        f"{p}: executor.kind: unknown executor 'dask'; valid: local, ray",
+        f"{p}: curation.filters: unknown quality filter 'truncatd'; valid: answer_first, degenerate, empty, length, "
+        "no_answer, no_final_answer, reasoning_length, repeated_loop, truncated, unfinished_thinking",
+        f"{p}: tasks.items.0: unknown paper task 'multiarithh'; valid: addsub, aqua, coin_flip, commonsense_qa, "
+        "date_understanding, gsm8k, last_letter_concatenation, multiarith, single_eq, strategy_qa, svamp, "
+        "tracking_shuffled_objects"]

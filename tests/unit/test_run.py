@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from builder import build, sample, tasks
+from builder.bind import load_recipe
 from builder.errors import BuilderError
-from builder.recipe import Recipe, load_recipe
+from builder.recipe import Recipe
 from builder.run import Run
 from tests.helpers import write_import_recipe
 

@@ -1,7 +1,8 @@
 """Secrets never reach disk or output: a build and a publish with an HF token and API keys in the environment, then a
 byte scan of every file written (run dir, store, card, manifest, logs) and of everything the CLI printed or logged.
 
-The OpenAI-compatible teacher's key is also checked against a real vLLM server in tests/test_sample_openai.py (slow).
+The OpenAI-compatible teacher's key is also checked against a real vLLM server in
+tests/integration/test_sample_openai.py (slow).
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ def test_new_paper_task_is_one_registration(tmp_path, scratch_paper_tasks, capsy
     bdir = _toy_benchmarks(tmp_path, [{"q": "What is 1 + 1?", "a": "2.0"}, {"q": "What is 2 + 2?", "a": "4"},
                                       {"q": "What is 3 + 3?", "a": "6"}], {"train": [0, 2], "test": [1]})
     with pytest.raises(ValueError, match="unknown paper task 'toy'; valid: addsub"):
-        TaskSpec(name="toy")  # not registered: the recipe rejects it
+        tasks.check_spec(TaskSpec(name="toy"))  # not registered: binding the recipe rejects it
 
     tasks.PAPER_TASKS.register("toy", answer_type="number", fields=("q", "a"), answer_prompt="The sum is")(_load_toy)
 

@@ -11,10 +11,10 @@ import polars as pl
 import pytest
 import yaml
 
+from builder.bind import load_recipe
 from builder.cli import main
-from builder.recipe import load_recipe
 from builder.run import Run
-from builder.teachers import TEACHERS, Completion, Teacher, sequential_stream
+from builder.teachers import TEACHERS, Completion, Teacher, TeacherSetup, make_teacher, sequential_stream
 from tests.helpers import ARITH_QUESTIONS, arith_task
 
 GOLD = {q: a for q, a in ARITH_QUESTIONS}
@@ -29,8 +29,8 @@ def echo_requests() -> list[tuple[str, int, int]]:
     class EchoTeacher(Teacher):
         fingerprint_fields = ("backend", "model")
 
-        def __init__(self, recipe, *, engine=None):
-            self.model = recipe.teacher.model
+        def __init__(self, setup, *, engine=None):
+            self.model = setup.teacher.model
 
         def render(self, prompt):
             return prompt
@@ -104,16 +104,27 @@ def test_an_unknown_backend_is_a_one_line_error_listing_the_valid_ones(tmp_path,
 def test_sampling_time_excludes_the_teachers_start_up(tmp_path, echo_requests):
     """tokens/s is the engine's rate: `Teacher.start` (engine load) runs before the sample stage's clock."""
     from builder import sample, tasks
-    from builder.recipe import load_recipe
 
     class SlowStart:
         started = 0.0
 
     recipe = load_recipe(write_recipe(tmp_path, "echo"))
-    teacher = TEACHERS.get("echo")(recipe)
+    teacher = make_teacher(TeacherSetup.of(recipe))
     teacher.start = lambda: (time.sleep(1.0), setattr(SlowStart, "started", time.perf_counter()))
     questions = tasks.run(recipe.tasks, recipe.base_dir)
     t0 = time.perf_counter()
     _, stats = sample.run(questions, recipe, teacher=teacher)
     assert SlowStart.started - t0 >= 1.0  # it did start, before sampling
     assert 0 < stats.seconds < 0.5 and stats.tokens_per_s > 0
+
+
+def test_a_teacher_is_made_from_its_own_sections_without_a_recipe(echo_requests):
+    """What a student under evaluation is (builder.eval): teacher, prompt and sampling sections, no recipe."""
+    from builder.recipe import PromptConfig, SamplingConfig, TeacherConfig
+    from builder.teachers import Request, ShardWork
+
+    setup = TeacherSetup(TeacherConfig(backend="echo", model="echo-1"), PromptConfig(), SamplingConfig(n=2))
+    teacher = make_teacher(setup)
+    q = ARITH_QUESTIONS[0][0]
+    (_, completions, answers), = teacher.stream([ShardWork([Request("q0", f"Q: {q}", 0, 2, 7)], {"q0": "A:"})], 8)
+    assert [c.sample_idx for c in completions] == [0, 1] and all(a is not None for a in answers)
