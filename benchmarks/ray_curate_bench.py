@@ -1,9 +1,9 @@
 """Curation on Ray vs the local path: rows/s and the driver's peak RSS, on the same graded rows in one run.
 
-Data: `graded_rows` = curate_bench's synthetic arithmetic rationales (8 samples per question, planted near-duplicate
-copies, 15% wrong answers) spread over four tasks, plus empty, truncated and unanswered rows and rationales
-copied across questions (so global-scope dedup has something to find). The graded table is written once as
-parquet; each run is a fresh subprocess (so `ru_maxrss` is that run's own peak):
+Data: `tests.helpers.graded_rows` = curate_bench's synthetic arithmetic rationales (8 samples per question,
+planted near-duplicate copies, 15% wrong answers) spread over four tasks, plus empty, truncated and unanswered rows
+and rationales copied across questions (so global-scope dedup has something to find). The graded table is written
+once as parquet; each run is a fresh subprocess (so `ru_maxrss` is that run's own peak):
 - local: reads the parquet into a frame, `builder.curate.run`;
 - ray: `ray.init(num_cpus=...)`, `builder.executors.ray_curate.curate(<parquet folder>)`, so the driver never
   reads the graded text; the ledger is collected on the driver (what the interface returns) or, with
@@ -28,34 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-TASKS = ("addsub", "multiarith", "svamp", "single_eq")
-
-
-def graded_rows(rows: int, seed: int = 0, per_q: int = 8) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(graded table in random row order, eval questions with 20 planted copies of training questions)."""
-    from curate_bench import synth
-
-    graded, evals, _ = synth(rows, per_q, seed)
-    rng = np.random.default_rng(seed + 7)
-    n = graded.height
-    task = np.array(TASKS)[rng.integers(0, len(TASKS), n // per_q + 1)][graded["qid"].rle_id().to_numpy()]
-    kind = rng.random(n)
-    donor = rng.integers(0, n, n)  # 1% of rows: another question's rationale, one word changed (global near-dups)
-    copied = graded["rationale"].gather(donor).str.replace(r"\S+$", "indeed.")
-    graded = graded.with_columns(
-        task=pl.Series(task),
-        rationale=pl.when(pl.Series(kind < 0.01)).then(copied)
-        .when(pl.Series(kind > 0.995)).then(pl.lit("  \n")).otherwise(pl.col("rationale")),
-        finish_reason=pl.when(pl.Series((kind > 0.99) & (kind <= 0.995))).then(pl.lit("length"))
-        .otherwise(pl.col("finish_reason")),
-        grade_status=pl.when(pl.Series((kind > 0.985) & (kind <= 0.99))).then(pl.lit("no_answer"))
-        .otherwise(pl.col("grade_status")),
-    )
-    return graded.sample(fraction=1.0, shuffle=True, seed=seed), evals
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.helpers
+from tests.helpers import graded_rows  # noqa: E402
 
 
 def digest(ledger: pl.DataFrame, stats) -> tuple[str, str]:

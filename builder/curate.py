@@ -15,8 +15,19 @@ Stages, in order (a row dropped by one is not seen by later ones; reasons in `bu
 Dedup, selection and the diversity figures compare cfg.dedup_text: the rationale (default), the reasoning trace,
 or both; reasoning traces of 4k-32k tokens are shingled in chunks of about CHUNK_BYTES.
 
-Rows are processed in chunks of whole questions, so signatures for a million rationales never sit in memory
-at once (except with global scope, which needs them all: num_perm * 4 bytes per row).
+The plan, the same for every executor (`run` below is the local executor's loop over it; the Ray executor,
+`builder.executors.ray_curate`, maps it over Ray tasks). Rows are processed in chunks of whole questions, so
+signatures for a million rationales never sit in memory at once (except with global scope, which needs them all:
+num_perm * 4 bytes per row):
+
+- `scan(batch, cfg)`: any batch of graded rows, row by row: the batch validated and its keys, stage 1-2 codes and
+  compared bytes.
+- `Plan.of(keys, cfg, ...)`: the driver, from the keys of the whole table: ledger order, the chunks, whether global
+  scope is needed, the empty table (one empty block); `plan.blocks(...)` cuts consecutive chunks into `Block`s.
+- `run_block(rows, block, eval_questions)`: stages 3-6 on one block's rows (ledger order), chunk by chunk: codes,
+  clusters, diversity sums, and the ledger rows (or, before the global link, the survivors' signatures).
+- `global_buckets` then `link_global`: global near-duplicates, bucket partitions linked one by one.
+- `execute(plan, map_blocks, link)`: the passes (one, or two around the global link) and the stats.
 
 Returns the ledger (schemas/ledger.table.json, sorted by task, qid, sample_idx) and `builder.stats.CurationStats`.
 """
@@ -25,6 +36,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -32,18 +46,21 @@ import polars as pl
 from builder import reasons as R
 from builder.dedup import (
     Shingled,
-    cluster_global,
+    band_keys,
     cluster_within_groups,
     exact_within_groups,
+    link_buckets,
     pairwise_jaccard,
     permutations,
     shingle,
     signatures_from_hashes,
+    union_pairs,
 )
+from builder.errors import SchemaError
 from builder.filters import reason_expr
 from builder.kernels import HAVE_NUMBA
 from builder.recipe import CurationConfig
-from builder.schemas import validate
+from builder.schemas import table_schema, validate
 from builder.select import distinct_ngrams, select
 from builder.stats import ContaminationHit, CurationStats, Decontamination, Diversity, DiversityFigures, Funnel
 
@@ -56,13 +73,15 @@ CHUNK_BYTES = 64 << 20
 DISTINCT_SAMPLE = 16_384
 # ... and on about this many bytes of compared text (a question of eight 8k-token traces sorts ~60k shingles).
 DISTINCT_BYTES = 64 << 20
+_KEYS = ("task", "qid", "sample_idx")  # ledger order
 # Code 0 = alive/kept; code k = _CODES[k - 1] = (stage, reason).
 _CODES: list[tuple[str, str]] = [(stage, reason) for stage, rs in R.REASONS.items() for reason in rs]
 _CODE = {reason: i + 1 for i, (_, reason) in enumerate(_CODES)}
 _STAGE_OF_CODE = np.array([-1] + [R.STAGES.index(stage) for stage, _ in _CODES], dtype=np.int8)
+_HIT_COLUMNS = ("qid", "task", "question", "matched_task", "matched_question", "method", "score")
 
 
-def _task_ids(df: pl.DataFrame, tasks: list[str]) -> np.ndarray:
+def _task_ids(df: pl.DataFrame, tasks: Sequence[str]) -> np.ndarray:
     return df["task"].replace_strict({t: i for i, t in enumerate(tasks)}, return_dtype=pl.Int64).to_numpy().astype(
         np.int64)  # an empty frame gives an object array otherwise
 
@@ -139,9 +158,285 @@ class _Diversity:
         return {task: Diversity(before=side(0, t), after=side(1, t)) for t, task in enumerate(tasks)}
 
 
+# ------------------------------------------------------------------ the plan
+def scan(batch: pl.DataFrame, cfg: CurationConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Stages 1-2 on any batch of graded rows (row by row, so any batching gives the same): (the batch validated,
+    its keys: task, qid, sample_idx, `code` and `nbytes`, the UTF-8 bytes of the compared text that chunks are
+    sized by). The keys of every batch are all `Plan.of` needs, so the text can stay where the batch is."""
+    df = validate(batch, "graded", where="curate input")
+    keys = df.select(*_KEYS, pl.Series("code", _filter_codes(df, cfg)),
+                     _compared_text(cfg.dedup_text).str.len_bytes().fill_null(0).cast(pl.Int64).alias("nbytes"))
+    return df, keys
+
+
+@dataclass(frozen=True)
+class Block:
+    """What one `run_block` call does: ledger positions [lo, hi) of whole questions, their codes and clusters so
+    far, the chunks inside (lo, hi, chunk index, questions in earlier chunks; ledger positions) and the pass."""
+
+    lo: int
+    hi: int
+    code: np.ndarray
+    cluster: np.ndarray
+    chunks: tuple[tuple[int, int, int, int], ...]
+    dedup: bool  # stages 3-4 at question scope (the first pass)
+    final: bool  # stages 5-6 and the ledger rows (the last pass); else the survivors' signatures (global scope)
+    cfg: CurationConfig
+    tasks: tuple[str, ...]
+    stride: int  # distinct n-grams on every stride-th question
+
+
+@dataclass
+class BlockDecontamination:
+    """Stage 6 on one block: live questions checked, and the question and rationale hits (`_HIT_COLUMNS`)."""
+
+    checked: int
+    hits: pl.DataFrame
+    rationale_hits: pl.DataFrame
+
+
+@dataclass
+class BlockResult:
+    """What `run_block` returns. `rows` is the bulk: the block's ledger rows (final pass) or its survivors'
+    (ledger positions, signatures); an executor may keep it elsewhere (a Ray object ref) and send the rest."""
+
+    lo: int
+    code: np.ndarray
+    cluster: np.ndarray
+    diversity: list[tuple[int, tuple[np.ndarray, ...]]] = field(default_factory=list)  # (chunk index, sums)
+    decontamination: BlockDecontamination | None = None
+    rows: Any = None
+
+
+@dataclass
+class Plan:
+    """The driver's side of curation, from the keys of the whole table: ledger order, every row's code and cluster,
+    and each decision (chunks, blocks, global scope, decontamination, the empty table: one empty block)."""
+
+    cfg: CurationConfig
+    tasks: list[str]
+    task_id: np.ndarray
+    group_id: np.ndarray
+    code: np.ndarray
+    cluster: np.ndarray
+    nbytes: np.ndarray
+    order: np.ndarray | None  # scanned row of each ledger position; None: scanned in ledger order
+    sizes: list[int]  # rows of each scanned batch
+    stride: int
+    max_blocks: int | None
+    eval_questions: pl.DataFrame | None
+
+    @classmethod
+    def of(cls, keys: Sequence[pl.DataFrame], cfg: CurationConfig, *, eval_questions: pl.DataFrame | None = None,
+           max_blocks: int | None = None) -> Plan:
+        """Plan the curation of the batches whose `scan` keys are `keys` (in scan order).
+
+        Raises:
+            SchemaError: a key (qid, sample_idx) twice, or a qid in two tasks, across batches.
+            ValueError: decontamination on without eval questions.
+        """
+        if cfg.decontaminate:
+            eval_questions = _check_eval_questions(eval_questions)
+        every = pl.concat(keys) if keys else scan(table_schema("graded").empty(), cfg)[1]
+        every = every.lazy().with_row_index("row").sort(*_KEYS).collect()  # lazy: the parallel sort, 4x faster
+        order = every["row"].to_numpy().astype(np.int64)
+        if np.array_equal(order, np.arange(len(order))):
+            order = None
+        group_id = every["qid"].rle_id().to_numpy()
+        n_groups = int(group_id[-1]) + 1 if len(group_id) else 0
+        _check_keys(every, n_groups)
+        tasks = every["task"].unique(maintain_order=True).to_list()
+        nbytes = every["nbytes"].to_numpy()
+        return cls(cfg, tasks, _task_ids(every, tasks), group_id, every["code"].to_numpy().copy(),
+                   np.full(every.height, -1, dtype=np.int64), nbytes, order, [k.height for k in keys],
+                   _distinct_stride(n_groups, int(nbytes.sum())), max_blocks, eval_questions)
+
+    @property
+    def n(self) -> int:
+        return len(self.code)
+
+    @property
+    def needs_global(self) -> bool:
+        """Global scope: a first pass dedups and returns signatures, `link_global` links, a second pass selects."""
+        mh = self.cfg.minhash
+        return mh.enabled and mh.scope in ("global", "both")
+
+    def in_order(self, df: pl.DataFrame) -> pl.DataFrame:
+        """The scanned rows (one batch) in ledger order; not copied when already sorted (the usual case)."""
+        return df if self.order is None else df[self.order]
+
+    def positions(self) -> list[np.ndarray]:
+        """The ledger position of every scanned row, per batch."""
+        pos = np.arange(self.n, dtype=np.int64)
+        if self.order is not None:
+            pos[self.order] = pos.copy()
+        return np.split(pos, np.cumsum(self.sizes)[:-1]) if self.sizes else []
+
+    def blocks(self, *, dedup: bool, final: bool) -> list[Block]:
+        """The next pass: curate's chunks of the alive rows, consecutive chunks per block (at most `max_blocks`;
+        default one per chunk). A block covers whole questions from its first chunk's first question to the next
+        block's; questions without alive rows ride with the block before them (or the first)."""
+        chunks = _chunk_rows(self.group_id, self.code, self.nbytes)
+        gs = _group_starts(self.group_id)
+        n_blocks = max(1, min(self.max_blocks or len(chunks), len(chunks)))
+        first_chunk = (np.arange(1, n_blocks) * len(chunks)) // n_blocks
+        bounds = np.array([0] + [int(gs[self.group_id[chunks[c][0]]]) for c in first_chunk] + [self.n])
+        per_block: list[list[tuple[int, int, int, int]]] = [[] for _ in range(n_blocks)]
+        seen = 0
+        for k, idx in enumerate(chunks):
+            per_block[int(np.searchsorted(bounds, idx[0], side="right")) - 1].append(
+                (int(idx[0]), int(idx[-1]) + 1, k, seen))
+            seen += len(_group_starts(self.group_id[idx])) - 1
+        return [Block(int(lo), int(hi), self.code[lo:hi].copy(), self.cluster[lo:hi].copy(), tuple(cs), dedup, final,
+                      self.cfg, tuple(self.tasks), self.stride)
+                for lo, hi, cs in zip(bounds[:-1], bounds[1:], per_block, strict=True)]
+
+    def merge(self, results: Sequence[BlockResult]) -> None:
+        """Take the blocks' codes and clusters."""
+        for r in results:
+            self.code[r.lo: r.lo + len(r.code)] = r.code
+            self.cluster[r.lo: r.lo + len(r.cluster)] = r.cluster
+
+    def mark_global(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Global near-duplicates from `link_global`'s (position, root) pairs of every partition: connected
+        components, the lowest position of each kept."""
+        a = np.concatenate([p[0] for p in pairs] + [np.zeros(0, np.int64)])
+        b = np.concatenate([p[1] for p in pairs] + [np.zeros(0, np.int64)])
+        nodes = np.unique(np.concatenate([a, b]))
+        root = nodes[union_pairs(len(nodes), np.searchsorted(nodes, a), np.searchsorted(nodes, b))]
+        self.code[nodes[root != nodes]] = _CODE[R.NEAR_DUPLICATE_GLOBAL]
+        self.cluster[nodes] = root
+
+    def stats(self, results: Sequence[BlockResult]) -> CurationStats:
+        """The stats of the last pass's results (all blocks, merged): diversity sums added in chunk order (the
+        same floats however the chunks were grouped); decontamination hits in ledger order, questions first."""
+        diversity = _Diversity(len(self.tasks), stride=self.stride)
+        for _, sums in sorted((d for r in results for d in r.diversity), key=lambda d: d[0]):
+            diversity.merge(sums)
+        decon = Decontamination()
+        parts = [r.decontamination for r in results if r.decontamination is not None]
+        if self.cfg.decontaminate:
+            hits = pl.concat([p.hits for p in parts] + [p.rationale_hits for p in parts]).to_dicts()
+            decon = Decontamination(checked=sum(p.checked for p in parts),
+                                    eval_questions=self.eval_questions["question"].n_unique(),
+                                    hits=[ContaminationHit(**h) for h in hits])
+        return _stats(self.task_id, self.code, self.tasks, diversity, decon, self.cfg)
+
+
+def _check_keys(keys: pl.DataFrame, n_groups: int) -> None:
+    """What validating each batch cannot see: a key twice across batches, a qid in two tasks (the blocks and the
+    decontamination take a qid for one question)."""
+    same = (pl.col("qid") == pl.col("qid").shift()) & (pl.col("sample_idx") == pl.col("sample_idx").shift())
+    same = same.fill_null(False)
+    dup = keys.select(same.arg_max().alias("at"), same.any().alias("any"))
+    if dup["any"][0]:
+        key = keys.select("qid", "sample_idx").row(int(dup["at"][0]), named=True)
+        raise SchemaError(f"table 'graded' in curate input: duplicate key {key}")
+    if keys["qid"].n_unique() != n_groups:
+        twice = keys.group_by("qid").agg(pl.col("task").unique().sort()).filter(pl.col("task").list.len() > 1)
+        qid, tasks = twice.sort("qid").row(0)
+        raise SchemaError(f"table 'graded' in curate input: qid {qid!r} is in tasks {tasks}; a qid names one "
+                          "question of one task")
+
+
+MapBlocks = Callable[[list[Block]], list[BlockResult]]
+LinkGlobal = Callable[[list[BlockResult]], list[tuple[np.ndarray, np.ndarray]]]
+
+
+def execute(plan: Plan, map_blocks: MapBlocks, link: LinkGlobal) -> tuple[list[BlockResult], CurationStats]:
+    """Every pass of `plan`, for any executor: `map_blocks` runs `run_block` on each block's rows wherever they
+    are and returns the results in block order; `link` runs `global_buckets` and `link_global` over the first
+    pass's results (global scope only). Returns the last pass's results (their `rows`: the ledger in block order)
+    and the stats."""
+    if plan.needs_global:
+        first = map_blocks(plan.blocks(dedup=True, final=False))
+        plan.merge(first)
+        plan.mark_global(link(first))
+        del first
+        last = map_blocks(plan.blocks(dedup=False, final=True))
+    else:
+        last = map_blocks(plan.blocks(dedup=True, final=True))
+    plan.merge(last)
+    return last, plan.stats(last)
+
+
+def run_block(rows: pl.DataFrame, block: Block, eval_questions: pl.DataFrame | None = None) -> BlockResult:
+    """Stages 3-6 on one block: `rows` are its validated graded rows in ledger order (positions block.lo..hi)."""
+    cfg, mh = block.cfg, block.cfg.minhash
+    m = rows.height
+    if m != block.hi - block.lo:
+        raise RuntimeError(f"curate: block at {block.lo} has {m} rows, the plan says {block.hi - block.lo}")
+    pos = block.lo + np.arange(m, dtype=np.int64)
+    code, cluster = block.code.copy(), block.cluster.copy()
+    group_id = rows["qid"].rle_id().to_numpy()
+    task_id = _task_ids(rows, block.tasks)
+    compared = rows.select(_compared_text(cfg.dedup_text))["text"]
+    lengths = _selection_lengths(rows, cfg) if block.final else None
+    perm = permutations(mh.num_perm, mh.seed, mh.scheme)
+    out = BlockResult(block.lo, code, cluster)
+    survivors: list[tuple[np.ndarray, np.ndarray]] = []
+    for lo, hi, k, seen in block.chunks:
+        idx = (lo - block.lo) + np.flatnonzero(code[lo - block.lo: hi - block.lo] == 0)
+        c, cl = code[idx], cluster[idx]
+        if block.dedup:
+            sh, sig = _dedup_chunk(compared.gather(idx), group_id[idx], c, cl, pos[idx], cfg, perm)
+            cluster[idx] = cl
+        else:
+            sh, sig = _chunk_signatures(compared.gather(idx), cfg, perm)
+        if block.final:
+            d = _Diversity(len(block.tasks), stride=block.stride, seen=seen)
+            _select_chunk(c, group_id[idx], task_id[idx], sh, sig, None if lengths is None else lengths[idx], cfg, d)
+            out.diversity.append((k, d.sums()))
+        else:
+            survivors.append((pos[idx[c == 0]], sig[c == 0]))
+        code[idx] = c
+    if not block.final:
+        out.rows = (np.concatenate([s[0] for s in survivors] + [np.zeros(0, np.int64)]),
+                    np.concatenate([s[1] for s in survivors] + [np.zeros((0, mh.num_perm), perm.dtype)]))
+        return out
+    if cfg.decontaminate:
+        out.decontamination = _decontaminate(rows, code, pos, cfg, _check_eval_questions(eval_questions))
+    out.rows = _ledger(rows, code, cluster)
+    return out
+
+
+def global_buckets(pos: np.ndarray, sig: np.ndarray, cfg: CurationConfig, parts: int
+                   ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Global scope, per block: the LSH buckets of its survivors (ledger positions, signatures) as (band, band key,
+    position), cut into `parts` partitions by key, so each bucket is whole in one partition."""
+    mh = cfg.minhash
+    keys = band_keys(sig, mh.bands, mh.num_perm // mh.bands) if len(sig) else np.zeros((mh.bands, 0), np.uint64)
+    band = np.repeat(np.arange(mh.bands, dtype=np.int16), len(pos))
+    key, row = keys.ravel(), np.tile(pos, mh.bands)
+    if parts == 1:
+        return [(band, key, row)]
+    part = (key % np.uint64(parts)).astype(np.uint16 if parts <= 1 << 16 else np.int64)  # 16 bits: a radix sort
+    order = np.argsort(part, kind="stable")
+    cuts = np.searchsorted(part[order], np.arange(1, parts))
+    return list(zip(np.split(band[order], cuts), np.split(key[order], cuts), np.split(row[order], cuts), strict=True))
+
+
+def link_global(pieces: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                signatures: Callable[[np.ndarray], np.ndarray], cfg: CurationConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Global scope, per partition: link its whole buckets (`pieces`: that partition of every block's
+    `global_buckets`) with `cluster_global`'s rule (row order, window). `signatures(positions)` gives the rows'
+    signatures (sorted positions of rows in shared buckets). Returns (position, root position) of the members."""
+    mh = cfg.minhash
+    shared = (pl.DataFrame({name: np.concatenate([p[i] for p in pieces]) for i, name in enumerate(("b", "k", "p"))})
+              .filter(pl.len().over("b", "k") > 1))  # buckets of two or more: the only rows that get compared
+    nodes = np.unique(shared["p"].to_numpy())
+    if not len(nodes):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    root = link_buckets(signatures(nodes), shared["b"].to_numpy(), shared["k"].to_numpy(),
+                        np.searchsorted(nodes, shared["p"].to_numpy()), np.arange(len(nodes)), bands=mh.bands,
+                        threshold=mh.threshold)
+    member = root != np.arange(len(nodes))
+    return nodes[member], nodes[root[member]]
+
+
 def run(graded: pl.DataFrame, cfg: CurationConfig, *,
         eval_questions: pl.DataFrame | None = None) -> tuple[pl.DataFrame, CurationStats]:
-    """Curate graded samples into the ledger.
+    """Curate graded samples into the ledger, in this process: the plan as one block.
 
     Args:
         graded: the graded table (schemas/graded.table.json).
@@ -157,79 +452,26 @@ def run(graded: pl.DataFrame, cfg: CurationConfig, *,
         ValueError: unknown filter or selection mode, or decontamination on without eval questions.
     """
     t0 = time.perf_counter()
-    df = sort_rows(validate(graded, "graded", where="curate input"))
-    n = df.height
-    code = filter_codes(df, cfg)  # 1-2. quality filters and correctness: vectorised expressions
-    cluster = np.full(n, -1, dtype=np.int64)
-    mh = cfg.minhash
+    df, keys = scan(graded, cfg)
+    plan = Plan.of([keys], cfg, eval_questions=eval_questions, max_blocks=1)
+    df = plan.in_order(df)
 
-    tasks = df["task"].unique(maintain_order=True).to_list()
-    task_id = _task_ids(df, tasks)
-    group_id = df["qid"].rle_id().to_numpy()
-    perm = permutations(mh.num_perm, mh.seed, mh.scheme)
-    need_global = mh.enabled and mh.scope in ("global", "both")
-    compared = df.select(_compared_text(cfg.dedup_text))["text"]
-    nbytes = compared_bytes(df, cfg)
-    diversity = _Diversity(len(tasks), stride=distinct_stride(int(group_id[-1] + 1) if n else 0, int(nbytes.sum())))
-    lengths = selection_lengths(df, cfg)
+    def map_blocks(blocks: list[Block]) -> list[BlockResult]:
+        return [run_block(df.slice(b.lo, b.hi - b.lo), b, plan.eval_questions) for b in blocks]
 
-    def select_rows(idx: np.ndarray, sh: Shingled, sig: np.ndarray) -> None:
-        c = code[idx]
-        select_chunk(c, group_id[idx], task_id[idx], sh, sig, None if lengths is None else lengths[idx], cfg,
-                     diversity)
-        code[idx] = c
+    def link(first: list[BlockResult]) -> list[tuple[np.ndarray, np.ndarray]]:
+        (pos, sig), = (r.rows for r in first)  # one block
+        return [link_global(global_buckets(pos, sig, cfg, 1), lambda nodes: sig[np.searchsorted(pos, nodes)], cfg)]
 
-    timings = {"filters": time.perf_counter() - t0}
-    # 3-5. exact dedup, near dedup (question scope), selection; chunked by whole questions
-    global_parts: list[tuple[np.ndarray, np.ndarray]] = []
-    for idx in chunk_rows(group_id, code, nbytes):
-        c, cl = code[idx], cluster[idx]
-        sh, sig = dedup_chunk(compared.gather(idx), group_id[idx], c, cl, idx, cfg, perm)
-        code[idx], cluster[idx] = c, cl
-        if need_global:
-            sub = np.flatnonzero(c == 0)
-            global_parts.append((idx[sub], sig[sub]))
-        else:
-            select_rows(idx, sh, sig)
-
-    if need_global:
-        gidx = np.concatenate([p[0] for p in global_parts]) if global_parts else np.zeros(0, np.int64)
-        gsig = (np.concatenate([p[1] for p in global_parts]) if global_parts
-                else np.zeros((0, mh.num_perm), perm.dtype))
-        del global_parts
-        root = cluster_global(gsig, bands=mh.bands, threshold=mh.threshold)
-        del gsig
-        linked = nontrivial(root)
-        mark_global(code, cluster, gidx[linked], gidx[root[linked]])
-        for idx in chunk_rows(group_id, code, nbytes):
-            select_rows(idx, *chunk_signatures(compared.gather(idx), cfg, perm))
-
-    timings["dedup_select"] = time.perf_counter() - t0 - sum(timings.values())
-    # 6. decontamination
-    decon = Decontamination()
-    if cfg.decontaminate:
-        decon = _decontaminate(df, code, cfg, eval_questions)
-
-    timings["decontaminate"] = time.perf_counter() - t0 - sum(timings.values())
-    ledger = _ledger(df, code, cluster)
-    stats = _stats(task_id, code, tasks, diversity, decon, cfg)
-    timings["ledger_stats"] = time.perf_counter() - t0 - sum(timings.values())
-    log.debug("curate timings: %s", ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
-    log.info("curate: %d rows -> %d kept in %.2fs (%s)", n, int((code == 0).sum()), time.perf_counter() - t0,
-             ", ".join(f"{t}: {f.kept}/{f.sampled}" for t, f in stats.funnel.items()))
+    results, stats = execute(plan, map_blocks, link)
+    ledger = pl.concat([r.rows for r in results])
+    log.info("curate: %d rows -> %d kept in %.2fs (%s)", plan.n, int((plan.code == 0).sum()),
+             time.perf_counter() - t0, ", ".join(f"{t}: {f.kept}/{f.sampled}" for t, f in stats.funnel.items()))
     return ledger, stats
 
 
 # ------------------------------------------------------------------ per-chunk steps
-# What `run` does to a batch of rows or to one chunk of whole questions, as functions of that chunk alone, so an
-# executor that holds the chunk somewhere else (builder.executors.ray_curate) gets the same codes and figures.
-def sort_rows(df: pl.DataFrame) -> pl.DataFrame:
-    """Rows in ledger order (task, qid, sample_idx); an already sorted frame (the usual case) is not copied."""
-    order = df.select(pl.arg_sort_by("task", "qid", "sample_idx"))[:, 0].to_numpy()
-    return df if np.array_equal(order, np.arange(df.height)) else df[order]
-
-
-def filter_codes(df: pl.DataFrame, cfg: CurationConfig) -> np.ndarray:
+def _filter_codes(df: pl.DataFrame, cfg: CurationConfig) -> np.ndarray:
     """Codes after stages 1-2 (quality filters, then correctness); row by row, so any batch gives the same."""
     code = np.zeros(df.height, dtype=np.int8)
     if cfg.filters:
@@ -241,12 +483,7 @@ def filter_codes(df: pl.DataFrame, cfg: CurationConfig) -> np.ndarray:
     return code
 
 
-def compared_bytes(df: pl.DataFrame, cfg: CurationConfig) -> np.ndarray:
-    """UTF-8 bytes of each row's compared text (what chunks are sized by)."""
-    return df.select(_compared_text(cfg.dedup_text).str.len_bytes().fill_null(0))[:, 0].to_numpy()
-
-
-def selection_lengths(df: pl.DataFrame, cfg: CurationConfig) -> np.ndarray | None:
+def _selection_lengths(df: pl.DataFrame, cfg: CurationConfig) -> np.ndarray | None:
     """Per-row lengths the length-aware selection modes rank by (the trace's characters, else the rationale's)."""
     if cfg.selection.mode not in ("shortest", "length_mix"):
         return None
@@ -254,62 +491,55 @@ def selection_lengths(df: pl.DataFrame, cfg: CurationConfig) -> np.ndarray | Non
         .to_numpy()
 
 
-def distinct_stride(n_groups: int, total_bytes: int) -> int:
+def _distinct_stride(n_groups: int, total_bytes: int) -> int:
     """Every how many questions distinct n-grams are measured (about DISTINCT_SAMPLE questions, DISTINCT_BYTES)."""
     return max(1, n_groups // DISTINCT_SAMPLE, -(-total_bytes // DISTINCT_BYTES)) if n_groups else 1
 
 
-def chunk_rows(group_id: np.ndarray, code: np.ndarray, nbytes: np.ndarray) -> list[np.ndarray]:
+def _chunk_rows(group_id: np.ndarray, code: np.ndarray, nbytes: np.ndarray) -> list[np.ndarray]:
     """The alive rows (code 0) cut into chunks of whole questions (CHUNK_ROWS rows, CHUNK_BYTES of text)."""
     alive = np.flatnonzero(code == 0)
     return [alive[lo:hi] for lo, hi in _chunks(group_id[alive], CHUNK_ROWS, nbytes[alive])]
 
 
-def chunk_signatures(texts: pl.Series, cfg: CurationConfig, perm) -> tuple[Shingled, np.ndarray]:
+def _chunk_signatures(texts: pl.Series, cfg: CurationConfig, perm) -> tuple[Shingled, np.ndarray]:
     mh = cfg.minhash
     sh = shingle(texts, mh.ngram, mh.hash)
     return sh, signatures_from_hashes(sh.hashes, sh.starts, perm)
 
 
-def dedup_chunk(texts: pl.Series, group_id: np.ndarray, code: np.ndarray, cluster: np.ndarray, pos: np.ndarray,
-                cfg: CurationConfig, perm) -> tuple[Shingled, np.ndarray]:
+def _dedup_chunk(texts: pl.Series, group_id: np.ndarray, code: np.ndarray, cluster: np.ndarray, pos: np.ndarray,
+                 cfg: CurationConfig, perm) -> tuple[Shingled, np.ndarray]:
     """Stages 3-4 at question scope on one chunk: exact duplicates, then MinHash near-duplicates of the rest.
 
     texts, group_id, code, cluster and pos (ledger positions) are the chunk's rows; code and cluster (ledger
     positions of each cluster's kept row) are updated in place. Returns the chunk's shingles and signatures.
     """
     mh = cfg.minhash
-    sh, sig = chunk_signatures(texts, cfg, perm)
+    sh, sig = _chunk_signatures(texts, cfg, perm)
     m = len(pos)
     if cfg.dedup_exact:
         root = exact_within_groups(sh.row_keys, _group_starts(group_id))
         code[root != np.arange(m)] = _CODE[R.EXACT_DUPLICATE]
-        linked = nontrivial(root)
+        linked = _nontrivial(root)
         cluster[linked] = pos[root[linked]]
     if mh.enabled and mh.scope in ("question", "both"):
         sub = np.flatnonzero(code == 0)
         root = cluster_within_groups(sig[sub], _group_starts(group_id[sub]), bands=mh.bands, threshold=mh.threshold)
-        linked = nontrivial(root)  # members and their kept root
+        linked = _nontrivial(root)  # members and their kept root
         code[sub[root != np.arange(len(sub))]] = _CODE[R.NEAR_DUPLICATE]
         cluster[sub[linked]] = pos[sub[root[linked]]]
     return sh, sig
 
 
-def nontrivial(root: np.ndarray) -> np.ndarray:
+def _nontrivial(root: np.ndarray) -> np.ndarray:
     """Rows of clusters with two or more rows: members (root is another row) and the roots they point at."""
     member = root != np.arange(len(root))
     return member | np.isin(np.arange(len(root)), root[member])
 
 
-def mark_global(code: np.ndarray, cluster: np.ndarray, pos: np.ndarray, root: np.ndarray) -> None:
-    """Global near-duplicates: pos and root are ledger positions of the rows of clusters of two or more, and of
-    their cluster's root (its lowest position, kept)."""
-    code[pos[root != pos]] = _CODE[R.NEAR_DUPLICATE_GLOBAL]
-    cluster[pos] = root
-
-
-def select_chunk(code: np.ndarray, group_id: np.ndarray, task_id: np.ndarray, sh: Shingled, sig: np.ndarray,
-                 lengths: np.ndarray | None, cfg: CurationConfig, diversity: _Diversity) -> None:
+def _select_chunk(code: np.ndarray, group_id: np.ndarray, task_id: np.ndarray, sh: Shingled, sig: np.ndarray,
+                  lengths: np.ndarray | None, cfg: CurationConfig, diversity: _Diversity) -> None:
     """Stage 5 on one chunk (the arrays are its rows): selection over the alive rows, plus before/after diversity;
     code is updated in place."""
     alive = code == 0
@@ -337,7 +567,8 @@ def _compared_text(which: str) -> pl.Expr:
     return rationale.alias("text")
 
 
-def check_eval_questions(eval_questions: pl.DataFrame | None) -> pl.DataFrame:
+def _check_eval_questions(eval_questions: pl.DataFrame | None) -> pl.DataFrame:
+    """The eval questions decontamination needs, or the error that says how to give them."""
     if eval_questions is None:
         raise ValueError("curation.decontaminate is on but no eval questions were given: pass the test splits / "
                          "curation.eval_sets (rationale curate --eval FILE), or set curation.decontaminate: false")
@@ -347,38 +578,28 @@ def check_eval_questions(eval_questions: pl.DataFrame | None) -> pl.DataFrame:
     return eval_questions
 
 
-def _decontaminate(df: pl.DataFrame, code: np.ndarray, cfg: CurationConfig,
-                   eval_questions: pl.DataFrame | None) -> Decontamination:
+def _decontaminate(rows: pl.DataFrame, code: np.ndarray, pos: np.ndarray, cfg: CurationConfig,
+                   eval_questions: pl.DataFrame) -> BlockDecontamination:
+    """Stage 6 on one block (code updated in place). Each question and rationale is checked on its own, so the
+    blocks' hits are the whole table's; `Plan.stats` puts them in order."""
     from builder.decontaminate import find_question_hits, find_rationale_hits
 
-    eval_questions = check_eval_questions(eval_questions)
-    alive = pl.Series("alive", code == 0)
-    live = df.with_row_index("row").filter(alive)
+    live = rows.select("qid", "task", "question", "rationale").with_columns(row=pl.Series(pos)) \
+        .filter(pl.Series(code == 0))
     questions = live.select("qid", "task", "question").unique("qid", keep="first", maintain_order=True)
     hits = find_question_hits(questions, eval_questions, cfg)
     if hits.height:
-        bad = df["qid"].is_in(hits["qid"].implode()).to_numpy()
+        bad = rows["qid"].is_in(hits["qid"].implode()).to_numpy()
         code[bad & (code == 0)] = _CODE[R.CONTAMINATED_QUESTION]
-    rhits = None
+    rhits = hits.clear()
     if cfg.decontaminate_rationales:
         live = live.filter(~pl.col("qid").is_in(hits["qid"].implode()))
-        rhits = find_rationale_hits(live.select("qid", pl.col("row").cast(pl.Int64), "rationale"), eval_questions, cfg)
-        if rhits.height:
-            code[rhits["row"].to_numpy()] = _CODE[R.CONTAMINATED_RATIONALE]
-    return decontamination(questions, hits, rhits, eval_questions)
-
-
-def decontamination(questions: pl.DataFrame, hits: pl.DataFrame, rhits: pl.DataFrame | None,
-                    eval_questions: pl.DataFrame) -> Decontamination:
-    """The stats of stage 6: `questions` are the live (qid, task, question) checked, `hits` the question hits,
-    `rhits` the rationale hits (rows sorted by ledger position) or None."""
-    cols = ("qid", "task", "question", "matched_task", "matched_question", "method", "score")
-    out_hits = hits.join(questions, on="qid").select(cols).to_dicts() if hits.height else []
-    if rhits is not None and rhits.height:
-        out_hits += (rhits.join(questions, on="qid").select(cols)
-                     .unique("qid", keep="first", maintain_order=True).to_dicts())
-    return Decontamination(checked=questions.height, eval_questions=eval_questions["question"].n_unique(),
-                           hits=[ContaminationHit(**h) for h in out_hits])
+        rhits = find_rationale_hits(live.select("qid", "row", "rationale"), eval_questions, cfg)
+        code[rhits["row"].to_numpy() - (pos[0] if len(pos) else 0)] = _CODE[R.CONTAMINATED_RATIONALE]
+    return BlockDecontamination(
+        questions.height, questions.join(hits, on="qid", maintain_order="left").select(_HIT_COLUMNS),
+        rhits.join(questions, on="qid", maintain_order="left").select(_HIT_COLUMNS)
+        .unique("qid", keep="first", maintain_order=True))
 
 
 def _ledger(df: pl.DataFrame, code: np.ndarray, cluster: np.ndarray) -> pl.DataFrame:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+import numpy as np
 import polars as pl
 import yaml
 
@@ -483,3 +484,168 @@ def sample_recipe(tmp_path: Path, model: Path, **sampling) -> Recipe:
         "teacher": {"model": str(model)},
         "sampling": {"n": 4, "max_tokens": 12, "answer_max_tokens": 4, "shard_size": 2, "seed": 3, **sampling},
     })
+
+
+# ------------------------------------------------------------------ synthetic graded rows
+# Arithmetic word-problem rationales in the style of text-davinci-002's Zero-shot-CoT outputs, with planted
+# duplicates: the curate and ray-curate tests' rows, and benchmarks/curate_bench.py's and ray_curate_bench.py's
+# (which import them from here, run from the repository root).
+NAMES = ["Megan", "Bianca", "Paige", "Sam", "Jason", "Kelly", "Haley", "Sandy", "Julia", "Melissa", "Russ", "Tina",
+         "Omar", "Priya", "Lucas", "Chen", "Amara", "Diego", "Fatima", "Noah", "Olga", "Kenji", "Zara", "Ivan"]
+OBJECTS = ["apples", "marbles", "stickers", "cupcakes", "balloons", "pencils", "books", "peaches", "cards", "shells",
+           "coins", "stamps", "toy cars", "oranges", "plums", "beads"]
+# Each sentence slot has 5 phrasings; {n}=name, {o}=object, {a},{b},{c}=numbers.
+SLOTS = [
+    ["{n} has {a} {o} at the start.", "At first, {n} had {a} {o}.", "{n} starts out with {a} {o}.",
+     "In the beginning there are {a} {o} with {n}.", "We know that {n} owns {a} {o} to begin with."],
+    ["Then {n} gets {b} more {o} from a friend.", "After that, {n} receives another {b} {o}.",
+     "Next, {b} extra {o} are given to {n}.", "Later {n} is handed {b} more {o} by a neighbor.",
+     "{n} then collects {b} additional {o} at school."],
+    ["So we need to add the two amounts together.", "To find the total, we add {a} and {b}.",
+     "The question asks for the total, which means addition.", "We combine both groups of {o} to get the total.",
+     "Since {n} gained {o}, the number goes up, so we add."],
+    ["{a} + {b} = {c}.", "{a} plus {b} equals {c}.", "Adding them gives us {c}.", "If we add {b} to {a} we get {c}.",
+     "The sum of {a} and {b} is {c}."],
+    ["That means {n} has {c} {o} now.", "So {n} now has {c} {o} in total.", "Therefore there are {c} {o} altogether.",
+     "In the end {n} is left holding {c} {o}.", "As a result, {n} owns {c} {o}."],
+    ["Let's double check: {c} minus {b} is {a}, which matches.", "This makes sense because the number of {o} went up.",
+     "We can check it by counting up from {a} by {b}.", "The answer should be bigger than {a}, and it is.",
+     "Everything adds up, so we are done."],
+]
+
+
+SYNONYMS = [("gets", "obtains"), ("more", "extra"), ("total", "sum"), ("add", "sum up"), ("Then", "Afterwards"),
+            ("now", "at this point"), ("number", "count"), ("start", "outset"), ("friend", "pal")]
+
+
+def _reorder(r: pl.Expr) -> pl.Expr:
+    """Swap the second and third sentence (clause order changes, the words do not)."""
+    parts = r.str.split(". ")
+    return pl.concat_list([parts.list.slice(0, 1), parts.list.slice(2, 1), parts.list.slice(1, 1),
+                           parts.list.slice(3)]).list.join(". ")
+
+
+def _synonyms(r: pl.Expr) -> pl.Expr:
+    for old, new in SYNONYMS:
+        r = r.str.replace_all(rf"\b{old}\b", new)
+    return r
+
+
+def _numbers(r: pl.Expr) -> pl.Expr:
+    """Change the first number (the starting amount), everywhere it appears first: 12 -> 112."""
+    return r.str.replace(r"(\d+)", "1${1}")
+
+
+EDITS = [  # index = plant kind
+    lambda r: r.str.to_uppercase().str.replace_all(r"\.", " .  "),  # exact after normalisation
+    lambda r: r.str.replace(r"^ \n\S+", " \nWell,"),  # first word changed
+    lambda r: r + " So that is the answer.",  # a closing sentence appended
+    lambda r: r.str.replace(r"\S+$", "in total."),  # last word changed
+    _reorder,  # paraphrase: clauses reordered
+    _synonyms,  # paraphrase: synonyms
+    _numbers,  # paraphrase: a number changed
+    lambda r: _numbers(_synonyms(_reorder(r))),  # all three
+]
+EDIT_NAMES = ["case_punct", "first_word", "appended", "last_word", "reordered", "synonyms", "numbers", "paraphrase"]
+
+
+def synth(rows: int, per_q: int, seed: int = 0,
+          part_rows: int = 125_000) -> tuple[pl.DataFrame, pl.DataFrame, np.ndarray]:
+    """(graded frame sorted by qid/sample_idx, eval questions with planted edited training questions, the plant
+    kind of every row: an index into EDITS, -1 when not a planted copy).
+
+    Built in parts so the generator's temporaries stay small next to the 1M-row frame itself.
+    """
+    parts, kinds, evals = [], [], None
+    for i, lo in enumerate(range(0, rows, part_rows)):
+        graded, ev, kind = _synth_part(min(part_rows, rows - lo), per_q, seed + i, lo // per_q)
+        parts.append(graded)
+        kinds.append(kind)
+        evals = ev if evals is None else evals
+    return pl.concat(parts, rechunk=True), evals, np.concatenate(kinds)
+
+
+def _synth_part(rows: int, per_q: int, seed: int, q0: int) -> tuple[pl.DataFrame, pl.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    q = rows // per_q
+    n = q * per_q
+    name = rng.integers(0, len(NAMES), q)
+    obj = rng.integers(0, len(OBJECTS), q)
+    a = rng.integers(2, 90, q)
+    b = rng.integers(2, 90, q)
+    qframe = pl.DataFrame({"qi": np.arange(q), "n": np.array(NAMES)[name], "o": np.array(OBJECTS)[obj],
+                           "a": a.astype(str), "b": b.astype(str), "c": (a + b).astype(str)})
+    qframe = qframe.with_columns(
+        question=pl.format("{} has {} {}. Then {} gets {} more {}. How many {} does {} have now?", "n", "a", "o", "n",
+                           "b", "o", "o", "n"),
+        qid=pl.format("q{}", (pl.col("qi") + q0).cast(pl.String).str.zfill(7)))
+    df = pl.DataFrame({"qi": np.repeat(np.arange(q), per_q),
+                       "sample_idx": np.tile(np.arange(per_q), q).astype(np.int32)})
+    df = df.join(qframe, on="qi", how="left", maintain_order="left")
+    choice = rng.integers(0, 5, (n, len(SLOTS)))
+    choice[:, -1] = rng.integers(0, 6, n)  # the check sentence is optional (index 5 = none)
+
+    def slot_expr(k: int) -> pl.Expr:
+        expr = pl.lit("")
+        for j, tpl in reversed(list(enumerate(SLOTS[k]))):
+            parts = tpl.replace("{", "\x00{").replace("}", "}\x00").split("\x00")
+            pieces = [pl.col(p[1:-1]) if p.startswith("{") else pl.lit(p) for p in parts if p]
+            expr = pl.when(pl.col(f"s{k}") == j).then(pl.concat_str(pieces)).otherwise(expr)
+        return expr
+
+    df = df.with_columns([pl.Series(f"s{k}", choice[:, k]) for k in range(len(SLOTS))])
+    text = pl.concat_str([slot_expr(k) for k in range(len(SLOTS))], separator=" ").str.strip_chars()
+    df = df.with_columns(rationale=pl.lit(" \n") + text)
+    # planted duplicates: the last two samples of 40% of questions copy an earlier sample of the same question,
+    # edited (see EDITS): single edits, and paraphrases that reorder clauses, swap synonyms or change numbers
+    kind = rng.integers(0, len(EDITS), n)
+    src = np.arange(n) - rng.integers(1, per_q // 2 + 1, n)
+    plant = (np.tile(np.arange(per_q), q) >= per_q - 2) & (np.repeat(rng.random(q) < 0.4, per_q))
+    src = np.where(plant, src, np.arange(n))
+    copied = pl.DataFrame({"r": df["rationale"].gather(src), "k": kind})
+    edited = pl.when(pl.col("k") == 0).then(EDITS[0](pl.col("r")))
+    for k in range(1, len(EDITS)):
+        edited = edited.when(pl.col("k") == k).then(EDITS[k](pl.col("r")))
+    df = df.with_columns(rationale=pl.when(pl.Series(plant)).then(copied.select(edited)["r"])
+                         .otherwise(pl.col("rationale")))
+    wrong = rng.random(n) < 0.15
+    graded = df.select(
+        "qid", "sample_idx", seed=pl.lit(0, pl.Int64), teacher=pl.lit("synthetic"),
+        teacher_revision=pl.lit(None, pl.String), prompt=pl.format("Q: {}\nA: Let's think step by step.", "question"),
+        rationale="rationale", answer_prompt=pl.lit("\nTherefore, the answer (arabic numerals) is"),
+        answer_completion=pl.lit(" ") + pl.col("c") + pl.lit("."), finish_reason=pl.lit("stop"),
+        prompt_tokens=pl.lit(None, pl.Int32), completion_tokens=pl.lit(None, pl.Int32), run_id=pl.lit("bench"),
+        task=pl.lit("synthetic_add"), question="question", gold="c", answer_type=pl.lit("number"),
+        pred=pl.when(pl.Series(wrong)).then(pl.lit("0")).otherwise(pl.col("c")), correct=pl.Series(~wrong),
+        grade_status=pl.lit("ok"), grader=pl.lit("number"))
+    # eval set: 1,000 unrelated questions plus 20 edited copies of training questions
+    other = qframe.sample(min(1000, q), seed=seed + 1).select(
+        question=pl.format("{} sold {} {} and kept {}. How many {} were there first?", "n", "a", "o", "b", "o"))
+    planted = qframe.head(20).select(question=pl.col("question").str.replace("How many", "How many total"))
+    evals = pl.concat([other, planted]).with_columns(task=pl.lit("eval_set"))
+    return graded, evals, np.where(plant, kind, -1).astype(np.int8)
+
+
+CURATE_BENCH_TASKS = ("addsub", "multiarith", "svamp", "single_eq")
+
+
+def graded_rows(rows: int, seed: int = 0, per_q: int = 8) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(graded table in random row order, eval questions with 20 planted copies of training questions)."""
+    graded, evals, _ = synth(rows, per_q, seed)
+    rng = np.random.default_rng(seed + 7)
+    n = graded.height
+    tasks = np.array(CURATE_BENCH_TASKS)
+    task = tasks[rng.integers(0, len(tasks), n // per_q + 1)][graded["qid"].rle_id().to_numpy()]
+    kind = rng.random(n)
+    donor = rng.integers(0, n, n)  # 1% of rows: another question's rationale, one word changed (global near-dups)
+    copied = graded["rationale"].gather(donor).str.replace(r"\S+$", "indeed.")
+    graded = graded.with_columns(
+        task=pl.Series(task),
+        rationale=pl.when(pl.Series(kind < 0.01)).then(copied)
+        .when(pl.Series(kind > 0.995)).then(pl.lit("  \n")).otherwise(pl.col("rationale")),
+        finish_reason=pl.when(pl.Series((kind > 0.99) & (kind <= 0.995))).then(pl.lit("length"))
+        .otherwise(pl.col("finish_reason")),
+        grade_status=pl.when(pl.Series((kind > 0.985) & (kind <= 0.99))).then(pl.lit("no_answer"))
+        .otherwise(pl.col("grade_status")),
+    )
+    return graded.sample(fraction=1.0, shuffle=True, seed=seed), evals

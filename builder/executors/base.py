@@ -6,27 +6,27 @@ what it computes: the sample stage still owns seeds, prompts, the lock, the run 
 shard frame, so the samples, the ledger and the content hash are the same on either (the executor section is in
 neither the run fingerprint nor the content hash).
 
-The registry holds loaders (module, class) rather than the classes: the implementations call the stages (grade,
-curate) and Ray, while `builder.recipe` validates `executor.kind` against this module, so it must import neither.
+Each implementation registers its class (`@EXECUTORS.register("kind")`); `builder/executors/__init__.py` imports
+them all, so importing the package fills the registry. They import Ray and the stages (grade, curate, the shards a
+run holds) only inside their methods, and never `builder.sample`: the sample stage hands them what they need.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from builder.registry import Registry
 
 if TYPE_CHECKING:
     import polars as pl
 
-    from builder.recipe import CurationConfig, ExecutorConfig, GradingConfig, Recipe
+    from builder.recipe import CurationConfig, ExecutorConfig, GradingConfig
     from builder.run import Run
     from builder.stats import CurationStats
     from builder.store import Parts
-    from builder.teachers.base import Answer, Completion, ShardWork, Teacher
+    from builder.teachers.base import Answer, Completion, ShardWork, Teacher, TeacherSetup
 
 
 @dataclass(frozen=True)
@@ -44,15 +44,23 @@ class ShardWritten:
 
 @dataclass(frozen=True)
 class Graded:
-    """What grading hands to curation: the graded table (local: the frame, also written to one parquet file) or
-    where its parquet parts are (ray: a folder on shared storage the driver never reads whole), and the totals the
-    build summary and stats need, so no one reads the table back for them."""
+    """What grading hands to curation: where the graded table is, as parquet parts (local: the one file
+    `run.graded_file`; ray: the parts on shared storage, which the driver never reads whole; none when nothing was
+    graded), and the totals the build summary and stats need, so no one reads the table back for them."""
 
-    source: pl.DataFrame | str
+    parts: tuple[str, ...]
     rows: int
     correct: int
     prompt_tokens: int
     completion_tokens: int
+
+    def scan(self) -> pl.LazyFrame:
+        """The graded table as a lazy frame (no parts: the empty table)."""
+        import polars as pl
+
+        from builder.schemas import table_schema
+
+        return pl.scan_parquet(list(self.parts)) if self.parts else table_schema("graded").empty().lazy()
 
 
 # (work, completions, answers, destination) -> ShardWritten: builds the shard frame, validates it and writes it
@@ -66,11 +74,12 @@ class Executor(Protocol):
     #: True when prompts are rendered where the teacher runs (a remote replica) instead of in the driver.
     remote: bool
 
-    def sample(self, works: Iterable[tuple[str, ShardWork]], *, recipe: Recipe, teacher: Teacher | None,
+    def sample(self, works: Iterable[tuple[str, ShardWork]], *, setup: TeacherSetup, teacher: Teacher | None,
                write: ShardWriter) -> Iterator[ShardWritten]:
         """Generate every (destination, shard) of `works` and write each with `write` as it finishes; yield what was
         written. Destinations are chosen by the caller (unique, deterministic): a retried shard rewrites its own
-        file, so a replica that dies never duplicates rows. `teacher` is the driver's teacher (local only)."""
+        file, so a replica that dies never duplicates rows. `teacher` is the driver's teacher (local only); a remote
+        executor makes its replicas' teachers from `setup`."""
         ...
 
     def grade(self, run: Run, questions: pl.DataFrame, wanted: pl.DataFrame, cfg: GradingConfig) -> Graded:
@@ -101,23 +110,6 @@ ExecutorFactory = Callable[["ExecutorConfig"], Executor]
 EXECUTORS: Registry[ExecutorFactory] = Registry("executor")
 
 
-def _loader(module: str, name: str) -> ExecutorFactory:
-    def make(cfg: ExecutorConfig) -> Executor:
-        return getattr(importlib.import_module(module), name)(cfg)
-
-    make.__qualname__ = f"{module}.{name}"
-    return make
-
-
-EXECUTORS.register("local")(_loader("builder.executors.local", "LocalExecutor"))
-EXECUTORS.register("ray")(_loader("builder.executors.ray", "RayExecutor"))
-
-
-def make_executor(recipe: Recipe) -> Executor:
-    """The recipe's executor (`executor.kind`, default local)."""
-    return EXECUTORS.get(recipe.executor.kind)(recipe.executor)
-
-
-def describe(cfg: Any) -> dict[str, Any]:
-    """The executor settings as plain JSON (logs and stats; never hashed)."""
-    return cfg.model_dump(mode="json") if hasattr(cfg, "model_dump") else dict(cfg)
+def make_executor(cfg: ExecutorConfig) -> Executor:
+    """The executor a recipe's `executor` section names (`kind`, default local)."""
+    return EXECUTORS.get(cfg.kind)(cfg)

@@ -5,24 +5,25 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from builder.executors.base import Graded, ShardWriter, ShardWritten, shard_key
+from builder.executors.base import EXECUTORS, Graded, ShardWriter, ShardWritten, shard_key
 
 if TYPE_CHECKING:
     import polars as pl
 
-    from builder.recipe import CurationConfig, ExecutorConfig, GradingConfig, Recipe
+    from builder.recipe import CurationConfig, ExecutorConfig, GradingConfig
     from builder.run import Run
     from builder.stats import CurationStats
-    from builder.teachers.base import ShardWork, Teacher
+    from builder.teachers.base import ShardWork, Teacher, TeacherSetup
 
 
+@EXECUTORS.register("local")
 class LocalExecutor:
     remote = False
 
     def __init__(self, cfg: ExecutorConfig | None = None) -> None:
         self.cfg = cfg
 
-    def sample(self, works: Iterable[tuple[str, ShardWork]], *, recipe: Recipe, teacher: Teacher | None,
+    def sample(self, works: Iterable[tuple[str, ShardWork]], *, setup: TeacherSetup, teacher: Teacher | None,
                write: ShardWriter) -> Iterator[ShardWritten]:
         """Stream the shards through the teacher (pipelined, one engine) and write each the moment it completes."""
         if teacher is None:
@@ -34,28 +35,27 @@ class LocalExecutor:
                 dest[shard_key(work)] = path
                 yield work
 
-        for work, completions, answers in teacher.stream(pending(), recipe.sampling.answer_max_tokens):
+        for work, completions, answers in teacher.stream(pending(), setup.sampling.answer_max_tokens):
             yield write(work, completions, answers, dest.pop(shard_key(work)))
 
     def grade(self, run: Run, questions: pl.DataFrame, wanted: pl.DataFrame, cfg: GradingConfig) -> Graded:
         """Read the wanted samples into one frame, grade it and write `run.graded_file`."""
         from builder import grade
-        from builder.sample import only_wanted, read_samples
         from builder.schemas import write_table
+        from builder.shards import only_wanted, read_samples
 
         graded = grade.run(only_wanted(read_samples(run), wanted), questions, cfg)
         write_table(graded, run.graded_file, "graded")
-        return Graded(graded, graded.height, int(graded["correct"].sum() or 0),
+        return Graded((str(run.graded_file),), graded.height, int(graded["correct"].sum() or 0),
                       int(graded["prompt_tokens"].sum() or 0), int(graded["completion_tokens"].sum() or 0))
 
     def curate(self, run: Run, graded: Graded, cfg: CurationConfig, *, eval_questions: pl.DataFrame | None = None
                ) -> tuple[pl.DataFrame, CurationStats]:
-        """`curate.run` on the graded frame; the whole ledger is written to `run.ledger_file` and returned."""
+        """`curate.run` on the graded table; the whole ledger is written to `run.ledger_file` and returned."""
         from builder import curate
-        from builder.schemas import read_table, write_table
+        from builder.schemas import write_table
 
-        frame = graded.source if not isinstance(graded.source, str) else read_table(graded.source, "graded")
-        ledger, stats = curate.run(frame, cfg, eval_questions=eval_questions)
+        ledger, stats = curate.run(graded.scan().collect(), cfg, eval_questions=eval_questions)
         write_table(ledger, run.ledger_file, "ledger")
         return ledger, stats
 

@@ -3,7 +3,7 @@
 Sampling: the driver cuts the missing (qid, sample_idx) keys into shards exactly as the local path does and names
 each shard's file (`shard-NNNNN.parquet`, unique and deterministic). The shards become a Ray Dataset (one row = one
 shard: destination + requests with their seeds + answer prompts), `map_batches`-ed one shard per call into an actor
-pool of `replicas` `_Replica`s, each holding the recipe's own teacher backend (`make_teacher(recipe)`, the same vLLM
+pool of `replicas` `_Replica`s, each holding the recipe's own teacher backend (`make_teacher(setup)`, the same vLLM
 pipelining, seeds and `n` as locally). A replica writes every shard itself, atomically, to the run folder on shared
 storage (a local path or an fsspec URL) and returns only a small stats row (path, rows, tokens) for the driver's
 progress. A replica that dies is restarted by Ray (`max_restarts`) and its shard retried (`max_task_retries`): the
@@ -33,17 +33,17 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from builder.executors.base import Graded, ShardWriter, ShardWritten, shard_key
+from builder.executors.base import EXECUTORS, Graded, ShardWriter, ShardWritten, shard_key
 
 if TYPE_CHECKING:
     import polars as pl
     import pyarrow as pa
 
-    from builder.recipe import CurationConfig, ExecutorConfig, GradingConfig, Recipe
+    from builder.recipe import CurationConfig, ExecutorConfig, GradingConfig, TeacherConfig
     from builder.run import Run
     from builder.stats import CurationStats
     from builder.store import Parts
-    from builder.teachers.base import ShardWork, Teacher
+    from builder.teachers.base import ShardWork, Teacher, TeacherSetup
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def claim_cores(count: int, lock_dir: str | Path | None = None) -> tuple[list[in
 class _Replica:
     """One engine replica (a Ray actor of the pool): the recipe's teacher, started once, writing its shards."""
 
-    def __init__(self, recipe: Recipe, write: ShardWriter, cpus: int | None) -> None:
+    def __init__(self, setup: TeacherSetup, write: ShardWriter, cpus: int | None) -> None:
         import logging as _logging
 
         _logging.basicConfig(level=_logging.INFO)
@@ -133,8 +133,8 @@ class _Replica:
             self.cores = cores
         from builder.teachers import make_teacher
 
-        self.recipe, self.write = recipe, write
-        self.teacher = make_teacher(recipe)
+        self.setup, self.write = setup, write
+        self.teacher = make_teacher(setup)
         self.teacher.start()
         self.rendered: dict[str, str] = {}
 
@@ -154,7 +154,7 @@ class _Replica:
             dest[shard_key(work)] = str(path)
             works.append(work)
         out: dict[str, list[Any]] = {k: [] for k in _STATS}
-        for work, completions, answers in self.teacher.stream(works, self.recipe.sampling.answer_max_tokens):
+        for work, completions, answers in self.teacher.stream(works, self.setup.sampling.answer_max_tokens):
             done = replace(self.write(work, completions, answers, dest.pop(shard_key(work))), started=started)
             for k in _STATS:
                 out[k].append(getattr(done, k))
@@ -178,16 +178,16 @@ def _totals_batch(batch: pa.Table) -> pa.Table:
     return pa.table({k: [v] for k, v in sums.items()})
 
 
-def _engine_gpus(recipe: Recipe) -> int:
-    args = recipe.teacher.engine_args
+def _engine_gpus(teacher: TeacherConfig) -> int:
+    args = teacher.engine_args
     return int(args.get("tensor_parallel_size", 1)) * int(args.get("pipeline_parallel_size", 1))
 
 
-def replica_resources(cfg: ExecutorConfig, recipe: Recipe, cluster: dict[str, float]) -> dict[str, Any]:
+def replica_resources(cfg: ExecutorConfig, teacher: TeacherConfig, cluster: dict[str, float]) -> dict[str, Any]:
     """map_batches resources of one replica: GPUs on GPU clusters, bound CPU cores on CPU clusters."""
     gpus = cfg.gpus_per_replica
     if gpus is None:
-        gpus = _engine_gpus(recipe) if cluster.get("GPU", 0) > 0 else 0
+        gpus = _engine_gpus(teacher) if cluster.get("GPU", 0) > 0 else 0
     if gpus:
         return {"num_gpus": gpus, "num_cpus": cfg.cpus_per_replica or 1, "bind_cpus": None}
     cpus = cfg.cpus_per_replica or max(1, int(cluster.get("CPU", 1) // cfg.replicas))
@@ -203,13 +203,14 @@ def _replica_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(_PASS_ENV_PREFIXES)}
 
 
+@EXECUTORS.register("ray")
 class RayExecutor:
     remote = True
 
     def __init__(self, cfg: ExecutorConfig) -> None:
         self.cfg = cfg
 
-    def sample(self, works: Iterable[tuple[str, ShardWork]], *, recipe: Recipe, teacher: Teacher | None,
+    def sample(self, works: Iterable[tuple[str, ShardWork]], *, setup: TeacherSetup, teacher: Teacher | None,
                write: ShardWriter) -> Iterator[ShardWritten]:
         import ray
 
@@ -218,14 +219,14 @@ class RayExecutor:
             return
         ray_session(self.cfg.address)
         _quiet_data_context()
-        res = replica_resources(self.cfg, recipe, ray.cluster_resources())
+        res = replica_resources(self.cfg, setup.teacher, ray.cluster_resources())
         log.info("ray sampling: %d shards on %d replica(s) of %s", len(items), self.cfg.replicas, res)
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         out = ds.map_batches(
             _Replica, batch_size=1, compute=ray.data.ActorPoolStrategy(size=self.cfg.replicas),
             num_cpus=res["num_cpus"],
             num_gpus=res["num_gpus"] or None, fn_constructor_kwargs={
-                "recipe": recipe, "write": write, "cpus": res["bind_cpus"]},
+                "setup": setup, "write": write, "cpus": res["bind_cpus"]},
             runtime_env={"env_vars": _replica_env()},
             # Ray Data's defaults restart a dead actor forever; a replica that cannot start (OOM, bad model) must
             # fail the run instead. Named map_batches arguments have no max_restarts in 2.60, so per-actor options.
@@ -243,38 +244,32 @@ class RayExecutor:
         (replaced); the driver gets back four integers per block, never the text."""
         import ray
 
-        from builder.executors import ray_curate
+        from builder.executors import ray_curate, storage
 
         ray_session(self.cfg.address)
         files = run.shards()
         if not files:
-            from builder.schemas import table_schema
-
-            empty = table_schema("graded").empty()
-            return Graded(empty, 0, 0, 0, 0)
+            return Graded((), 0, 0, 0, 0)
         out = ray_curate.grade(files, questions, cfg, run.graded_parts, wanted=wanted, run=run)
-        sums = ray.get(ray.data.read_parquet(out).select_columns(list(_TOTALS[1:])).map_batches(
+        parts = tuple(storage.list_files(out, "*.parquet"))
+        sums = ray.get(ray.data.read_parquet(list(parts)).select_columns(list(_TOTALS[1:])).map_batches(
             _totals_batch, batch_format="pyarrow").to_arrow_refs())
         rows, correct, prompt, completion = (sum(int(t[c][0].as_py()) for t in sums if t.num_rows) for c in _TOTALS)
-        return Graded(out, rows, correct, prompt, completion)
+        return Graded(parts, rows, correct, prompt, completion)
 
     def curate(self, run: Run, graded: Graded, cfg: CurationConfig, *, eval_questions: pl.DataFrame | None = None
-               ) -> tuple[pl.DataFrame | Parts, CurationStats]:
+               ) -> tuple[Parts, CurationStats]:
         """`ray_curate.curate(collect=False)`: the ledger goes from Ray to parquet parts in `run.ledger_parts` (in
         ledger order by file name); the store reads its kept rows from there in batches (`store.Parts`), so the
         dataset never sits whole in the driver."""
-        import polars as pl
-        import ray
         from ray.data import SaveMode
 
         from builder.executors import ray_curate, storage
         from builder.store import Parts
 
         ray_session(self.cfg.address)
-        ledger, stats = ray_curate.curate(graded.source, cfg, eval_questions=eval_questions,
+        ledger, stats = ray_curate.curate(list(graded.parts), cfg, eval_questions=eval_questions,
                                           blocks=self.cfg.curate_blocks, collect=False)
-        if isinstance(ledger, pl.DataFrame):  # nothing graded: curate.run's (empty) ledger
-            ledger = ray.data.from_arrow(ledger.to_arrow())
         ledger.write_parquet(run.ledger_parts, mode=SaveMode.OVERWRITE)
         return Parts(storage.list_files(run.ledger_parts, "*.parquet"), "ledger"), stats
 

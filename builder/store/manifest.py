@@ -121,7 +121,8 @@ def _problem(error: ErrorDetails) -> str:
         return f"expected a JSON object, found {type(error['input']).__name__}"
     at, what = _place(error["loc"])
     if error["type"] == "missing":
-        older = " (older manifests have none: rebuild the version to add it)" if at == "field 'manifest_sha256'" else ""
+        older = (" (older manifests have none: rebuild the version to add it)"
+                 if at == "field 'manifest_sha256'" else "")
         return f"{at} is missing{older}"
     found = repr(error["input"])
     return f"{at} is not {what} (found {found if len(found) <= 60 else found[:57] + '...'})"

@@ -1,26 +1,22 @@
 """Curation and grading on a real local Ray (2 CPUs): the same ledger and stats as the local path, bit for bit.
 
-The 200,000-row table is benchmarks/ray_curate_bench.py's generator (curate_bench's synthetic rationales over four
-tasks: planted near-duplicates within questions, copies across questions, wrong, empty, truncated and unanswered
-rows), in random row order. curate's chunk size is lowered here (the driver plans the chunks, so the workers follow)
-so the table makes several chunks and blocks and every cross-block path runs.
+The 200,000-row table is `tests.helpers.graded_rows` (also benchmarks/ray_curate_bench.py's: synthetic rationales
+over four tasks: planted near-duplicates within questions, copies across questions, wrong, empty, truncated and
+unanswered rows), in random row order. curate's chunk size is lowered here (the driver plans the chunks, so the
+workers follow) so the table makes several chunks and blocks and every cross-block path runs.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import polars as pl
 import pytest
 
 from builder import curate
 from builder import reasons as R
-from builder.executors import ray_curate
+from builder.errors import SchemaError
+from builder.executors import Graded, ray_curate
 from builder.recipe import CurationConfig, GradingConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from ray_curate_bench import graded_rows  # noqa: E402
+from tests.helpers import graded_rows
 
 ROWS = 200_000
 
@@ -101,10 +97,41 @@ def test_small_case_with_random_selection_and_rationale_checks(big):
 def test_empty_input_and_missing_eval_questions():
     from builder.schemas import table_schema
 
-    ledger, stats = ray_curate.curate(table_schema("graded").empty(), CurationConfig())
-    assert ledger.height == 0 and stats.funnel == {}
+    cfg = CurationConfig(decontaminate=True)
+    evals = pl.DataFrame({"task": ["t"], "question": ["What is 1 + 1?"]})
+    local = curate.run(table_schema("graded").empty(), cfg, eval_questions=evals)
+    assert local[0].height == 0 and local[1].funnel == {} and local[1].decontamination.eval_questions == 1
+    _same(local, ray_curate.curate(table_schema("graded").empty(), cfg, eval_questions=evals))
+    _same(local, ray_curate.curate([], cfg, eval_questions=evals))  # nothing graded: no parts at all
+    lazy, _ = ray_curate.curate([], cfg, eval_questions=evals, collect=False)
+    assert lazy.count() == 0
     with pytest.raises(ValueError, match="no eval questions"):
         ray_curate.curate(table_schema("graded").empty(), CurationConfig(decontaminate=True))
+
+
+def test_parts_read_by_the_workers_are_checked_together(big, tmp_path):
+    """What each part's own schema check cannot see: the same key in two parts, a qid in two tasks."""
+    graded, _ = big
+    rows = graded.filter(pl.col("qid") < "q0000050")
+    rows.write_parquet(tmp_path / "a.parquet")
+    rows.head(1).write_parquet(tmp_path / "b.parquet")
+    with pytest.raises(SchemaError, match="duplicate key"):
+        ray_curate.curate(str(tmp_path), CurationConfig())
+    (tmp_path / "b.parquet").unlink()
+    other_task = rows.head(1).with_columns(task=pl.lit("other"), sample_idx=pl.lit(99, pl.Int32))
+    other_task.write_parquet(tmp_path / "c.parquet")
+    with pytest.raises(SchemaError, match="is in tasks"):
+        ray_curate.curate(str(tmp_path), CurationConfig())
+
+
+def test_graded_parts_scan_as_one_table(big, tmp_path):
+    graded, _ = big
+    rows = graded.head(1_000)
+    for i, part in enumerate(rows.iter_slices(400)):
+        part.write_parquet(tmp_path / f"part-{i}.parquet")
+    files = tuple(str(p) for p in sorted(tmp_path.glob("*.parquet")))
+    assert Graded(files, 1_000, 0, 0, 0).scan().collect().equals(rows)
+    assert Graded((), 0, 0, 0, 0).scan().collect().height == 0
 
 
 def test_grading_as_map_batches_gives_the_local_graded_rows(big, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import fields
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -95,6 +96,38 @@ def test_input_order_does_not_matter(graded, curated):
     ledger, _ = curated
     shuffled, _ = curate.run(graded.sample(fraction=1.0, shuffle=True, seed=3), CurationConfig())
     assert shuffled.equals(ledger)
+
+
+@pytest.mark.parametrize("scope", ["question", "both"])
+def test_the_plan_gives_the_same_ledger_however_it_is_cut(graded, monkeypatch, scope):
+    """The plan as an executor runs it: batches scanned apart, a block per chunk, each block on its own rows, global
+    links per key partition; what `run` gives in one block."""
+    monkeypatch.setattr(curate, "CHUNK_ROWS", 300)  # several chunks, so several blocks
+    copies = graded.filter(pl.col("sample_idx") == 0).head(5).with_columns(  # in the last block: another task
+        task=pl.lit("zz"), qid=pl.col("qid") + "-copy", question=pl.col("question") + " (copy)")
+    graded = pl.concat([graded, copies])
+    cfg = CurationConfig(minhash={"scope": scope}, selection={"mode": "random", "max_per_question": 2})
+    local = curate.run(graded, cfg)
+    batches = list(graded.sample(fraction=1.0, shuffle=True, seed=5).iter_slices(700))
+    scanned = [curate.scan(b, cfg) for b in batches]
+    plan = curate.Plan.of([k for _, k in scanned], cfg)
+    rows = pl.concat([df.with_columns(pos=pl.Series(pos)) for (df, _), pos in zip(scanned, plan.positions(),
+                                                                                  strict=True)]).sort("pos")
+
+    def map_blocks(blocks):
+        assert len(blocks) > 1
+        return [curate.run_block(rows.slice(b.lo, b.hi - b.lo).drop("pos"), b) for b in blocks]
+
+    def link(first):
+        pos, sig = (np.concatenate([r.rows[i] for r in first]) for i in (0, 1))
+        buckets = [curate.global_buckets(r.rows[0], r.rows[1], cfg, 3) for r in first]
+        return [curate.link_global([b[q] for b in buckets], lambda nodes: sig[np.searchsorted(pos, nodes)], cfg)
+                for q in range(3)]
+
+    results, stats = curate.execute(plan, map_blocks, link)
+    assert pl.concat([r.rows for r in results]).equals(local[0]) and stats == local[1]
+    if scope == "both":
+        assert local[1].dropped[R.STAGE_NEAR_DEDUP].get(R.NEAR_DUPLICATE_GLOBAL, 0) > 0
 
 
 def _row(**kw) -> dict:
