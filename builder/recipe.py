@@ -306,7 +306,8 @@ class ExecutorConfig(_Strict):
     max_restarts: int = Field(
         3, ge=0, description="Ray: times a replica that died is restarted, and a shard it held is retried.")
     curate_blocks: int | None = Field(
-        None, ge=1, description="Ray: Ray Data blocks for curation (null: automatic).")
+        None, ge=1,
+        description="Ray: at most this many blocks (parallel tasks) per curation pass (null: one per curate chunk).")
 
 
 class Recipe(_Strict):
