@@ -36,7 +36,8 @@ def _problems(recipe: Recipe) -> Iterator[tuple[str, str | None]]:
     """(field, what is wrong or None) for every name the recipe holds."""
     yield "teacher.backend", TEACHERS.problem(recipe.teacher.backend)
     yield "executor.kind", EXECUTORS.problem(recipe.executor.kind)
-    yield "curation.filters", next(filter(None, map(FILTERS.problem, recipe.curation.filters)), None)
+    for name in recipe.curation.filters:
+        yield "curation.filters", FILTERS.problem(name)
     for i, spec in enumerate(recipe.tasks.items):
         yield f"tasks.items.{i}", _task(spec)
 

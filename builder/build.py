@@ -69,7 +69,11 @@ def run(recipe: Recipe, *, engine: Any = None, progress: Any = None) -> BuildSum
 
     The build holds the run's lease (`builder.run.Run`) from the first stage to the version: a second driver on the
     same run, here or on another machine sharing `executor.storage`, is refused at once (RunConflict, exit 2).
+    A recipe made with `Recipe.model_validate` is bound here first, so an unknown name fails before any stage.
     """
+    from builder.bind import bind
+
+    bind(recipe)
     with Run.of(recipe) as held:
         return _run_held(recipe, held, engine, progress)
 

@@ -155,6 +155,11 @@ OWNED_KEYS: dict[str, str] = {
     "use_cpu": "chosen from the machine: the GPU when torch sees one, else the CPU (CUDA_VISIBLE_DEVICES= trains "
                "on the CPU)",
     "local_rank": "set by the launcher (accelerate launch, torchrun)",
+    "save_only_model": "always false: a checkpoint holds the optimizer, scheduler and RNG states, so a resumed run "
+                       "continues the interrupted one instead of restarting them",
+    "ignore_data_skip": "always false: a resumed run skips the batches its checkpoint already trained on",
+    "auto_find_batch_size": "the batch size is per_device_train_batch_size as written (the checkpoint settings and "
+                            "the card record it; a batch size halved on an out-of-memory error would not be)",
     **dict.fromkeys(("push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo",
                      "hub_always_push", "hub_revision"), _HUB_REASON),
 }
@@ -220,10 +225,15 @@ def _field_adapter(kind: str, name: str) -> tuple[TypeAdapter, str]:
     return TypeAdapter(_yaml_type(tp), config=config), shown
 
 
+# A number in exponent form without a dot (1e-8, 5E-1), which YAML 1.1 (PyYAML) reads as text.
+_YAML11_EXPONENT = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def trl_key_problems(given: dict[str, Any], kind: str = "sft") -> dict[str, str]:
     """key -> what is wrong with it, for the keys of `training:` that are not TrainingSpec's own fields: each must
     be a field of TRL's config of `kind` (unknown ones get a close match), not one rationale-builder sets itself
-    (OWNED_KEYS), of the field's type (strict: YAML's `1` is no boolean), and none may need an eval dataset."""
+    (OWNED_KEYS), of the field's type (strict: YAML's `1` is no boolean), and none may need an eval dataset.
+    A number YAML read as text (`1e-8`) is replaced in `given` by the float its field takes."""
     cls_name = TRL_CONFIGS[kind][0]
     problems: dict[str, str] = {}
     unchecked = [k for k in given if k not in OWNED_KEYS]
@@ -252,6 +262,11 @@ def trl_key_problems(given: dict[str, Any], kind: str = "sft") -> dict[str, str]
                              + " (check the spelling; see schemas/train_recipe.schema.json)")
             continue
         adapter, shown = _field_adapter(kind, key)
+        if isinstance(value, str) and _YAML11_EXPONENT.fullmatch(value):
+            try:  # YAML 1.1 reads 1e-8 as text: a number where the field takes one, as for the declared keys
+                given[key] = value = adapter.validate_python(float(value), strict=True)
+            except ValidationError:
+                pass
         try:
             adapter.validate_python(value, strict=True)
         except ValidationError as exc:
@@ -459,7 +474,7 @@ class TrainRecipe(_Strict):
             sft_only += [f"training.{k}" for k in (extra and sorted(set(extra) & sft_only_keys()))]
             if sft_only:
                 raise ValueError(f"format seq2seq trains with transformers' Seq2SeqTrainer, which has no "
-                                 f"{', '.join(sft_only)}; set it false (or leave it out)")
+                                 f"{', '.join(sft_only)}; leave it out")
         return self
 
     def resolve_path(self, path: str | None) -> Path | None:

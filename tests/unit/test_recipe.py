@@ -209,7 +209,7 @@ def test_binding_names_every_unknown_name_with_its_file_field_and_the_valid_name
     p = tmp_path / "r.yaml"
     p.write_text(GOOD.replace("name: multiarith", "name: multiarithh").replace("  model: some/model",
                                                                                "  backend: ollama\n  model: m")
-                 + "executor:\n  kind: dask\ncuration:\n  filters: [empty, truncatd]\n")
+                 + "executor:\n  kind: dask\ncuration:\n  filters: [empty, truncatd, loopy]\n")
     with pytest.raises(RecipeError) as info:
         load_recipe(p)
     assert str(info.value).splitlines() == [
@@ -217,6 +217,26 @@ def test_binding_names_every_unknown_name_with_its_file_field_and_the_valid_name
         f"{p}: executor.kind: unknown executor 'dask'; valid: local, ray",
         f"{p}: curation.filters: unknown quality filter 'truncatd'; valid: answer_first, degenerate, empty, length, "
         "no_answer, no_final_answer, reasoning_length, repeated_loop, truncated, unfinished_thinking",
+        f"{p}: curation.filters: unknown quality filter 'loopy'; valid: answer_first, degenerate, empty, length, "
+        "no_answer, no_final_answer, reasoning_length, repeated_loop, truncated, unfinished_thinking",
         f"{p}: tasks.items.0: unknown paper task 'multiarithh'; valid: addsub, aqua, coin_flip, commonsense_qa, "
         "date_understanding, gsm8k, last_letter_concatenation, multiarith, single_eq, strategy_qa, svamp, "
         "tracking_shuffled_objects"]
+
+
+def test_a_build_from_an_unbound_recipe_is_refused_before_any_stage(tmp_path, benchmarks_dir, teacher_completions_dir):
+    """`Recipe.model_validate` checks data only; `build.run` binds before the first stage, so a misspelled filter
+    fails at once, not after sampling and grading, and writes nothing."""
+    import yaml
+
+    from builder import build
+    from builder.recipe import Recipe
+    from tests.helpers import write_import_recipe
+
+    path = write_import_recipe(tmp_path / "r.yaml", benchmarks_dir, teacher_completions_dir / "multiarith.jsonl",
+                               work_dir=tmp_path / "runs", limit=4)
+    data = yaml.safe_load(path.read_text())
+    data["curation"]["filters"] = ["empty", "truncatd"]
+    with pytest.raises(RecipeError, match="curation.filters: unknown quality filter 'truncatd'"):
+        build.run(Recipe.model_validate(data))
+    assert not (tmp_path / "runs").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from builder.errors import BuilderError, RecipeError
 from builder.train_recipe import load_train_recipe, parse_train_recipe, train_recipe_json_schema
@@ -194,11 +195,19 @@ def test_a_recipe_of_declared_keys_does_not_import_trl():
     ({"training": {"trust_remote_code": True}}, "training.trust_remote_code: set by rationale-builder, not the "
      "recipe: it is model.trust_remote_code"),
     ({"training": {"push_to_hub": True}}, "training.push_to_hub: set by rationale-builder"),
+    # keys under which a resumed run would not continue the interrupted one (optimizer and scheduler state not
+    # saved, seen batches trained again, the batch size shrunk on OOM while the settings file says otherwise)
+    ({"training": {"save_only_model": True}}, "training.save_only_model: set by rationale-builder, not the recipe: "
+     "always false"),
+    ({"training": {"ignore_data_skip": True}}, "training.ignore_data_skip: set by rationale-builder"),
+    ({"training": {"auto_find_batch_size": True}}, "training.auto_find_batch_size: set by rationale-builder"),
     ({"training": {"eval_strategy": "steps"}}, "training.eval_strategy: \"steps\" needs an eval dataset"),
     ({"training": {"load_best_model_at_end": True}}, "training.load_best_model_at_end: true needs an eval dataset"),
     # seq2seq students train with Seq2SeqTrainer: SFTConfig-only keys are refused
     ({"format": "seq2seq", "eval": {"backend": "hf"}, "training": {"shuffle_dataset": True}},
      "Seq2SeqTrainer, which has no training.shuffle_dataset"),
+    ({"format": "seq2seq", "eval": {"backend": "hf"}, "training": {"packing_strategy": "bfd"}},
+     "Seq2SeqTrainer, which has no training.packing_strategy; leave it out"),
 ])
 def test_recipe_errors_name_the_field(data: dict, message: str):
     base = {"name": "x", "dataset": {"ref": "d@v1"}, "model": {"model_name_or_path": "gpt2"}, "output_dir": "o"}
@@ -207,6 +216,26 @@ def test_recipe_errors_name_the_field(data: dict, message: str):
     with pytest.raises(RecipeError) as exc:
         parse_train_recipe(base, "t.yaml")
     assert message in str(exc.value)
+
+
+def test_numbers_yaml_reads_as_text_are_numbers_for_the_fields_that_take_one():
+    """PyYAML (YAML 1.1) reads `1e-8` as a string; declared keys take it as a number, and so do TRL's own float
+    fields. A quoted number or a text where a boolean belongs is still refused."""
+    data = yaml.safe_load("""
+name: x
+dataset: {ref: d@v1}
+model: {model_name_or_path: gpt2}
+output_dir: o
+training: {learning_rate: 1e-5, adam_epsilon: 1e-8, neftune_noise_alpha: 5E-1}
+""")
+    assert data["training"]["adam_epsilon"] == "1e-8"  # what YAML hands over
+    training = parse_train_recipe(data, "t.yaml").training
+    assert training.learning_rate == 1e-5
+    assert training.trl_keys == {"adam_epsilon": 1e-8, "neftune_noise_alpha": 0.5}
+    assert all(type(v) is float for v in training.trl_keys.values())
+    for key, value in (("logging_first_step", "1e0"), ("label_smoothing_factor", "0.1")):
+        with pytest.raises(RecipeError, match=f"training.{key}: Input should be a valid"):
+            parse_train_recipe({**data, "training": {key: value}}, "t.yaml")
 
 
 def _settings_of(data: dict, world_size: int = 1, examples: int = 16) -> dict:
