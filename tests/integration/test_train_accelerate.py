@@ -73,3 +73,27 @@ def test_two_cpu_processes_follow_the_one_process_loss_curve(tmp_path: Path, tin
     assert want[-1] < want[0]  # it trains
     worst = max(abs(g - w) / abs(w) for g, w in zip(got, want, strict=True))
     assert worst <= TOLERANCE, (worst, got, want)
+
+
+PROBE = """
+import os
+from transformers import TrainingArguments
+args = TrainingArguments(output_dir=os.environ["PROBE_OUT"], use_cpu=True, report_to=[])
+state = args.distributed_state
+with open(f"{os.environ['PROBE_OUT']}.{state.process_index}", "w") as fh:  # one file each: stdout interleaves
+    fh.write(f"{state.process_index} {state.num_processes} {state.distributed_type.value} {state.backend}")
+"""
+
+
+def test_cpu_2proc_launches_two_gloo_processes(tmp_path: Path):
+    """`accelerate launch --config_file cpu-2proc.yaml` starts 2 processes that form one gloo group on the CPU,
+    given TrainingArguments(use_cpu=True) (what builder.train passes on a machine without CUDA)."""
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PROBE_OUT": str(tmp_path / "out"), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                           str(ROOT / "recipes" / "accelerate" / "cpu-2proc.yaml"), str(script)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = sorted(p.read_text().split() for p in tmp_path.glob("out.*"))
+    assert lines == [["0", "2", "MULTI_CPU", "gloo"], ["1", "2", "MULTI_CPU", "gloo"]], proc.stdout

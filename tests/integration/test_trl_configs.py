@@ -17,8 +17,6 @@ import pytest
 
 from tests.helpers import ROOT, build_version
 
-pytest.importorskip("trl")
-
 HASH_SEEDS = ("0", "10", "42")  # 10: the seed under which a mixed table trained as `messages`, without EOS
 
 # Runs in a subprocess: train 2 steps on each config, report what the trainer tokenized.

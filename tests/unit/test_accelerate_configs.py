@@ -2,14 +2,11 @@
 
 The GPU configs cannot run here; what can be checked without a GPU is that `accelerate launch --config_file X`
 accepts the file (same loader, same argument merging) and that the distributed settings are the named ones.
-cpu-2proc.yaml is launched for real: two processes must join one gloo group on the CPU.
+cpu-2proc.yaml is launched for real in tests/integration/test_train_accelerate.py.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -103,27 +100,3 @@ def test_loader_refuses_a_broken_config(tmp_path: Path):
     bad_kind.write_text(text.replace("distributed_type: MULTI_GPU", "distributed_type: DDP"))
     with pytest.raises(ValueError, match="DDP"):
         load_config_from_file(str(bad_kind))
-
-
-PROBE = """
-import os
-from transformers import TrainingArguments
-args = TrainingArguments(output_dir=os.environ["PROBE_OUT"], use_cpu=True, report_to=[])
-state = args.distributed_state
-with open(f"{os.environ['PROBE_OUT']}.{state.process_index}", "w") as fh:  # one file each: stdout interleaves
-    fh.write(f"{state.process_index} {state.num_processes} {state.distributed_type.value} {state.backend}")
-"""
-
-
-def test_cpu_2proc_launches_two_gloo_processes(tmp_path: Path):
-    """`accelerate launch --config_file cpu-2proc.yaml` starts 2 processes that form one gloo group on the CPU,
-    given TrainingArguments(use_cpu=True) (what builder.train passes on a machine without CUDA)."""
-    script = tmp_path / "probe.py"
-    script.write_text(PROBE)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PROBE_OUT": str(tmp_path / "out"), "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                           str(CONFIG_DIR / "cpu-2proc.yaml"), str(script)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = sorted(p.read_text().split() for p in tmp_path.glob("out.*"))
-    assert lines == [["0", "2", "MULTI_CPU", "gloo"], ["1", "2", "MULTI_CPU", "gloo"]], proc.stdout
