@@ -97,6 +97,12 @@ def stage1_prompts(render: Callable[[str | list[dict[str, str]]], str], question
     return [render(teacher_prompt(q, style="zero_shot_cot", fmt="raw", trigger=direct[t])) for t, q in rows]
 
 
+def eval_backend(spec: EvalSpec, fmt: str) -> str:
+    """The backend a student of format `fmt` is evaluated on: transformers for seq2seq students (vLLM runs
+    decoder-only ones) or where the eval section asks for it, else vLLM."""
+    return "hf" if spec.backend == "hf" or fmt == "seq2seq" else "vllm"
+
+
 def student_teacher(model: str, spec: EvalSpec, *, backend: str) -> TeacherConfig:
     """The student as a teacher section: its model on the eval's backend and engine arguments."""
     from builder.recipe import TeacherConfig
@@ -256,7 +262,7 @@ def evaluate(model: str, questions: pl.DataFrame, spec: EvalSpec | None = None, 
 
     spec = spec or EvalSpec()
     questions = validate(questions, "questions", where="eval questions")
-    backend = "hf" if spec.backend == "hf" or fmt == "seq2seq" or isinstance(engine, HFModel) else "vllm"
+    backend = "hf" if isinstance(engine, HFModel) else eval_backend(spec, fmt)
     own = engine is None
     if own:
         engine = (load_model(model, seq2seq=fmt == "seq2seq") if backend == "hf" else

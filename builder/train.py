@@ -428,6 +428,9 @@ def main(recipe: TrainRecipe, *, evaluate: bool | None = None) -> TrainResult:
         StoreError: the dataset version is missing.
         BuilderError: a checkpoint in output_dir belongs to other settings, or rows do not fit max_length.
     """
+    evaluating = recipe.eval.enabled if evaluate is None else evaluate
+    if evaluating:
+        _check_eval_installed(recipe)
     prep = prepare(recipe)
     trainer, result = prep.trainer, prep.result
     t0 = time.perf_counter()
@@ -439,12 +442,22 @@ def main(recipe: TrainRecipe, *, evaluate: bool | None = None) -> TrainResult:
     if not result.main_process:
         return result
     write_model_card(recipe, result, prep.model_ref, prep.data)
-    if recipe.eval.enabled if evaluate is None else evaluate:
+    if evaluating:
         from builder.eval import evaluate_recipe
 
         result.eval_report = evaluate_recipe(recipe)
         write_model_card(recipe, result, prep.model_ref, prep.data)
     return result
+
+
+def _check_eval_installed(recipe: TrainRecipe) -> None:
+    """The evaluation after training runs on vLLM unless the recipe says hf: refuse before training, not after."""
+    from builder.eval import eval_backend
+    from builder.extras import VLLM_INSTALL, require
+
+    if eval_backend(recipe.eval, recipe.format) == "vllm":
+        require("vllm", "the evaluation after training (eval.backend: vllm)",
+                f"{VLLM_INSTALL}; or set eval.backend: hf, or train with --no-eval")
 
 
 def _tokens_at(ckpt: Path | None) -> int:

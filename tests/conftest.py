@@ -18,7 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TIERS = ("unit", "integration", "e2e")
 # Fixtures a unit test may not use: each starts a model, an engine or a cluster (the unit tier runs in minutes).
-HEAVY = {"tiny_model_dir", "vllm_engine", "ray_cluster", "ray_local"}
+HEAVY = {"tiny_model_dir", "reasoning_model", "vllm_engine", "ray_cluster", "ray_local"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -62,6 +62,24 @@ def tiny_model_dir() -> Path:
     from tests.tiny_model import build_tiny_model
 
     return build_tiny_model(CACHE / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def reasoning_model(tiny_model_dir: Path) -> Path:
+    """The tiny model with a <think> chat template and reasoning tokens (what vLLM's reasoning parsers split)."""
+    from tests.tiny_model import build_tiny_model
+
+    return build_tiny_model(tiny_model_dir.parent / "tiny-reasoning", reasoning=True)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray cluster per test module (2 CPUs: this machine), shut down at its end; yields its address."""
+    import ray  # the ray extra is part of the test install (scripts/setup.sh)
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ from builder.prompts import teacher_prompt
 from builder.readers import Table, is_blank, read_table
 from builder.schemas import validate
 from builder.teachers.base import TEACHERS, Answer, Completion, ShardResult, ShardWork, Teacher, TeacherSetup
-from builder.teachers.reasoning import ReasoningSplitter, load_tokenizer
+from builder.teachers.reasoning import ReasoningSplitter, load_tokenizer, require_parsers
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,7 @@ class ImportedTeacher(Teacher):
             raise InputError(f"{same['_where'][1]}: duplicate key (question, sample_idx={same['sample_idx'][0]}), "
                              f"first at {same['_where'][0]}; each completion of a question needs its own sample_idx")
         if "reasoning" not in df.columns and t.reasoning_parser:
+            require_parsers(t.reasoning_parser)
             df = _split_tagged(df, ReasoningSplitter(t.reasoning_parser, load_tokenizer(t.model, t.revision),
                                                      setup.prompt.chat_template_kwargs))
         elif "reasoning" in df.columns:

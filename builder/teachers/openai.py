@@ -46,7 +46,7 @@ from builder.teachers.base import (
     TeacherSetup,
     sequential_stream,
 )
-from builder.teachers.reasoning import ReasoningSplitter, Split, load_tokenizer
+from builder.teachers.reasoning import ReasoningSplitter, Split, load_tokenizer, require_parsers
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,8 @@ class OpenAITeacher(Teacher):
             **({"structured_outputs": {"regex": s.structured_outputs_regex}} if s.structured_outputs_regex else {}),
         }
         self._splitter: ReasoningSplitter | None = None
+        if self.cfg.reasoning_parser:  # checked now: the splitter is built on the first (paid) response
+            require_parsers(str(self.cfg.reasoning_parser))
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)

@@ -31,6 +31,7 @@ class ReasoningSplitter:
     """One vLLM reasoning parser over one tokenizer; `split(text)` for every completion."""
 
     def __init__(self, name: str, tokenizer: Any, chat_template_kwargs: dict[str, Any] | None = None) -> None:
+        require_parsers(name)
         from vllm.reasoning import ReasoningParserManager
 
         try:
@@ -54,6 +55,14 @@ class ReasoningSplitter:
         finished = (self.end in text) if self.end else content is not None
         tokens = len(self.tokenizer.encode(reasoning, add_special_tokens=False))
         return Split(reasoning, content or "", finished, tokens)
+
+
+def require_parsers(name: str) -> None:
+    """vLLM's reasoning parsers split the traces, whatever the teacher backend: refuse before any work without it."""
+    from builder.extras import VLLM_INSTALL, require
+
+    require("vllm", f"teacher.reasoning_parser {name!r} (vLLM's reasoning parsers)",
+            f"{VLLM_INSTALL}; or leave teacher.reasoning_parser unset when the traces come split")
 
 
 def load_tokenizer(model: str, revision: str | None = None) -> Any:

@@ -14,7 +14,6 @@ import shutil
 from pathlib import Path
 
 import polars as pl
-import pytest
 import yaml
 
 from builder import build, curate, grade, sample, store
@@ -26,15 +25,6 @@ N_QUESTIONS, N = 6, 2
 # what the driver may read of the shards: keys, and the answer prompt each question was asked with (one short
 # instruction per task, checked against the recipe's), never a prompt, rationale or trace
 KEY_COLUMNS = {"qid", "sample_idx", "answer_prompt"}
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def write_recipe(folder: Path, model: Path) -> Path:

@@ -26,16 +26,6 @@ N_QUESTIONS, N = 8, 2
 KEYS = ["qid", "sample_idx", "seed"]
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """One local Ray cluster for the module (2 CPUs: this machine), shut down at the end."""
-    import ray  # the ray extra is part of the test install (scripts/setup.sh)
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-
-
 def write_recipe(folder: Path, model: Path, *, replicas: int, storage: str | None = None, name: str = "rs") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     questions = [(f"Tom has {i} apples and buys {i + 3} more. How many apples now?", 2 * i + 3)

@@ -24,13 +24,6 @@ TASK_TYPES = {"math": "number", "choice": "choice"}
 
 
 @pytest.fixture(scope="module")
-def reasoning_model(tiny_model_dir: Path) -> Path:
-    from tests.tiny_model import build_tiny_model
-
-    return build_tiny_model(tiny_model_dir.parent / "tiny-reasoning", reasoning=True)
-
-
-@pytest.fixture(scope="module")
 def traces() -> pl.DataFrame:
     return pl.read_ndjson(DATA)
 

@@ -24,13 +24,6 @@ STRUCTURED = {"enable_in_reasoning": True}
 
 
 @pytest.fixture(scope="module")
-def reasoning_model(tiny_model_dir: Path) -> Path:
-    from tests.tiny_model import build_tiny_model
-
-    return build_tiny_model(tiny_model_dir.parent / "tiny-reasoning", reasoning=True)
-
-
-@pytest.fixture(scope="module")
 def reasoning_engine(reasoning_model: Path):
     from builder.recipe import TeacherConfig
     from builder.teachers.vllm import load_engine, shutdown_engine
