@@ -25,13 +25,12 @@ REPO_ID_PATTERN = rf"^{_PART}/{_PART}$"
 NAME_CHARS = "A-Za-z0-9_.-"
 NAME = rf"[A-Za-z0-9][{NAME_CHARS}]*"
 NAME_PATTERN = rf"^{NAME}$"
-TAG_PATTERN = NAME_PATTERN
 HUB_REF_PATTERN = rf"^{_PART}/{_PART}(@{NAME})?$"
 
 
 def repo_id_problem(repo: str) -> str | None:
     """Why `repo` is not a valid ORG/NAME Hub repo id (None when it is)."""
-    if not re.match(REPO_ID_PATTERN, repo, flags=re.ASCII):
+    if not re.fullmatch(REPO_ID_PATTERN, repo, flags=re.ASCII):
         return "expected ORG/NAME of ASCII letters, digits, '_', '-' and '.'"
     if ".." in repo or "--" in repo or len(repo.split("/")[1]) > 96:
         return "'..' and '--' are not allowed, and NAME has at most 96 characters"
@@ -40,7 +39,7 @@ def repo_id_problem(repo: str) -> str | None:
 
 def tag_problem(tag: str) -> str | None:
     """Why `tag` is not a valid version tag or branch name to pull (None when it is)."""
-    if not re.match(TAG_PATTERN, tag, flags=re.ASCII) or ".." in tag:
+    if not re.fullmatch(NAME, tag) or ".." in tag:
         return "a tag is ASCII letters, digits, '_', '-' and '.' (no '/', no '..'), e.g. v1"
     return None
 

@@ -11,7 +11,7 @@ from typing import Any
 import polars as pl
 
 from builder.errors import StoreError
-from builder.paths import NAME_PATTERN
+from builder.paths import NAME
 from builder.schemas import table_schema, validate
 from builder.store.index import list_versions
 from builder.store.manifest import MANIFEST, VERSION_RE, load_manifest
@@ -37,7 +37,7 @@ def resolve(ref: str | Path, root: str | Path | None = None) -> Path:
     name, at, want = text.partition("@")
     if at and not want:
         raise StoreError(f"{text}: nothing after '@'; write NAME@vN, NAME@latest, NAME@<hash prefix> or NAME")
-    if not re.match(NAME_PATTERN, name):
+    if not re.fullmatch(NAME, name):
         raise StoreError(f"{text}: {name!r} is not a dataset name (letters, digits, '_', '-', '.') nor a version "
                          "folder")
     want = want or "latest"

@@ -16,7 +16,7 @@ from typing import Any
 import polars as pl
 
 from builder.errors import StoreError
-from builder.paths import NAME_PATTERN
+from builder.paths import NAME
 from builder.recipe import StoreConfig
 from builder.schemas import table_schema, validate
 from builder.stats import BuildStats
@@ -88,7 +88,7 @@ def write_version(
     """
     from filelock import FileLock, Timeout
 
-    if not re.match(NAME_PATTERN, name):
+    if not re.fullmatch(NAME, name):
         raise StoreError(f"dataset name {name!r}: use letters, digits, '_', '-' and '.' (e.g. 'multiarith-cot')")
     store_cfg = StoreConfig.model_validate({k: v for k, v in (recipe.get("store") or {}).items()
                                             if k in StoreConfig.model_fields})

@@ -640,3 +640,27 @@ def test_a_build_with_the_content_of_an_older_version_reports_that_version(tmp_p
                                                                                   v1.content_hash)
     assert [v["version"] for v in store.list_versions(root, "demo")] == ["v1", "v2"] and v2.created
     assert not list((root / "demo").glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("name", ["demo\n", "demo/x", "../demo", ".demo"])
+def test_a_dataset_name_that_is_no_folder_name_is_refused_whole(tmp_path, name):
+    """The name rule holds for the whole string: a trailing newline (which `$` lets through) would become part of
+    a folder name and a Hub tag."""
+    with pytest.raises(StoreError, match="dataset name"):
+        build_version(tmp_path / "store", name=name)
+    with pytest.raises(StoreError, match="is not a dataset name"):
+        store.resolve(f"{name}@v1", tmp_path / "store")
+
+
+def test_a_tag_with_a_trailing_newline_is_no_tag():
+    from builder.paths import tag_problem
+
+    assert tag_problem("v1") is None
+    assert tag_problem("v1\n") and tag_problem("../v1") and tag_problem("v1/x")
+
+
+def test_a_repo_id_with_a_trailing_newline_is_no_repo_id():
+    from builder.paths import repo_id_problem
+
+    assert repo_id_problem("org/name") is None
+    assert repo_id_problem("org/name\n")
