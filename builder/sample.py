@@ -45,7 +45,7 @@ from builder.run import Run, RunConflict
 from builder.schemas import atomic_write_parquet, validate
 from builder.shards import only_wanted, read_samples, read_shard, wanted
 from builder.teachers import Answer, Completion, Request, ShardWork, Teacher, TeacherSetup, make_teacher
-from builder.teachers.base import FAILED
+from builder.teachers.base import ANSWER_STAGE_FAILED, FAILED
 
 log = logging.getLogger(__name__)
 
@@ -320,16 +320,21 @@ def _check_answer_prompts(run: Run, done: pl.DataFrame, questions: pl.DataFrame,
 
 
 def _forget_refused(run: Run) -> None:
-    """Samples the engine refused (finish_reason error: a prompt over max_model_len, ...) are asked again on every
-    run, so a raised limit or a fixed server fills them in: their rows leave the shard (rewritten whole, under the
-    lease) and they are missing like any other key."""
+    """Samples whose rationale request the engine refused (finish_reason error: a prompt over max_model_len, ...)
+    are asked again on every run, so a raised limit or a fixed server fills them in: their rows leave the shard
+    (rewritten whole, under the lease) and they are missing like any other key. A refused answer stage keeps its
+    rationale: asking it again would generate the same seeded rationale, and pay for it, every run."""
+    stage1 = (pl.col("finish_reason") == FAILED) & ~pl.col("error").fill_null("").str.starts_with(ANSWER_STAGE_FAILED)
     for shard in run.shards():
-        reasons = read_shard(shard, ["finish_reason"])["finish_reason"]
-        refused = int((reasons == FAILED).sum())
+        if not (read_shard(shard, ["finish_reason"])["finish_reason"] == FAILED).any():
+            continue  # shards written before the error column hold no refused samples
+        df = read_shard(shard)
+        refused = int(df.select(stage1.sum()).item())
         if not refused:
             continue
-        kept = read_shard(shard).filter(pl.col("finish_reason") != FAILED)
+        kept = df.filter(~stage1)
         log.info("%s: %d sample(s) the engine refused will be asked again", shard, refused)
+        run.check_held()  # a shard is rewritten only by the driver holding the lease
         if shard_storage.is_url(shard):
             shard_storage.write_parquet_url(kept, shard)
         else:

@@ -115,7 +115,6 @@ _TRAINING_ALIASES = {"batch_size": "per_device_train_batch_size", "grad_accum": 
                      "epochs": "num_train_epochs", "scheduler": "lr_scheduler_type", "keep": "save_total_limit"}
 
 
-
 def _sft_config() -> type:
     from trl import SFTConfig
 

@@ -76,8 +76,9 @@ class Completion:
 
     A request the engine refused (e.g. a prompt longer than max_model_len) is still a sample: `finish_reason`
     "error" (`FAILED`), `error` the engine's message ("answer stage: ..." when only the stage-2 request failed, the
-    rationale then kept), `text` empty when stage 1 failed. It is written like any sample and never graded correct;
-    the next run asks for it again (`builder.sample`), so a raised limit or a fixed server fills it in.
+    rationale then kept), `text` empty when stage 1 failed. It is written like any sample and never graded correct.
+    The next run asks a refused stage 1 again (`builder.sample`), so a raised limit or a fixed server fills it in;
+    a refused answer stage is kept (asking again would generate and pay for the same seeded rationale every run).
     """
 
     qid: str
@@ -98,6 +99,8 @@ class Completion:
 
 # finish_reason of a sample whose request the engine refused (Completion.error says why)
 FAILED = "error"
+# How Completion.error begins when only the answer stage was refused (the rationale is kept)
+ANSWER_STAGE_FAILED = "answer stage: "
 # finish_reason of a rationale cut by max_tokens or max_model_len (curation's `truncated` filter drops it)
 TRUNCATED = "length"
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from builder.errors import EngineError
 from builder.prompts import answer_stage_prompt
 from builder.teachers.base import (
+    ANSWER_STAGE_FAILED,
     FAILED,
     TEACHERS,
     Answer,
@@ -253,7 +254,7 @@ class VLLMTeacher(Teacher):
                 for i, o in zip(state.stage2, state.outputs, strict=True):
                     if isinstance(o, _Refused):  # the rationale stays; the sample has no answer
                         c = state.completions[i]
-                        c.finish_reason, c.error = FAILED, f"answer stage: {o.error}"
+                        c.finish_reason, c.error = FAILED, f"{ANSWER_STAGE_FAILED}{o.error}"
                     else:
                         state.answers[i] = (o.outputs[0].text, len(o.outputs[0].token_ids))
             self._failed += sum(c.finish_reason == FAILED for c in state.completions)

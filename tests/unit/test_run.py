@@ -240,3 +240,29 @@ def test_an_import_with_gaps_in_sample_idx_writes_no_empty_shard_on_a_rerun(tmp_
     assert all(pl.read_parquet(s).height for s in shards)
     build.run(cfg)
     assert sorted((cfg.run_dir / "samples").glob("shard-*.parquet")) == shards
+
+
+def test_only_samples_whose_rationale_was_refused_are_asked_again(tmp_path, benchmarks_dir, teacher_completions_dir):
+    """A refused stage-1 request generated nothing, so asking it again costs nothing unless the limit was raised; a
+    refused answer stage keeps its rationale (graded no answer): asking that sample again would generate the same
+    seeded rationale, and pay for it, on every run."""
+    cfg = import_recipe(tmp_path, benchmarks_dir, teacher_completions_dir, limit=4)
+    questions = tasks.run(cfg.tasks, cfg.base_dir)
+    sample.run(questions, cfg)
+    shard = sorted((cfg.run_dir / "samples").glob("shard-*.parquet"))[0]
+    df = pl.read_parquet(shard)
+    first, second = df.row(0, named=True), df.row(1, named=True)
+    df = df.with_columns(
+        finish_reason=pl.when(pl.int_range(pl.len()) < 2).then(pl.lit("error")).otherwise("finish_reason"),
+        error=pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("answer stage: prompt longer than max_model_len"))
+        .when(pl.int_range(pl.len()) == 1).then(pl.lit("prompt longer than max_model_len")).otherwise("error"),
+        rationale=pl.when(pl.int_range(pl.len()) == 1).then(pl.lit("")).otherwise("rationale"))
+    shard.chmod(0o644)
+    df.write_parquet(shard)
+    samples, again = sample.run(questions, cfg)
+    assert again.new_samples == 1
+    kept = samples.filter((pl.col("qid") == first["qid"]) & (pl.col("sample_idx") == first["sample_idx"]))
+    assert kept["finish_reason"].to_list() == ["error"] and kept["rationale"].to_list() == [first["rationale"]]
+    asked = samples.filter((pl.col("qid") == second["qid"]) & (pl.col("sample_idx") == second["sample_idx"]))
+    assert asked["finish_reason"].to_list() == [second["finish_reason"]]
+    assert asked["rationale"].to_list() == [second["rationale"]]
