@@ -10,6 +10,7 @@ readable. Any other missing column is an error.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -177,7 +178,7 @@ TEMP_GLOB = ".*.parquet.*.tmp"
 
 def atomic_write_parquet(df: pl.DataFrame, path: str | Path, *, replace: bool = True) -> Path:
     """Write Parquet (zstd) to a temp file in the same folder, fsync, then rename: readers never see half a file.
-    `replace=False` never overwrites: an existing `path` raises FileExistsError (a hard link, not a rename)."""
+    `replace=False` never overwrites: an existing `path` raises FileExistsError (`_create_from`, not a rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # matches TEMP_GLOB
@@ -189,12 +190,31 @@ def atomic_write_parquet(df: pl.DataFrame, path: str | Path, *, replace: bool = 
         if replace:
             os.replace(tmp, path)
         else:
-            os.link(tmp, path)
-            Path(tmp).unlink()
+            _create_from(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+# What a filesystem without hard links (some FUSE mounts of object stores) answers to os.link.
+_NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
+
+
+def _create_from(tmp: str, path: Path) -> None:
+    """Give the complete file `tmp` the name `path` unless that name exists (FileExistsError): a hard link; where
+    the filesystem has none, an exclusive create claims the name and the rename fills it."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in _NO_LINKS:
+            raise
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        os.replace(tmp, path)
+    else:
+        Path(tmp).unlink()
 
 
 def remove_stale_temp_files(folder: str | Path) -> list[Path]:

@@ -125,3 +125,26 @@ def test_an_old_shard_and_a_new_one_read_together(tmp_path):
     assert both["reasoning_tokens"].to_list() == [None, None, 2, None]
     assert both["reasoning_finished"].to_list() == [None, None, True, None]
     assert read_table(shards, "samples").sort("qid", "sample_idx").equals(both)
+
+
+def test_a_write_that_must_not_overwrite_works_where_the_filesystem_has_no_hard_links(tmp_path, monkeypatch):
+    """Some shared-storage mounts (gcsfuse, s3fs-style FUSE) refuse hard links with EPERM: the never-overwrite write
+    claims the name with an exclusive create instead, and still refuses an existing file."""
+    import errno
+    import os
+
+    import polars as pl
+
+    from builder.schemas import atomic_write_parquet
+
+    def no_links(*_):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    df = pl.DataFrame({"a": [1, 2]})
+    path = atomic_write_parquet(df, tmp_path / "shard.parquet", replace=False)
+    assert pl.read_parquet(path).equals(df)
+    with pytest.raises(FileExistsError):
+        atomic_write_parquet(pl.DataFrame({"a": [3]}), path, replace=False)
+    assert pl.read_parquet(path).equals(df)
+    assert [p.name for p in tmp_path.iterdir()] == ["shard.parquet"]  # no temp file left behind
