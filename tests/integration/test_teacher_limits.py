@@ -160,8 +160,11 @@ def sample_and_curate(tmp_path: Path, model: Path, engine, questions: list[tuple
     qtable = tasks.run(recipe.tasks, recipe.base_dir)
     samples, stats = sample.run(qtable, recipe, engine=engine)  # today: vLLM's error aborts the stage
     assert samples.height == len(questions) * N and stats.new_samples == len(questions) * N
-    _, again = sample.run(qtable, recipe, engine=engine)  # every sample recorded: a rerun asks only the refused again
-    assert again.new_samples == samples.filter(pl.col("finish_reason") == "error").height
+    # every sample recorded: a rerun asks again only those whose rationale request was refused (a refused answer
+    # stage keeps its rationale; asking again would pay for the same seeded rationale)
+    _, again = sample.run(qtable, recipe, engine=engine)
+    stage1_refused = (pl.col("finish_reason") == "error") & ~pl.col("error").str.starts_with("answer stage: ")
+    assert again.new_samples == samples.filter(stage1_refused).height
     ledger, _ = curate.run(grade.run(samples, qtable, recipe.grading), recipe.curation)
     qid = dict(zip(qtable["question"], qtable["qid"], strict=True))
     return samples, ledger, stats, qid
