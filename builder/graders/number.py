@@ -2,23 +2,31 @@
 
 Parse (vectorised): every number in the answer span (`_common.answer_span`): integers and decimals (".5" too);
 thousands separators of every common form ("1,600", "1 000", thin and no-break spaces, "1'000", LaTeX "14{,}916",
-"16,\\!386.20", "1\\,000", European "1.234,5" and "1.000.000"); decimal commas, told apart from thousands groups
+"16,\\!386.20", "1\\,000"; European "1.234,5" and "1.000.000"); decimal commas, told apart from thousands groups
 by group size ("1,5", "2,74", "1000,99", "0,111" are decimals; "1,600" is not); a sign; currency before ("$5",
 "\\$5", "-$3"); units, "%" and `\\text{...}` after (ignored: the paper tasks ask "what percent" with golds like
 "25"); fractions "3/4", `\\frac{3}{4}`, `\\dfrac`, `\\tfrac`, `\\cfrac`, `\\frac13`; mixed numbers "3 1/2" and
 `3\\frac{1}{2}`; scientific notation "1.5e3", "1.5 \\times 10^{3}". A span whose first line starts with a calculation
 ("8 + 9 = 17.") counts by its result (after the last "=", "equals", "which is"). A span with no digits gets a rare
-Python fallback for number words ("two hundred four").
+Python fallback for number words ("two hundred four"). A span left with one plain number is read right here.
 
-Anything else with LaTeX or expression structure (`\\sqrt{2}`, nested fractions, `2^{10}`, `\\pi`) goes to
-math-verify (`builder.graders.latex`), each distinct string once, in worker processes; its failures are the
-statuses `timeout` and `parse_error`. Two different values in the span ("7 or 8", "between 3 and 5", a set
-"12 and 13") are `ambiguous`; the same value twice ("3/8 or 0.375") is one answer.
+Structure (Python, each distinct span once): a span with several numbers, brackets, operators, "=", a fraction, a
+spelled or spaced sign or LaTeX (`structure.ROUTE`) is read by `structure.read`, which knows the answer phrase from
+its explanation (" 8 cookies for 4 people" is 8), evaluates arithmetic exactly (" 2 + 3" is 5, never its first
+operand), keeps units with exponents ("25 m^2") and pairs, lists and intervals apart from decimal commas; see its
+docstring for the rules. What it cannot evaluate (`\\sqrt{2}`, "3√2/2", nested fractions, `\\pi`, variables, "(3,4)")
+goes to math-verify (`builder.graders.latex`), in worker processes; its failures are the statuses `timeout` and
+`parse_error`, a non-number is `wrong_format`. Two different values in the span ("7 or 8", "between 3 and 5", a set
+"12 and 13") are `ambiguous`, the first is the pred; the same value twice ("3/8 or 0.375") is one answer.
 
 Verify (gold first): two integers compare exactly as digit strings, at any size. Otherwise both sides are float64
 and agree when |pred - gold| <= 1e-12 * max(|pred|, |gold|) + 1e-12, which absorbs float noise
 ("0.6666666666666667" vs "0.6666666666666666", "1/3" vs "0.3333333333333333") and nothing a person would call a
-different answer: two values that differ within their first 12 significant digits never agree.
+different answer: two values that differ within their first 12 significant digits never agree. One exception, as
+datasets round what has no finite decimal form: a gold written with k >= 2 decimals ("1.41", "0.33", "3.14") agrees
+with a prediction written in closed form (a fraction that never ends, a radical, pi: "\\sqrt{2}", "1/3", "\\pi") that
+rounds to it at k decimals. A prediction written as a decimal keeps the tight tolerance ("0.3333" is not "0.33"); one
+decimal is too coarse ("0.3" would take 1/3 and 2/7).
 """
 
 from __future__ import annotations
@@ -27,26 +35,15 @@ import re
 
 import polars as pl
 
-from builder.graders import latex
+from builder.graders import latex, structure
 from builder.graders._common import finish, is_blank, region, status
 from builder.graders.base import GRADERS
+from builder.graders.structure import MANTISSA, MIXED, SPACES
 
 REL_TOL = 1e-12
 ABS_TOL = 1e-12
 
-_SPACES = "\u00a0\u2009\u202f"
-# One number without sign: first match wins, so the grouped forms come before the plain one.
-_MANTISSA = (
-    r"(?:[1-9]\d{0,2}(?:\.\d{3}\b)+,\d+"  # 1.234,5
-    r"|[1-9]\d{0,2}(?:,\d{3}\b)+(?:\.\d+)?"  # 1,234.5
-    rf"|[1-9]\d{{0,2}}(?:[ {_SPACES}']\d{{3}}\b)+(?:[.,]\d+)?"  # 1 234,5  1'234
-    r"|[1-9]\d{0,2}(?:\.\d{3}\b){2,}"  # 1.234.567
-    r"|\d+,\d{1,2}\b|0,\d+"  # decimal comma: 1,5  2,74  0,111
-    r"|\d+(?:\.\d+)?|\.\d+)"
-    r"(?:[eE][+-]?\d+\b)?"
-)
-_MIXED = r"\d+[ \u00a0]+\d+\s*/\s*\d+"
-NUMBER_TOKEN = rf"-?(?:\$\s?)?(?:{_MIXED}|{_MANTISSA}(?:\s*/\s*{_MANTISSA})?)"
+NUMBER_TOKEN = rf"-?(?:\$\s?)?(?:{MIXED}|{MANTISSA}(?:\s*/\s*{MANTISSA})?)"
 EQUALS = r"(?i)=|\bequals\b|\bwhich is\b|\bthat is\b|\bmakes\b|\bgives\b|\bresults in\b"
 CALCULATION = r"^[\s:]*\$*-?\(?\d[\d,.]*[a-z]?\)?\s*[-+*/x\u00d7\u00f7]\s*\(?\$*-?\d"
 # Left after `_prepare`: structure only math-verify reads; arithmetic too in a LaTeX answer ("\\frac{14}{3}+1").
@@ -120,7 +117,7 @@ def values(frame: pl.DataFrame, tok: str, out: str) -> pl.DataFrame:
     """
     t = pl.col(tok)
     mixed = t.str.extract_groups(r"^(-?)\$?\s?(\d+)[ \u00a0]+(\d+)\s*/\s*(\d+)$")
-    parts = t.str.replace_all(rf"[\s$'{_SPACES}]", "").str.split_exact("/", 1)
+    parts = t.str.replace_all(rf"[\s$'{SPACES}]", "").str.split_exact("/", 1)
     frame = frame.with_columns(mixed.alias("_mx"), parts.struct.field("field_0").alias("_ns"),
                                parts.struct.field("field_1").alias("_ds"))
     frame = frame.with_columns(_plain(pl.col("_ns")).alias("_ns"), _plain(pl.col("_ds")).alias("_ds"))
@@ -189,44 +186,90 @@ def words_to_number(text: str | None, last: bool = False) -> str | None:
     return str(total + current)
 
 
-def _expressions(frame: pl.DataFrame, text_col: str, raw_col: str, first_col: str) -> pl.DataFrame:
-    """Rows whose prepared `text_col` still has LaTeX/expression structure get `first_col` from math-verify on the
-    raw LaTeX in `raw_col` (one call per distinct string); `_mv_status` is its failure status, `_mv_amb` whether it
-    read several values, `_mv_routed` whether the row went there (null / false on the other rows)."""
+def _needs_latex(frame: pl.DataFrame, text_col: str, raw_col: str) -> pl.Series:
+    """Rows whose prepared `text_col` still has LaTeX/expression structure (the gold's test)."""
     text, raw = pl.col(text_col), pl.col(raw_col)
-    need = frame.select((text.str.contains(EXPRESSION) | (raw.str.contains("\\", literal=True)
-                                                        & text.str.contains(ARITHMETIC))).fill_null(False))
-    need = need.to_series()
+    return frame.select((text.str.contains(EXPRESSION) | (raw.str.contains("\\", literal=True)
+                                                        & text.str.contains(ARITHMETIC))).fill_null(False)).to_series()
+
+
+def _expressions(frame: pl.DataFrame, need: pl.Series, source: pl.Expr, first_col: str) -> pl.DataFrame:
+    """The `need` rows get `first_col` from math-verify on `source` (one call per distinct string); `_mv_status` is
+    its failure status, `_mv_amb` whether it read several values, `_mv_closed` whether the value is a closed form
+    (`structure.closed_form`) (null / false on the other rows)."""
     frame = frame.with_columns(pl.lit(None, pl.String).alias("_mv_status"), pl.lit(False).alias("_mv_amb"),
-                               pl.lit(False).alias("_mv_routed"))
+                               pl.lit(False).alias("_mv_closed"))
     if not need.any():
         return frame
-    results = latex.evaluate(frame.filter(need)[raw_col].unique().to_list())
-    lookup = pl.DataFrame({raw_col: list(results), "_s": [r[0] for r in results.values()],
-                           "_v": [r[1] or [] for r in results.values()]},
-                          schema={raw_col: pl.String, "_s": pl.String, "_v": pl.List(pl.String)})
-    got = frame.filter(need).select(raw_col).join(lookup, on=raw_col, how="left", maintain_order="left")
+    asked = frame.filter(need).select(source.alias("_src"))
+    results = latex.evaluate(asked["_src"].unique().to_list())
+    lookup = pl.DataFrame({"_src": list(results), "_s": [r[0] for r in results.values()],
+                           "_v": [r[1] or [] for r in results.values()],
+                           "_c": [structure.closed_form((r[1] or [None])[0], t) for t, r in results.items()]},
+                          schema={"_src": pl.String, "_s": pl.String, "_v": pl.List(pl.String), "_c": pl.Boolean})
+    got = asked.join(lookup, on="_src", how="left", maintain_order="left")
     idx = need.arg_true()
     return frame.with_columns(
         frame[first_col].scatter(idx, got["_v"].list.first()),
         frame["_mv_status"].scatter(idx, got["_s"]),
         frame["_mv_amb"].scatter(idx, got["_v"].list.n_unique() > 1),
-        need.alias("_mv_routed"),
+        frame["_mv_closed"].scatter(idx, got["_c"]),
     )
 
 
-def _ambiguous(frame: pl.DataFrame) -> pl.Series:
-    """True where the span's tokens hold a value other than the first one's."""
+def _read_structure(frame: pl.DataFrame) -> pl.DataFrame:
+    """Answer spans with structure (`structure.ROUTE`, or several numbers) are read by `structure.read`, each
+    distinct string once: `_first` becomes the first value it read, `_read_amb` whether it read two different ones,
+    `_refused` a refusal's status, `_closed` whether the value is a closed form, `_to_mv` whether the span is
+    math-verify's, `_read` whether the row was read."""
+    route = frame.select((pl.col("_span") & ((pl.col("_toks").list.len() > 1)
+                                             | pl.col("_text").str.contains(structure.ROUTE))).fill_null(False))
+    route = route.to_series()
+    frame = frame.with_columns(pl.lit(None, pl.String).alias("_refused"), pl.lit(False).alias("_closed"),
+                               pl.lit(False).alias("_to_mv"), pl.lit(False).alias("_read_amb"),
+                               route.alias("_read"))
+    if not route.any():
+        return frame
+    texts = frame.filter(route)["_text"].unique().to_list()
+    read = [structure.read(t) for t in texts]
+    lookup = pl.DataFrame({"_text": texts, "_k": [r[0] for r in read], "_v": [r[1] for r in read],
+                           "_c": [r[2] for r in read]},
+                          schema={"_text": pl.String, "_k": pl.String, "_v": pl.List(pl.String), "_c": pl.Boolean})
+    lookup = values(lookup.with_columns(pl.col("_v").list.first().alias("_f")), "_f", "_fv")
+    lookup = lookup.with_columns(_ambiguous(lookup, "_v", "_fv", pl.lit(True)).alias("_a"),
+                                 pl.when(pl.col("_k") == structure.WRONG_FORMAT).then(pl.col("_k")).alias("_r"))
+    got = frame.filter(route).select("_text").join(lookup, on="_text", how="left", maintain_order="left")
+    idx = route.arg_true()
+    return frame.with_columns(
+        frame["_first"].scatter(idx, got["_f"]),
+        frame["_read_amb"].scatter(idx, got["_a"]),
+        frame["_refused"].scatter(idx, got["_r"]),
+        frame["_closed"].scatter(idx, got["_c"]),
+        frame["_to_mv"].scatter(idx, got["_k"] == structure.MATH_VERIFY),
+    )
+
+
+def _ambiguous(frame: pl.DataFrame, toks: str, first: str, mask: pl.Expr) -> pl.Series:
+    """True where `mask` holds and the list `toks` holds a value other than `first` (with `first`_int from
+    `values`)."""
     n = frame.height
-    many = frame.select(pl.int_range(n, dtype=pl.UInt32).alias("_i"), "_toks", "_p", "_p_int", "_span")
-    many = many.filter(pl.col("_span") & (pl.col("_toks").list.len() > 1))
+    many = frame.select(pl.int_range(n, dtype=pl.UInt32).alias("_i"), toks, first, f"{first}_int", mask.alias("_m"))
+    many = many.filter(pl.col("_m") & (pl.col(toks).list.len() > 1))
     flag = pl.Series("_amb", [False] * n)
     if many.height == 0:
         return flag
-    ex = values(many.explode("_toks"), "_toks", "_v")
-    differs = ~agree(pl.col("_p"), pl.col("_p_int"), pl.col("_v"), pl.col("_v_int")).fill_null(False)
+    ex = values(many.explode(toks), toks, "_v")
+    differs = ~agree(pl.col(first), pl.col(f"{first}_int"), pl.col("_v"), pl.col("_v_int")).fill_null(False)
     rows = ex.group_by("_i").agg(differs.any().alias("_a")).filter("_a")
     return flag.scatter(rows["_i"], True) if rows.height else flag
+
+
+def _rounded_gold(gold_tok: pl.Expr, gold: pl.Expr, gold_int: pl.Expr, pred: pl.Expr) -> pl.Expr:
+    """A gold written with k >= 2 decimals ("1.41") agrees with `pred` rounded to k decimals (used only for a
+    closed-form prediction: "\\sqrt{2}", "1/3", "\\pi")."""
+    k = gold_tok.str.extract(r"^[^/eE]*\.(\d+)$", 1).str.len_chars()
+    half_unit = pl.lit(10.0).pow(-k.cast(pl.Float64)) / 2
+    return gold_int.is_null() & (k >= 2) & ((pred - gold).abs() <= half_unit)
 
 
 @GRADERS.register("number")
@@ -246,15 +289,13 @@ def grade_number(frame: pl.DataFrame, *, last: bool = False) -> pl.DataFrame:
         pl.col("_gtoks").list.first().alias("_gfirst"),
         (pl.col("anchored") & pl.lit(not last)).alias("_span"),  # hedges count in answer spans only
     )
-    frame = _expressions(frame, "_gold", "gold", "_gfirst").rename({"_mv_status": "_gfailed"})
-    frame = frame.drop("_mv_amb", "_mv_routed")
-    if not last:  # expressions are read in answer spans, never in whole rationales
-        frame = _expressions(frame, "_text", "_raw", "_first")
-    else:
-        frame = frame.with_columns(pl.lit(None, pl.String).alias("_mv_status"), pl.lit(False).alias("_mv_amb"),
-                                   pl.lit(False).alias("_mv_routed"))
-    # A routed row's hedges were read by math-verify (a set); its plain tokens are not the answer.
-    frame = frame.rename({"_mv_status": "_failed"}).with_columns(pl.col("_span") & ~pl.col("_mv_routed"))
+    frame = _expressions(frame, _needs_latex(frame, "_gold", "gold"), pl.col("gold"), "_gfirst")
+    frame = frame.rename({"_mv_status": "_gfailed"}).drop("_mv_amb", "_mv_closed")
+    # Structure is read in answer spans only, never in whole rationales (their last number is the answer).
+    frame = _read_structure(frame)
+    frame = _expressions(frame, frame["_to_mv"], structure.for_math_verify(pl.col("_raw")), "_first")
+    frame = frame.with_columns(pl.coalesce("_mv_status", "_refused").alias("_failed"),
+                               pl.col("_closed") | pl.col("_mv_closed"))
     # Rare fallback: a non-empty region without digits may spell the number out.
     need = frame.select(pl.col("_first").is_null() & pl.col("_failed").is_null() & ~is_blank(pl.col("text"))
                         & pl.col("_text").str.contains(NUMBER_WORDS)).to_series()
@@ -263,8 +304,10 @@ def grade_number(frame: pl.DataFrame, *, last: bool = False) -> pl.DataFrame:
             lambda s: pl.Series([words_to_number(t, last) for t in s], dtype=pl.String), return_dtype=pl.String))
         frame = frame.with_columns(frame["_first"].scatter(need.arg_true(), words.to_series()))
     frame = values(values(frame, "_first", "_p"), "_gfirst", "_g")
-    frame = frame.with_columns((_ambiguous(frame) | frame["_mv_amb"]).alias("_amb"))
+    amb = _ambiguous(frame, "_toks", "_p", pl.col("_span") & ~pl.col("_read"))  # the read rows' hedges are known
+    frame = frame.with_columns((amb | frame["_mv_amb"] | frame["_read_amb"]).alias("_amb"))
     gold_ok = pl.col("_g").is_not_null() & pl.col("_g").is_finite() & pl.col("_gfailed").is_null()
     pred = pl.col("_p_canon")
-    correct = agree(pl.col("_g"), pl.col("_g_int"), pl.col("_p"), pl.col("_p_int"))
+    correct = agree(pl.col("_g"), pl.col("_g_int"), pl.col("_p"), pl.col("_p_int")) | (
+        pl.col("_closed") & _rounded_gold(pl.col("_gfirst"), pl.col("_g"), pl.col("_g_int"), pl.col("_p")))
     return finish(frame, pred, correct, status(pred, gold_ok, ambiguous=pl.col("_amb"), failed=pl.col("_failed")))
