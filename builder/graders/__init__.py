@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from builder.graders import choice, date, number, string, yesno  # noqa: F401 - register the built-in graders
+from builder.graders import choice, date, math, number, string, yesno  # noqa: F401 - register the built-in graders
 from builder.graders.base import GRADERS, Grader
 
 

@@ -8,9 +8,10 @@ Where things live: the 12 paper tasks, one registration each, in `paper.py`; gen
   choice order.
 - Exact duplicates within a task (same qid) keep the first row in file order; they are dropped before the split is
   applied, so a question never sits in both train and test.
-- Gold answers are normalised per answer type; choice questions show their choices as Zero-shot-CoT did
-  (`builder.prompts.show_choices`); tasks registered with shuffle_choices (BIG-bench lists the right choice first)
-  are shuffled with a seed from (shuffle_seed, qid).
+- Gold answers are normalised per answer type (a `math` gold must parse with math-verify: an unreadable one stops
+  the load naming file, row and value, rather than grading as `parse_error` later); choice questions show their
+  choices as Zero-shot-CoT did (`builder.prompts.show_choices`); tasks registered with shuffle_choices (BIG-bench
+  lists the right choice first) are shuffled with a seed from (shuffle_seed, qid).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ DATE_CHOICES = ["09/22/2021", "09/09/2021", "09/08/2006", "09/08/2021", "09/07/2
 
 def test_registry_has_every_answer_type():
     assert set(GRADERS.names()) >= {"number", "choice", "yesno", "date", "string"}
-    with pytest.raises(ValueError, match="unknown grader 'nope'; valid: choice, date, number"):
+    with pytest.raises(ValueError, match="unknown grader 'nope'; valid: choice, date, math, number"):
         GRADERS.get("nope")
 
 
