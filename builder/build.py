@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import polars as pl
@@ -43,6 +43,9 @@ class BuildSummary:
     completion_tokens: int
     tokens_per_s: float
     run_dir: str
+    # per task: the statuses that are not ok (the stats' grade_status) and the rows graded (the funnel's sampled)
+    grade_status: dict[str, dict[str, int]] = field(default_factory=dict)
+    graded_per_task: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,4 +135,6 @@ def _run_held(recipe: Recipe, run: Run, engine: Any, progress: Any) -> BuildSumm
         completion_tokens=sstats.completion_tokens,
         tokens_per_s=round(sstats.tokens_per_s, 1),
         run_dir=str(run.local),
+        grade_status=curation.grade_status,
+        graded_per_task={t: f.sampled for t, f in curation.funnel.items()},
     )

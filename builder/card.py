@@ -1,5 +1,5 @@
-"""Dataset card: README.md (YAML header that `datasets` and the Hub read, plus the funnel, teacher accuracy,
-diversity and decontamination) and PNG plots, rendered from a version's manifest and rows.
+"""Dataset card: README.md (YAML header that `datasets` and the Hub read, plus the funnel, teacher accuracy, grade
+statuses, diversity and decontamination) and PNG plots, rendered from a version's manifest and rows.
 
 The YAML `configs` / `dataset_info` header is produced with `datasets`' own MetadataConfigs / DatasetInfosDict so
 that `load_dataset(<version folder>[, config])` reads exactly what the header says.
@@ -15,6 +15,7 @@ import polars as pl
 
 from builder import reasons as R
 from builder.prompts import ZERO_SHOT_COT_TRIGGER
+from builder.stats import GRADE_STATUS_MEANING
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,25 @@ def _funnel_rows(funnel: dict[str, dict[str, int]]) -> tuple[list[str], list[dic
         acc = f"{correct / sampled:.1%} ({correct}/{sampled})" if sampled and correct is not None else "-"
         rows.append({"task": task, "values": [_fmt(f.get(s)) for s in stages], "accuracy": acc})
     return stages, rows
+
+
+def _grading(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The Grading table: per task, its graded rows (the funnel's `sampled`) and each status that is not ok; the
+    meaning of each status shown; the tasks with parse_error rows. None for a version without grade statuses
+    (written before they were counted, or without stats)."""
+    counts = manifest.get("grade_status") or {}
+    if not counts:
+        return None
+    statuses = [s for s in GRADE_STATUS_MEANING if any(s in c for c in counts.values())]
+    statuses += sorted({s for c in counts.values() for s in c} - set(statuses))
+    funnel = manifest.get("funnel") or {}
+    rows = [{"task": t, "graded": _fmt((funnel.get(t) or {}).get("sampled")),
+             "values": [_fmt(counts[t].get(s)) for s in statuses]} for t in sorted(counts)]
+    parse_errors = {t: c["parse_error"] for t, c in sorted(counts.items()) if c.get("parse_error")}
+    return {"statuses": statuses, "rows": rows,
+            "meanings": [(s, GRADE_STATUS_MEANING.get(s, "a status this tool version does not describe"))
+                         for s in statuses],
+            "parse_errors": parse_errors, "parse_error_total": sum(parse_errors.values())}
 
 
 def length_counts(rows: pl.LazyFrame | pl.DataFrame, column: str = "rationale") -> pl.DataFrame:
@@ -277,6 +297,7 @@ def write_card(folder: str | Path, rows: pl.LazyFrame | pl.DataFrame, manifest: 
         funnel_rows=funnel_rows,
         has_funnel_plot=has_funnel_plot,
         dropped_rows=dropped_rows,
+        grading=_grading(manifest),
         length_rows=length_rows,
         has_length_plot=bool(counts.height),
         reasoning=_reasoning_section(lengths.get("reasoning", pl.DataFrame()), manifest, assets),

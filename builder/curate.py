@@ -20,8 +20,8 @@ The plan, the same for every executor (`run` below is the local executor's loop 
 signatures for a million rationales never sit in memory at once (except with global scope, which needs them all:
 num_perm * 4 bytes per row):
 
-- `scan(batch, cfg)`: any batch of graded rows, row by row: the batch validated and its keys, stage 1-2 codes and
-  compared bytes.
+- `scan(batch, cfg)`: any batch of graded rows, row by row: the batch validated and its keys, stage 1-2 codes,
+  grade status (one byte per row, counted per task by `Plan.of` for the stats' `grade_status`) and compared bytes.
 - `Plan.of(keys, cfg, ...)`: the driver, from the keys of the whole table: ledger order, the chunks, whether global
   scope is needed, the empty table (one empty block); `plan.blocks(...)` cuts consecutive chunks into `Block`s.
 - `run_block(rows, block, eval_questions)`: stages 3-6 on one block's rows (ledger order), chunk by chunk: codes,
@@ -58,6 +58,7 @@ from builder.dedup import (
 )
 from builder.errors import SchemaError
 from builder.filters import reason_expr
+from builder.graders._common import OK, STATUSES
 from builder.kernels import HAVE_NUMBA
 from builder.recipe import CurationConfig
 from builder.schemas import table_schema, validate
@@ -79,6 +80,7 @@ _CODES: list[tuple[str, str]] = [(stage, reason) for stage, rs in R.REASONS.item
 _CODE = {reason: i + 1 for i, (_, reason) in enumerate(_CODES)}
 _STAGE_OF_CODE = np.array([-1] + [R.STAGES.index(stage) for stage, _ in _CODES], dtype=np.int8)
 _HIT_COLUMNS = ("qid", "task", "question", "matched_task", "matched_question", "method", "score")
+_STATUS = {s: i for i, s in enumerate(STATUSES)}  # grade_status -> the keys' `status` byte
 
 
 def _task_ids(df: pl.DataFrame, tasks: Sequence[str]) -> np.ndarray:
@@ -161,11 +163,20 @@ class _Diversity:
 # ------------------------------------------------------------------ the plan
 def scan(batch: pl.DataFrame, cfg: CurationConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Stages 1-2 on any batch of graded rows (row by row, so any batching gives the same): (the batch validated,
-    its keys: task, qid, sample_idx, `code` and `nbytes`, the UTF-8 bytes of the compared text that chunks are
-    sized by). The keys of every batch are all `Plan.of` needs, so the text can stay where the batch is."""
+    its keys: task, qid, sample_idx, `code`, `nbytes`, the UTF-8 bytes of the compared text that chunks are
+    sized by, and `status`, the grade_status as its index in `STATUSES`). The keys of every batch are all `Plan.of`
+    needs, so the text can stay where the batch is.
+
+    Raises:
+        SchemaError: the batch does not match the graded schema, or a grade_status is not one of `STATUSES`.
+    """
     df = validate(batch, "graded", where="curate input")
     keys = df.select(*_KEYS, pl.Series("code", _filter_codes(df, cfg)),
-                     _compared_text(cfg.dedup_text).str.len_bytes().fill_null(0).cast(pl.Int64).alias("nbytes"))
+                     _compared_text(cfg.dedup_text).str.len_bytes().fill_null(0).cast(pl.Int64).alias("nbytes"),
+                     pl.col("grade_status").replace_strict(_STATUS, default=-1, return_dtype=pl.Int8).alias("status"))
+    if keys.height and (bad := keys["status"].arg_min()) is not None and keys["status"][bad] < 0:
+        raise SchemaError(f"table 'graded' in curate input: row {bad}: grade_status {df['grade_status'][bad]!r} is "
+                          f"not one of {', '.join(STATUSES)}")
     return df, keys
 
 
@@ -225,6 +236,9 @@ class Plan:
     stride: int
     max_blocks: int | None
     eval_questions: pl.DataFrame | None
+    # graded rows per (task, grade status in STATUSES order), counted from every row's key before any stage: the
+    # stats' `grade_status` (a matrix, not a per-row array: the statuses are not needed after the scan)
+    status_counts: np.ndarray
 
     @classmethod
     def of(cls, keys: Sequence[pl.DataFrame], cfg: CurationConfig, *, eval_questions: pl.DataFrame | None = None,
@@ -247,9 +261,12 @@ class Plan:
         _check_keys(every, n_groups)
         tasks = every["task"].unique(maintain_order=True).to_list()
         nbytes = every["nbytes"].to_numpy()
-        return cls(cfg, tasks, _task_ids(every, tasks), group_id, every["code"].to_numpy().copy(),
+        task_id = _task_ids(every, tasks)
+        status_counts = np.bincount(task_id * len(STATUSES) + every["status"].to_numpy().astype(np.int64),
+                                    minlength=len(tasks) * len(STATUSES)).reshape(len(tasks), len(STATUSES))
+        return cls(cfg, tasks, task_id, group_id, every["code"].to_numpy().copy(),
                    np.full(every.height, -1, dtype=np.int64), nbytes, order, [k.height for k in keys],
-                   _distinct_stride(n_groups, int(nbytes.sum())), max_blocks, eval_questions)
+                   _distinct_stride(n_groups, int(nbytes.sum())), max_blocks, eval_questions, status_counts)
 
     @property
     def n(self) -> int:
@@ -320,7 +337,7 @@ class Plan:
             decon = Decontamination(checked=sum(p.checked for p in parts),
                                     eval_questions=self.eval_questions["question"].n_unique(),
                                     hits=[ContaminationHit(**h) for h in hits])
-        return _stats(self.task_id, self.code, self.tasks, diversity, decon, self.cfg)
+        return _stats(self.task_id, self.code, self.tasks, diversity, decon, self.cfg, self.status_counts)
 
 
 def _check_keys(keys: pl.DataFrame, n_groups: int) -> None:
@@ -616,7 +633,7 @@ def _ledger(df: pl.DataFrame, code: np.ndarray, cluster: np.ndarray) -> pl.DataF
 
 
 def _stats(task_id: np.ndarray, code: np.ndarray, tasks: list[str], diversity: _Diversity, decon: Decontamination,
-           cfg: CurationConfig) -> CurationStats:
+           cfg: CurationConfig, status_counts: np.ndarray) -> CurationStats:
     stage = _STAGE_OF_CODE[code]  # -1 kept, else index into R.STAGES
     counts = {}  # funnel step -> rows per task not dropped at or before the step's stage
     for step, after in R.FUNNEL_AFTER.items():
@@ -629,8 +646,10 @@ def _stats(task_id: np.ndarray, code: np.ndarray, tasks: list[str], diversity: _
     for k, (st, reason) in enumerate(_CODES, start=1):
         if by_code[k]:
             dropped.setdefault(st, {})[reason] = int(by_code[k])
+    grade_status = {t: {s: int(status_counts[i, k]) for k, s in enumerate(STATUSES) if s != OK}
+                    for i, t in enumerate(tasks)}  # every status but ok, zeros included
     settings = cfg.model_dump(mode="json")
     settings["minhash"]["rows_per_band"] = cfg.minhash.num_perm // cfg.minhash.bands
     settings["kernels"] = "numba" if HAVE_NUMBA else "numpy"
     return CurationStats(funnel=funnel, dropped=dropped, diversity=diversity.figures(tasks), decontamination=decon,
-                         settings=settings)
+                         settings=settings, grade_status=grade_status)

@@ -30,6 +30,7 @@ def register(app: typer.Typer) -> None:
         from builder.bind import load_recipe
         from builder.cli._common import apply_executor, console, echo_json, resumable, shards_kept, stage_progress
         from builder.run import Run
+        from builder.stats import grade_status_lines
 
         cfg = load_recipe(recipe)
         apply_executor(cfg, executor, address)
@@ -64,5 +65,9 @@ def register(app: typer.Typer) -> None:
         ]
         for k, v in rows:
             table.add_row(k, str(v))
+        grading = grade_status_lines(summary.grade_status,
+                                     {t: {"sampled": n} for t, n in summary.graded_per_task.items()})
+        for i, line in enumerate(grading):
+            table.add_row("grading" if i == 0 else "", line)
         console.print(table)  # the summary is for people (stderr); stdout holds the result alone: the version folder
         typer.echo(summary.version_path)

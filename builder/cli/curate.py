@@ -38,6 +38,7 @@ def register(app: typer.Typer) -> None:
         from builder.paths import check_output_path
         from builder.recipe import CurationConfig
         from builder.schemas import read_table, write_table
+        from builder.stats import grade_status_lines
 
         for path in (output, stats):  # before any work: a failed command leaves nothing behind
             if path is not None:
@@ -81,7 +82,7 @@ def register(app: typer.Typer) -> None:
 
         if json_out:
             echo_json({"output": str(output), "stats": str(stats) if stats else None, "rows": ledger.height,
-                       "funnel": st.to_json()["funnel"], "dropped": st.dropped,
+                       "funnel": st.to_json()["funnel"], "dropped": st.dropped, "grade_status": st.grade_status,
                        "decontamination_hits": len(st.decontamination.hits)})
             return
         out = stdout_console()
@@ -91,6 +92,8 @@ def register(app: typer.Typer) -> None:
         out.print(table)
         drops = ", ".join(f"{stage}/{reason} {n:,}" for stage, rs in st.dropped.items() for reason, n in rs.items())
         out.print(f"dropped: {drops or 'none'}")
+        for line in grade_status_lines(st.grade_status, st.funnel):
+            out.print(f"grading: {line}")
         if st.decontamination.hits:
             out.print(f"decontamination: {len(st.decontamination.hits)} contaminated question(s)")
         where = f", stats to {stats}" if stats else ""

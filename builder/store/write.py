@@ -33,7 +33,7 @@ from builder.store.verify import check_files
 logger = logging.getLogger(__name__)
 
 # What manifest.json keeps of the build stats: measured facts only (the settings are in its `recipe`).
-_STATS_SECTIONS = ("sampling", "funnel", "dropped", "diversity", "decontamination")
+_STATS_SECTIONS = ("sampling", "funnel", "dropped", "grade_status", "diversity", "decontamination")
 
 
 class StoreWriteError(StoreError, OSError):

@@ -61,6 +61,7 @@ def test_200k_rows_give_the_local_ledger_and_stats(big, tmp_path, scope, blocks)
     assert {R.EMPTY, R.TRUNCATED, R.NO_ANSWER} <= set(stats.dropped[R.STAGE_FILTER])
     assert stats.dropped[R.STAGE_EXACT_DEDUP][R.EXACT_DUPLICATE] > 500
     assert stats.dropped[R.STAGE_DECONTAMINATE][R.CONTAMINATED_QUESTION] > 0
+    assert all(c["no_answer"] > 0 for c in stats.grade_status.values())  # counted over every graded row
     if scope != "question":
         assert stats.dropped[R.STAGE_NEAR_DEDUP][R.NEAR_DUPLICATE_GLOBAL] > 500
     if scope == "question":  # read by Ray from parquet parts: the driver never holds the text
@@ -80,6 +81,9 @@ def test_small_case_with_random_selection_and_rationale_checks(big):
                                                    & (pl.col("sample_idx") == 1))
                                  .then(pl.lit("As the test asks: ") + pl.col("question")).otherwise("rationale"))
     evals = pl.concat([evals, quoted.select("question", "task")])
+    graded = graded.with_columns(grade_status=pl.when(pl.col("sample_idx") == 5).then(pl.lit("wrong_format"))
+                                 .when((pl.col("sample_idx") == 6) & pl.col("qid").str.ends_with("7"))
+                                 .then(pl.lit("parse_error")).otherwise("grade_status"))
     cfg = CurationConfig(minhash={"scope": "both"}, selection={"mode": "random", "max_per_question": 3, "seed": 5},
                          decontaminate=True, decontaminate_rationales=True)
     with pytest.MonkeyPatch.context() as mp:
@@ -88,6 +92,7 @@ def test_small_case_with_random_selection_and_rationale_checks(big):
         on_ray = ray_curate.curate(graded, cfg, eval_questions=evals)
         lazy, _ = ray_curate.curate(graded, cfg, eval_questions=evals, blocks=3, collect=False)
     assert local[1].decontamination.hits
+    assert all(c["wrong_format"] > 0 and c["parse_error"] > 0 for c in local[1].grade_status.values())
     _same(local, on_ray)
     import ray
 

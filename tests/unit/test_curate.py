@@ -81,7 +81,7 @@ def test_stats_shape_is_the_documented_contract(curated):
     _, typed = curated
     stats = typed.to_json()
     json.dumps(stats)
-    assert set(stats) == {"funnel", "dropped", "diversity", "decontamination", "settings"}
+    assert set(stats) == {"funnel", "dropped", "diversity", "decontamination", "settings", "grade_status"}
     assert [f.name for f in fields(Funnel)] == list(R.FUNNEL) == list(next(iter(stats["funnel"].values())))
     for d in stats["diversity"].values():
         assert set(d) == {"before", "after"}
