@@ -15,7 +15,7 @@ import polars as pl
 
 from builder.errors import InputError
 from builder.graders import GRADERS, latex
-from builder.graders._common import NO_ANSWER, is_blank
+from builder.graders._common import AMBIGUOUS, NO_ANSWER, OK, PARSE_ERROR, TIMEOUT, is_blank
 from builder.prompts import student_answer_expr
 from builder.schemas import validate
 from builder.tasks import PAPER_TASKS
@@ -33,29 +33,90 @@ TASK_ANSWER_TYPES: dict[str, str] = {task.name: task.answer_type for task in PAP
 
 # "The answer is", "the final answer:", "Answer (arabic numerals) is", "answer would be", "answer =".
 ANSWER_ANCHOR = r"(?i)\banswer\s*(?:\([^)\n]{0,40}\)\s*)?(?:is|was|would be|will be|should be|:|=)"
-BOXED = r"\\(?:boxed|fbox)\s*\{(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*\}"
+BOXED_CONTENT = r"\\(?:boxed|fbox)\s*\{((?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}"
+# A revision: what follows replaces the answers given before it.
+REVISION = r"(?i)\b(?:actually|wait|correction|on second thought|scratch that|it should (?:be|have been))\b"
+MARKER = rf"(?i)\\(?:boxed|fbox)|{ANSWER_ANCHOR.removeprefix('(?i)')}|{REVISION.removeprefix('(?i)')}"
 _CUT = "\x00"
 
 CHOICE_TYPES = frozenset({"choice", "date"})  # graders that read choices (parsed from the question when absent)
 OUT_COLUMNS = ("pred", "correct", "grade_status", "grader")
 
 
-def _rationale_region(frame: pl.DataFrame) -> pl.DataFrame:
-    """Add text/anchored/_last for inline answers: the later of the last \\boxed{} and the last 'answer is' (so
-    "\\boxed{41} ... The final answer is 42" reads 42, "The answer is \\boxed{42}" reads the box), else all."""
-    rat = pl.col("rationale")
-    frame = frame.with_columns(
-        pl.when(rat.str.contains("boxed", literal=True) | rat.str.contains("fbox", literal=True))
-        .then(rat.str.extract_all(f"{BOXED}|{ANSWER_ANCHOR}").list.last()).alias("_final"),
-        rat.str.replace_all(ANSWER_ANCHOR, _CUT).str.split(_CUT).alias("_parts"),
-    ).with_columns(
-        pl.when(pl.col("_final").str.contains(r"^\\(?:boxed|fbox)"))
-        .then(pl.col("_final").str.replace(r"^\\(?:boxed|fbox)\s*\{", "").str.strip_suffix("}")).alias("_boxed"),
-        pl.when(pl.col("_parts").list.len() > 1).then(pl.col("_parts").list.last()).alias("_after"),
+def _marked(text: pl.Expr) -> pl.Expr:
+    """`text` with each final-answer marker replaced by NUL and a kind letter: `B` opens a \\boxed{} content (`E`
+    closes it), `A` follows an "answer is", `R` follows a revision ("actually", "wait", "it should be")."""
+    return (text.str.replace_all(BOXED_CONTENT, f"{_CUT}B${{1}}{_CUT}E").str.replace_all(ANSWER_ANCHOR, f"{_CUT}A")
+            .str.replace_all(REVISION, f"{_CUT}R"))
+
+
+def candidates(work: pl.DataFrame) -> pl.DataFrame:
+    """Every final answer candidate of each row, one grader row each: `work`'s columns with `text` cut to the
+    candidate, plus `_cand` (its index), `_n` (the row's number of candidates), `anchored` and `_last`.
+
+    `work` has `_row`, `text` (the region) and `_opens` (the region starts with the answer: a stage-2 completion, a
+    student's answer part). Candidates are the region's start when it opens with the answer, each \\boxed{} content
+    and the text after each "answer is". A revision after a candidate drops the candidates before it: the answers
+    given after it count, or, when there are none, the revision's own text ("Correction: 6"). A region with no
+    candidate (a rationale that never states its answer) is read whole, its last value (`_last`, unanchored).
+    """
+    multi = work.select(pl.col("text").str.contains(MARKER).fill_null(False)).to_series()
+    one = [pl.lit(0, pl.UInt32).alias("_cand"), pl.lit(1, pl.UInt32).alias("_n")]
+    plain = work.filter(~multi).with_columns(*one, pl.col("_opens").alias("anchored"),
+                                             (~pl.col("_opens")).alias("_last")).drop("_opens")
+    if not multi.any():
+        return plain
+    kind = pl.col("_seg").str.head(1)
+    primary = kind.is_in(["A", "B"]) | ((pl.col("_pos") == 0) & pl.col("_opens"))
+    marked = work.filter(multi).select("_row", "_opens", _marked(pl.col("text")).str.split(_CUT).alias("_seg"))
+    segs = (  # a rationale's text before its first marker is reasoning, not a candidate: dropped before exploding
+        marked.with_columns(pl.when(pl.col("_opens")).then("_seg").otherwise(pl.col("_seg").list.slice(1)))
+        .with_columns((pl.int_ranges(pl.col("_seg").list.len(), dtype=pl.UInt32)
+                       + (~pl.col("_opens")).cast(pl.UInt32)).alias("_pos"))
+        .explode("_seg", "_pos")
+        .with_columns(pl.when(pl.col("_pos") == 0).then(pl.lit("S") + pl.col("_seg")).otherwise("_seg").alias("_seg"))
+        .with_columns(primary.alias("_primary"))
+        .with_columns((pl.col("_primary") | ((kind == "R") & (pl.col("_primary").cast(pl.UInt32).cum_sum()
+                                                               .over("_row") > 0))).alias("_is"))
     )
-    anchored = pl.col("_boxed").is_not_null() | pl.col("_after").is_not_null()
-    return frame.with_columns(pl.coalesce("_boxed", "_after", rat).alias("text"), anchored.alias("anchored"),
-                              (~anchored).alias("_last")).drop("_final", "_boxed", "_parts", "_after")
+    # After the last revision only the answers given after it count, else the revision's own text ("Correction: 6").
+    revised = pl.col("_pos").filter((kind == "R") & pl.col("_is")).max().over("_row")
+    restated = (pl.col("_primary") & (pl.col("_pos") > revised)).any().over("_row")
+    segs = segs.filter(pl.col("_is") & (revised.is_null() | (pl.col("_primary") & (pl.col("_pos") > revised))
+                                        | ((pl.col("_pos") == revised) & ~restated)))
+    found = segs.select(
+        "_row", pl.int_range(pl.len(), dtype=pl.UInt32).over("_row").alias("_cand"),
+        pl.len().over("_row").cast(pl.UInt32).alias("_n"), pl.col("_seg").str.slice(1).alias("text"),
+        pl.lit(True).alias("anchored"), pl.lit(False).alias("_last"))
+    rest = work.filter(multi).drop("text", "_opens")
+    found = found.join(rest, on="_row", how="inner").select(plain.columns)
+    # A rationale with markers but no candidate (a revision before any answer) is read whole, as if unmarked.
+    none = work.filter(multi).join(found.select("_row"), on="_row", how="anti").with_columns(
+        *one, pl.lit(False).alias("anchored"), pl.lit(True).alias("_last"))
+    return pl.concat([plain, found, none.select(plain.columns)])
+
+
+def combine(graded: pl.DataFrame) -> pl.DataFrame:
+    """One verdict per `_row` from its candidates' verdicts: one distinct answer is the answer; two or more, or a
+    hedged candidate, are `ambiguous`; candidates without an answer (a revision that only says "wait") do not count.
+    A gold or parser failure wins, so it is never hidden."""
+    counted = pl.col("grade_status").is_in([OK, AMBIGUOUS, PARSE_ERROR, TIMEOUT])
+    ok = pl.col("grade_status") == OK
+    agg = graded.sort("_row", "_cand").group_by("_row", maintain_order=True).agg(
+        (pl.col("grade_status") == PARSE_ERROR).any().alias("_pe"),
+        (pl.col("grade_status") == TIMEOUT).any().alias("_to"),
+        (pl.col("grade_status") == AMBIGUOUS).any().alias("_amb"),
+        pl.col("pred").filter(ok).n_unique().alias("_n"),
+        pl.col("pred").filter(counted).last().alias("pred"),
+        pl.col("correct").filter(ok).last().alias("_c"),
+        pl.col("grade_status").last().alias("_s"),
+        pl.col("grader").first(),
+    )
+    status = (pl.when("_pe").then(pl.lit(PARSE_ERROR)).when("_to").then(pl.lit(TIMEOUT))
+              .when(pl.col("_amb") | (pl.col("_n") > 1)).then(pl.lit(AMBIGUOUS))
+              .when(pl.col("_n") == 1).then(pl.lit(OK)).otherwise("_s"))
+    return agg.select("_row", "pred", ((status == OK) & pl.col("_c").fill_null(False)).alias("correct"),
+                      status.alias("grade_status"), "grader")
 
 
 def choices_from_question(question: pl.Expr) -> pl.Expr:
@@ -73,12 +134,14 @@ def grade_frame(df: pl.DataFrame, *, mode: str = "auto") -> pl.DataFrame:
     Args:
         df: columns answer_type, gold, rationale, answer_completion (nullable; may be absent) and optionally
             choices (list[str]; parsed from "Answer Choices:" in `question` when absent or null).
-        mode: where the answer is read. "answer_completion": the first candidate of the Zero-shot-CoT stage-2
-            completion. "rationale": inline answers of chat teachers: the last \\boxed{}, else the first candidate
-            after the last "answer is"/"Answer:", else the last candidate in the whole rationale. "auto": the
+        mode: where the answer is read. "answer_completion": the Zero-shot-CoT stage-2 completion, which opens
+            with the answer. "rationale": inline answers of chat teachers: every \\boxed{} and every "answer
+            is"/"Answer:" is a final answer candidate, else the last value of the whole rationale. "auto": the
             answer completion when it is non-empty, else as "rationale". "student": a Fine-tune-CoT student's
-            output in the `rationale` column: the first candidate in its answer part
-            (`builder.prompts.student_answer`, the text after the last separator).
+            output in the `rationale` column, its answer part (`builder.prompts.student_answer`, the text after
+            the last separator) opening with the answer. In every mode the candidates are combined by one rule
+            (`candidates`, `combine`): one distinct answer is the answer, two are `ambiguous`, and an explicit
+            revision ("actually", "wait", "it should be") makes the later one the answer.
 
     Raises:
         ValueError: unknown mode, missing column, null gold, or an unknown answer type (naming the row).
@@ -109,20 +172,19 @@ def grade_frame(df: pl.DataFrame, *, mode: str = "auto") -> pl.DataFrame:
         (pl.col("choices") if has_choices else pl.lit(None)).cast(pl.List(pl.String)).alias("choices"),
         (pl.col("question") if has_question else pl.lit(None)).cast(pl.String).alias("_question"),
     )
-    # Each row's answer region, computed only on the rows that use it (rationale regexes are the costly part).
+    # Each row's region and whether it opens with the answer; rationale regexes run only on the rows that use them.
+    completion = (pl.col("_completion"), pl.lit(True))
     if mode == "answer_completion":
-        work = base.with_columns(text=pl.col("_completion"), anchored=pl.lit(True), _last=pl.lit(False))
+        region, opens = completion
     elif mode == "student":
-        work = base.with_columns(text=student_answer_expr(pl.col("rationale")), anchored=pl.lit(True),
-                                 _last=pl.lit(False))
+        region, opens = student_answer_expr(pl.col("rationale")), pl.lit(True)
     elif mode == "rationale":
-        work = _rationale_region(base)
+        region, opens = pl.col("rationale"), pl.lit(False)
     else:
-        use_c = base.select(~is_blank(pl.col("_completion"))).to_series()
-        work = pl.concat([
-            base.filter(use_c).with_columns(text=pl.col("_completion"), anchored=pl.lit(True), _last=pl.lit(False)),
-            _rationale_region(base.filter(~use_c)),
-        ])
+        use_c = ~is_blank(pl.col("_completion"))
+        region, opens = pl.when(use_c).then(pl.col("_completion")).otherwise(pl.col("rationale")), use_c
+    work = candidates(base.select("_row", "answer_type", "gold", "choices", "_question", region.alias("text"),
+                                  opens.alias("_opens")))
 
     if work.select((pl.col("answer_type") == "number") & ~pl.col("_last")
                    & pl.col("text").str.contains(r"[\\^]")).to_series().any():
@@ -135,13 +197,16 @@ def grade_frame(df: pl.DataFrame, *, mode: str = "auto") -> pl.DataFrame:
             parsed = choices_from_question(pl.col("_question"))
             part = part.with_columns(pl.coalesce("choices", parsed).alias("choices"))
         out = GRADERS.get(answer_type)(part.select("text", "anchored", "gold", "choices"), last=bool(last_flag))
-        parts.append(pl.concat([part.select("_row"), out, part.select(pl.col("answer_type").alias("grader"))],
+        parts.append(pl.concat([part.select("_row", "_cand", "_n"), out, part.select(pl.col("answer_type").alias("grader"))],
                                how="horizontal"))
+    schema = {"_row": pl.UInt32, "pred": pl.String, "correct": pl.Boolean, "grade_status": pl.String,
+              "grader": pl.String}
     if not parts:
-        graded = pl.DataFrame(schema={"_row": pl.UInt32, "pred": pl.String, "correct": pl.Boolean,
-                                      "grade_status": pl.String, "grader": pl.String})
+        graded = pl.DataFrame(schema=schema)
     else:
-        graded = pl.concat(parts).sort("_row")
+        graded = pl.concat(parts)
+        single = graded.filter(pl.col("_n") == 1).select(*schema)
+        graded = pl.concat([single, combine(graded.filter(pl.col("_n") > 1))]).sort("_row")
     out = df.drop([c for c in OUT_COLUMNS if c in df.columns]).hstack(graded.drop("_row"))
     if "finish_reason" in out.columns:  # the engine refused the request (teachers' FAILED): nothing was answered
         refused = pl.col("finish_reason") == FAILED

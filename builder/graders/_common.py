@@ -21,6 +21,7 @@ never correct; the same value twice ("3/8 or 0.375") is one answer.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import polars as pl
@@ -42,6 +43,7 @@ failed), timeout (the expression parser ran out of time)."""
 # ("A coin" is not a letter).
 LETTER_TOKEN = (r"\([A-Ja-j]\)|(?:^|[\s:\"'*])[A-J](?:[).:,\"'*]|\s*$|\s*\n)|(?:^|\s)[a-j]\)"
                 r"|(?:^|\s)[A-J]\s+(?:or|and)\b")  # "A or C": a hedge names letters too
+LETTER_PAIR = r"\b([A-J])\s*[/&+]\s*([A-J])\b"  # "A/C", "A & C": read as "A or C"
 
 # Where a final answer ends: a sentence end, a reason ("because", "since", ", as"), a new question, a blank line,
 # a second "answer is".
@@ -106,13 +108,48 @@ def status(pred: pl.Expr, gold_ok: pl.Expr, *, wrong_format: pl.Expr | None = No
     )
 
 
+# An answer that commits to no value, in every answer type: an open bound next to its value ("at least 5", "5 or
+# more", "10+", "09/08/2021 at the latest"; "5, which is 3 more than 2" names no bound) or a condition ("yes, if it
+# rained", "it depends"). Comparison signs count only where the gold has none (an inequality). Patterns valid in
+# both polars (Rust) and Python regex.
+QUALIFIED = (r"(?i)\b(?:at\s+(?:least|most)|(?:more|less|fewer|greater|lower|higher)\s+than|up\s+to|upwards\s+of"
+             r"|no\s+(?:later|earlier)\s+than)\s+\$?-?\d"
+             r"|\d\S*\s+(?:[^\W\d_]+\s+)?(?:or\s+(?:more|less|fewer|greater|higher|lower|above|below|so|later|earlier)"
+             r"|at\s+the\s+(?:latest|earliest))\b|\d\+(?:\s*$|\s+[^\W\d_])"
+             r"|\b(?:if|unless|depends|depending|provided|assuming|whether)\b")
+BOUND_SIGNS = r"[<>\u2264\u2265]=?\s*-?\$?\d|\\(?:geq?|leq?|gt|lt)\b"  # "> 5", "\geq 2"; not "<|endoftext|>"
+_PY_QUALIFIED = re.compile(QUALIFIED.removeprefix("(?i)"), re.IGNORECASE)
+_PY_BOUND_SIGNS = re.compile(BOUND_SIGNS)
+
+
+def _qualified(frame: pl.DataFrame) -> pl.Series:
+    """True where an anchored answer span holds an open bound or a condition (`QUALIFIED`) that is not part of the
+    gold or of a choice's text ("(B) only if it rains")."""
+    flag = frame.select(pl.col("anchored") & pl.col("text").str.contains(f"{QUALIFIED}|{BOUND_SIGNS}")).to_series()
+    flag = flag.fill_null(False)
+    if not flag.any():
+        return flag
+    rows = frame.filter(flag).select(answer_span(pl.col("text")).alias("span"), "gold", "choices")
+    hits = []
+    for span, gold, choices in rows.iter_rows():  # only the few rows that name a qualifier at all
+        for choice in choices or []:
+            span = re.sub(re.escape(choice.strip()), " ", span, flags=re.IGNORECASE) if choice.strip() else span
+        words = bool(re.search(_PY_QUALIFIED, span)) and not re.search(_PY_QUALIFIED, gold)
+        signs = bool(re.search(_PY_BOUND_SIGNS, span)) and not re.search(_PY_BOUND_SIGNS, gold)
+        hits.append(words or signs)
+    return flag.scatter(flag.arg_true(), pl.Series(hits, dtype=pl.Boolean))
+
+
 def finish(frame: pl.DataFrame, pred: pl.Expr, correct: pl.Expr, grade_status: pl.Expr) -> pl.DataFrame:
-    """Select the grader output columns; `correct` is only ever true when the status is ok."""
+    """Select the grader output columns; `correct` is only ever true when the status is ok. An ok answer that is an
+    open bound or conditional (`QUALIFIED`) is `ambiguous`."""
     out = frame.select(pred.cast(pl.String).alias("pred"), grade_status.alias("grade_status"), correct.alias("_c"))
+    qualified = _qualified(frame)
     return out.select(
         "pred",
-        ((pl.col("grade_status") == OK) & pl.col("_c").fill_null(False)).alias("correct"),
-        "grade_status",
+        ((pl.col("grade_status") == OK) & pl.col("_c").fill_null(False) & ~qualified).alias("correct"),
+        pl.when(qualified & (pl.col("grade_status") == OK)).then(pl.lit(AMBIGUOUS)).otherwise("grade_status")
+        .alias("grade_status"),
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import polars as pl
 
 from builder.graders._common import (
+    LETTER_PAIR,
     LETTER_TOKEN,
     choice_text_count,
     finish,
@@ -33,7 +34,7 @@ def _letter(token: pl.Expr) -> pl.Expr:
 def pred_letter(frame: pl.DataFrame, *, last: bool) -> pl.DataFrame:
     """`_p` (letter token, else for anchored regions with choices the choice whose text the region names) and `_amb`
     (the answer span names two different letters, or, without a letter, two different choices)."""
-    frame = frame.with_columns(region(last=last).alias("_text"))
+    frame = frame.with_columns(region(last=last).str.replace_all(LETTER_PAIR, "$1 or $2").alias("_text"))
     frame = frame.with_columns(pl.col("_text").str.extract_all(LETTER_TOKEN).alias("_letters"))
     first = pl.col("_letters").list.last() if last else pl.col("_letters").list.first()
     frame = frame.with_columns(

@@ -245,3 +245,92 @@ def test_worker_reads_its_own_errors():
     kind, message = _mv_worker.evaluate_one(None, 2)  # a failure inside the call is reported, not swallowed
     assert kind == "error" and "TypeError" in message
     assert sys.modules.get("builder.graders._mv_worker") is _mv_worker
+
+
+# ---------------------------------------------------------------- several final answers: one rule (issue 26)
+def graded(answer_type, gold, rationale=None, completion=None, choices=None, mode="auto"):
+    df = pl.DataFrame({"answer_type": [answer_type], "gold": [gold], "rationale": [rationale or ""],
+                       "answer_completion": [completion], "choices": [choices]},
+                      schema_overrides={"answer_completion": pl.String, "choices": pl.List(pl.String)})
+    row = grade_frame(df, mode=mode).row(0, named=True)
+    return row["pred"], row["correct"], row["grade_status"]
+
+
+SEVERAL = [
+    # (answer type, gold, rationale, completion, choices, expected (pred, correct, status))
+    ("number", "42", r"So \boxed{41}. Then \boxed{42}.", None, None, ("42", False, "ambiguous")),  # two boxes
+    ("number", "42", r"So \boxed{42}. In short, \boxed{42}.", None, None, ("42", True, "ok")),  # one value twice
+    ("number", "0.375", r"So \boxed{3/8}, that is \boxed{0.375}.", None, None, ("0.375", True, "ok")),
+    ("number", "42", "The answer is 41. Rechecking, the answer is 42.", None, None, ("42", False, "ambiguous")),
+    ("number", "42", r"The answer is 42, so \boxed{42}.", None, None, ("42", True, "ok")),
+    ("number", "42", "The answer is 41. Actually, it should be 42.", None, None, ("42", True, "ok")),  # revision
+    ("number", "42", r"\boxed{41}. Wait, I dropped a 1: the answer is 42.", None, None, ("42", True, "ok")),
+    ("number", "42", "", " 41. Correction: 42.", None, ("42", True, "ok")),
+    ("number", "41", "", " 41. Actually, it should be 42.", None, ("42", False, "ok")),  # the first is revised
+    ("number", "42", "", " 42.\n\nThe answer is 43.", None, ("43", False, "ambiguous")),  # completion restated
+    ("number", "42", "", " 42. Wait, let me check. 40 + 2 = 42. The answer is 42.", None, ("42", True, "ok")),
+    ("number", "42", "Wait, 6 * 7 is 42. The answer is 42.", None, None, ("42", True, "ok")),  # before any answer
+    ("choice", "B", "The answer is (A). Looking again, the answer is (B).", None, None, ("B", False, "ambiguous")),
+    ("choice", "B", "The answer is (A). Actually, the answer is (B).", None, None, ("B", True, "ok")),
+    ("choice", "C", "", " A/C.", None, ("A", False, "ambiguous")),  # letters offered together
+    ("choice", "C", "", " A & C", None, ("A", False, "ambiguous")),
+    ("choice", "C", "", " both (A) and (C).", None, ("A", False, "ambiguous")),
+    ("yesno", "yes", "The answer is yes. On reflection, the answer is no.", None, None, ("no", False, "ambiguous")),
+    ("yesno", "yes", "So the answer is no. Wait, it was flipped twice: the answer is yes.", None, None,
+     ("yes", True, "ok")),
+    ("date", "09/08/2021", "The answer is 09/07/2021. Hence the answer is 09/08/2021.", None, None,
+     ("09/08/2021", False, "ambiguous")),
+    ("string", "nent", 'The answer is "nenl". So the answer is "nent".', None, None, ("nent", False, "ambiguous")),
+]
+
+
+@pytest.mark.parametrize(("answer_type", "gold", "rationale", "completion", "choices", "expected"), SEVERAL)
+def test_several_final_answers_are_one_answer_or_ambiguous(answer_type, gold, rationale, completion, choices,
+                                                           expected):
+    assert graded(answer_type, gold, rationale, completion, choices) == expected
+
+
+# ---------------------------------------------------------------- open bounds and conditions: never credited
+QUALIFIED = [
+    # (answer type, gold, output, choices, pred)
+    ("number", "5", " at least 5.", None, "5"),
+    ("number", "5", " 5 or more.", None, "5"),
+    ("number", "5", " more than 5 apples.", None, "5"),
+    ("number", "5", " up to 5", None, "5"),
+    ("number", "10", " 10+ people", None, "10"),
+    ("number", "5", " > 5", None, "5"),
+    ("number", "5", r" $\geq 5$", None, None),
+    ("number", "5", " 5, if we count the broken one.", None, "5"),
+    ("number", "5", " It depends: 5 on weekdays.", None, "5"),
+    ("yesno", "yes", " Yes, if the coin was flipped an even number of times.", None, "yes"),
+    ("yesno", "no", " No, unless Ka flipped it.", None, "no"),
+    ("yesno", "yes", " It depends on whether it rained: yes.", None, "yes"),
+    ("choice", "B", " (B), assuming the store is open.", CSQA, "B"),
+    ("date", "09/08/2021", " 09/08/2021 at the latest.", None, "09/08/2021"),
+    ("date", "09/08/2021", " no later than 09/08/2021.", None, "09/08/2021"),
+    ("string", "nent", ' "nent", if we ignore case.', None, "nent"),
+]
+
+
+@pytest.mark.parametrize(("answer_type", "gold", "text", "choices", "pred"), QUALIFIED)
+def test_open_bounds_and_conditional_answers_are_ambiguous(answer_type, gold, text, choices, pred):
+    v = grade_one(answer_type, gold, text, choices=choices)
+    assert (v.correct, v.status) == (False, "ambiguous")
+    if pred is not None:
+        assert v.pred == pred
+
+
+# ... but a qualifier outside the answer, or inside a choice's own text, is no hedge.
+NOT_QUALIFIED = [
+    ("number", "5", " 5. If she eats 3 a day, they last 2 days.", None, ("5", True, "ok")),
+    ("choice", "B", " (B) only if it rains", ["always", "only if it rains", "never"], ("B", True, "ok")),
+    ("yesno", "no", " No. If it had been flipped, it would be tails.", None, ("no", True, "ok")),
+    ("number", "42", " 42<|endoftext|>", None, ("42", True, "ok")),  # an end-of-text token is no "<"
+    ("number", "5", " 5 apples, which is 3 more than Tom's 2.", None, ("5", True, "ok")),  # no bound on the answer
+    ("string", "ifte", ' "ifte".', None, ("ifte", True, "ok")),
+]
+
+
+@pytest.mark.parametrize(("answer_type", "gold", "text", "choices", "expected"), NOT_QUALIFIED)
+def test_a_qualifier_outside_the_answer_is_no_hedge(answer_type, gold, text, choices, expected):
+    check(answer_type, gold, text, expected, choices)
