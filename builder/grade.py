@@ -197,8 +197,8 @@ def grade_frame(df: pl.DataFrame, *, mode: str = "auto") -> pl.DataFrame:
             parsed = choices_from_question(pl.col("_question"))
             part = part.with_columns(pl.coalesce("choices", parsed).alias("choices"))
         out = GRADERS.get(answer_type)(part.select("text", "anchored", "gold", "choices"), last=bool(last_flag))
-        parts.append(pl.concat([part.select("_row", "_cand", "_n"), out, part.select(pl.col("answer_type").alias("grader"))],
-                               how="horizontal"))
+        grader = part.select(pl.col("answer_type").alias("grader"))
+        parts.append(pl.concat([part.select("_row", "_cand", "_n"), out, grader], how="horizontal"))
     schema = {"_row": pl.UInt32, "pred": pl.String, "correct": pl.Boolean, "grade_status": pl.String,
               "grader": pl.String}
     if not parts:
