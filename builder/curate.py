@@ -58,7 +58,7 @@ from builder.dedup import (
 )
 from builder.errors import SchemaError
 from builder.filters import reason_expr
-from builder.graders._common import OK, STATUSES
+from builder.graders import OK, STATUSES
 from builder.kernels import HAVE_NUMBA
 from builder.recipe import CurationConfig
 from builder.schemas import table_schema, validate

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from builder.errors import InputError
-from builder.graders import GRADERS, latex
-from builder.graders._common import AMBIGUOUS, NO_ANSWER, OK, PARSE_ERROR, TIMEOUT, is_blank
+from builder.graders import AMBIGUOUS, GRADERS, NO_ANSWER, OK, PARSE_ERROR, TIMEOUT, latex
+from builder.graders._common import is_blank
 from builder.prompts import student_answer_expr
 from builder.schemas import validate
 from builder.tasks import PAPER_TASKS
@@ -37,6 +37,10 @@ BOXED_CONTENT = r"\\(?:boxed|fbox)\s*\{((?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}"
 # A revision: what follows replaces the answers given before it.
 REVISION = r"(?i)\b(?:actually|wait|correction|on second thought|scratch that|it should (?:be|have been))\b"
 MARKER = rf"(?i)\\(?:boxed|fbox)|{ANSWER_ANCHOR.removeprefix('(?i)')}|{REVISION.removeprefix('(?i)')}"
+# Words every MARKER match holds, each without its first letter and in capitals: a case-sensitive literal search that
+# is three times faster than MARKER and leaves it only the rows that may match.
+_HINT = "|".join(f"{w[1:]}|{w.upper()}" for w in ("answer", "boxed", "fbox", "actually", "wait", "correction",
+                                                   "thought", "scratch", "should"))
 _CUT = "\x00"
 
 CHOICE_TYPES = frozenset({"choice", "date"})  # graders that read choices (parsed from the question when absent)
@@ -60,7 +64,10 @@ def candidates(work: pl.DataFrame) -> pl.DataFrame:
     given after it count, or, when there are none, the revision's own text ("Correction: 6"). A region with no
     candidate (a rationale that never states its answer) is read whole, its last value (`_last`, unanchored).
     """
-    multi = work.select(pl.col("text").str.contains(MARKER).fill_null(False)).to_series()
+    multi = work.select(pl.col("text").str.contains(_HINT).fill_null(False)).to_series()
+    if multi.any():
+        marked = work.filter(multi).select(pl.col("text").str.contains(MARKER).fill_null(False)).to_series()
+        multi = multi.scatter(multi.arg_true(), marked)
     one = [pl.lit(0, pl.UInt32).alias("_cand"), pl.lit(1, pl.UInt32).alias("_n")]
     plain = work.filter(~multi).with_columns(*one, pl.col("_opens").alias("anchored"),
                                              (~pl.col("_opens")).alias("_last")).drop("_opens")
@@ -80,10 +87,11 @@ def candidates(work: pl.DataFrame) -> pl.DataFrame:
                                                                .over("_row") > 0))).alias("_is"))
     )
     # After the last revision only the answers given after it count, else the revision's own text ("Correction: 6").
-    revised = pl.col("_pos").filter((kind == "R") & pl.col("_is")).max().over("_row")
-    restated = (pl.col("_primary") & (pl.col("_pos") > revised)).any().over("_row")
+    segs = segs.with_columns(pl.when((kind == "R") & pl.col("_is")).then("_pos").max().over("_row").alias("_rev"))
+    revised = pl.col("_rev")
+    segs = segs.with_columns((pl.col("_primary") & (pl.col("_pos") > revised)).any().over("_row").alias("_restated"))
     segs = segs.filter(pl.col("_is") & (revised.is_null() | (pl.col("_primary") & (pl.col("_pos") > revised))
-                                        | ((pl.col("_pos") == revised) & ~restated)))
+                                        | ((pl.col("_pos") == revised) & ~pl.col("_restated"))))
     found = segs.select(
         "_row", pl.int_range(pl.len(), dtype=pl.UInt32).over("_row").alias("_cand"),
         pl.len().over("_row").cast(pl.UInt32).alias("_n"), pl.col("_seg").str.slice(1).alias("text"),

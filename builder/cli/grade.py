@@ -140,7 +140,7 @@ def register(app: typer.Typer) -> None:
             atomic_write_parquet(graded, output)
             progress.update(step, advance=1, description="done")
 
-        from builder.graders._common import OK, STATUSES
+        from builder.graders import OK, STATUSES
 
         not_ok = [s for s in STATUSES if s != OK]
         out = stdout_console()

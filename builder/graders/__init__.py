@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from builder.graders import choice, date, math, number, string, yesno  # noqa: F401 - register the built-in graders
+from builder.graders._common import AMBIGUOUS, NO_ANSWER, OK, PARSE_ERROR, STATUSES, TIMEOUT, WRONG_FORMAT
 from builder.graders.base import GRADERS, Grader
 
 
@@ -35,4 +36,5 @@ def grade_one(answer_type: str, gold: str, text: str | None, *, choices: list[st
     return Verdict(row["pred"], row["correct"], row["grade_status"])
 
 
-__all__ = ["GRADERS", "Grader", "Verdict", "grade_one"]
+__all__ = ["AMBIGUOUS", "GRADERS", "NO_ANSWER", "OK", "PARSE_ERROR", "STATUSES", "TIMEOUT", "WRONG_FORMAT", "Grader",
+           "Verdict", "grade_one"]

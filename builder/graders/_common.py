@@ -125,8 +125,11 @@ _PY_BOUND_SIGNS = re.compile(BOUND_SIGNS)
 def _qualified(frame: pl.DataFrame) -> pl.Series:
     """True where an anchored answer span holds an open bound or a condition (`QUALIFIED`) that is not part of the
     gold or of a choice's text ("(B) only if it rains")."""
-    flag = frame.select(pl.col("anchored") & pl.col("text").str.contains(f"{QUALIFIED}|{BOUND_SIGNS}")).to_series()
-    flag = flag.fill_null(False)
+    flag = frame["anchored"].fill_null(False)
+    if not flag.any():  # a whole rationale (long text) is never searched
+        return flag
+    named = frame.filter(flag).select(pl.col("text").str.contains(f"{QUALIFIED}|{BOUND_SIGNS}").fill_null(False))
+    flag = flag.scatter(flag.arg_true(), named.to_series())
     if not flag.any():
         return flag
     rows = frame.filter(flag).select(answer_span(pl.col("text")).alias("span"), "gold", "choices")
