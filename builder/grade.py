@@ -50,6 +50,7 @@ OUT_COLUMNS = ("pred", "correct", "grade_status", "grader")
 def _marked(text: pl.Expr) -> pl.Expr:
     """`text` with each final-answer marker replaced by NUL and a kind letter: `B` opens a \\boxed{} content (`E`
     closes it), `A` follows an "answer is", `R` follows a revision ("actually", "wait", "it should be")."""
+    text = text.str.replace_all(_CUT, "", literal=True)  # a NUL in the text itself must not forge a marker
     return (text.str.replace_all(BOXED_CONTENT, f"{_CUT}B${{1}}{_CUT}E").str.replace_all(ANSWER_ANCHOR, f"{_CUT}A")
             .str.replace_all(REVISION, f"{_CUT}R"))
 
