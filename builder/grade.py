@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from builder.errors import InputError
-from builder.graders import AMBIGUOUS, GRADERS, NO_ANSWER, OK, PARSE_ERROR, TIMEOUT, latex
+from builder.graders import AMBIGUOUS, GRADERS, NO_ANSWER, OK, PARSE_ERROR, TIMEOUT, WRONG_FORMAT, latex
 from builder.graders._common import is_blank
 from builder.prompts import student_answer_expr
 from builder.schemas import validate
@@ -106,26 +106,32 @@ def candidates(work: pl.DataFrame) -> pl.DataFrame:
 
 
 def combine(graded: pl.DataFrame) -> pl.DataFrame:
-    """One verdict per `_row` from its candidates' verdicts: one distinct answer is the answer; two or more, or a
-    hedged candidate, are `ambiguous`; candidates without an answer (a revision that only says "wait") do not count.
-    A gold or parser failure wins, so it is never hidden."""
-    counted = pl.col("grade_status").is_in([OK, AMBIGUOUS, PARSE_ERROR, TIMEOUT])
-    ok = pl.col("grade_status") == OK
+    """One verdict per `_row` from its candidates' verdicts (`graded` has `_text`, the candidate's text): one
+    distinct answer is the answer; two or more, or a hedged candidate, are `ambiguous`. A candidate that states
+    nothing readable ("the answer is that...", a revision that only says "wait") does not count, but one the grader
+    refused though it holds a value (`$2\\pi r$` for a number, a letter beyond the choices) is a rival answer. A
+    gold or parser failure wins, so it is never hidden."""
+    status = pl.col("grade_status")
+    refused = (status == WRONG_FORMAT) & (pl.col("pred").is_not_null() | pl.col("_text").str.contains(r"[\d\\]"))
+    ok = status == OK
     agg = graded.sort("_row", "_cand").group_by("_row", maintain_order=True).agg(
-        (pl.col("grade_status") == PARSE_ERROR).any().alias("_pe"),
-        (pl.col("grade_status") == TIMEOUT).any().alias("_to"),
-        (pl.col("grade_status") == AMBIGUOUS).any().alias("_amb"),
+        (status == PARSE_ERROR).any().alias("_pe"),
+        (status == TIMEOUT).any().alias("_to"),
+        (status == AMBIGUOUS).any().alias("_amb"),
         pl.col("pred").filter(ok).n_unique().alias("_n"),
-        pl.col("pred").filter(counted).last().alias("pred"),
+        refused.sum().alias("_refused"),
+        pl.col("pred").filter(status.is_in([OK, AMBIGUOUS, PARSE_ERROR, TIMEOUT]) | refused).last().alias("pred"),
         pl.col("correct").filter(ok).last().alias("_c"),
-        pl.col("grade_status").last().alias("_s"),
+        status.last().alias("_s"),
         pl.col("grader").first(),
     )
-    status = (pl.when("_pe").then(pl.lit(PARSE_ERROR)).when("_to").then(pl.lit(TIMEOUT))
-              .when(pl.col("_amb") | (pl.col("_n") > 1)).then(pl.lit(AMBIGUOUS))
-              .when(pl.col("_n") == 1).then(pl.lit(OK)).otherwise("_s"))
-    return agg.select("_row", "pred", ((status == OK) & pl.col("_c").fill_null(False)).alias("correct"),
-                      status.alias("grade_status"), "grader")
+    values = pl.col("_n") + pl.col("_refused")
+    verdict = (pl.when("_pe").then(pl.lit(PARSE_ERROR)).when("_to").then(pl.lit(TIMEOUT))
+               .when(pl.col("_amb") | (values > 1)).then(pl.lit(AMBIGUOUS))
+               .when(pl.col("_n") == 1).then(pl.lit(OK))
+               .when(pl.col("_refused") > 0).then(pl.lit(WRONG_FORMAT)).otherwise("_s"))
+    return agg.select("_row", "pred", ((verdict == OK) & pl.col("_c").fill_null(False)).alias("correct"),
+                      verdict.alias("grade_status"), "grader")
 
 
 def choices_from_question(question: pl.Expr) -> pl.Expr:
@@ -207,7 +213,8 @@ def grade_frame(df: pl.DataFrame, *, mode: str = "auto") -> pl.DataFrame:
             part = part.with_columns(pl.coalesce("choices", parsed).alias("choices"))
         out = GRADERS.get(answer_type)(part.select("text", "anchored", "gold", "choices"), last=bool(last_flag))
         grader = part.select(pl.col("answer_type").alias("grader"))
-        parts.append(pl.concat([part.select("_row", "_cand", "_n"), out, grader], how="horizontal"))
+        keys = part.select("_row", "_cand", "_n", pl.when(pl.col("_n") > 1).then("text").alias("_text"))
+        parts.append(pl.concat([keys, out, grader], how="horizontal"))
     schema = {"_row": pl.UInt32, "pred": pl.String, "correct": pl.Boolean, "grade_status": pl.String,
               "grader": pl.String}
     if not parts:

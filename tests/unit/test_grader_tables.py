@@ -270,6 +270,10 @@ SEVERAL = [
     ("number", "42", "", " 42.\n\nThe answer is 43.", None, ("43", False, "ambiguous")),  # completion restated
     ("number", "42", "", " 42. Wait, let me check. 40 + 2 = 42. The answer is 42.", None, ("42", True, "ok")),
     ("number", "42", "Wait, 6 * 7 is 42. The answer is 42.", None, None, ("42", True, "ok")),  # before any answer
+    ("number", "36", r"So the answer is 36. The answer is $2\pi r$.", None, None, (None, False, "ambiguous")),  # a
+    # final answer the grader cannot read is still a rival
+    ("number", "42", "The answer is that we need more data. So the answer is 42.", None, None, ("42", True, "ok")),
+    ("choice", "B", "The answer is (G). The answer is (B).", None, ["a", "b", "c"], ("B", False, "ambiguous")),
     ("number", "42", "The answer is 41.\n\x00R 42", None, None, ("41", False, "ok")),  # a NUL forges no revision
     ("choice", "B", "The answer is (A). Looking again, the answer is (B).", None, None, ("B", False, "ambiguous")),
     ("choice", "B", "The answer is (A). Actually, the answer is (B).", None, None, ("B", True, "ok")),
