@@ -9,13 +9,14 @@ Grading is vectorised: `grade_frame` cuts the answer region with polars string e
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING
 
 import polars as pl
 
 from builder.errors import InputError
 from builder.graders import AMBIGUOUS, GRADERS, NO_ANSWER, OK, PARSE_ERROR, TIMEOUT, WRONG_FORMAT, latex
-from builder.graders._common import is_blank
+from builder.graders._common import answer_span, is_blank
 from builder.prompts import student_answer_expr
 from builder.schemas import validate
 from builder.tasks import PAPER_TASKS
@@ -34,9 +35,18 @@ TASK_ANSWER_TYPES: dict[str, str] = {task.name: task.answer_type for task in PAP
 # "The answer is", "the final answer:", "Answer (arabic numerals) is", "answer would be", "answer =".
 ANSWER_ANCHOR = r"(?i)\banswer\s*(?:\([^)\n]{0,40}\)\s*)?(?:is|was|would be|will be|should be|:|=)"
 BOXED_CONTENT = r"\\(?:boxed|fbox)\s*\{((?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}"
-# A revision: what follows replaces the answers given before it.
-REVISION = r"(?i)\b(?:actually|wait|correction|on second thought|scratch that|it should (?:be|have been))\b"
+# A revision opens a sentence ("She had to wait 5 minutes" is none); what it says may replace the answers before it.
+REVISION = (r"(?i)(^|[.!?]\s+|\n\s*)[*_\"']*(?:actually|wait|correction|on second thought|scratch that"
+            r"|it should (?:be|have been))\b")
 MARKER = rf"(?i)\\(?:boxed|fbox)|{ANSWER_ANCHOR.removeprefix('(?i)')}|{REVISION.removeprefix('(?i)')}"
+# A revision that restates an answer itself: "Correction: 42.", "Actually, it's 6 apples.", "Wait, no." A short
+# verbless phrase ending its sentence; "Wait, could it be 5?" or "Actually, 5 is a common mistake" restate nothing.
+_RESTATES = re.compile(r"[\s,:;.!*\-]*(?:no[,.!]\s+)?"
+                       r"(?:(?:it|that)(?:'s|\s+is|\s+was|\s+should\s+(?:be|have\s+been))\s+|i\s+mean,?\s+)?"
+                       r"(?P<value>[^\s.!?][^.!?\n]*?)\s*(?:[.!](?:\s|$)|\n|$)", re.IGNORECASE)
+_NOT_A_VALUE = re.compile(r"\b(?:is|was|are|were|be|been|would|could|might|may|not|let|me|if|because|since|so)\b",
+                          re.IGNORECASE)
+RESTATED_WORDS = 3
 # Words every MARKER match holds, each without its first letter and in capitals: a case-sensitive literal search that
 # is three times faster than MARKER and leaves it only the rows that may match.
 _HINT = "|".join(f"{w[1:]}|{w.upper()}" for w in ("answer", "boxed", "fbox", "actually", "wait", "correction",
@@ -52,7 +62,13 @@ def _marked(text: pl.Expr) -> pl.Expr:
     closes it), `A` follows an "answer is", `R` follows a revision ("actually", "wait", "it should be")."""
     text = text.str.replace_all(_CUT, "", literal=True)  # a NUL in the text itself must not forge a marker
     return (text.str.replace_all(BOXED_CONTENT, f"{_CUT}B${{1}}{_CUT}E").str.replace_all(ANSWER_ANCHOR, f"{_CUT}A")
-            .str.replace_all(REVISION, f"{_CUT}R"))
+            .str.replace_all(REVISION, f"${{1}}{_CUT}R"))
+
+
+def restates(text: str) -> bool:
+    """Whether a revision's own text restates an answer (`_RESTATES`)."""
+    m = _RESTATES.match(text)
+    return bool(m) and len(m["value"].split()) <= RESTATED_WORDS and not _NOT_A_VALUE.search(m["value"])
 
 
 def candidates(work: pl.DataFrame) -> pl.DataFrame:
@@ -61,9 +77,12 @@ def candidates(work: pl.DataFrame) -> pl.DataFrame:
 
     `work` has `_row`, `text` (the region) and `_opens` (the region starts with the answer: a stage-2 completion, a
     student's answer part). Candidates are the region's start when it opens with the answer, each \\boxed{} content
-    and the text after each "answer is". A revision after a candidate drops the candidates before it: the answers
-    given after it count, or, when there are none, the revision's own text ("Correction: 6"). A region with no
-    candidate (a rationale that never states its answer) is read whole, its last value (`_last`, unanchored).
+    and the text after each "answer is". A revision (a sentence opening "Actually", "Wait", "Correction", "It should
+    be") after a candidate counts when answers follow it or it restates one itself (`restates`); the last that
+    counts drops the candidates before it, so "41. Correction: 42." reads 42. Any other revision is an ordinary
+    candidate: "The answer is 6. Wait, could it be 5?" names a rival (ambiguous), "Wait, let me verify." nothing.
+    A region with no candidate (a rationale that never states its answer) is read whole, its last value (`_last`,
+    unanchored).
     """
     multi = work.select(pl.col("text").str.contains(_HINT).fill_null(False)).to_series()
     if multi.any():
@@ -87,12 +106,23 @@ def candidates(work: pl.DataFrame) -> pl.DataFrame:
         .with_columns((pl.col("_primary") | ((kind == "R") & (pl.col("_primary").cast(pl.UInt32).cum_sum()
                                                                .over("_row") > 0))).alias("_is"))
     )
-    # After the last revision only the answers given after it count, else the revision's own text ("Correction: 6").
-    segs = segs.with_columns(pl.when((kind == "R") & pl.col("_is")).then("_pos").max().over("_row").alias("_rev"))
-    revised = pl.col("_rev")
-    segs = segs.with_columns((pl.col("_primary") & (pl.col("_pos") > revised)).any().over("_row").alias("_restated"))
-    segs = segs.filter(pl.col("_is") & (revised.is_null() | (pl.col("_primary") & (pl.col("_pos") > revised))
-                                        | ((pl.col("_pos") == revised) & ~pl.col("_restated"))))
+    # A revision after a candidate counts when answers follow it or it restates one itself; the last that counts
+    # drops the candidates before it (its own text is the candidate when it restates one).
+    segs = segs.with_columns(pl.when("_primary").then("_pos").max().over("_row").alias("_lastp"))
+    is_rev = pl.col("_is") & (kind == "R")
+    said = segs.select(is_rev & (pl.col("_lastp") <= pl.col("_pos"))).to_series()
+    if said.any():
+        own = [restates(t[1:]) for t in segs.filter(said)["_seg"]]
+        said = said.scatter(said.arg_true(), pl.Series(own, dtype=pl.Boolean))
+    counts = is_rev & ((pl.col("_lastp") > pl.col("_pos")) | pl.col("_said"))
+    segs = segs.with_columns(said.alias("_said")).with_columns(pl.when(counts).then("_pos").max().over("_row")
+                                                               .alias("_rev"))
+    rev = pl.col("_rev")
+    later = rev.is_null() | (pl.col("_pos") > rev)
+    # A revision that neither restates nor is followed by an answer is an ordinary candidate: a rival when it names a
+    # value ("Wait, could it be 5?"), nothing when it names none ("Wait, let me verify.").
+    segs = segs.filter((pl.col("_primary") & later) | ((pl.col("_pos") == rev) & pl.col("_said"))
+                       | (is_rev & ~counts & later))
     found = segs.select(
         "_row", pl.int_range(pl.len(), dtype=pl.UInt32).over("_row").alias("_cand"),
         pl.len().over("_row").cast(pl.UInt32).alias("_n"), pl.col("_seg").str.slice(1).alias("text"),
@@ -112,7 +142,8 @@ def combine(graded: pl.DataFrame) -> pl.DataFrame:
     refused though it holds a value (`$2\\pi r$` for a number, a letter beyond the choices) is a rival answer. A
     gold or parser failure wins, so it is never hidden."""
     status = pl.col("grade_status")
-    refused = (status == WRONG_FORMAT) & (pl.col("pred").is_not_null() | pl.col("_text").str.contains(r"[\d\\]"))
+    held = answer_span(pl.col("_text")).str.contains(r"[\d\\]")  # in the answer span, not in a reason after it
+    refused = (status == WRONG_FORMAT) & (pl.col("pred").is_not_null() | held)
     ok = status == OK
     agg = graded.sort("_row", "_cand").group_by("_row", maintain_order=True).agg(
         (status == PARSE_ERROR).any().alias("_pe"),

@@ -43,7 +43,7 @@ failed), timeout (the expression parser ran out of time)."""
 # ("A coin" is not a letter).
 LETTER_TOKEN = (r"\([A-Ja-j]\)|(?:^|[\s:\"'*])[A-J](?:[).:,\"'*]|\s*$|\s*\n)|(?:^|\s)[a-j]\)"
                 r"|(?:^|\s)[A-J]\s+(?:or|and)\b")  # "A or C": a hedge names letters too
-LETTER_PAIR = r"\b([A-J])\s*[/&+]\s*([A-J])\b"  # "A/C", "A & C": read as "A or C"
+LETTER_PAIR = r"\b([A-J])[ \t]*[/&+,\n][ \t]*([A-J])\b"  # "A/C", "A & C", "B,C", "B\nC": read as "A or C"
 
 # Where a final answer ends: a sentence end, a reason ("because", "since", ", as"), a new question, a blank line,
 # a second "answer is".
@@ -54,11 +54,13 @@ _LEADING_ANCHOR = r"(?i)^[\s:,]*(?:so,?\s+)?(?:therefore,?\s+)?(?:the\s+)?(?:fin
 _NEGATED = r"(?i)(?:\bnot|n't)\s+\S*?([,;:](?:\s|$)|[.!?](?:\s|$)|\s|$)"
 
 
-def answer_span(text: pl.Expr) -> pl.Expr:
+def answer_span(text: pl.Expr, *, negations: bool = True) -> pl.Expr:
     """The final answer inside an answer region: a leading "the answer is" dropped, negated candidates removed, then
     cut at the first sentence end after the first letter or digit (`_SPAN_END`). Decimal points, "3/8 or .375"
     and quoted "l r n z." are not sentence ends (a sentence end is followed by a space or the end)."""
-    text = text.str.replace(_LEADING_ANCHOR, "").str.replace_all(_NEGATED, "$1")
+    text = text.str.replace(_LEADING_ANCHOR, "")
+    if negations:
+        text = text.str.replace_all(_NEGATED, "$1")
     cut = text.str.extract(rf"(?si)^(.*?[\p{{L}}\p{{N}}].*?)(?:{_SPAN_END})", 1)
     return pl.coalesce(cut, text)
 
@@ -112,12 +114,14 @@ def status(pred: pl.Expr, gold_ok: pl.Expr, *, wrong_format: pl.Expr | None = No
 # more", "10+", "09/08/2021 at the latest"; "5, which is 3 more than 2" names no bound) or a condition ("yes, if it
 # rained", "it depends"). Comparison signs count only where the gold has none (an inequality). Patterns valid in
 # both polars (Rust) and Python regex.
-QUALIFIED = (r"(?i)\b(?:at\s+(?:least|most)|(?:more|less|fewer|greater|lower|higher)\s+than|up\s+to|upwards\s+of"
+QUALIFIED = (r"(?i)\b(?:at\s+(?:least|most)|(?:not\s+|no\s+)?(?:more|less|fewer|greater|lower|higher)\s+than|up\s+to"
+             r"|upwards\s+of|over|above|under|below|nearly|almost|a\s+(?:minimum|maximum)\s+of"
              r"|no\s+(?:later|earlier)\s+than)\s+\$?-?\d"
              r"|\d\S*\s+(?:[^\W\d_]+\s+)?(?:or\s+(?:more|less|fewer|greater|higher|lower|above|below|so|later|earlier)"
-             r"|at\s+the\s+(?:latest|earliest))\b|\d\+(?:\s*$|\s+[^\W\d_])"
-             r"|\b(?:if|unless|depends|depending|provided|assuming|whether)\b")
-BOUND_SIGNS = r"[<>\u2264\u2265]=?\s*-?\$?\d|\\(?:geq?|leq?|gt|lt)\b"  # "> 5", "\geq 2"; not "<|endoftext|>"
+             r"|at\s+(?:the\s+)?(?:latest|earliest|minimum|maximum|most|least))\b|\d\+(?:\s*$|\s+[^\W\d_])"
+             r"|\b(?:if|unless|depends|depending|provided|assuming|whether|when|except|in\s+case|but\s+only)\b")
+# "> 5", "\geq 2", "⩾5"; not "<|endoftext|>"
+BOUND_SIGNS = r"[<>\u2264\u2265\u2a7d\u2a7e]=?\s*-?\$?\d|\\(?:geq?|leq?|gt|lt|geqslant|leqslant)\b"
 _PY_QUALIFIED = re.compile(QUALIFIED.removeprefix("(?i)"), re.IGNORECASE)
 _PY_BOUND_SIGNS = re.compile(BOUND_SIGNS)
 
@@ -132,11 +136,12 @@ def _qualified(frame: pl.DataFrame) -> pl.Series:
     flag = flag.scatter(flag.arg_true(), named.to_series())
     if not flag.any():
         return flag
-    rows = frame.filter(flag).select(answer_span(pl.col("text")).alias("span"), "gold", "choices")
+    rows = frame.filter(flag).select(answer_span(pl.col("text"), negations=False).alias("span"), "gold", "choices")
     hits = []
     for span, gold, choices in rows.iter_rows():  # only the few rows that name a qualifier at all
-        for choice in choices or []:
-            span = re.sub(re.escape(choice.strip()), " ", span, flags=re.IGNORECASE) if choice.strip() else span
+        for choice in choices or []:  # a choice whose own text holds a qualifier: "(B) only if it rains"
+            if choice.strip() and _PY_QUALIFIED.search(choice):
+                span = re.sub(re.escape(choice.strip()), " ", span, flags=re.IGNORECASE)
         words = bool(re.search(_PY_QUALIFIED, span)) and not re.search(_PY_QUALIFIED, gold)
         signs = bool(re.search(_PY_BOUND_SIGNS, span)) and not re.search(_PY_BOUND_SIGNS, gold)
         hits.append(words or signs)

@@ -270,6 +270,27 @@ SEVERAL = [
     ("number", "42", "", " 42.\n\nThe answer is 43.", None, ("43", False, "ambiguous")),  # completion restated
     ("number", "42", "", " 42. Wait, let me check. 40 + 2 = 42. The answer is 42.", None, ("42", True, "ok")),
     ("number", "42", "Wait, 6 * 7 is 42. The answer is 42.", None, None, ("42", True, "ok")),  # before any answer
+    # revision words in ordinary prose (an outside attack): never a way to credit a value only mentioned
+    ("choice", "C", "The answer is (B).\n\nWait, let me reconsider option (C)... No, (B) is correct.", None, None,
+     ("C", False, "ambiguous")),
+    ("yesno", "no", "So the answer is yes. Actually, no flips happened after Bob, so heads stays.", None, None,
+     ("no", False, "ambiguous")),
+    ("yesno", "no", "The answer is yes. Wait, no one flipped it.", None, None, ("no", False, "ambiguous")),
+    ("yesno", "no", "The answer is yes. Wait, no.", None, None, ("no", True, "ok")),  # ... a restated answer is one
+    ("number", "5", "The answer is 6. It should be noted that 5 of them are red.", None, None,
+     ("5", False, "ambiguous")),
+    ("number", "5", "The answer is 6 apples. She had to wait 5 minutes for them.", None, None, ("6", False, "ok")),
+    ("number", "5", "The answer is 6. Wait, could it be 5? No, it's 6.", None, None, ("5", False, "ambiguous")),
+    ("number", "5", "The answer is 6. Actually, 5 is a common mistake here.", None, None, ("5", False, "ambiguous")),
+    ("number", "5", "So the answer is 6.\nCorrection of units: 5 km is not needed.", None, None,
+     ("5", False, "ambiguous")),
+    ("date", "A", "So the answer is (B). Wait, (A) is 09/08/2021 which is a Wednesday.", None, DATES,
+     ("A", False, "ambiguous")),
+    ("number", "6", "The answer is 6. Actually, that makes sense because 2 * 3 = 6.", None, None, ("6", True, "ok")),
+    ("number", "6", "**Answer: 6**\n\nActually, let me reconsider... no, 6 is correct.", None, None,
+     ("6", True, "ok")),
+    ("number", "6", "The answer is 6.\nWait, let me verify. 5 + 1 = 6.", None, None, ("6", True, "ok")),
+    ("number", "7", "The answer is 5. Actually, it's 6 or 7.", None, None, ("6", False, "ambiguous")),
     ("number", "36", r"So the answer is 36. The answer is $2\pi r$.", None, None, (None, False, "ambiguous")),  # a
     # final answer the grader cannot read is still a rival
     ("number", "42", "The answer is that we need more data. So the answer is 42.", None, None, ("42", True, "ok")),
@@ -314,6 +335,23 @@ QUALIFIED = [
     ("date", "09/08/2021", " 09/08/2021 at the latest.", None, "09/08/2021"),
     ("date", "09/08/2021", " no later than 09/08/2021.", None, "09/08/2021"),
     ("string", "nent", ' "nent", if we ignore case.', None, "nent"),
+    # found by an outside attack: more bounds and conditions, and bounds whose value is a choice's text
+    ("number", "5", " over 5", None, "5"),
+    ("number", "5", " under 5", None, "5"),
+    ("number", "5", " almost 5", None, "5"),
+    ("number", "5", " a minimum of 5", None, "5"),
+    ("number", "5", " 5 at minimum", None, "5"),
+    ("number", "5", " not less than 5", None, "5"),
+    ("number", "5", " \u2a7e5", None, "5"),
+    ("yesno", "yes", " yes, when it rains", None, "yes"),
+    ("yesno", "yes", " yes, but only on Sundays", None, "yes"),
+    ("yesno", "yes", " yes in case 1, no in case 2", None, "yes"),
+    ("choice", "A", " at least 5", ["5", "6", "7", "8"], "A"),
+    ("choice", "A", " (A) 5 or more", ["5", "6", "7", "8"], "A"),
+    ("date", "A", " 09/08/2021 at the latest", DATES[3:], "A"),
+    ("date", "A", " no later than 09/08/2021", DATES[3:], "A"),
+    ("choice", "C", " B,C", None, "B"),  # letters offered together
+    ("choice", "C", " B\nC", None, "B"),
 ]
 
 
