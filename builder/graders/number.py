@@ -6,9 +6,12 @@ thousands separators of every common form ("1,600", "1 000", thin and no-break s
 by group size ("1,5", "2,74", "1000,99", "0,111" are decimals; "1,600" is not); a sign; currency before ("$5",
 "\\$5", "-$3"); units, "%" and `\\text{...}` after (ignored: the paper tasks ask "what percent" with golds like
 "25"); fractions "3/4", `\\frac{3}{4}`, `\\dfrac`, `\\tfrac`, `\\cfrac`, `\\frac13`; mixed numbers "3 1/2" and
-`3\\frac{1}{2}`; scientific notation "1.5e3", "1.5 \\times 10^{3}". A span whose first line starts with a calculation
-("8 + 9 = 17.") counts by its result (after the last "=", "equals", "which is"). A span with no digits gets a rare
-Python fallback for number words ("two hundred four"). A span left with one plain number is read right here.
+`3\\frac{1}{2}`; scientific notation "1.5e3", "1.5 \\times 10^{3}". Unicode first (`normalise`): the dashes that
+stand for a minus (hyphen, figure and en dash, minus signs) are "-", except an en or figure dash between numbers,
+which is a range ("3 \u2013 5" is "3 to 5"); zero-width characters are dropped; vulgar fractions are their value
+("5\u00bd" is the mixed number 5 1/2). A span with no digits gets a rare Python fallback for number words ("two
+hundred four"). A span left with one plain number is read right here; a calculation ("8 + 9 = 17.") always goes to
+`structure`, which reads it by its result.
 
 Structure (Python, each distinct span once): a span with several numbers, brackets, operators, "=", a fraction, a
 spelled or spaced sign or LaTeX (`structure.ROUTE`) is read by `structure.read`, which knows the answer phrase from
@@ -19,33 +22,38 @@ goes to math-verify (`builder.graders.latex`), in worker processes; its failures
 `parse_error`, a non-number is `wrong_format`. Two different values in the span ("7 or 8", "between 3 and 5", a set
 "12 and 13") are `ambiguous`, the first is the pred; the same value twice ("3/8 or 0.375") is one answer.
 
-Verify (gold first): two integers compare exactly as digit strings, at any size. Otherwise both sides are float64
-and agree when |pred - gold| <= 1e-12 * max(|pred|, |gold|) + 1e-12, which absorbs float noise
+No number (`wrong_format`, pred null): a value float64 cannot hold that is no exact integer (" 1e400", " 5e308",
+math-verify's 10^{10^{10}}: infinity would "agree" with any gold), a number of more than `structure.MAX_DIGITS`
+digits, and whatever `structure` refuses (too deep, too large); no input raises.
+
+Verify (gold first): two integers compare exactly as digit strings, at any size. Otherwise both sides are finite
+float64 and agree when |pred - gold| <= 1e-12 * max(|pred|, |gold|) + 1e-12, which absorbs float noise
 ("0.6666666666666667" vs "0.6666666666666666", "1/3" vs "0.3333333333333333") and nothing a person would call a
 different answer: two values that differ within their first 12 significant digits never agree. One exception, as
-datasets round what has no finite decimal form: a gold written with k >= 2 decimals ("1.41", "0.33", "3.14") agrees
-with a prediction written in closed form (a fraction that never ends, a radical, pi: "\\sqrt{2}", "1/3", "\\pi") that
-rounds to it at k decimals. A prediction written as a decimal keeps the tight tolerance ("0.3333" is not "0.33"); one
-decimal is too coarse ("0.3" would take 1/3 and 2/7).
+datasets round what has no finite decimal form: a gold written with k >= 2 decimals agrees with a prediction written
+in closed form by the shared rule of `builder.graders.precision` (one definition with the math worker): an exact
+rational that never ends ("1/3", read by `structure`, or math-verify's "p/q") when it is the simplest fraction
+rounding to the gold (`precision.matches_rational`: 1/3 for "0.33", not 749/300 for "2.50"); an irrational (a
+root, pi, read by math-verify) when it rounds to the gold (`precision.matches_irrational`: "\\sqrt{2}" for "1.41").
+A prediction written as a decimal keeps the tight tolerance ("0.3333" is not "0.33", "2.49" is not "2.5").
 """
 
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 import polars as pl
 
-from builder.graders import latex, structure
-from builder.graders._common import finish, is_blank, region, status
+from builder.graders import latex, precision, structure
+from builder.graders._common import WRONG_FORMAT, finish, is_blank, region, status
 from builder.graders.base import GRADERS
-from builder.graders.structure import MANTISSA, MIXED, SPACES
+from builder.graders.structure import MANTISSA, MAX_DIGITS, MIXED, SPACES
 
 REL_TOL = 1e-12
 ABS_TOL = 1e-12
 
 NUMBER_TOKEN = rf"-?(?:\$\s?)?(?:{MIXED}|{MANTISSA}(?:\s*/\s*{MANTISSA})?)"
-EQUALS = r"(?i)=|\bequals\b|\bwhich is\b|\bthat is\b|\bmakes\b|\bgives\b|\bresults in\b"
-CALCULATION = r"^[\s:]*\$*-?\(?\d[\d,.]*[a-z]?\)?\s*[-+*/x\u00d7\u00f7]\s*\(?\$*-?\d"
 # Left after `_prepare`: structure only math-verify reads; arithmetic too in a LaTeX answer ("\\frac{14}{3}+1").
 EXPRESSION = r"\\[A-Za-z]|\^|\{|\u221a|\u03c0"
 ARITHMETIC = r"[\d)]\s*[-+*\u00d7\u00f7]\s*[\d(]"
@@ -67,6 +75,16 @@ _LATEX_REWRITES = (  # (pattern, replacement) in order; each turns a LaTeX spell
 )
 
 
+# Unicode spellings: dashes that stand for a minus (hyphen, figure and en dash, minus signs; not the em dash, which
+# `structure` refuses where it is glued to a number), invisible characters, vulgar fractions ("5\u00bd" is 5 1/2).
+MINUS_DASHES = "\u2010\u2011\u2012\u2013\u2212\u02d7\u2796\ufe63\uff0d"
+INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff\u00ad"
+VULGAR = {"\u00bd": "1/2", "\u2153": "1/3", "\u2154": "2/3", "\u00bc": "1/4", "\u00be": "3/4", "\u2155": "1/5",
+          "\u2156": "2/5", "\u2157": "3/5", "\u2158": "4/5", "\u2159": "1/6", "\u215a": "5/6", "\u2150": "1/7",
+          "\u215b": "1/8", "\u215c": "3/8", "\u215d": "5/8", "\u215e": "7/8", "\u2151": "1/9", "\u2152": "1/10",
+          "\u2189": "0/3", "\u2044": "/"}
+
+
 def _prepare(text: pl.Expr) -> pl.Expr:
     """LaTeX spellings of plain numbers as plain text. Real structure is left alone."""
     for pattern, repl in _LATEX_REWRITES:
@@ -74,24 +92,32 @@ def _prepare(text: pl.Expr) -> pl.Expr:
     return text
 
 
-def prepare(frame: pl.DataFrame, col: str) -> pl.DataFrame:
-    """`_prepare` on the rows of `col` that hold a backslash, brace or caret (the others have nothing to rewrite);
-    the unicode minus as '-' everywhere."""
-    frame = frame.with_columns(pl.col(col).str.replace_all("\u2212", "-", literal=True))
-    mask = frame.select(pl.col(col).str.contains(r"[\\{^]").fill_null(False)).to_series()
+def _unicode(text: pl.Expr) -> pl.Expr:
+    text = text.str.replace_all(f"[{INVISIBLE}]", "")
+    text = text.str.replace_all(r"([0-9])(\s*)[\u2012\u2013](\s*[0-9])", "${1}${2} to ${3}")  # 3 \u2013 5: a range
+    text = text.str.replace_all(f"[{MINUS_DASHES}]", "-")
+    fractions = "".join(VULGAR)[:-1]
+    text = text.str.replace_all(f"([0-9])([{fractions}])", "${1} ${2}")  # 5\u00bd: a mixed number
+    return text.str.replace_many(list(VULGAR), list(VULGAR.values()))
+
+
+def _rewrite(frame: pl.DataFrame, col: str, pattern: str, rewrite) -> pl.DataFrame:
+    """`rewrite` on the rows of `col` that contain `pattern` (the others have nothing to rewrite)."""
+    mask = frame.select(pl.col(col).str.contains(pattern).fill_null(False)).to_series()
     if not mask.any():
         return frame
-    done = frame.filter(mask).select(_prepare(pl.col(col)))
+    done = frame.filter(mask).select(rewrite(pl.col(col)))
     return frame.with_columns(frame[col].scatter(mask.arg_true(), done.to_series()))
 
 
-def _result_of_expression(text: pl.Expr) -> pl.Expr:
-    """'23 + 18 + 28, which equals 69.' -> ' 69.': when the answer's first line starts with a calculation, its
-    result is what follows the last '=' / 'equals' / 'which is' on that line (' 41, as 40 + 2 = 42' stays 41)."""
-    line = text.str.extract(r"^[\s:]*([^\n]*)", 1)
-    parts = line.str.replace_all(EQUALS, "\x00").str.split("\x00")
-    calc = line.str.contains(CALCULATION) & (parts.list.len() > 1)
-    return pl.when(calc).then(parts.list.last()).otherwise(text)
+def normalise(frame: pl.DataFrame, col: str) -> pl.DataFrame:
+    """The unicode spellings of `col` as plain text (`_unicode`), on the rows with a non-ASCII character."""
+    return _rewrite(frame, col, r"[^\x00-\x7f]", _unicode)
+
+
+def prepare(frame: pl.DataFrame, col: str, *, normalised: bool = False) -> pl.DataFrame:
+    """`normalise` (unless done), then `_prepare` on the rows of `col` that hold a backslash, brace or caret."""
+    return _rewrite(frame if normalised else normalise(frame, col), col, r"[\\{^]", _prepare)
 
 
 def _plain(s: pl.Expr) -> pl.Expr:
@@ -140,8 +166,10 @@ def values(frame: pl.DataFrame, tok: str, out: str) -> pl.DataFrame:
 
 
 def agree(gold: pl.Expr, gold_int: pl.Expr, pred: pl.Expr, pred_int: pl.Expr) -> pl.Expr:
-    """Gold-first numeric equality: integers as exact digit strings, anything else within the tolerance."""
+    """Gold-first numeric equality: integers as exact digit strings, anything else within the tolerance, where a
+    value float64 cannot hold (inf, nan) agrees with nothing."""
     close = (pred - gold).abs() <= REL_TOL * pl.max_horizontal(pred.abs(), gold.abs()) + ABS_TOL
+    close = close & pred.is_finite() & gold.is_finite()
     return pl.when(gold_int.is_not_null() & pred_int.is_not_null()).then(pred_int == gold_int).otherwise(close)
 
 
@@ -152,10 +180,12 @@ _TENS = {w: 10 * i for i, w in enumerate("_ _ twenty thirty forty fifty sixty se
 _SCALES = {"hundred": 100, "thousand": 1_000, "million": 1_000_000, "billion": 1_000_000_000}
 _WORD = re.compile(r"[a-z]+")
 NUMBER_WORDS = r"(?i)\b(?:" + "|".join([*_UNITS, *_TENS, *_SCALES]) + r")\b"
+_WORDS_LIMIT = 10**MAX_DIGITS
 
 
 def words_to_number(text: str | None, last: bool = False) -> str | None:
-    """The first (or last) run of English number words as digits: 'two hundred four' -> '204'."""
+    """The first (or last) run of English number words as digits: 'two hundred four' -> '204'; None for a value of
+    more than `MAX_DIGITS` digits (" two hundred two hundred ...")."""
     if not text:
         return None
     runs: list[list[str]] = []
@@ -183,6 +213,8 @@ def words_to_number(text: str | None, last: bool = False) -> str | None:
         else:
             total += max(current, 1) * _SCALES[w]
             current = 0
+        if total + current >= _WORDS_LIMIT:
+            return None
     return str(total + current)
 
 
@@ -264,22 +296,38 @@ def _ambiguous(frame: pl.DataFrame, toks: str, first: str, mask: pl.Expr) -> pl.
     return flag.scatter(rows["_i"], True) if rows.height else flag
 
 
-def _rounded_gold(gold_tok: pl.Expr, gold: pl.Expr, gold_int: pl.Expr, pred: pl.Expr) -> pl.Expr:
-    """A gold written with k >= 2 decimals ("1.41") agrees with `pred` rounded to k decimals (used only for a
-    closed-form prediction: "\\sqrt{2}", "1/3", "\\pi")."""
-    k = gold_tok.str.extract(r"^[^/eE]*\.(\d+)$", 1).str.len_chars()
-    half_unit = pl.lit(10.0).pow(-k.cast(pl.Float64)) / 2
-    return gold_int.is_null() & (k >= 2) & ((pred - gold).abs() <= half_unit)
+def _precise(gold: str | None, value: str | None) -> bool:
+    """The shared precision rule (`precision`) for a closed-form prediction `value` (exact "p/q" for a rational,
+    decimals for an irrational) against the gold token."""
+    if not gold or not value:
+        return False
+    gold = gold.replace("$", "").strip()
+    try:
+        if "/" in value:
+            return precision.matches_rational(gold, Fraction(value))
+        return precision.matches_irrational(gold, float(value))
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return False
+
+
+def _closed_form_match(frame: pl.DataFrame) -> pl.Series:
+    """Whether each row's closed-form prediction matches its gold by the precision rule (Python, closed rows only)."""
+    mask = frame.select(pl.col("_closed").fill_null(False) & pl.col("_first").is_not_null()).to_series()
+    flag = pl.Series("_precise", [False] * frame.height)
+    if not mask.any():
+        return flag
+    rows = frame.filter(mask)
+    return flag.scatter(mask.arg_true(), [_precise(g, v) for g, v in zip(rows["_gfirst"], rows["_first"],
+                                                                          strict=True)])
 
 
 @GRADERS.register("number")
 def grade_number(frame: pl.DataFrame, *, last: bool = False) -> pl.DataFrame:
     """Grade numeric answers; see the module docstring for what parses, the statuses and the tolerance."""
-    frame = frame.with_columns(region(last=last).alias("_raw"))
-    frame = prepare(frame.with_columns(pl.col("_raw").alias("_text"), pl.col("gold").alias("_gold")), "_text")
+    frame = normalise(frame.with_columns(region(last=last).alias("_raw")), "_raw")
+    frame = prepare(frame.with_columns(pl.col("_raw").alias("_text"), pl.col("gold").alias("_gold")), "_text",
+                    normalised=True)
     frame = prepare(frame, "_gold")
-    if not last:  # an anchored answer: a calculation counts by its result
-        frame = frame.with_columns(_result_of_expression(pl.col("_text")).alias("_text"))
     frame = frame.with_columns(
         pl.col("_text").str.extract_all(NUMBER_TOKEN).alias("_toks"),
         pl.col("_gold").str.extract_all(NUMBER_TOKEN).alias("_gtoks"),
@@ -306,8 +354,13 @@ def grade_number(frame: pl.DataFrame, *, last: bool = False) -> pl.DataFrame:
     frame = values(values(frame, "_first", "_p"), "_gfirst", "_g")
     amb = _ambiguous(frame, "_toks", "_p", pl.col("_span") & ~pl.col("_read"))  # the read rows' hedges are known
     frame = frame.with_columns((amb | frame["_mv_amb"] | frame["_read_amb"]).alias("_amb"))
-    gold_ok = pl.col("_g").is_not_null() & pl.col("_g").is_finite() & pl.col("_gfailed").is_null()
-    pred = pl.col("_p_canon")
-    correct = agree(pl.col("_g"), pl.col("_g_int"), pl.col("_p"), pl.col("_p_int")) | (
-        pl.col("_closed") & _rounded_gold(pl.col("_gfirst"), pl.col("_g"), pl.col("_g_int"), pl.col("_p")))
-    return finish(frame, pred, correct, status(pred, gold_ok, ambiguous=pl.col("_amb"), failed=pl.col("_failed")))
+    # No number: a value float64 cannot hold that is no exact integer ("1e400"), or more than MAX_DIGITS digits.
+    unreadable = pl.col("_first").is_not_null() & (
+        (~pl.col("_p").is_finite().fill_null(True) & pl.col("_p_int").is_null())
+        | ((pl.col("_first").str.len_bytes() > MAX_DIGITS) & (pl.col("_first").str.count_matches(r"\d") > MAX_DIGITS)))
+    failed = pl.coalesce("_failed", pl.when(unreadable).then(pl.lit(WRONG_FORMAT)))
+    gold_ok = (pl.col("_g").is_not_null() & (pl.col("_g").is_finite() | pl.col("_g_int").is_not_null())
+               & pl.col("_gfailed").is_null())
+    pred = pl.when(unreadable).then(None).otherwise(pl.col("_p_canon"))
+    correct = agree(pl.col("_g"), pl.col("_g_int"), pl.col("_p"), pl.col("_p_int")) | _closed_form_match(frame)
+    return finish(frame, pred, correct, status(pred, gold_ok, ambiguous=pl.col("_amb"), failed=failed))

@@ -153,8 +153,9 @@ def test_build_summary_and_manifest_carry_the_counts(capsys, tmp_path, benchmark
                                  work_dir=tmp_path / "runs", limit=24, store={"root": str(tmp_path / "store")})
     assert main(["build", str(recipe), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["grade_status"] == {"multiarith": dict.fromkeys(NOT_OK, 0)}
+    # one real answer, " 3:46." (gold 4), names two values: ambiguous
+    assert summary["grade_status"] == {"multiarith": {**dict.fromkeys(NOT_OK, 0), "ambiguous": 1}}
     assert summary["graded_per_task"] == {"multiarith": summary["samples"]}
     manifest = store.load_manifest(Path(summary["version_path"]))
     assert manifest["grade_status"] == summary["grade_status"]
-    assert "| multiarith | 24 | 0 | 0 | 0 | 0 | 0 |" in _body(Path(summary["version_path"]))
+    assert "| multiarith | 24 | 0 | 0 | 1 | 0 | 0 |" in _body(Path(summary["version_path"]))

@@ -200,3 +200,183 @@ def test_each_distinct_string_is_read_once(monkeypatch):
     out = GRADERS.get("number")(frame)
     assert out["correct"].to_list()[:5] == [True, True, False, True, True]
     assert sorted(calls) == [" 2 + 3", " 7 or 8"]  # plain numbers stay on the vectorised path
+
+
+# 7. a value float64 cannot hold (and that is no exact integer) is no answer: wrong_format, never "equal" to a gold
+NON_FINITE = [
+    ("5", " 1e400", (None, False, "wrong_format")),
+    ("5", " 5e308", (None, False, "wrong_format")),
+    ("5", " -1e400", (None, False, "wrong_format")),
+    ("5", r" $10^{10^{10}}$", (None, False, "wrong_format")),  # math-verify's value overflows float64
+    ("5", r" $2^{2^{2^{2^{2}}}}$", (None, False, "wrong_format")),
+    ("1" + "0" * 400, " 1" + "0" * 400, ("1" + "0" * 400, True, "ok")),  # an exact integer still compares exactly
+    ("5", " 1" + "0" * 400, ("1" + "0" * 400, False, "ok")),
+]
+
+
+@pytest.mark.parametrize(("gold", "text", "expected"), NON_FINITE)
+def test_non_finite_values_never_match(gold, text, expected):
+    check(gold, text, expected)
+
+
+# 8. hostile spans: no input raises or hangs; deep nesting and very long numbers are wrong_format
+HOSTILE = [
+    " " + "(" * 198 + "5" + ")" * 198,
+    " " + "1^" * 492 + "1",
+    " " + "- " * 986 + "5",
+    " " + "-" * 3000 + "5",
+    " " + "9" * 4400 + " apples or 5",
+    " " + "9" * 5000 + " + 1",
+    " " + "9" * 5000,
+    " two hundred " * 10000,
+    " " + "(" * 5000 + "5",
+    " 6 (" + "for " * 20000 + ")",
+    " 6 (" + "= " * 20000 + ")",
+    " 5 " + "+ 5 " * 20000,
+    " 5 " + "or 6 " * 20000,
+    " 1" + "0" * 1200 + "/3",
+    " 5 " + "thousand " * 2000,
+    " 5 " + "squared " * 200,
+    " 5" + "½" * 3000,
+]
+
+
+@pytest.mark.parametrize("text", HOSTILE, ids=range(len(HOSTILE)))
+def test_hostile_spans_never_raise(text):
+    from builder.grade import grade_frame
+
+    df = pl.DataFrame({"answer_type": ["number"] * 3, "gold": ["5", "1", "200"], "rationale": ["x"] * 3,
+                       "answer_completion": [text] * 3})
+    start = time.monotonic()
+    out = grade_frame(df, mode="answer_completion")
+    assert time.monotonic() - start < 2
+    assert not out["correct"].any()
+    assert (v := grade_one("number", "5", text)).status == "wrong_format" or not v.correct
+
+
+# 9. several clauses with "=": each clause counts by its result; two different results are a hedge. Lines are
+#    clauses too, so a worked solution on several lines ("x + y = 38 \n29 + y = 38 \ny = 9") is ambiguous.
+CLAUSES = [
+    ("6", " x = 5 or x = 6", ("5", False, "ambiguous")),
+    ("5", " x = 5 or x = 6", ("5", False, "ambiguous")),
+    ("6", " x = 5, or maybe x = 6", ("5", False, "ambiguous")),
+    ("6", " x=5, y=6", ("5", False, "ambiguous")),
+    ("7", " 5 + 1 = 6 or 5 + 2 = 7", ("6", False, "ambiguous")),
+    ("17", " 8 + 9 = 17\n18", ("17", False, "ambiguous")),
+    ("9", "x + y = 38 \n29 + y = 38 \ny = 9", ("38", False, "ambiguous")),
+    ("34.72", "11.08+14.33+9.31=34.72", ("34.72", True, "ok")),
+    ("17", " 8 + 9 = 17.", ("17", True, "ok")),
+    ("8", "2^3 = 8", ("8", True, "ok")),
+    ("5", " x = 5", ("5", True, "ok")),
+    ("5", " 2 + 3 = 5, so 5", ("5", True, "ok")),
+    ("5", " x = 5 and y = 5", ("5", True, "ok")),
+    ("3", " 2x + 3 = ", (None, False, "wrong_format")),  # no result: math-verify would read the 3
+    ("14", " \n\n7c + 60 - 6c / 14 = \n\n7 + 4", (None, False, "wrong_format")),  # real
+]
+
+
+@pytest.mark.parametrize(("gold", "text", "expected"), CLAUSES)
+def test_each_clause_counts_by_its_result(gold, text, expected):
+    check(gold, text, expected)
+
+
+# 10. words after a number that change its value: scale words multiply, "squared"/"cubed" raise, a variable or i
+#     makes no plain number, vulgar fractions are their value; units stay units
+VALUE_WORDS = [
+    ("5", " 5 thousand", ("5000", False, "ok")),
+    ("5000", " 5 thousand", ("5000", True, "ok")),
+    ("5", " 5k", ("5000", False, "ok")),
+    ("5000", " 5k", ("5000", True, "ok")),
+    ("2500000", " 2.5 million", ("2500000", True, "ok")),
+    ("5", " 5 million", ("5000000", False, "ok")),
+    ("5", " 5 dozen", ("60", False, "ok")),
+    ("500", " 5 hundred", ("500", True, "ok")),
+    ("5", " 5 squared", ("25", False, "ok")),
+    ("25", " 5 squared", ("25", True, "ok")),
+    ("5", " 5 cubed", ("125", False, "ok")),
+    ("5", " 5x", (None, False, "wrong_format")),
+    ("5", " 5i", (None, False, "wrong_format")),
+    ("5", " 5½", ("5.5", False, "ok")),
+    ("5.5", " 5½", ("5.5", True, "ok")),
+    ("0.5", " ½ cup", ("0.5", True, "ok")),
+    ("-5.75", " -5¾", ("-5.75", True, "ok")),
+    ("5", " 5 sqrt(2)", ("7.0710678118654755", False, "ok")),
+    ("5", " 5 apples", ("5", True, "ok")),
+    ("5", " 5 m", ("5", True, "ok")),
+    ("5", " 5m", ("5", True, "ok")),
+    ("5", " 5 times", ("5", True, "ok")),
+]
+
+
+@pytest.mark.parametrize(("gold", "text", "expected"), VALUE_WORDS)
+def test_words_that_change_a_value(gold, text, expected):
+    check(gold, text, expected)
+
+
+# 11. dashes that stand for a minus are a minus; zero-width characters are nothing. An em dash glued to a number
+#     ("is—5") may be punctuation or a sign: wrong_format, never a guess.
+DASHES = [
+    ("-5", " \u20135", ("-5", True, "ok")),  # en dash
+    ("5", " \u20135", ("-5", False, "ok")),
+    ("-5", " \u20105", ("-5", True, "ok")),  # hyphen
+    ("-5", " \u20125", ("-5", True, "ok")),  # figure dash
+    ("-5", " \ufe635", ("-5", True, "ok")),  # small hyphen-minus
+    ("-5", " -\u200b5", ("-5", True, "ok")),  # a zero-width space
+    ("5", " -\u200b5", ("-5", False, "ok")),
+    ("-5", " \u2060-5\ufeff", ("-5", True, "ok")),
+    ("1600", " 1\u200b600", ("1600", True, "ok")),
+    ("5", " \u20145", (None, False, "wrong_format")),  # em dash
+    ("-5", " \u20145", (None, False, "wrong_format")),
+    ("3", " 3\u20135", ("3", False, "ambiguous")),  # a range
+    ("-2", " 3 \u2013 5", ("3", False, "ambiguous")),  # a range too, never a subtraction
+    ("5", " 10 \u2212 5", ("5", True, "ok")),  # the minus sign subtracts
+]
+
+
+@pytest.mark.parametrize(("gold", "text", "expected"), DASHES)
+def test_dashes_and_invisible_characters(gold, text, expected):
+    check(gold, text, expected)
+
+
+# 12. the explanation cut never hides a rival value given in parallel
+PARALLEL = [
+    ("5", " 5 for Alice, 6 for Bob", ("5", False, "ambiguous")),
+    ("5", " 5, which might be 6", ("5", False, "ambiguous")),
+    ("5", " 5 for Alice and 6 for Bob", ("5", False, "ambiguous")),
+    ("5", " 5 for Alice, or maybe 6", ("5", False, "ambiguous")),
+    ("5", " 5 for Alice, x = 6 for Bob", ("5", False, "ambiguous")),
+    ("5", " 5 for Alice, 5 for Bob", ("5", True, "ok")),
+    ("69", " 23 + 18 + 28, which equals 70.", ("69", False, "ambiguous")),  # the stated result is a rival
+    ("69", " 23 + 18 + 28, which equals 69.", ("69", True, "ok")),
+    ("8", " 8 cookies for 4 people.", ("8", True, "ok")),
+    ("12", " $12 per hour for 3 hours", ("12", True, "ok")),
+    ("5", " 5 apples, which is Tom's 2 and Sue's 3.", ("5", True, "ok")),
+]
+
+
+@pytest.mark.parametrize(("gold", "text", "expected"), PARALLEL)
+def test_parallel_values_after_an_explanation(gold, text, expected):
+    check(gold, text, expected)
+
+
+# 13. the shared precision rule (`builder.graders.precision`): the simplest fraction that rounds to the gold, or an
+#     irrational that rounds to it; never a fraction that merely rounds to it
+PRECISION = [
+    ("0.33", " 1/3", ("0.3333333333333333", True, "ok")),
+    ("0.67", " 2/3", ("0.6666666666666666", True, "ok")),
+    ("0.66", " 2/3", ("0.6666666666666666", False, "ok")),
+    ("-0.33", " -1/3", ("-0.3333333333333333", True, "ok")),
+    ("2.50", " 749/300", ("2.4966666666666666", False, "ok")),
+    ("0.50", " 101/201", ("0.5024875621890548", False, "ok")),
+    ("1.41", " 7/5 + 1/99", ("1.41010101010101", False, "ok")),
+    ("0.14", r" $\frac{1}{7}+\frac{1}{1000}$", ("0.14385714285714285", False, "ok")),
+    ("0.05", " 1/19", ("0.05263157894736842", False, "ok")),
+    ("1.41", r" $\sqrt{2}$", ("1.4142135623730951", True, "ok")),
+    ("3.14", r" $\pi$", ("3.141592653589793", True, "ok")),
+    ("2.5", " 2.49", ("2.49", False, "ok")),
+]
+
+
+@pytest.mark.parametrize(("gold", "text", "expected"), PRECISION)
+def test_precision_rule(gold, text, expected):
+    check(gold, text, expected)
