@@ -174,7 +174,8 @@ def verify_pairs(pairs: list[tuple[str, str]], *, timeout_s: int | None = None
 
 
 def parse_golds(golds: list[str], *, timeout_s: int | None = None) -> dict[str, tuple[str | None, list | None]]:
-    """(status, [gold_ok, canonical]) for each distinct gold string: whether math-verify parses it (the load-time
-    check of `math` golds, one batch)."""
+    """(status, [gold_ok, canonical, problem]) for each distinct gold string: whether math-verify parses it to a
+    defined value, and why not (the load-time check of `math` golds, one batch). A gold runs two steps of up to
+    `timeout_s` each (its parse, then one evaluation, so a gold every comparison would time out on is `timeout`)."""
     timeout_s = TIMEOUT_S if timeout_s is None else timeout_s
-    return _run({g: (["gold", g, timeout_s], g) for g in dict.fromkeys(golds)}, timeout_s)
+    return _run({g: (["gold", g, timeout_s], g) for g in dict.fromkeys(golds)}, 2 * timeout_s)

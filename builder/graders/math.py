@@ -8,17 +8,26 @@ equality is symbolic (`x^2+1` is `1+x^2`, `\\frac{1}{2}\\sqrt{3}` is `\\frac{\\s
 computer-algebra comparison can tell.
 
 Read (simple and strict): an anchored region is cut to its answer span (`_common.region`); each piece of delimited
-math in it (`$...$`, `$$...$$`, `\\(...\\)`, `\\[...\\]`, `\\boxed{}`) is a candidate, else the span itself with its
-prose words dropped ("12 square units" reads 12; a lone word "Evelyn" reads `\\text{Evelyn}`). A whole rationale
-(`last=True`) is read at its last piece of delimited math only; a rationale without one has no answer. Two
-candidates with different values are `ambiguous`; the same value twice ("$\\frac{1}{2}$, i.e. $0.5$") is one.
+math in it (`$...$`, `$$...$$`, `\\(...\\)`, `\\[...\\]`, `\\boxed{}`) is a candidate, else the span itself
+(`bare_candidates`): a lone word reads `\\text{Evelyn}`; prose words at its ends are dropped ("12 square units" reads
+12) and prose words between values separate candidates, never fuse them ("3 or 4", "3 hours 4 minutes": two values,
+`ambiguous`; a lone "and" stays, as math-verify reads "3 and 4" as the set {3, 4}); numbers side by side with only
+spaces between ("3 4", which math-verify reads as 3 + 4) do not parse (`wrong_format`). A whole rationale
+(`last=True`) is read at its last piece of delimited math only when that piece ends the text (only spaces and
+punctuation after it: "Step: $6$. Final: 5." has no answer); otherwise it has no answer. Two candidates with
+different values are `ambiguous`; the same value twice ("$\\frac{1}{2}$, i.e. $0.5$") is one.
 
 `pred` is a canonical LaTeX spelling of what math-verify parsed (`_mv_worker.canonical`: sympy's printer and order,
 so `x^2+1` and `1+x^2` are both `x^{2} + 1`; "0.5" is `\\frac{1}{2}` where that spelling grades the same), so
 majority votes count one value once, and the grader reads it back (it becomes a version's `answer`).
 
-Precision (`_mv_worker.float_rounding_for`): a gold given to k decimals compares at k places ("0.33" matches
-`\\frac{1}{3}`), but an answer with more decimals than the gold compares at its own ("2.49" is not "2.5").
+Verdict (`_mv_worker.judge`): a set never matches a tuple or pair (`\\{1,2\\}` vs `(1, 2)`, and a bare list "1, 2",
+which reads as a set, vs a pair gold: wrong; math-verify's `verify` equates them whatever its `strict` flag). Against
+a plain decimal gold, an answer in closed form (no decimals written) is right when exactly equal or by the shared
+precision rule (`builder/graders/precision.py`: the simplest fraction that rounds to the gold, \\frac{1}{3} for
+"0.33" but not \\frac{33}{101}; an irrational that rounds to it, \\sqrt{2} for "1.41"; at 2 to 12 places and 2
+significant digits). An answer written with decimals compares at max(gold places, its places) ("2.49" is not "2.5",
+"2.50" is); an exact gold keeps math-verify's 6 places.
 
 Statuses: a gold math-verify cannot parse is `parse_error` (the tasks stage refuses such golds when it loads, so
 this is only reached by frames built elsewhere); an answer it cannot parse is `wrong_format`; its failures are
@@ -26,6 +35,8 @@ this is only reached by frames built elsewhere); an answer it cannot parse is `w
 """
 
 from __future__ import annotations
+
+import re
 
 import polars as pl
 
@@ -38,24 +49,62 @@ BOXED = r"\\(?:boxed|fbox)\s*\{(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*\}"
 # an inline $ piece takes the character before it, stripped again by `_LEAD`.
 PIECE = (rf"(?s)\$\$.+?\$\$|(?:^|[^\\$])\$(?:[^$\\]|\\.)+\$|\\\(.+?\\\)|\\\[.+?\\\]|{BOXED}")
 _LEAD = r"^[^$\\]"
-# Prose words in an undelimited span: letter runs of two or more not part of a command (\frac) or a group
-# (\text{Evelyn}); "and" stays (math-verify reads "3 and 4" as a set).
-PROSE = r"(^|[^\\{\p{L}])\p{L}{2,}\b"
-_LONE_WORD = r"^[\s(]*(\p{L}+)[\s).]*$"
+# What may follow the piece that ends a whole rationale: spaces and sentence punctuation (markdown's ** too).
+_TRAILING = " \t\r\n.,;:!?*\"'"
+# Prose words in an undelimited span: letter runs of two or more not part of a command (\frac), not after a letter,
+# and outside braces (\text{Evelyn Smith}).
+_PROSE = re.compile(r"(?<![\\{])(?<![^\W\d_])[^\W\d_]{2,}\b")
+_LONE_WORD = re.compile(r"[\s(]*([^\W\d_]+)[\s).]*")
+_ENDS = " \t\r\n.,;:!?"
+
+
+def bare_candidates(span: str | None) -> list[str]:
+    """The candidates of an undelimited answer span: a lone word is `\\text{word}` ("Evelyn"); otherwise its prose
+    words are dropped at the ends ("12 square units" reads 12) and separate candidates between values ("3 or 4",
+    "3 hours 4 minutes" are two candidates, so `ambiguous`, never 7). A lone "and" between values stays, since
+    math-verify reads "3 and 4" as the set {3, 4}. Candidates keep only those with a letter or digit."""
+    if span is None:
+        return []
+    lone = _LONE_WORD.fullmatch(span)
+    if lone:
+        return [rf"\text{{{lone.group(1)}}}"]
+    words = []
+    for m in _PROSE.finditer(span):
+        before = span[:m.start()]
+        if before.count("{") - before.count(r"\{") > before.count("}") - before.count(r"\}"):
+            continue  # inside a group: \text{Evelyn Smith}
+        words.append(m)
+    # Runs of prose words (only spaces and punctuation between them) are the separators.
+    runs: list[list] = []
+    for m in words:
+        if runs and not span[runs[-1][-1].end():m.start()].strip(_ENDS):
+            runs[-1].append(m)
+        else:
+            runs.append([m])
+    pieces, cut = [], 0
+    for run in runs:
+        if len(run) == 1 and run[0].group().lower() == "and":
+            continue  # "3 and 4": a set, read by math-verify
+        pieces.append(span[cut:run[0].start()])
+        cut = run[-1].end()
+    pieces.append(span[cut:])
+    out = [p.strip(_ENDS) for p in pieces]
+    return [p for p in out if re.search(r"[^\W_]", p)]
 
 
 def _candidates(frame: pl.DataFrame, *, last: bool) -> pl.DataFrame:
     """(_i, _k, _cand): the candidate answer strings of each row, in order."""
     text = pl.col("_text")
-    pieces = text.str.extract_all(PIECE).list.eval(pl.element().str.replace(_LEAD, ""))
+    raw = text.str.extract_all(PIECE)
+    pieces = raw.list.eval(pl.element().str.replace(_LEAD, ""))
     if last:
-        pieces = pieces.list.slice(-1, 1)
-    # An anchored span without delimited math is its own candidate, prose words dropped.
-    words = text.str.replace_all(r"\band\b", "\x00").str.replace_all(PROSE, "${1} ").str.replace_all("\x00", "and")
-    lone = pl.lit(r"\text{") + text.str.extract(_LONE_WORD, 1) + pl.lit("}")  # "Evelyn" is \text{Evelyn}
-    bare = pl.coalesce(lone, words.str.strip_chars(" \t\n.,;:!?"))
-    bare = pl.when(pl.col("anchored") & bare.str.contains(r"[\p{L}\p{N}]")).then(pl.concat_list(bare))
-    cands = pl.when(pieces.list.len() > 0).then(pieces).otherwise(bare)
+        # A whole rationale: its last piece, and only when the piece ends the text ("$6$. Final: 5." has no answer).
+        ends = text.str.strip_chars_end(_TRAILING).str.ends_with(raw.list.last())
+        pieces = pl.when(ends).then(pieces.list.slice(-1, 1)).otherwise(pieces.list.slice(0, 0))
+    bare = text.map_batches(lambda s: pl.Series([bare_candidates(t) for t in s], dtype=pl.List(pl.String)),
+                            return_dtype=pl.List(pl.String))
+    bare = pl.when(pl.col("anchored")).then(bare)
+    cands = pl.when(raw.list.len() > 0).then(pieces).otherwise(bare)
     n = frame.height
     return (frame.select(pl.int_range(n, dtype=pl.UInt32).alias("_i"), cands.alias("_cand"))
             .filter(pl.col("_cand").list.len() > 0)

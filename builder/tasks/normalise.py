@@ -144,7 +144,8 @@ def normalise_gold(df: pl.DataFrame, answer_type: str, field_name: str) -> pl.Da
             raise InputError(f"{bad['where']}: field {field_name!r}: gold {bad['gold']!r} is not one of the choice "
                              f"letters {', '.join(LETTERS[:n_bad])} (nor a choice text)")
     elif answer_type == "math":
-        out = df.with_columns(gold.alias("_norm"))
+        out = df.with_columns(gold.map_batches(lambda s: pl.Series([math_gold(v) for v in s], dtype=pl.String),
+                                               return_dtype=pl.String).alias("_norm"))
         _check_math_golds(out, field_name)
     else:
         out = df.with_columns(gold.alias("_norm"))
@@ -154,26 +155,69 @@ def normalise_gold(df: pl.DataFrame, answer_type: str, field_name: str) -> pl.Da
     return out.with_columns(pl.col("_norm").alias("gold")).drop("_norm")
 
 
+# A plain number in scientific notation ("1.5e3"): math-verify would read 1.5 * e * 3.
+_SCIENTIFIC = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+# A gold made only of words ("yes", "odd", "no solution"), with a run of two letters or more: math-verify would
+# read the product y*e*s. Single letters ("x", "B") are math.
+_WORDS = re.compile(r"[^\W\d_]+(?:\s+[^\W\d_]+)*")
+_TEXT_GROUP = r"\\(?:text|mathrm|textbf|mbox)\s*\{[^{}]*\}"
+# The one use of ':' kept: a ratio of integers whose right side is not two digits (those read as a clock time).
+_RATIO = r"^\s*\d+\s*:\s*(?:\d|\d{3,})\s*$"
+
+
+def math_gold(text: str | None) -> str | None:
+    """A `math` gold as the grader must read it: a plain number in scientific notation written out ("1.5e3" ->
+    "1500", via `canonical_number`), a gold made only of words read as text ("yes" -> "\\text{yes}"; a choice, yes/no
+    or free-text answer type is usually the better fit), anything else as written (its LaTeX and its number of
+    decimals are what the grader reads, so "2.50" stays)."""
+    if text is None:
+        return None
+    if _SCIENTIFIC.fullmatch(text):
+        return canonical_number(text) or text
+    if _WORDS.fullmatch(text) and re.search(r"[^\W\d_]{2}", text):
+        return rf"\text{{{text}}}"
+    return text
+
+
 def _check_math_golds(df: pl.DataFrame, field_name: str) -> None:
-    """Every `math` gold must parse with math-verify, so an unreadable gold stops the load (naming file, row and
-    value) instead of turning into `parse_error` rows at grading. The distinct golds go through the grader's
-    worker processes in one batch (a MATH train split, 7,500 golds, takes seconds); the gold is kept as written,
-    since its LaTeX and its number of decimals are what the grader reads."""
+    """Every `math` gold must parse with math-verify to a value an answer can match, so a gold that cannot stops the
+    load (naming file, row and value) instead of turning into `parse_error` or `timeout` rows at grading: one it
+    cannot parse, one that is undefined ("0/0" is nan, "\\frac{1}{0}" complex infinity), and one whose parse or
+    evaluation runs out of time ("10^{10^{10^{10}}}": every comparison with it would). A gold with ':' is refused
+    unless it is a ratio of integers a:b with b not two digits ("3:4"; math-verify reads it as 3/4, so "\\frac{3}{4}"
+    and "6:8" match it): "12:30" would read as 12/30 = 2/5, and a clock time is a string answer. The distinct
+    golds go through the grader's worker processes in one batch (a MATH train split, 7,500 golds, takes
+    seconds)."""
     from builder.graders import latex
 
     bad = first_bad(df, pl.col("_norm").is_null() | (pl.col("_norm") == ""))
     if bad:
         raise InputError(f"{bad['where']}: field {field_name!r}: gold is empty")
+    norm = pl.col("_norm")
+    bad = first_bad(df, norm.str.replace_all(_TEXT_GROUP, "").str.contains(":") & ~norm.str.contains(_RATIO))
+    if bad:
+        raise InputError(f"{bad['where']}: field {field_name!r}: gold {bad['_norm']!r} has ':', which math-verify "
+                         "reads as a division (12:30 as 12/30 = 2/5); a clock time needs answer_type 'string', a "
+                         r"ratio is written a:b with integers (3:4) or \frac{a}{b}")
     # Plain numbers ("12", "-3", "0.25", about half of MATH's golds) need no parser.
-    distinct = df.filter(~pl.col("_norm").str.contains(r"^-?\d+(?:\.\d+)?$"))["_norm"].unique(maintain_order=True)
+    distinct = df.filter(~norm.str.contains(r"^-?\d+(?:\.\d+)?$"))["_norm"].unique(maintain_order=True)
     replies = latex.parse_golds(distinct.to_list())
-    failed = {g: s or "math-verify found no expression in it" for g, (s, p) in replies.items()
-              if s is not None or not p or not p[0]}
+    failed = {}
+    for g, (s, p) in replies.items():
+        if s == "timeout":
+            failed[g] = ("can never grade: math-verify timed out parsing or evaluating it, so every row would grade "
+                         "timeout; write it in a simpler form")
+        elif s is None and p and p[0]:
+            continue
+        elif s is None and p and len(p) > 2 and p[2]:
+            failed[g] = f"can never grade: {p[2]}"
+        else:
+            why = s or "math-verify found no expression in it"
+            failed[g] = (f"is not a math expression math-verify can parse ({why}); answer_type 'math' needs LaTeX "
+                         r"such as \frac{1}{2}, (-\infty, 3] or \text{(B)}")
     if failed:
-        bad = first_bad(df, pl.col("_norm").is_in(list(failed)))
-        raise InputError(f"{bad['where']}: field {field_name!r}: gold {bad['_norm']!r} is not a math expression "
-                         f"math-verify can parse ({failed[bad['_norm']]}); answer_type 'math' needs LaTeX such as "
-                         r"\frac{1}{2}, (-\infty, 3] or \text{(B)}")
+        bad = first_bad(df, norm.is_in(list(failed)))
+        raise InputError(f"{bad['where']}: field {field_name!r}: gold {bad['_norm']!r} {failed[bad['_norm']]}")
 
 
 # ---------------------------------------------------------------- choices

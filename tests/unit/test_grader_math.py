@@ -66,6 +66,17 @@ SETS_AND_TUPLES = [
     ("(6,31,-1)", "(6,31,-1)", True),  # mv
     ("(6,31,-1)", "(6,31,1)", False),
     (r"(1,\frac{9}{2})", "$(1,4.5)$", True),  # mv test_complex_math_expressions
+    # A set is not a pair: braces and parentheses must agree (math-verify's verify compares a FiniteSet with a Tuple
+    # or an open interval elementwise whatever its `strict` flag; `_mv_worker.kinds_differ` refuses that); a bare
+    # list "1, 2" reads as a set, so it matches a set gold and not a pair.
+    (r"\{1,2\}", " (1, 2)", False),
+    ("(1,2)", r" \{1,2\}", False),
+    ("(1,2)", " 1, 2", False),
+    (r"\{1,2\}", "1, 2", True),
+    ("-2, 1", r"\{1, -2\}", True),
+    ("(1,2,3)", r"\{1,2,3\}", False),
+    (r"\{(1,2),(3,4)\}", r"\{(3,4),(1,2)\}", True),
+    (r"\{(1,2),(3,4)\}", r"\{\{1,2\},\{3,4\}\}", False),
 ]
 MATRICES = [
     (r"\begin{pmatrix}1\\2\end{pmatrix}", r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", True),
@@ -96,8 +107,11 @@ PERCENT_AND_DOLLAR = [
     (r"\$5", r"\$6", False),
     (r"\$1.50", "1.5", True),
 ]
-# The precision rule: a gold given to k decimals compares at k places; an answer with more decimals than the gold
-# compares at its own (so a decimal that only rounds to the gold stays wrong); an exact gold keeps 6 places.
+# The precision rule (builder/graders/precision.py, shared with the number grader): an answer written with decimals
+# compares at max(gold places, its own places), so a decimal that only rounds to the gold stays wrong; a closed form
+# (no decimals) against a plain decimal gold is right when exactly equal, or when it is the simplest fraction that
+# rounds to the gold (`matches_rational`), or an irrational number that rounds to it (`matches_irrational`), at 2 to
+# 12 places; an exact gold keeps math-verify's 6 places.
 PRECISION = [
     ("0.33", r"\frac{1}{3}", True),
     ("0.33", "0.33", True),
@@ -112,7 +126,25 @@ PRECISION = [
     (r"\frac{1}{3}", "0.33", False),
     (r"2.5\%", r"2.49\%", False),  # a percentage compares as a fraction of 100: 2 more places
     (r"2.5\%", r"2.5\%", True),
-    (f"{math.sqrt(17):.15f}", r"$\sqrt{17}$", True),  # mv test_float_precision
+    # mv test_float_precision has this True; at 15 places the shared rule no longer applies (precision.MAX_PLACES
+    # is 12, beyond a float's digits), so an irrational closed form is not credited
+    (f"{math.sqrt(17):.15f}", r"$\sqrt{17}$", False),
+    (f"{math.sqrt(17):.12f}", r"$\sqrt{17}$", True),
+    # closed forms that merely round to the gold are not credited (the attack's rows)
+    ("2.5", r" \frac{249}{100}", False),
+    ("0.3", r" \frac{2}{7}", False),  # one place says too little (precision.MIN_PLACES)
+    ("0.3", r"\frac{3}{10}", True),  # exactly equal
+    ("1.5", r" 1 + \frac{10}{21}", False),
+    ("0.33", r" \frac{33}{101}", False),  # not the simplest fraction that rounds to 0.33
+    ("0.33", r"\frac{33}{101} \cdot 1^{1}", False),  # math-verify parses unevaluated: still 33/101, not an irrational
+    ("0.33", r"\frac{1}{3} \cdot 2^{0}", True),
+    ("0.33", r" \frac{1}{3}", True),
+    ("-0.33", r"-\frac{1}{3}", True),
+    ("0.67", r"x = \frac{2}{3}", True),  # an assignment is read at its value, as math-verify does
+    ("1.41", r" \sqrt{2}", True),
+    ("1.41", r"\sqrt{3}", False),
+    ("0.05", " 1/19", False),  # one significant digit says too little (precision.MIN_DIGITS)
+    ("0.05", r"\frac{1}{20}", True),
 ]
 
 
@@ -163,13 +195,43 @@ READING = [
     ("2.5", "2.49", True, False, ("2.49", False, "ok")),
     (r"\frac{1}{3}", "0.333333", True, False, ("0.333333", True, "ok")),
     # a whole rationale: its last piece of delimited math, nothing else
-    ("5", r"First $x = 3$, then $y = 5$ so it is done", False, True, ("y = 5", True, "ok")),
+    ("5", r"First $x = 3$, then $y = 5$.", False, True, ("y = 5", True, "ok")),
+    ("5", r"First $x = 3$, then $y = 5$ so it is done", False, True, (None, False, "no_answer")),
     ("5", "First x = 3, then y = 5, so it is done", False, True, (None, False, "no_answer")),
-    ("5", r"So $y = \frac{$ is it", False, True, (None, False, "wrong_format")),
+    ("5", r"So $y = \frac{$", False, True, (None, False, "wrong_format")),
+]
+# Values side by side in an undelimited span are never fused (math-verify reads "3 4" as 3 + 4): prose words
+# between values separate candidates (two values: ambiguous), prose words at the ends are dropped, and numbers
+# separated by a space alone do not parse (wrong_format).
+SIDE_BY_SIDE = [
+    ("7", " 3 or 4", True, False, ("3", False, "ambiguous")),
+    ("7", " 3 to 4", True, False, ("3", False, "ambiguous")),
+    ("7", " 3 hours 4 minutes", True, False, ("3", False, "ambiguous")),
+    ("11", " 5 or 6", True, False, ("5", False, "ambiguous")),
+    ("12", r"$3 \text{ or } 4$", True, False, (r"\left\{3, 4\right\}", False, "ok")),  # a set, never 12 or 7
+    ("7", " 3 4", True, False, (None, False, "wrong_format")),
+    ("12", " 3 4", True, False, (None, False, "wrong_format")),
+    ("7", "$3 4$", True, False, (None, False, "wrong_format")),
+    ("7", r"$3\ 4$", True, False, (None, False, "wrong_format")),  # LaTeX spacing is spacing too
+    ("7", r"$3\quad 4$", True, False, (None, False, "wrong_format")),
+    ("1000", r"1{,}000", True, False, ("1000", True, "ok")),  # a thousands group is not two numbers
+    ("3", "3 hours", True, False, ("3", True, "ok")),
+    ("3", "3 hours in all", True, False, ("3", True, "ok")),
+    (r"\{3,4\}", "3 and 4", True, False, (r"\left\{3, 4\right\}", True, "ok")),  # "and" lists a set
+    (r"\text{Evelyn Smith}", r"\text{Evelyn Smith}", True, False, (True, "ok")),  # words in a group stay
+]
+# A whole rationale (no anchor) is read at its last piece of delimited math only when that piece ends the text.
+LAST_PIECE = [
+    ("6", "Step: $6$. Final: 5.", False, True, (None, False, "no_answer")),
+    ("6", r"We compute $2\cdot 3 = 6$. Adding one, the total is 7 apples.", False, True, (None, False, "no_answer")),
+    ("5", "Hence $x=5$ is rejected since it is extraneous, and the solution is x = 3.", False, True,
+     (None, False, "no_answer")),
+    ("7", r"Adding one, the total is $7$.", False, True, ("7", True, "ok")),
+    ("7", "The total is $7$ **.** \n", False, True, ("7", True, "ok")),
 ]
 
 
-@pytest.mark.parametrize(("gold", "text", "anchored", "last", "expected"), READING)
+@pytest.mark.parametrize(("gold", "text", "anchored", "last", "expected"), READING + SIDE_BY_SIDE + LAST_PIECE)
 def test_reading_and_statuses(gold, text, anchored, last, expected):
     check(gold, text, expected, anchored=anchored, last=last)
 
@@ -197,7 +259,8 @@ def test_worker_request_forms():
     assert _mv_worker.answer(["verify", "0.33", r"\frac{1}{3}", 2]) == ["ok", [True, r"\frac{1}{3}", True]]
     assert _mv_worker.answer(["verify", "5", r"\frac{", 2]) == ["ok", [True, None, False]]  # the answer: no parse
     assert _mv_worker.answer(["verify", "}{", "5", 2]) == ["ok", [False, None, False]]  # the gold: no parse
-    assert _mv_worker.answer(["gold", r"(-\infty, 3]", 2]) == ["ok", [True, r"\left(-\infty, 3\right]"]]
+    assert _mv_worker.answer(["gold", r"(-\infty, 3]", 2]) == ["ok", [True, r"\left(-\infty, 3\right]", None]]
+    assert _mv_worker.answer(["gold", "0/0", 2])[1][0] is False  # undefined: the third item says why
     assert _mv_worker.answer([r"$\sqrt{4}$", 2]) == ["ok", ["2"]]  # the number grader's form is unchanged
 
 
@@ -246,3 +309,51 @@ def test_a_bad_gold_is_exit_code_2_from_the_cli(tmp_path, capsys):
     assert main(["tasks", "load", str(recipe), "--output", str(tmp_path / "q.parquet")]) == 2
     err = capsys.readouterr().err
     assert "m.jsonl line 2" in err and "'}{'" in err
+
+
+def _load_golds(tmp_path, golds):
+    path = tmp_path / "math.jsonl"
+    path.write_text("".join(json.dumps({"problem": f"p{i}", "answer": g}) + "\n" for i, g in enumerate(golds)))
+    spec = TaskSpec(name="m", source="file", path=str(path), answer_type="math",
+                    columns={"question": "problem", "gold": "answer"})
+    return tasks.load_task(spec).questions["gold"].to_list()
+
+
+@pytest.mark.parametrize(("gold", "why"), [
+    ("0/0", "undefined"),  # math-verify reads nan: no answer could ever match
+    (r"\frac{1}{0}", "undefined"),  # zoo
+    ("10^{10^{10^{10}}}", "timed out"),  # parses, but every comparison with it runs out of time
+    ("12:30", "':'"),  # math-verify reads 12/30 = 2/5; a clock time is a string
+    ("2:30", "':'"),
+])
+def test_golds_that_can_never_grade_or_mean_something_else_stop_the_load(tmp_path, monkeypatch, gold, why):
+    monkeypatch.setattr(latex, "TIMEOUT_S", 1)
+    with pytest.raises(InputError) as err:
+        _load_golds(tmp_path, [r"\frac{1}{2}", gold])
+    msg = str(err.value)
+    assert "math.jsonl line 2: field 'answer': gold " + repr(gold) in msg and why in msg, msg
+
+
+def test_golds_normalised_at_load(tmp_path):
+    """A plain number in scientific notation means its value (math-verify reads "1.5e3" as 1.5 * e * 3); a ratio
+    a:b of integers (the right side not two digits, which would read as a clock time) is kept; a gold made only of
+    words is read as \text{} (math-verify reads "yes" as the product y*e*s)."""
+    golds = ["1.5e3", "2.5E-3", "3:4", "yes", "no solution", r"\text{odd}", "x", "2.50"]
+    assert _load_golds(tmp_path, golds) == ["1500", "0.0025", "3:4", r"\text{yes}", r"\text{no solution}",
+                                            r"\text{odd}", "x", "2.50"]
+
+
+@pytest.mark.parametrize(("gold", "text", "correct"), [
+    ("1.5e3", "1500", True),  # a frame built elsewhere: the worker reads the plain number too
+    ("1500", "1.5e3", True),
+    ("1500", r"\frac{9e}{2}", False),
+    (r"\text{yes}", "yes", True),
+    (r"\text{yes}", "no", False),
+])
+def test_plain_numbers_and_words_read_as_meant(gold, text, correct):
+    check(gold, text, (correct, "ok"))
+
+
+def test_an_undefined_gold_is_parse_error_at_grading():
+    assert grade_one("math", "0/0", "5").status == "parse_error"
+    assert grade_one("math", r"\frac{1}{0}", r"\frac{1}{0}").status == "parse_error"
