@@ -16,7 +16,7 @@ import polars as pl
 
 from builder.errors import InputError
 from builder.graders import AMBIGUOUS, GRADERS, NO_ANSWER, OK, PARSE_ERROR, TIMEOUT, WRONG_FORMAT, latex
-from builder.graders._common import answer_span, is_blank
+from builder.graders._common import answer_span, is_blank, qualified
 from builder.prompts import student_answer_expr
 from builder.schemas import validate
 from builder.tasks import PAPER_TASKS
@@ -35,22 +35,41 @@ TASK_ANSWER_TYPES: dict[str, str] = {task.name: task.answer_type for task in PAP
 # "The answer is", "the final answer:", "Answer (arabic numerals) is", "answer would be", "answer =".
 ANSWER_ANCHOR = r"(?i)\banswer\s*(?:\([^)\n]{0,40}\)\s*)?(?:is|was|would be|will be|should be|:|=)"
 BOXED_CONTENT = r"\\(?:boxed|fbox)\s*\{((?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}"
-# A revision opens a sentence ("She had to wait 5 minutes" is none); what it says may replace the answers before it.
-REVISION = (r"(?i)(^|[.!?]\s+|\n\s*)[*_\"']*(?:actually|wait|correction|on second thought|scratch that"
-            r"|it should (?:be|have been))\b")
+# A revision opens a sentence, maybe after an interjection ("No wait", "Hmm, actually", "However, rechecking"): "She
+# had to wait 5 minutes" is none. The marker's words stay with the revision's text (after `_MARK_END`), to classify it.
+_REVISION_WORDS = (r"(?:actually|wait|correction|on second thought|scratch that|hold on|oops|re-?checking"
+                   r"|it should (?:be|have been)|i (?:miscalculated|made a mistake|was wrong)"
+                   r"|that(?:'s| is) (?:not right|not correct|wrong|incorrect)"
+                   r"|let me (?:recompute|recalculate|redo))\b")
+_INTERJECTION = r"(?:(?:no|oh|hmm+|ok(?:ay)?|ah|but|so|however|oops)[,!.]?\s+)?"
+REVISION = rf"(?i)(^|[.!?]\s+|\n\s*|\(\s*)([*_\"']*{_INTERJECTION}{_REVISION_WORDS})"
 MARKER = rf"(?i)\\(?:boxed|fbox)|{ANSWER_ANCHOR.removeprefix('(?i)')}|{REVISION.removeprefix('(?i)')}"
-# A revision that restates an answer itself: "Correction: 42.", "Actually, it's 6 apples.", "Wait, no." A short
-# verbless phrase ending its sentence; "Wait, could it be 5?" or "Actually, 5 is a common mistake" restate nothing.
-_RESTATES = re.compile(r"[\s,:;.!*\-]*(?:no[,.!]\s+)?"
-                       r"(?:(?:it|that)(?:'s|\s+is|\s+was|\s+should\s+(?:be|have\s+been))\s+|i\s+mean,?\s+)?"
-                       r"(?P<value>[^\s.!?][^.!?\n]*?)\s*(?:[.!](?:\s|$)|\n|$)", re.IGNORECASE)
-_NOT_A_VALUE = re.compile(r"\b(?:is|was|are|were|be|been|would|could|might|may|not|let|me|if|because|since|so)\b",
-                          re.IGNORECASE)
-RESTATED_WORDS = 3
 # Words every MARKER match holds, each without its first letter and in capitals: a case-sensitive literal search that
 # is three times faster than MARKER and leaves it only the rows that may match.
 _HINT = "|".join(f"{w[1:]}|{w.upper()}" for w in ("answer", "boxed", "fbox", "actually", "wait", "correction",
-                                                   "thought", "scratch", "should"))
+                                                   "thought", "scratch", "should", "hold on", "oops", "checking",
+                                                   "miscalculated", "mistake", "wrong", "not right", "not correct",
+                                                   "incorrect", "recompute", "recalculate", "redo"))
+# A revision that restates an answer: a short phrase ending its sentence, after "it's", "the correct total is", "I
+# mean", "no," and the like, that holds an answer-like token: "Correction: 42.", "Actually, it's 6 apples.", "Wait,
+# (B).", "Wait, no." (for a yes/no answer). "Wait, 2 more.", "Actually, step 2.", "Wait, that's it." restate nothing.
+_RESTATES = re.compile(
+    rf"[*_\"'(]*{_INTERJECTION}{_REVISION_WORDS}[\s,:;.!*)\-]*(?:no[,.:!]\s+)?"
+    r"(?:(?:it|that)(?:'s|\s+is|\s+was|\s+should\s+(?:be|have\s+been))\s+|i\s+mean,?\s+"
+    r"|the\s+(?:correct\s+|right\s+|actual\s+|final\s+)?(?:answer|total|result|number|count|value)\s+is\s+)?"
+    r"(?P<value>[^\s.!?)][^.!?\n)]{0,60}?)\s*\)?(?:[.!]\)?(?:\s|$)|\n|$)", re.IGNORECASE)
+_ANSWER_LIKE = re.compile(r"\d|\\|\$|^\(?[A-J]\)?$|^[\"\u201c].+[\"\u201d]$")
+_YES_NO = re.compile(r"(?i)^(?:yes|no|true|false)$")
+# Words that make a short phrase something other than an answer: relative amounts, operations, steps, time.
+_NOT_AN_ANSWER = re.compile(
+    r"(?i)\b(?:is|was|are|were|be|been|would|could|might|may|not|let|me|if|because|since|so|more|less|fewer|extra"
+    r"|plus|minus|times|divide|divided|multiply|add|subtract|step|steps|sec|second|seconds|moment|minute|sure"
+    r"|percent|doubt|problem|kidding|way|off|left|ago|later|per|of|by|to|for|in|at)\b")
+RESTATED_WORDS = 3
+# A revision that takes the answers before it back without giving one: "Wait, that's not right."
+_RETRACTS = re.compile(r"(?i)\b(?:not (?:right|correct)|wrong|incorrect|mistake|miscalculat\w*|error)\b")
+_MARK_END = "\x01"
+_NEW_QUESTION = r"(?s)\n\s*Q(?:uestion)?\s*:.*$"  # a completion that runs on into a question of its own
 _CUT = "\x00"
 
 CHOICE_TYPES = frozenset({"choice", "date"})  # graders that read choices (parsed from the question when absent)
@@ -59,16 +78,28 @@ OUT_COLUMNS = ("pred", "correct", "grade_status", "grader")
 
 def _marked(text: pl.Expr) -> pl.Expr:
     """`text` with each final-answer marker replaced by NUL and a kind letter: `B` opens a \\boxed{} content (`E`
-    closes it), `A` follows an "answer is", `R` follows a revision ("actually", "wait", "it should be")."""
-    text = text.str.replace_all(_CUT, "", literal=True)  # a NUL in the text itself must not forge a marker
-    return (text.str.replace_all(BOXED_CONTENT, f"{_CUT}B${{1}}{_CUT}E").str.replace_all(ANSWER_ANCHOR, f"{_CUT}A")
-            .str.replace_all(REVISION, f"${{1}}{_CUT}R"))
+    closes it), `A` follows an "answer is", `R` a revision (its words, then `_MARK_END`, then what it says)."""
+    text = text.str.replace_all(rf"[{_CUT}{_MARK_END}]", "")  # a NUL in the text itself must not forge a marker
+    return (text.str.replace(_NEW_QUESTION, "")
+            .str.replace_all(BOXED_CONTENT, f"{_CUT}B${{1}}{_CUT}E").str.replace_all(ANSWER_ANCHOR, f"{_CUT}A")
+            .str.replace_all(REVISION, f"${{1}}{_CUT}R${{2}}{_MARK_END}"))
 
 
-def restates(text: str) -> bool:
-    """Whether a revision's own text restates an answer (`_RESTATES`)."""
-    m = _RESTATES.match(text)
-    return bool(m) and len(m["value"].split()) <= RESTATED_WORDS and not _NOT_A_VALUE.search(m["value"])
+def restates(text: str, *, yesno: bool) -> bool:
+    """Whether a revision (its words and what follows) restates an answer (`_RESTATES`); "yes"/"no" count only for
+    a yes/no answer ("Wait, yes." after a number confirms it)."""
+    m = _RESTATES.match(text[:200])  # a restatement is short: never scan a long text for one
+    if not m:
+        return False
+    value = m["value"].strip()
+    if len(value.split()) > RESTATED_WORDS or _NOT_AN_ANSWER.search(value):
+        return False
+    return bool(_ANSWER_LIKE.search(value)) or (yesno and bool(_YES_NO.match(value)))
+
+
+def retracts(text: str) -> bool:
+    """Whether a revision's first sentence takes the answer back ("Wait, that's not right.")."""
+    return bool(_RETRACTS.search(re.split(r"[.!?](?:\s|$)|\n", text[:300], maxsplit=1)[0]))
 
 
 def candidates(work: pl.DataFrame) -> pl.DataFrame:
@@ -90,12 +121,15 @@ def candidates(work: pl.DataFrame) -> pl.DataFrame:
         multi = multi.scatter(multi.arg_true(), marked)
     one = [pl.lit(0, pl.UInt32).alias("_cand"), pl.lit(1, pl.UInt32).alias("_n")]
     plain = work.filter(~multi).with_columns(*one, pl.col("_opens").alias("anchored"),
-                                             (~pl.col("_opens")).alias("_last")).drop("_opens")
+                                             (~pl.col("_opens")).alias("_last"), pl.lit(True).alias("_final"),
+                                             pl.lit(None, pl.String).alias("_ctx"))
+    plain = plain.drop("_opens")
     if not multi.any():
         return plain
     kind = pl.col("_seg").str.head(1)
     primary = kind.is_in(["A", "B"]) | ((pl.col("_pos") == 0) & pl.col("_opens"))
-    marked = work.filter(multi).select("_row", "_opens", _marked(pl.col("text")).str.split(_CUT).alias("_seg"))
+    marked = work.filter(multi).select("_row", "_opens", (pl.col("answer_type") == "yesno").alias("_yesno"),
+                                       _marked(pl.col("text")).str.split(_CUT).alias("_seg"))
     segs = (  # a rationale's text before its first marker is reasoning, not a candidate: dropped before exploding
         marked.with_columns(pl.when(pl.col("_opens")).then("_seg").otherwise(pl.col("_seg").list.slice(1)))
         .with_columns((pl.int_ranges(pl.col("_seg").list.len(), dtype=pl.UInt32)
@@ -104,46 +138,68 @@ def candidates(work: pl.DataFrame) -> pl.DataFrame:
         .with_columns(pl.when(pl.col("_pos") == 0).then(pl.lit("S") + pl.col("_seg")).otherwise("_seg").alias("_seg"))
         .with_columns(primary.alias("_primary"))
         .with_columns((pl.col("_primary") | ((kind == "R") & (pl.col("_primary").cast(pl.UInt32).cum_sum()
-                                                               .over("_row") > 0))).alias("_is"))
+                                                               .over("_row") > 0))).alias("_is"),
+                      # a box in its sentence, for open bounds and conditions: "at least $\\boxed{5}$", "\\boxed{5}
+                      # if it rains" (the words before it up to a digit or a sentence end, the rest of its line)
+                      pl.when(kind == "B").then(pl.concat_str(
+                          pl.col("_seg").shift(1).over("_row").str.extract(r"([^\d.!?:\n]{0,40})$", 1).fill_null(""),
+                          pl.lit(" "), pl.col("_seg").str.slice(1), pl.lit(" "),
+                          pl.col("_seg").shift(-1).over("_row").str.slice(1).str.extract(r"^([^\n]{0,80})", 1)
+                          .fill_null(""))).alias("_ctx"))
     )
-    # A revision after a candidate counts when answers follow it or it restates one itself; the last that counts
-    # drops the candidates before it (its own text is the candidate when it restates one).
+    # A revision after a candidate counts when answers follow it, it restates one, or it takes the answer back; the
+    # last that counts drops the candidates before it. Its own text is then the candidate when it restates one, and
+    # an empty one (no answer) when it only took the answer back.
     segs = segs.with_columns(pl.when("_primary").then("_pos").max().over("_row").alias("_lastp"))
     is_rev = pl.col("_is") & (kind == "R")
     said = segs.select(is_rev & (pl.col("_lastp") <= pl.col("_pos"))).to_series()
+    took_back = said.clone()
     if said.any():
-        own = [restates(t[1:]) for t in segs.filter(said)["_seg"]]
-        said = said.scatter(said.arg_true(), pl.Series(own, dtype=pl.Boolean))
-    counts = is_rev & ((pl.col("_lastp") > pl.col("_pos")) | pl.col("_said"))
-    segs = segs.with_columns(said.alias("_said")).with_columns(pl.when(counts).then("_pos").max().over("_row")
-                                                               .alias("_rev"))
+        rows = segs.filter(said).select(pl.col("_seg").str.slice(1).str.replace(_MARK_END, "", literal=True),
+                                        "_yesno")
+        said = said.scatter(said.arg_true(), pl.Series([restates(t, yesno=y) for t, y in rows.iter_rows()],
+                                                       dtype=pl.Boolean))
+        took_back = took_back.scatter(took_back.arg_true(),
+                                      pl.Series([retracts(t) for t in rows["_seg"]], dtype=pl.Boolean))
+    segs = segs.with_columns(said.alias("_said"), took_back.alias("_back"))
+    counts = is_rev & ((pl.col("_lastp") > pl.col("_pos")) | pl.col("_said") | pl.col("_back"))
+    segs = segs.with_columns(pl.when(counts).then("_pos").max().over("_row").alias("_rev"))
     rev = pl.col("_rev")
     later = rev.is_null() | (pl.col("_pos") > rev)
-    # A revision that neither restates nor is followed by an answer is an ordinary candidate: a rival when it names a
-    # value ("Wait, could it be 5?"), nothing when it names none ("Wait, let me verify.").
-    segs = segs.filter((pl.col("_primary") & later) | ((pl.col("_pos") == rev) & pl.col("_said"))
-                       | (is_rev & ~counts & later))
+    own = (pl.col("_pos") == rev) & ~(pl.col("_lastp") > pl.col("_pos")) & (pl.col("_said") | pl.col("_back"))
+    # A revision that counts for none of those is an ordinary candidate: a rival when it names a value ("Wait, could
+    # it be 5?"), nothing when it names none ("Wait, let me verify.").
+    segs = segs.filter((pl.col("_primary") & later) | own | (is_rev & ~counts & later))
+    said_text = pl.col("_seg").str.replace(rf"^R[^{_MARK_END}]*{_MARK_END}", "")
+    took_back_only = pl.col("_back") & ~pl.col("_said")
+    text = (pl.when(kind == "R").then(pl.when(took_back_only).then(pl.lit("")).otherwise(said_text))
+            .otherwise(pl.col("_seg").str.slice(1)))
     found = segs.select(
         "_row", pl.int_range(pl.len(), dtype=pl.UInt32).over("_row").alias("_cand"),
-        pl.len().over("_row").cast(pl.UInt32).alias("_n"), pl.col("_seg").str.slice(1).alias("text"),
-        pl.lit(True).alias("anchored"), pl.lit(False).alias("_last"))
+        pl.len().over("_row").cast(pl.UInt32).alias("_n"), text.alias("text"),
+        pl.lit(True).alias("anchored"), pl.lit(False).alias("_last"),
+        # the last answer stated as such ("answer is", a box): a rival even when nothing in it can be read
+        (pl.col("_primary") & (pl.col("_pos") == pl.col("_lastp"))).alias("_final"), "_ctx")
     rest = work.filter(multi).drop("text", "_opens")
-    found = found.join(rest, on="_row", how="inner").select(plain.columns)
+    found = found.join(rest, on="_row", how="inner")
     # A rationale with markers but no candidate (a revision before any answer) is read whole, as if unmarked.
     none = work.filter(multi).join(found.select("_row"), on="_row", how="anti").with_columns(
-        *one, pl.lit(False).alias("anchored"), pl.lit(True).alias("_last"))
-    return pl.concat([plain, found, none.select(plain.columns)])
+        *one, pl.lit(False).alias("anchored"), pl.lit(True).alias("_last"), pl.lit(True).alias("_final"),
+        pl.lit(None, pl.String).alias("_ctx"))
+    return pl.concat([plain, found.select(plain.columns), none.select(plain.columns)])
 
 
 def combine(graded: pl.DataFrame) -> pl.DataFrame:
-    """One verdict per `_row` from its candidates' verdicts (`graded` has `_text`, the candidate's text): one
-    distinct answer is the answer; two or more, or a hedged candidate, are `ambiguous`. A candidate that states
-    nothing readable ("the answer is that...", a revision that only says "wait") does not count, but one the grader
-    refused though it holds a value (`$2\\pi r$` for a number, a letter beyond the choices) is a rival answer. A
-    gold or parser failure wins, so it is never hidden."""
+    """One verdict per `_row` from its candidates' verdicts (`graded` has `_text`, the candidate's text, and
+    `_final`, whether it is the last answer stated as such): one distinct answer is the answer; two or more, or a
+    hedged candidate, are `ambiguous`. An earlier candidate that states nothing readable ("the answer is that...", a
+    revision that only says "wait") does not count; one the grader refused though it holds a value (`$2\\pi r$` for a
+    number, a letter beyond the choices), and the final one whatever it holds ("Final answer: cannot be determined"),
+    are rival answers. A gold or parser failure wins, so it is never hidden."""
     status = pl.col("grade_status")
     held = answer_span(pl.col("_text")).str.contains(r"[\d\\]")  # in the answer span, not in a reason after it
-    refused = (status == WRONG_FORMAT) & (pl.col("pred").is_not_null() | held)
+    refused = (status.is_in([WRONG_FORMAT, NO_ANSWER])
+               & ((status == WRONG_FORMAT) & (pl.col("pred").is_not_null() | held) | pl.col("_final")))
     ok = status == OK
     agg = graded.sort("_row", "_cand").group_by("_row", maintain_order=True).agg(
         (status == PARSE_ERROR).any().alias("_pe"),
@@ -163,6 +219,20 @@ def combine(graded: pl.DataFrame) -> pl.DataFrame:
                .when(pl.col("_refused") > 0).then(pl.lit(WRONG_FORMAT)).otherwise("_s"))
     return agg.select("_row", "pred", ((verdict == OK) & pl.col("_c").fill_null(False)).alias("correct"),
                       verdict.alias("grade_status"), "grader")
+
+
+def _bounded_boxes(part: pl.DataFrame, out: pl.DataFrame) -> pl.DataFrame:
+    """`out` with a \\boxed{} answer `ambiguous` where its sentence (`_ctx`) bounds or conditions it, which the grader,
+    reading the box's content, cannot see."""
+    boxed = part["_ctx"].is_not_null()
+    if not boxed.any():
+        return out
+    ctx = part.filter(boxed).select(pl.col("_ctx").alias("text"), "anchored", "gold", "choices")
+    hedged = pl.Series([False] * part.height).scatter(boxed.arg_true(), qualified(ctx))
+    return out.with_columns(
+        (pl.col("correct") & ~hedged).alias("correct"),
+        pl.when(hedged & (pl.col("grade_status") == OK)).then(pl.lit(AMBIGUOUS)).otherwise("grade_status")
+        .alias("grade_status"))
 
 
 def choices_from_question(question: pl.Expr) -> pl.Expr:
@@ -243,8 +313,9 @@ def grade_frame(df: pl.DataFrame, *, mode: str = "auto") -> pl.DataFrame:
             parsed = choices_from_question(pl.col("_question"))
             part = part.with_columns(pl.coalesce("choices", parsed).alias("choices"))
         out = GRADERS.get(answer_type)(part.select("text", "anchored", "gold", "choices"), last=bool(last_flag))
+        out = _bounded_boxes(part, out)
         grader = part.select(pl.col("answer_type").alias("grader"))
-        keys = part.select("_row", "_cand", "_n", pl.when(pl.col("_n") > 1).then("text").alias("_text"))
+        keys = part.select("_row", "_cand", "_n", pl.when(pl.col("_n") > 1).then("text").alias("_text"), "_final")
         parts.append(pl.concat([keys, out, grader], how="horizontal"))
     schema = {"_row": pl.UInt32, "pred": pl.String, "correct": pl.Boolean, "grade_status": pl.String,
               "grader": pl.String}

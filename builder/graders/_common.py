@@ -111,39 +111,54 @@ def status(pred: pl.Expr, gold_ok: pl.Expr, *, wrong_format: pl.Expr | None = No
 
 
 # An answer that commits to no value, in every answer type: an open bound next to its value ("at least 5", "5 or
-# more", "10+", "09/08/2021 at the latest"; "5, which is 3 more than 2" names no bound) or a condition ("yes, if it
-# rained", "it depends"). Comparison signs count only where the gold has none (an inequality). Patterns valid in
-# both polars (Rust) and Python regex.
-QUALIFIED = (r"(?i)\b(?:at\s+(?:least|most)|(?:not\s+|no\s+)?(?:more|less|fewer|greater|lower|higher)\s+than|up\s+to"
-             r"|upwards\s+of|over|above|under|below|nearly|almost|a\s+(?:minimum|maximum)\s+of"
+# more", "10+", "max 5", "09/08/2021 at the latest"; "5, which is 3 more than 2" names no bound) or a condition
+# ("yes, if it rained", "it depends", "sometimes"). Comparison signs count only where the gold has none (an
+# inequality). Searched in the answer span with markdown and LaTeX wrappers blanked (`_PLAIN`): "at least **5**",
+# "at least \(5\)". Patterns valid in both polars (Rust) and Python regex, and linear in both.
+_NUM = r"\d[\d.,/%]*"
+QUALIFIED = (r"(?i)\b(?:at\s+(?:least|most)|(?:not\s+|no\s+)?(?:more|less|fewer|greater|lower|higher)\s+than"
+             r"(?:\s+or\s+equal\s+to)?|up\s+to|upwards?\s+of|over|above|under|below|nearly|almost|beyond|exceeding"
+             r"|in\s+excess\s+of|max(?:imum)?|min(?:imum)?|a\s+(?:minimum|maximum)\s+of"
              r"|no\s+(?:later|earlier)\s+than)\s+\$?-?\d"
-             r"|\d\S*\s+(?:[^\W\d_]+\s+)?(?:or\s+(?:more|less|fewer|greater|higher|lower|above|below|so|later|earlier)"
-             r"|at\s+(?:the\s+)?(?:latest|earliest|minimum|maximum|most|least))\b|\d\+(?:\s*$|\s+[^\W\d_])"
-             r"|\b(?:if|unless|depends|depending|provided|assuming|whether|when|except|in\s+case|but\s+only)\b")
+             rf"|{_NUM}\s+(?:[^\W\d_]+\s+)?(?:or\s+(?:more|less|fewer|greater|higher|lower|above|below|so|later|earlier)"
+             r"|at\s+(?:the\s+|a\s+)?(?:latest|earliest|minimum|maximum|most|least)|max(?:imum)?|minimum"
+             r"|and\s+(?:up|above|over|more|higher|greater))\b"
+             rf"|{_NUM}\s+plus\s*(?:$|[^\s\d])|\d\+(?:\s*$|\s+[^\W\d_])"
+             r"|\b(?:if|unless|depends|depending|provided|assuming|whether|when|except|in\s+case|but\s+only"
+             r"|as\s+long\s+as|so\s+long\s+as|given\s+that|on\s+the\s+condition|not\s+(?:necessarily|always)"
+             r"|sometimes|usually|generally|typically)\b")
 # "> 5", "\geq 2", "⩾5"; not "<|endoftext|>"
 BOUND_SIGNS = r"[<>\u2264\u2265\u2a7d\u2a7e]=?\s*-?\$?\d|\\(?:geq?|leq?|gt|lt|geqslant|leqslant)\b"
+_PLAIN = r"\\(?:boxed|fbox|text|textbf|mathrm|mathbf|left|right)\s*\{?|\\[()\[\]]|[*_${}()]"
+_LONG_AS = r"(?i),?\s*\b(?:as|so)\s+long\s+as\b"
 _PY_QUALIFIED = re.compile(QUALIFIED.removeprefix("(?i)"), re.IGNORECASE)
 _PY_BOUND_SIGNS = re.compile(BOUND_SIGNS)
+_PY_PLAIN = re.compile(_PLAIN)
+SPAN_LIMIT = 2000
+"""Characters of an answer span searched for a qualifier in Python (an answer is short; a hostile one is not)."""
 
 
-def _qualified(frame: pl.DataFrame) -> pl.Series:
+def qualified(frame: pl.DataFrame) -> pl.Series:
     """True where an anchored answer span holds an open bound or a condition (`QUALIFIED`) that is not part of the
-    gold or of a choice's text ("(B) only if it rains")."""
+    gold or of a choice's text ("(B) only if it rains"). `frame` has text, anchored, gold and choices."""
     flag = frame["anchored"].fill_null(False)
     if not flag.any():  # a whole rationale (long text) is never searched
         return flag
-    named = frame.filter(flag).select(pl.col("text").str.contains(f"{QUALIFIED}|{BOUND_SIGNS}").fill_null(False))
+    plain = pl.col("text").str.replace_all(_PLAIN, " ")
+    named = frame.filter(flag).select(plain.str.contains(f"{QUALIFIED}|{BOUND_SIGNS}").fill_null(False))
     flag = flag.scatter(flag.arg_true(), named.to_series())
     if not flag.any():
         return flag
-    rows = frame.filter(flag).select(answer_span(pl.col("text"), negations=False).alias("span"), "gold", "choices")
+    text = pl.col("text").str.replace_all(_LONG_AS, " provided ")  # before the span cuts at ", as"
+    rows = frame.filter(flag).select(answer_span(text, negations=False).alias("span"), "gold", "choices")
     hits = []
     for span, gold, choices in rows.iter_rows():  # only the few rows that name a qualifier at all
+        span = _PY_PLAIN.sub(" ", span[:SPAN_LIMIT])
         for choice in choices or []:  # a choice whose own text holds a qualifier: "(B) only if it rains"
             if choice.strip() and _PY_QUALIFIED.search(choice):
                 span = re.sub(re.escape(choice.strip()), " ", span, flags=re.IGNORECASE)
-        words = bool(re.search(_PY_QUALIFIED, span)) and not re.search(_PY_QUALIFIED, gold)
-        signs = bool(re.search(_PY_BOUND_SIGNS, span)) and not re.search(_PY_BOUND_SIGNS, gold)
+        words = bool(_PY_QUALIFIED.search(span)) and not _PY_QUALIFIED.search(gold)
+        signs = bool(_PY_BOUND_SIGNS.search(span)) and not _PY_BOUND_SIGNS.search(gold)
         hits.append(words or signs)
     return flag.scatter(flag.arg_true(), pl.Series(hits, dtype=pl.Boolean))
 
@@ -152,11 +167,11 @@ def finish(frame: pl.DataFrame, pred: pl.Expr, correct: pl.Expr, grade_status: p
     """Select the grader output columns; `correct` is only ever true when the status is ok. An ok answer that is an
     open bound or conditional (`QUALIFIED`) is `ambiguous`."""
     out = frame.select(pred.cast(pl.String).alias("pred"), grade_status.alias("grade_status"), correct.alias("_c"))
-    qualified = _qualified(frame)
+    hedged = qualified(frame)
     return out.select(
         "pred",
-        ((pl.col("grade_status") == OK) & pl.col("_c").fill_null(False) & ~qualified).alias("correct"),
-        pl.when(qualified & (pl.col("grade_status") == OK)).then(pl.lit(AMBIGUOUS)).otherwise("grade_status")
+        ((pl.col("grade_status") == OK) & pl.col("_c").fill_null(False) & ~hedged).alias("correct"),
+        pl.when(hedged & (pl.col("grade_status") == OK)).then(pl.lit(AMBIGUOUS)).otherwise("grade_status")
         .alias("grade_status"),
     )
 

@@ -105,13 +105,17 @@ def decimals(text: str) -> int:
     return max((len(d) for d in _DECIMAL.findall(text)), default=0)
 
 
+_BARE = re.compile(r"\\boxed\s*\{|\\[()\[\]]|[${}\s]")
+_WRITTEN_DECIMAL = re.compile(r"-?\d*\.\d+\\?%?$")
+
+
 def float_rounding(gold: str, answer: str) -> int:
-    """Decimal places `verify` rounds floats to for an answer written with decimals: max(gold places, answer places)
+    """Decimal places `verify` rounds floats to for an answer written as a decimal: max(gold places, answer places)
     (a percentage counts 2 more, as it compares as a fraction of 100), so "2.49" is not "2.5" and "2.50" is. An exact
     gold, or an answer without decimals, keeps math-verify's 6 places (a closed form against a plain decimal gold is
     judged by `precision` instead, in `judge`)."""
-    if decimals(gold) == 0 or decimals(answer) == 0:
-        return 6
+    if decimals(gold) == 0 or not _WRITTEN_DECIMAL.match(_BARE.sub("", answer)):
+        return 6  # an expression holding a decimal ("\\frac{\\pi}{9.5}") is not given to those places
     return max(decimals(gold) + (2 if "%" in gold else 0), decimals(answer) + (2 if "%" in answer else 0))
 
 

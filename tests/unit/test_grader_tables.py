@@ -261,7 +261,8 @@ SEVERAL = [
     ("number", "42", r"So \boxed{41}. Then \boxed{42}.", None, None, ("42", False, "ambiguous")),  # two boxes
     ("number", "42", r"So \boxed{42}. In short, \boxed{42}.", None, None, ("42", True, "ok")),  # one value twice
     ("number", "0.375", r"So \boxed{3/8}, that is \boxed{0.375}.", None, None, ("0.375", True, "ok")),
-    ("number", "42", "The answer is 41. Rechecking, the answer is 42.", None, None, ("42", False, "ambiguous")),
+    ("number", "42", "The answer is 41. Looking again, the answer is 42.", None, None, ("42", False, "ambiguous")),
+    ("number", "42", "The answer is 41. Rechecking, the answer is 42.", None, None, ("42", True, "ok")),
     ("number", "42", r"The answer is 42, so \boxed{42}.", None, None, ("42", True, "ok")),
     ("number", "42", "The answer is 41. Actually, it should be 42.", None, None, ("42", True, "ok")),  # revision
     ("number", "42", r"\boxed{41}. Wait, I dropped a 1: the answer is 42.", None, None, ("42", True, "ok")),
@@ -281,7 +282,7 @@ SEVERAL = [
      ("5", False, "ambiguous")),
     ("number", "5", "The answer is 6 apples. She had to wait 5 minutes for them.", None, None, ("6", False, "ok")),
     ("number", "5", "The answer is 6. Wait, could it be 5? No, it's 6.", None, None, ("5", False, "ambiguous")),
-    ("number", "5", "The answer is 6. Actually, 5 is a common mistake here.", None, None, ("5", False, "ambiguous")),
+    ("number", "5", "The answer is 6. Actually, 5 is a common mistake here.", None, None, (None, False, "no_answer")),
     ("number", "5", "So the answer is 6.\nCorrection of units: 5 km is not needed.", None, None,
      ("5", False, "ambiguous")),
     ("date", "A", "So the answer is (B). Wait, (A) is 09/08/2021 which is a Wednesday.", None, DATES,
@@ -377,3 +378,68 @@ NOT_QUALIFIED = [
 @pytest.mark.parametrize(("answer_type", "gold", "text", "choices", "expected"), NOT_QUALIFIED)
 def test_a_qualifier_outside_the_answer_is_no_hedge(answer_type, gold, text, choices, expected):
     check(answer_type, gold, text, expected, choices)
+
+
+# ---------------------------------------------------------------- a second outside attack on the rules above
+SECOND_ATTACK = [
+    # (answer type, gold, rationale, completion, expected (correct, status))
+    # a final answer that names nothing readable is still the final answer
+    ("number", "42", "The answer is 42.\n\nFinal answer: cannot be determined.", None, (False, "ambiguous")),
+    ("yesno", "yes", "The answer is yes.\n\nFinal answer: I don't know.", None, (False, "ambiguous")),
+    ("choice", "A", "The answer is (A).\n\nFinal answer: none of the choices.", None, (False, "ambiguous")),
+    ("number", "42", "The answer is that we need the total. So the answer is 42.", None, (True, "ok")),
+    # bounds and conditions in markdown, LaTeX, or around a box
+    ("number", "5", "So the answer is at least **5**.", None, (False, "ambiguous")),
+    ("number", "5", "The answer: **at least** 5.", None, (False, "ambiguous")),
+    ("number", "5", r"So the answer is at least \(5\).", None, (False, "ambiguous")),
+    ("number", "5", r"The answer is \boxed{5 \text{ or more}}.", None, (False, "ambiguous")),
+    ("number", "5", r"So the answer is at least $\boxed{5}$.", None, (False, "ambiguous")),
+    ("number", "5", "Answer: 5 (or more)", None, (False, "ambiguous")),
+    ("number", "5", r"The answer is \boxed{5} if it rains.", None, (False, "ambiguous")),
+    ("number", "5", "So the answer is 5 max.", None, (False, "ambiguous")),
+    ("number", "5", "So the answer is 5 and up.", None, (False, "ambiguous")),
+    ("number", "5", "So the answer is more than or equal to 5.", None, (False, "ambiguous")),
+    ("number", "5", "So the answer is 5 min.", None, (True, "ok")),  # five minutes, not a minimum
+    ("yesno", "yes", "So the answer is yes, as long as it rains.", None, (False, "ambiguous")),
+    ("yesno", "yes", "So the answer is: sometimes yes.", None, (False, "ambiguous")),
+    ("yesno", "yes", "So the answer is: not necessarily yes.", None, (False, "ambiguous")),
+    # a revision's words that are no answer
+    ("yesno", "no", "The answer is yes. Actually, no doubt.", None, (False, "ambiguous")),
+    ("yesno", "no", "The answer is yes. Wait, no kidding!", None, (False, "ambiguous")),
+    ("number", "2", "The answer is 40. Wait, 2 more.", None, (False, "ambiguous")),
+    ("number", "2", "The answer is 40. Actually, step 2.", None, (False, "ambiguous")),
+    ("number", "1", "The answer is 40. Wait, 1 sec.", None, (False, "ambiguous")),
+    # changes of mind after an interjection, and a retraction without a new answer
+    ("number", "42", "The answer is 42. No wait, 48.", None, (False, "ok")),
+    ("number", "42", "The answer is 42. Oh wait, 48.", None, (False, "ok")),
+    ("number", "42", "The answer is 42. Hold on, 48.", None, (False, "ok")),
+    ("number", "42", "The answer is 42. Hmm, actually 48.", None, (False, "ok")),
+    ("number", "42", "The answer is 42. (Actually, 48.)", None, (False, "ok")),
+    ("number", "48", "The answer is 42. However, rechecking, the correct total is 48.", None, (True, "ok")),
+    ("number", "42", "Answer: 42\nWait, that's not right.\n", None, (False, "no_answer")),
+    # a confirmation after a revision word keeps the answer
+    ("number", "42", "The answer is 42. Wait, that's it.", None, (True, "ok")),
+    ("number", "42", "The answer is 42. Actually, that's correct.", None, (True, "ok")),
+    ("number", "42", "The answer is 42. Wait, yes.", None, (True, "ok")),
+    ("number", "42", "The answer is 42. It should be fine.", None, (True, "ok")),
+    ("number", "42", "The answer is 42.\nWait, double-checking.\n", None, (True, "ok")),
+    ("yesno", "yes", "The answer is no. Wait, yes.", None, (True, "ok")),  # for a yes/no answer, "yes" is one
+    # a stage-2 completion that runs on into a question of its own
+    ("number", "42", "", " 42.\n\nQ: John has 5 apples.\nA: The answer is 5.", (True, "ok")),
+]
+
+
+@pytest.mark.parametrize(("answer_type", "gold", "rationale", "completion", "expected"), SECOND_ATTACK)
+def test_second_attack(answer_type, gold, rationale, completion, expected):
+    assert graded(answer_type, gold, rationale, completion)[1:] == expected
+
+
+@pytest.mark.parametrize("rationale", [
+    "The answer is 5. Wait, 6" + " " * 40000 + "x",
+    "The answer is 5. Wait, 6" + " \t" * 40000 + "x",
+    "The answer is yes " + "1-" * 20000 + ". Yes, if it rains",
+])
+def test_long_hostile_revisions_and_spans_are_linear(rationale):
+    t0 = time.perf_counter()
+    graded("yesno" if "yes" in rationale else "number", "6", rationale)
+    assert time.perf_counter() - t0 < 2
