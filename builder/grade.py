@@ -43,13 +43,17 @@ _REVISION_WORDS = (r"(?:actually|wait|correction|on second thought|scratch that|
                    r"|let me (?:recompute|recalculate|redo))\b")
 _INTERJECTION = r"(?:(?:no|oh|hmm+|ok(?:ay)?|ah|but|so|however|oops)[,!.]?\s+)?"
 REVISION = rf"(?i)(^|[.!?]\s+|\n\s*|\(\s*)([*_\"']*{_INTERJECTION}{_REVISION_WORDS})"
-MARKER = rf"(?i)\\(?:boxed|fbox)|{ANSWER_ANCHOR.removeprefix('(?i)')}|{REVISION.removeprefix('(?i)')}"
-# Words every MARKER match holds, each without its first letter and in capitals: a case-sensitive literal search that
-# is three times faster than MARKER and leaves it only the rows that may match.
-_HINT = "|".join(f"{w[1:]}|{w.upper()}" for w in ("answer", "boxed", "fbox", "actually", "wait", "correction",
-                                                   "thought", "scratch", "should", "hold on", "oops", "checking",
-                                                   "miscalculated", "mistake", "wrong", "not right", "not correct",
-                                                   "incorrect", "recompute", "recalculate", "redo"))
+# Literal hints, case-sensitive (each word without its first letter, and in capitals), three times faster than the
+# patterns: an answer or a box anywhere; a revision only matters where the region opens with the answer (a
+# rationale's revisions count only after an "answer is" or a box, which the first hint finds).
+def _hint(*words: str) -> str:
+    return "|".join(f"{w[1:]}|{w.upper()}" for w in words)
+
+
+_ANSWER_HINT = _hint("answer", "boxed", "fbox")
+_REVISION_HINT = _hint("actually", "wait", "correction", "thought", "scratch", "should", "hold on", "oops",
+                       "checking", "miscalculated", "mistake", "wrong", "not right", "not correct", "incorrect",
+                       "recompute", "recalculate", "redo")
 # A revision that restates an answer: a short phrase ending its sentence, after "it's", "the correct total is", "I
 # mean", "no," and the like, that holds an answer-like token: "Correction: 42.", "Actually, it's 6 apples.", "Wait,
 # (B).", "Wait, no." (for a yes/no answer). "Wait, 2 more.", "Actually, step 2.", "Wait, that's it." restate nothing.
@@ -69,7 +73,7 @@ RESTATED_WORDS = 3
 # A revision that takes the answers before it back without giving one: "Wait, that's not right."
 _RETRACTS = re.compile(r"(?i)\b(?:not (?:right|correct)|wrong|incorrect|mistake|miscalculat\w*|error)\b")
 _MARK_END = "\x01"
-_NEW_QUESTION = r"(?s)\n\s*Q(?:uestion)?\s*:.*$"  # a completion that runs on into a question of its own
+_NEW_QUESTION = r"\n\s*Q(?:uestion)?\s*:"  # a completion that runs on into a question of its own
 _CUT = "\x00"
 
 CHOICE_TYPES = frozenset({"choice", "date"})  # graders that read choices (parsed from the question when absent)
@@ -80,9 +84,15 @@ def _marked(text: pl.Expr) -> pl.Expr:
     """`text` with each final-answer marker replaced by NUL and a kind letter: `B` opens a \\boxed{} content (`E`
     closes it), `A` follows an "answer is", `R` a revision (its words, then `_MARK_END`, then what it says)."""
     text = text.str.replace_all(rf"[{_CUT}{_MARK_END}]", "")  # a NUL in the text itself must not forge a marker
-    return (text.str.replace(_NEW_QUESTION, "")
-            .str.replace_all(BOXED_CONTENT, f"{_CUT}B${{1}}{_CUT}E").str.replace_all(ANSWER_ANCHOR, f"{_CUT}A")
+    cut = text.str.find(_NEW_QUESTION)
+    text = pl.when(cut.is_null()).then(text).otherwise(text.str.slice(0, cut))
+    return (text.str.replace_all(BOXED_CONTENT, f"{_CUT}B${{1}}{_CUT}E").str.replace_all(ANSWER_ANCHOR, f"{_CUT}A")
             .str.replace_all(REVISION, f"${{1}}{_CUT}R${{2}}{_MARK_END}"))
+
+
+def _neighbour(step: int) -> pl.Expr:
+    """The segment `step` places on in the same row (segments are exploded in row order, so a plain shift is one)."""
+    return pl.when(pl.col("_row").shift(-step) == pl.col("_row")).then(pl.col("_seg").shift(-step))
 
 
 def restates(text: str, *, yesno: bool) -> bool:
@@ -115,10 +125,11 @@ def candidates(work: pl.DataFrame) -> pl.DataFrame:
     A region with no candidate (a rationale that never states its answer) is read whole, its last value (`_last`,
     unanchored).
     """
-    multi = work.select(pl.col("text").str.contains(_HINT).fill_null(False)).to_series()
-    if multi.any():
-        marked = work.filter(multi).select(pl.col("text").str.contains(MARKER).fill_null(False)).to_series()
-        multi = multi.scatter(multi.arg_true(), marked)
+    multi = work.select(pl.col("text").str.contains(_ANSWER_HINT).fill_null(False)).to_series()
+    opens = work["_opens"] & ~multi
+    if opens.any():
+        revised = work.filter(opens).select(pl.col("text").str.contains(_REVISION_HINT).fill_null(False))
+        multi = multi.scatter(opens.arg_true(), revised.to_series())
     one = [pl.lit(0, pl.UInt32).alias("_cand"), pl.lit(1, pl.UInt32).alias("_n")]
     plain = work.filter(~multi).with_columns(*one, pl.col("_opens").alias("anchored"),
                                              (~pl.col("_opens")).alias("_last"), pl.lit(True).alias("_final"),
@@ -142,9 +153,10 @@ def candidates(work: pl.DataFrame) -> pl.DataFrame:
                       # a box in its sentence, for open bounds and conditions: "at least $\\boxed{5}$", "\\boxed{5}
                       # if it rains" (the words before it up to a digit or a sentence end, the rest of its line)
                       pl.when(kind == "B").then(pl.concat_str(
-                          pl.col("_seg").shift(1).over("_row").str.extract(r"([^\d.!?:\n]{0,40})$", 1).fill_null(""),
+                          _neighbour(-1).str.slice(-40).str.extract(r"([^\d.!?:\n]*)$", 1)
+                          .fill_null(""),
                           pl.lit(" "), pl.col("_seg").str.slice(1), pl.lit(" "),
-                          pl.col("_seg").shift(-1).over("_row").str.slice(1).str.extract(r"^([^\n]{0,80})", 1)
+                          _neighbour(1).str.slice(1, 80).str.extract(r"^([^\n]*)", 1)
                           .fill_null(""))).alias("_ctx"))
     )
     # A revision after a candidate counts when answers follow it, it restates one, or it takes the answer back; the
@@ -299,8 +311,15 @@ def grade_frame(df: pl.DataFrame, *, mode: str = "auto") -> pl.DataFrame:
     else:
         use_c = ~is_blank(pl.col("_completion"))
         region, opens = pl.when(use_c).then(pl.col("_completion")).otherwise(pl.col("rationale")), use_c
-    work = candidates(base.select("_row", "answer_type", "gold", "choices", "_question", region.alias("text"),
-                                  opens.alias("_opens")))
+    base = base.select("_row", "answer_type", "gold", "choices", region.alias("text"), opens.alias("_opens"),
+                       "_question")
+    if has_question:  # choice rows without choices read them from the question, once, before any row is exploded
+        need = base.select(pl.col("answer_type").is_in(list(CHOICE_TYPES)) & pl.col("choices").is_null()).to_series()
+        if need.any():
+            parsed = base.filter(need).select("_row", choices_from_question(pl.col("_question")).alias("_parsed"))
+            base = (base.join(parsed, on="_row", how="left", maintain_order="left")
+                    .with_columns(pl.coalesce("choices", "_parsed").alias("choices")).drop("_parsed"))
+    work = candidates(base.drop("_question"))
 
     if work.select((pl.col("answer_type") == "number") & ~pl.col("_last")
                    & pl.col("text").str.contains(r"[\\^]")).to_series().any():
@@ -309,9 +328,6 @@ def grade_frame(df: pl.DataFrame, *, mode: str = "auto") -> pl.DataFrame:
     groups = work.partition_by(["answer_type", "_last"], as_dict=True).items()
     # Number rows last: math-verify's workers (warmed above) finish importing while the other types are graded.
     for (answer_type, last_flag), part in sorted(groups, key=lambda kv: kv[0][0] == "number"):
-        if answer_type in CHOICE_TYPES and has_question:
-            parsed = choices_from_question(pl.col("_question"))
-            part = part.with_columns(pl.coalesce("choices", parsed).alias("choices"))
         out = GRADERS.get(answer_type)(part.select("text", "anchored", "gold", "choices"), last=bool(last_flag))
         out = _bounded_boxes(part, out)
         grader = part.select(pl.col("answer_type").alias("grader"))

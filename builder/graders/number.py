@@ -321,24 +321,27 @@ def _closed_form_match(frame: pl.DataFrame) -> pl.Series:
                                                                           strict=True)])
 
 
+def _golds(frame: pl.DataFrame) -> pl.DataFrame:
+    """Each distinct gold read once (a question's samples share it): `_gfirst` (its number token), `_g`, `_g_int`,
+    `_g_canon` (`values`) and `_gfailed` (math-verify's failure on a LaTeX gold), keyed by `gold`."""
+    golds = prepare(frame.select("gold").unique().with_columns(pl.col("gold").alias("_gold")), "_gold")
+    golds = golds.with_columns(pl.col("_gold").str.extract_all(NUMBER_TOKEN).list.first().alias("_gfirst"))
+    golds = _expressions(golds, _needs_latex(golds, "_gold", "gold"), pl.col("gold"), "_gfirst")
+    golds = values(golds.rename({"_mv_status": "_gfailed"}), "_gfirst", "_g")
+    return golds.select("gold", "_gfirst", "_g", "_g_int", "_g_canon", "_gfailed")
+
+
 @GRADERS.register("number")
 def grade_number(frame: pl.DataFrame, *, last: bool = False) -> pl.DataFrame:
     """Grade numeric answers; see the module docstring for what parses, the statuses and the tolerance."""
     frame = normalise(frame.with_columns(region(last=last).alias("_raw")), "_raw")
-    frame = prepare(frame.with_columns(pl.col("_raw").alias("_text"), pl.col("gold").alias("_gold")), "_text",
-                    normalised=True)
-    frame = prepare(frame, "_gold")
-    frame = frame.with_columns(
-        pl.col("_text").str.extract_all(NUMBER_TOKEN).alias("_toks"),
-        pl.col("_gold").str.extract_all(NUMBER_TOKEN).alias("_gtoks"),
-    )
+    frame = prepare(frame.with_columns(pl.col("_raw").alias("_text")), "_text", normalised=True)
+    frame = frame.with_columns(pl.col("_text").str.extract_all(NUMBER_TOKEN).alias("_toks"))
     frame = frame.with_columns(
         (pl.col("_toks").list.last() if last else pl.col("_toks").list.first()).alias("_first"),
-        pl.col("_gtoks").list.first().alias("_gfirst"),
         (pl.col("anchored") & pl.lit(not last)).alias("_span"),  # hedges count in answer spans only
     )
-    frame = _expressions(frame, _needs_latex(frame, "_gold", "gold"), pl.col("gold"), "_gfirst")
-    frame = frame.rename({"_mv_status": "_gfailed"}).drop("_mv_amb", "_mv_closed")
+    frame = frame.join(_golds(frame), on="gold", how="left", maintain_order="left", nulls_equal=True)
     # Structure is read in answer spans only, never in whole rationales (their last number is the answer).
     frame = _read_structure(frame)
     frame = _expressions(frame, frame["_to_mv"], structure.for_math_verify(pl.col("_raw")), "_first")
@@ -351,7 +354,7 @@ def grade_number(frame: pl.DataFrame, *, last: bool = False) -> pl.DataFrame:
         words = frame.filter(need).select(pl.col("_text").map_batches(
             lambda s: pl.Series([words_to_number(t, last) for t in s], dtype=pl.String), return_dtype=pl.String))
         frame = frame.with_columns(frame["_first"].scatter(need.arg_true(), words.to_series()))
-    frame = values(values(frame, "_first", "_p"), "_gfirst", "_g")
+    frame = values(frame, "_first", "_p")
     amb = _ambiguous(frame, "_toks", "_p", pl.col("_span") & ~pl.col("_read"))  # the read rows' hedges are known
     frame = frame.with_columns((amb | frame["_mv_amb"] | frame["_read_amb"]).alias("_amb"))
     # No number: a value float64 cannot hold that is no exact integer ("1e400"), or more than MAX_DIGITS digits.
