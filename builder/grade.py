@@ -32,17 +32,24 @@ MODES = ("auto", "answer_completion", "rationale", "student")
 # Answer type of each of the 12 paper tasks, from the task registry (date_understanding is graded by letter).
 TASK_ANSWER_TYPES: dict[str, str] = {task.name: task.answer_type for task in PAPER_TASKS}
 
-# "The answer is", "the final answer:", "Answer (arabic numerals) is", "answer would be", "answer =".
+# "The answer is", "the final answer:", "Answer (arabic numerals) is", "answer would be", "answer =". A final answer
+# labelled as such ("Final answer: ...") is marked apart: it counts even when nothing in it can be read.
 ANSWER_ANCHOR = r"(?i)\banswer\s*(?:\([^)\n]{0,40}\)\s*)?(?:is|was|would be|will be|should be|:|=)"
+FINAL_ANCHOR = r"(?i)\bfinal\s+answer\s*(?:\([^)\n]{0,40}\)\s*)?(?:is|was|:|=)"
 BOXED_CONTENT = r"\\(?:boxed|fbox)\s*\{((?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}"
-# A revision opens a sentence, maybe after an interjection ("No wait", "Hmm, actually", "However, rechecking"): "She
-# had to wait 5 minutes" is none. The marker's words stay with the revision's text (after `_MARK_END`), to classify it.
+# A revision opens a sentence or a clause, maybe after an interjection ("No wait", "Hmm, actually", "However, this is
+# wrong"): "She had to wait 5 minutes" is none. Its words stay with its text (before `_MARK_END`), to classify it.
 _REVISION_WORDS = (r"(?:actually|wait|correction|on second thought|scratch that|hold on|oops|re-?checking"
-                   r"|it should (?:be|have been)|i (?:miscalculated|made a mistake|was wrong)"
-                   r"|that(?:'s| is) (?:not right|not correct|wrong|incorrect)"
+                   r"|it should (?:be|have been)|i (?:think i )?(?:miscalculated|miscounted|made a mistake|was wrong)"
+                   r"|(?:that|this|it)(?:'s|\s+is)\s+(?:not right|not correct|wrong|incorrect)"
+                   r"|(?:that|this|it)\s+can(?:'|no)?t\s+be\s+right"
+                   r"|(?:that|this|it)\s+does(?:n't|\s+not)\s+seem\s+right"
                    r"|let me (?:recompute|recalculate|redo))\b")
-_INTERJECTION = r"(?:(?:no|oh|hmm+|ok(?:ay)?|ah|but|so|however|oops)[,!.]?\s+)?"
-REVISION = rf"(?i)(^|[.!?]\s+|\n\s*|\(\s*)([*_\"']*{_INTERJECTION}{_REVISION_WORDS})"
+_INTERJECTION = r"(?:(?:no|oh(?:\s+no)?|hmm+|ok(?:ay)?|ah|but|so|however|oops)[,!.]?\s+)?"
+_OPENER = r"(^|[.!?;,]\s+|\n\s*(?:[-*\u2022]\s+)?|\(\s*|\s[-\u2013\u2014]\s+)"  # a sentence, clause, bullet or aside
+REVISION = rf"(?i){_OPENER}([*_\"']*{_INTERJECTION}{_REVISION_WORDS})"
+
+
 # Literal hints, case-sensitive (each word without its first letter, and in capitals), three times faster than the
 # patterns: an answer or a box anywhere; a revision only matters where the region opens with the answer (a
 # rationale's revisions count only after an "answer is" or a box, which the first hint finds).
@@ -52,28 +59,34 @@ def _hint(*words: str) -> str:
 
 _ANSWER_HINT = _hint("answer", "boxed", "fbox")
 _REVISION_HINT = _hint("actually", "wait", "correction", "thought", "scratch", "should", "hold on", "oops",
-                       "checking", "miscalculated", "mistake", "wrong", "not right", "not correct", "incorrect",
-                       "recompute", "recalculate", "redo")
-# A revision that restates an answer: a short phrase ending its sentence, after "it's", "the correct total is", "I
-# mean", "no," and the like, that holds an answer-like token: "Correction: 42.", "Actually, it's 6 apples.", "Wait,
-# (B).", "Wait, no." (for a yes/no answer). "Wait, 2 more.", "Actually, step 2.", "Wait, that's it." restate nothing.
+                       "checking", "miscalculated", "miscounted", "mistake", "wrong", "not right", "not correct",
+                       "incorrect", "be right", "seem right", "recompute", "recalculate", "redo")
+# A restatement of an answer: a short phrase ending its sentence, after "it's", "the correct total is", "I mean",
+# "no," and the like, that holds an answer-like token: "Correction: 42.", "Actually, it's 6 apples.", "Wait, (B).",
+# "Wait, no." (for a yes/no answer), "It's 5.5." "Wait, 2 more.", "Wait, maybe 5.", "Wait, that's it." restate nothing.
 _RESTATES = re.compile(
-    rf"[*_\"'(]*{_INTERJECTION}{_REVISION_WORDS}[\s,:;.!*)\-]*(?:no[,.:!]\s+)?"
+    rf"[*_\"'(]*(?:{_INTERJECTION}{_REVISION_WORDS})?[\s,:;.!*)\-]*(?:no[,.:!]\s+)?"
     r"(?:(?:it|that)(?:'s|\s+is|\s+was|\s+should\s+(?:be|have\s+been))\s+|i\s+mean,?\s+"
     r"|the\s+(?:correct\s+|right\s+|actual\s+|final\s+)?(?:answer|total|result|number|count|value)\s+is\s+)?"
-    r"(?P<value>[^\s.!?)][^.!?\n)]{0,60}?)\s*\)?(?:[.!]\)?(?:\s|$)|\n|$)", re.IGNORECASE)
+    r"(?P<value>[^\s.!?)](?:[^.!?\n)]|\.\d){0,60}?)\s*\)?(?:[.!]\)?(?:\s|$)|\n|$)", re.IGNORECASE)
 _ANSWER_LIKE = re.compile(r"\d|\\|\$|^\(?[A-J]\)?$|^[\"\u201c].+[\"\u201d]$")
 _YES_NO = re.compile(r"(?i)^(?:yes|no|true|false)$")
-# Words that make a short phrase something other than an answer: relative amounts, operations, steps, time.
+# Words that make a short phrase something other than an answer: relative amounts, operations, steps, time, hedges.
 _NOT_AN_ANSWER = re.compile(
-    r"(?i)\b(?:is|was|are|were|be|been|would|could|might|may|not|let|me|if|because|since|so|more|less|fewer|extra"
-    r"|plus|minus|times|divide|divided|multiply|add|subtract|step|steps|sec|second|seconds|moment|minute|sure"
-    r"|percent|doubt|problem|kidding|way|off|left|ago|later|per|of|by|to|for|in|at)\b")
+    r"(?i)~|\b(?:is|was|are|were|be|been|would|could|might|may|not|let|me|if|because|since|so|more|less|fewer|extra"
+    r"|plus|minus|times|divide|divided|multiply|add|subtract|step|steps|sec|second|seconds|moment|minutes?|hours?"
+    r"|days?|weeks?|sure|percent|doubt|problem|kidding|way|off|left|ago|later|per|of|by|to|for|in|at|maybe"
+    r"|perhaps|probably|about|around|roughly|approximately|nearly|almost|\w+ish)\b")
 RESTATED_WORDS = 3
-# A revision that takes the answers before it back without giving one: "Wait, that's not right."
-_RETRACTS = re.compile(r"(?i)\b(?:not (?:right|correct)|wrong|incorrect|mistake|miscalculat\w*|error)\b")
+# A revision that takes the answers before it back: "Wait, that's not right.", "Wait, that's not 5."
+_RETRACTS = re.compile(r"(?i)\b(?:not (?:right|correct|\d)|isn't|is not|can(?:'|no)?t be right|seem right|wrong"
+                       r"|incorrect|mistake|miscalculat\w*|miscount\w*|error)\b")
+# A revision that only wonders: "Wait, is it 5?", "Wait, what if the answer is 5?", "Wait, maybe 5?"
+_TENTATIVE = re.compile(r"(?i)\?|\b(?:what if|maybe|perhaps|suppose|supposing|is it|could it|might it|would it"
+                        r"|or is|if)\b")
 _MARK_END = "\x01"
-_NEW_QUESTION = r"\n\s*Q(?:uestion)?\s*:"  # a completion that runs on into a question of its own
+# A text that runs on into a question of its own ("6.\n\nQ: John has 5 apples...") answers that one after it.
+NEW_QUESTION = r"\n\s*(?:Q|q|Question|question)(?:\s*\d+)?\s*[:.)]"
 _CUT = "\x00"
 
 CHOICE_TYPES = frozenset({"choice", "date"})  # graders that read choices (parsed from the question when absent)
@@ -84,15 +97,21 @@ def _marked(text: pl.Expr) -> pl.Expr:
     """`text` with each final-answer marker replaced by NUL and a kind letter: `B` opens a \\boxed{} content (`E`
     closes it), `A` follows an "answer is", `R` a revision (its words, then `_MARK_END`, then what it says)."""
     text = text.str.replace_all(rf"[{_CUT}{_MARK_END}]", "")  # a NUL in the text itself must not forge a marker
-    cut = text.str.find(_NEW_QUESTION)
-    text = pl.when(cut.is_null()).then(text).otherwise(text.str.slice(0, cut))
-    return (text.str.replace_all(BOXED_CONTENT, f"{_CUT}B${{1}}{_CUT}E").str.replace_all(ANSWER_ANCHOR, f"{_CUT}A")
-            .str.replace_all(REVISION, f"${{1}}{_CUT}R${{2}}{_MARK_END}"))
+    return (text.str.replace_all(BOXED_CONTENT, f"{_CUT}B${{1}}{_CUT}E").str.replace_all(FINAL_ANCHOR, f"{_CUT}F")
+            .str.replace_all(ANSWER_ANCHOR, f"{_CUT}A").str.replace_all(REVISION, f"${{1}}{_CUT}R${{2}}{_MARK_END}"))
+
+
+def cut_new_question(text: pl.Expr) -> pl.Expr:
+    """`text` up to a question of its own (`NEW_QUESTION`)."""
+    cut = text.str.find(NEW_QUESTION)
+    return pl.when(cut.is_null()).then(text).otherwise(text.str.slice(0, cut))
 
 
 def _neighbour(step: int) -> pl.Expr:
-    """The segment `step` places on in the same row (segments are exploded in row order, so a plain shift is one)."""
-    return pl.when(pl.col("_row").shift(-step) == pl.col("_row")).then(pl.col("_seg").shift(-step))
+    """The text of the segment `step` places on in the same row, without its kind letter (segments are exploded in
+    row order, so a plain shift is one)."""
+    seg = pl.col("_seg").shift(-step)
+    return pl.when(pl.col("_row").shift(-step) == pl.col("_row")).then(seg.str.slice(1))
 
 
 def restates(text: str, *, yesno: bool) -> bool:
@@ -107,9 +126,19 @@ def restates(text: str, *, yesno: bool) -> bool:
     return bool(_ANSWER_LIKE.search(value)) or (yesno and bool(_YES_NO.match(value)))
 
 
-def retracts(text: str) -> bool:
-    """Whether a revision's first sentence takes the answer back ("Wait, that's not right.")."""
-    return bool(_RETRACTS.search(re.split(r"[.!?](?:\s|$)|\n", text[:300], maxsplit=1)[0]))
+def _first_sentence(text: str) -> tuple[str, str]:
+    """(the first sentence of `text`, the rest)."""
+    parts = re.split(r"(?<=[.!?])\s+|\n", text[:300], maxsplit=1)
+    return parts[0], (parts[1] if len(parts) > 1 else "")
+
+
+def revision(text: str, *, yesno: bool) -> tuple[bool, bool, bool, str | None]:
+    """How a revision (its words and what follows, up to the next marker) revises: (tentative, restates, takes back,
+    the restated text when it takes back and then restates: "Wait, that's wrong. It's 5.")."""
+    first, rest = _first_sentence(text)
+    back = bool(_RETRACTS.search(first))
+    again = rest if back and restates(rest, yesno=yesno) else None
+    return bool(_TENTATIVE.search(first)), restates(text, yesno=yesno), back, again
 
 
 def candidates(work: pl.DataFrame) -> pl.DataFrame:
@@ -138,10 +167,14 @@ def candidates(work: pl.DataFrame) -> pl.DataFrame:
     if not multi.any():
         return plain
     kind = pl.col("_seg").str.head(1)
-    primary = kind.is_in(["A", "B"]) | ((pl.col("_pos") == 0) & pl.col("_opens"))
+    primary = kind.is_in(["A", "B", "F"]) | ((pl.col("_pos") == 0) & pl.col("_opens"))
     marked = work.filter(multi).select("_row", "_opens", (pl.col("answer_type") == "yesno").alias("_yesno"),
                                        _marked(pl.col("text")).str.split(_CUT).alias("_seg"))
-    segs = (  # a rationale's text before its first marker is reasoning, not a candidate: dropped before exploding
+    # a rationale's text before its first marker is reasoning, not a candidate: dropped before exploding, but its
+    # last words kept (`_pre`) for a box right after it ("... is at least \\boxed{5}")
+    marked = marked.with_columns(pl.when(~pl.col("_opens")).then(pl.col("_seg").list.first().str.slice(-40))
+                                 .alias("_pre"))
+    segs = (
         marked.with_columns(pl.when(pl.col("_opens")).then("_seg").otherwise(pl.col("_seg").list.slice(1)))
         .with_columns((pl.int_ranges(pl.col("_seg").list.len(), dtype=pl.UInt32)
                        + (~pl.col("_opens")).cast(pl.UInt32)).alias("_pos"))
@@ -153,10 +186,10 @@ def candidates(work: pl.DataFrame) -> pl.DataFrame:
                       # a box in its sentence, for open bounds and conditions: "at least $\\boxed{5}$", "\\boxed{5}
                       # if it rains" (the words before it up to a digit or a sentence end, the rest of its line)
                       pl.when(kind == "B").then(pl.concat_str(
-                          _neighbour(-1).str.slice(-40).str.extract(r"([^\d.!?:\n]*)$", 1)
-                          .fill_null(""),
-                          pl.lit(" "), pl.col("_seg").str.slice(1), pl.lit(" "),
-                          _neighbour(1).str.slice(1, 80).str.extract(r"^([^\n]*)", 1)
+                          pl.coalesce(_neighbour(-1).str.slice(-40), pl.when(pl.col("_pos") == 1).then("_pre"))
+                          .str.extract(r"([^\d.!?]*)$", 1).fill_null(""),
+                          pl.lit(" "), pl.col("_seg").str.slice(1),
+                          _neighbour(1).str.slice(0, 80).str.extract(r"^([^\n]*)", 1)
                           .fill_null(""))).alias("_ctx"))
     )
     # A revision after a candidate counts when answers follow it, it restates one, or it takes the answer back; the
@@ -164,34 +197,38 @@ def candidates(work: pl.DataFrame) -> pl.DataFrame:
     # an empty one (no answer) when it only took the answer back.
     segs = segs.with_columns(pl.when("_primary").then("_pos").max().over("_row").alias("_lastp"))
     is_rev = pl.col("_is") & (kind == "R")
-    said = segs.select(is_rev & (pl.col("_lastp") <= pl.col("_pos"))).to_series()
-    took_back = said.clone()
-    if said.any():
-        rows = segs.filter(said).select(pl.col("_seg").str.slice(1).str.replace(_MARK_END, "", literal=True),
-                                        "_yesno")
-        said = said.scatter(said.arg_true(), pl.Series([restates(t, yesno=y) for t, y in rows.iter_rows()],
-                                                       dtype=pl.Boolean))
-        took_back = took_back.scatter(took_back.arg_true(),
-                                      pl.Series([retracts(t) for t in rows["_seg"]], dtype=pl.Boolean))
-    segs = segs.with_columns(said.alias("_said"), took_back.alias("_back"))
-    counts = is_rev & ((pl.col("_lastp") > pl.col("_pos")) | pl.col("_said") | pl.col("_back"))
+    asked = segs.select(is_rev).to_series()
+    classes = pl.DataFrame({"_tent": [False] * segs.height, "_said": [False] * segs.height,
+                            "_back": [False] * segs.height, "_again": [None] * segs.height},
+                           schema={"_tent": pl.Boolean, "_said": pl.Boolean, "_back": pl.Boolean, "_again": pl.String})
+    if asked.any():
+        rows = segs.filter(asked).select(pl.col("_seg").str.slice(1).str.replace(_MARK_END, "", literal=True),
+                                         "_yesno")
+        found = pl.DataFrame([revision(t, yesno=y) for t, y in rows.iter_rows()], orient="row",
+                             schema=classes.schema)
+        idx = asked.arg_true()
+        classes = classes.with_columns(*(classes[c].scatter(idx, found[c]) for c in classes.columns))
+    segs = pl.concat([segs, classes], how="horizontal")
+    # Answers after a revision replace those before it, unless it only wonders ("Wait, is it \\boxed{5}?").
+    followed = (pl.col("_lastp") > pl.col("_pos")) & ~pl.col("_tent")
+    counts = is_rev & (followed | (pl.col("_said") & ~pl.col("_tent")) | pl.col("_back"))
     segs = segs.with_columns(pl.when(counts).then("_pos").max().over("_row").alias("_rev"))
     rev = pl.col("_rev")
     later = rev.is_null() | (pl.col("_pos") > rev)
-    own = (pl.col("_pos") == rev) & ~(pl.col("_lastp") > pl.col("_pos")) & (pl.col("_said") | pl.col("_back"))
+    own = (pl.col("_pos") == rev) & ~followed & (pl.col("_said") | pl.col("_back"))
     # A revision that counts for none of those is an ordinary candidate: a rival when it names a value ("Wait, could
     # it be 5?"), nothing when it names none ("Wait, let me verify.").
     segs = segs.filter((pl.col("_primary") & later) | own | (is_rev & ~counts & later))
     said_text = pl.col("_seg").str.replace(rf"^R[^{_MARK_END}]*{_MARK_END}", "")
-    took_back_only = pl.col("_back") & ~pl.col("_said")
-    text = (pl.when(kind == "R").then(pl.when(took_back_only).then(pl.lit("")).otherwise(said_text))
-            .otherwise(pl.col("_seg").str.slice(1)))
+    # a revision that takes the answer back says nothing itself, unless it then restates one ("...wrong. It's 5.")
+    said_text = pl.when(pl.col("_back")).then(pl.col("_again").fill_null("")).otherwise(said_text)
+    text = pl.when(kind == "R").then(said_text).otherwise(pl.col("_seg").str.slice(1))
     found = segs.select(
         "_row", pl.int_range(pl.len(), dtype=pl.UInt32).over("_row").alias("_cand"),
         pl.len().over("_row").cast(pl.UInt32).alias("_n"), text.alias("text"),
         pl.lit(True).alias("anchored"), pl.lit(False).alias("_last"),
         # the last answer stated as such ("answer is", a box): a rival even when nothing in it can be read
-        (pl.col("_primary") & (pl.col("_pos") == pl.col("_lastp"))).alias("_final"), "_ctx")
+        (kind.is_in(["B", "F"]) & (pl.col("_pos") == pl.col("_lastp"))).alias("_final"), "_ctx")
     rest = work.filter(multi).drop("text", "_opens")
     found = found.join(rest, on="_row", how="inner")
     # A rationale with markers but no candidate (a revision before any answer) is read whole, as if unmarked.
@@ -311,8 +348,8 @@ def grade_frame(df: pl.DataFrame, *, mode: str = "auto") -> pl.DataFrame:
     else:
         use_c = ~is_blank(pl.col("_completion"))
         region, opens = pl.when(use_c).then(pl.col("_completion")).otherwise(pl.col("rationale")), use_c
-    base = base.select("_row", "answer_type", "gold", "choices", region.alias("text"), opens.alias("_opens"),
-                       "_question")
+    base = base.select("_row", "answer_type", "gold", "choices", cut_new_question(region).alias("text"),
+                       opens.alias("_opens"), "_question")
     if has_question:  # choice rows without choices read them from the question, once, before any row is exploded
         need = base.select(pl.col("answer_type").is_in(list(CHOICE_TYPES)) & pl.col("choices").is_null()).to_series()
         if need.any():

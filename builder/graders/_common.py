@@ -116,20 +116,21 @@ def status(pred: pl.Expr, gold_ok: pl.Expr, *, wrong_format: pl.Expr | None = No
 # inequality). Searched in the answer span with markdown and LaTeX wrappers blanked (`_PLAIN`): "at least **5**",
 # "at least \(5\)". Patterns valid in both polars (Rust) and Python regex, and linear in both.
 _NUM = r"\d[\d.,/%]*"
+_AFTER = r"[\s,;:\u2013\u2014-]+"  # between a value and the bound after it: "5, at least", "5 - or more"
 QUALIFIED = (r"(?i)\b(?:at\s+(?:least|most)|(?:not\s+|no\s+)?(?:more|less|fewer|greater|lower|higher)\s+than"
              r"(?:\s+or\s+equal\s+to)?|up\s+to|upwards?\s+of|over|above|under|below|nearly|almost|beyond|exceeding"
              r"|in\s+excess\s+of|max(?:imum)?|min(?:imum)?|a\s+(?:minimum|maximum)\s+of"
-             r"|no\s+(?:later|earlier)\s+than)\s+\$?-?\d"
-             rf"|{_NUM}\s+(?:[^\W\d_]+\s+)?(?:or\s+(?:more|less|fewer|greater|higher|lower|above|below|so|later|earlier)"
-             r"|at\s+(?:the\s+|a\s+)?(?:latest|earliest|minimum|maximum|most|least)|max(?:imum)?|minimum"
-             r"|and\s+(?:up|above|over|more|higher|greater))\b"
-             rf"|{_NUM}\s+plus\s*(?:$|[^\s\d])|\d\+(?:\s*$|\s+[^\W\d_])"
+             r"|no\s+(?:later|earlier)\s+than)[\s:]+\$?-?\d"
+             rf"|{_NUM}{_AFTER}(?:[^\W\d_]+\s+)?(?:or\s+(?:more|less|fewer|greater|higher|lower|above|below|so|later"
+             r"|earlier)|at\s+(?:the\s+(?:very\s+)?|a\s+)?(?:latest|earliest|minimum|maximum|most|least)"
+             r"|max(?:imum)?|minimum|and\s+(?:up|above|over|more|higher|greater))\b"
+             rf"|{_NUM}\s+plus\s*(?:$|[^\s\d])|\d\+(?:\s*$|\s*[.,;!)\]]|\s+[^\W\d_])|\d\s*\^\s*\+"
              r"|\b(?:if|unless|depends|depending|provided|assuming|whether|when|except|in\s+case|but\s+only"
              r"|as\s+long\s+as|so\s+long\s+as|given\s+that|on\s+the\s+condition|not\s+(?:necessarily|always)"
-             r"|sometimes|usually|generally|typically)\b")
-# "> 5", "\geq 2", "⩾5"; not "<|endoftext|>"
-BOUND_SIGNS = r"[<>\u2264\u2265\u2a7d\u2a7e]=?\s*-?\$?\d|\\(?:geq?|leq?|gt|lt|geqslant|leqslant)\b"
-_PLAIN = r"\\(?:boxed|fbox|text|textbf|mathrm|mathbf|left|right)\s*\{?|\\[()\[\]]|[*_${}()]"
+             r"|sometimes|usually|generally|typically|maybe|perhaps|probably)\b")
+# "> 5", "\geq 2", "\geqq 2", "⩾5"; not "<|endoftext|>"
+BOUND_SIGNS = r"[<>\u2264\u2265\u2a7d\u2a7e]=?\s*-?\$?\d|\\(?:geq?q?|leq?q?|gt|lt|geqslant|leqslant)\b"
+_PLAIN = r"\\(?:boxed|fbox|text|textbf|textit|emph|mathrm|mathbf|left|right)\s*\{?|\\[()\[\]]|[*_${}()]"
 _LONG_AS = r"(?i),?\s*\b(?:as|so)\s+long\s+as\b"
 _PY_QUALIFIED = re.compile(QUALIFIED.removeprefix("(?i)"), re.IGNORECASE)
 _PY_BOUND_SIGNS = re.compile(BOUND_SIGNS)

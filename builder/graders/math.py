@@ -56,10 +56,17 @@ _TRAILING = " \t\r\n.,;:!?*\"'"
 _PROSE = re.compile(r"(?<![\\{])(?<![^\W\d_])[^\W\d_]{2,}\b")
 _LONE_WORD = re.compile(r"[\s(]*([^\W\d_]+)[\s).]*")
 _ENDS = " \t\r\n.,;:!?"
+_WORD_GOLD = re.compile(r"\\text\s*\{|^[\s(]*[^\W\d_]{2,}")
 
 
-def bare_candidates(span: str | None) -> list[str]:
-    """The candidates of an undelimited answer span: a lone word is `\\text{word}` ("Evelyn"); otherwise its prose
+def word_gold(gold: str | None) -> bool:
+    """Whether a gold is a word (`\\text{Evelyn}`, "Evelyn"), so that a lone word can answer it."""
+    return bool(gold) and bool(_WORD_GOLD.search(gold))
+
+
+def bare_candidates(span: str | None, *, words: bool = True) -> list[str]:
+    """The candidates of an undelimited answer span: a lone word is `\\text{word}` ("Evelyn") where the gold is a
+    word (`words`; elsewhere a lone word, "The", is no answer); otherwise its prose
     words are dropped at the ends ("12 square units" reads 12) and separate candidates between values ("3 or 4",
     "3 hours 4 minutes" are two candidates, so `ambiguous`, never 7). A lone "and" between values stays, since
     math-verify reads "3 and 4" as the set {3, 4}. Candidates keep only those with a letter or digit."""
@@ -67,7 +74,7 @@ def bare_candidates(span: str | None) -> list[str]:
         return []
     lone = _LONE_WORD.fullmatch(span)
     if lone:
-        return [rf"\text{{{lone.group(1)}}}"]
+        return [rf"\text{{{lone.group(1)}}}"] if words else []
     words = []
     for m in _PROSE.finditer(span):
         before = span[:m.start()]
@@ -101,8 +108,9 @@ def _candidates(frame: pl.DataFrame, *, last: bool) -> pl.DataFrame:
         # A whole rationale: its last piece, and only when the piece ends the text ("$6$. Final: 5." has no answer).
         ends = text.str.strip_chars_end(_TRAILING).str.ends_with(raw.list.last())
         pieces = pl.when(ends).then(pieces.list.slice(-1, 1)).otherwise(pieces.list.slice(0, 0))
-    bare = text.map_batches(lambda s: pl.Series([bare_candidates(t) for t in s], dtype=pl.List(pl.String)),
-                            return_dtype=pl.List(pl.String))
+    bare = pl.struct(text, "_g").map_batches(
+        lambda s: pl.Series([bare_candidates(r["_text"], words=word_gold(r["_g"])) for r in s],
+                            dtype=pl.List(pl.String)), return_dtype=pl.List(pl.String))
     bare = pl.when(pl.col("anchored")).then(bare)
     cands = pl.when(raw.list.len() > 0).then(pieces).otherwise(bare)
     n = frame.height

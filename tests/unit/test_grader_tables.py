@@ -284,7 +284,7 @@ SEVERAL = [
     ("number", "5", "The answer is 6. Wait, could it be 5? No, it's 6.", None, None, ("5", False, "ambiguous")),
     ("number", "5", "The answer is 6. Actually, 5 is a common mistake here.", None, None, (None, False, "no_answer")),
     ("number", "5", "So the answer is 6.\nCorrection of units: 5 km is not needed.", None, None,
-     ("5", False, "ambiguous")),
+     (None, False, "no_answer")),
     ("date", "A", "So the answer is (B). Wait, (A) is 09/08/2021 which is a Wednesday.", None, DATES,
      ("A", False, "ambiguous")),
     ("number", "6", "The answer is 6. Actually, that makes sense because 2 * 3 = 6.", None, None, ("6", True, "ok")),
@@ -443,3 +443,57 @@ def test_long_hostile_revisions_and_spans_are_linear(rationale):
     t0 = time.perf_counter()
     graded("yesno" if "yes" in rationale else "number", "6", rationale)
     assert time.perf_counter() - t0 < 2
+
+
+# ---------------------------------------------------------------- a third outside attack
+THIRD_ATTACK = [
+    # (answer type, gold, rationale, completion, expected (correct, status))
+    # a box's sentence, when the box is the first marker
+    ("number", "5", r"So the count is at least \boxed{5}.", None, (False, "ambiguous")),
+    ("math", "5", r"Therefore $n$ is at least $\boxed{5}$.", None, (False, "ambiguous")),
+    ("number", "5", "", r" at least \boxed{5}", (False, "ambiguous")),
+    ("number", "5", r"It is at least: \boxed{5}", None, (False, "ambiguous")),
+    ("number", "5", "at least\n\\[\n\\boxed{5}\n\\]", None, (False, "ambiguous")),
+    ("number", "5", r"So the count is \boxed{5}.", None, (True, "ok")),
+    # a question after "Wait" replaces nothing
+    ("number", "5", r"The answer is \boxed{6}. Wait, is it \boxed{5}?", None, (False, "ambiguous")),
+    ("number", "5", "The answer is 6. Wait, what if the answer is 5? Then x = 3, a contradiction.", None,
+     (False, "ambiguous")),
+    ("yesno", "yes", r"The answer is \boxed{no}. Wait, maybe \boxed{yes}?", None, (False, "ambiguous")),
+    # a run-on question is cut, whichever path the row takes
+    ("number", "5", "He has 3+3=6 apples.\nQ: Sam has 2 and gets 3 more. How many? A: The answer is 5.", None,
+     (False, "ok")),
+    ("number", "6", "", " 6\nQuestion 2: Sam has 5 apples. The answer is 5.", (True, "ok")),
+    # retractions
+    ("number", "5", "The answer is 5. Wait, that's not 5.", None, (False, "no_answer")),
+    ("number", "5", "The answer is 5, wait, that's wrong.", None, (False, "no_answer")),
+    ("number", "5", "The answer is 5.\n- Wait, that's wrong.", None, (False, "no_answer")),
+    ("number", "5", "The answer is 5. However, this is incorrect.", None, (False, "no_answer")),
+    ("number", "5", "The answer is 5. But that can't be right.", None, (False, "no_answer")),
+    ("number", "5", "The answer is 5. Oh no, I miscounted.", None, (False, "no_answer")),
+    ("number", "5", "The answer is 6. Wait, that's wrong. It's 5.", None, (True, "ok")),
+    ("number", "5", "The answer is 6. Wait, I made a mistake. The correct total is 5.", None, (True, "ok")),
+    ("number", "5.5", "The answer is 6. Correction: 5.5.", None, (True, "ok")),
+    # hedged restatements
+    ("number", "5", "The answer is 6. Wait, maybe 5.", None, (False, "ambiguous")),
+    ("number", "5", "The answer is 6. Actually, it's about 5.", None, (False, "ambiguous")),
+    ("number", "5", "The answer is 6. Correction: ~5.", None, (False, "ambiguous")),
+    ("number", "5", "The answer is 6. Wait, 5 minutes.", None, (False, "ambiguous")),
+    ("number", "5", "The answer is maybe 5.", None, (False, "ambiguous")),
+    # more bounds
+    ("number", "5", "The answer is 5+.", None, (False, "ambiguous")),
+    ("number", "5", r"The answer is \boxed{5}+.", None, (False, "ambiguous")),
+    ("number", "5", r"The answer is $5^{+}$.", None, (False, "ambiguous")),
+    ("number", "5", r"The answer is \boxed{\geqq 5}.", None, (False, "ambiguous")),
+    ("number", "5", r"The answer is \boxed{5}, at least.", None, (False, "ambiguous")),
+    ("number", "5", "The answer is 5 at the very least.", None, (False, "ambiguous")),
+    ("number", "5", r"The answer is \boxed{5} \u2014 or more.", None, (False, "ambiguous")),
+    ("number", "5", r"The answer is \textit{at least} 5.", None, (False, "wrong_format")),  # never ok
+    # a later "answer is" that names nothing is no rival unless it is a final answer or a box
+    ("number", "5", "The answer is 5. Note that the answer is an integer.", None, (True, "ok")),
+]
+
+
+@pytest.mark.parametrize(("answer_type", "gold", "rationale", "completion", "expected"), THIRD_ATTACK)
+def test_third_attack(answer_type, gold, rationale, completion, expected):
+    assert graded(answer_type, gold, rationale, completion)[1:] == expected
