@@ -95,7 +95,8 @@ OUT_COLUMNS = ("pred", "correct", "grade_status", "grader")
 
 def _marked(text: pl.Expr) -> pl.Expr:
     """`text` with each final-answer marker replaced by NUL and a kind letter: `B` opens a \\boxed{} content (`E`
-    closes it), `A` follows an "answer is", `R` a revision (its words, then `_MARK_END`, then what it says)."""
+    closes it), `F` follows a "final answer:", `A` an "answer is", `R` a revision (its words, then `_MARK_END`, then
+    what it says)."""
     text = text.str.replace_all(rf"[{_CUT}{_MARK_END}]", "")  # a NUL in the text itself must not forge a marker
     return (text.str.replace_all(BOXED_CONTENT, f"{_CUT}B${{1}}{_CUT}E").str.replace_all(FINAL_ANCHOR, f"{_CUT}F")
             .str.replace_all(ANSWER_ANCHOR, f"{_CUT}A").str.replace_all(REVISION, f"${{1}}{_CUT}R${{2}}{_MARK_END}"))
@@ -143,16 +144,17 @@ def revision(text: str, *, yesno: bool) -> tuple[bool, bool, bool, str | None]:
 
 def candidates(work: pl.DataFrame) -> pl.DataFrame:
     """Every final answer candidate of each row, one grader row each: `work`'s columns with `text` cut to the
-    candidate, plus `_cand` (its index), `_n` (the row's number of candidates), `anchored` and `_last`.
+    candidate, plus `_cand` (its index), `_n` (the row's number of candidates), `anchored`, `_last`, `_final` (a
+    labelled final answer or a box, last of the row) and `_ctx` (a box's sentence, for bounds and conditions).
 
     `work` has `_row`, `text` (the region) and `_opens` (the region starts with the answer: a stage-2 completion, a
     student's answer part). Candidates are the region's start when it opens with the answer, each \\boxed{} content
-    and the text after each "answer is". A revision (a sentence opening "Actually", "Wait", "Correction", "It should
-    be") after a candidate counts when answers follow it or it restates one itself (`restates`); the last that
-    counts drops the candidates before it, so "41. Correction: 42." reads 42. Any other revision is an ordinary
-    candidate: "The answer is 6. Wait, could it be 5?" names a rival (ambiguous), "Wait, let me verify." nothing.
-    A region with no candidate (a rationale that never states its answer) is read whole, its last value (`_last`,
-    unanchored).
+    and the text after each "answer is" / "final answer:". A revision (`REVISION`) after a candidate replaces the
+    candidates before it when answers follow it, when it restates one (`restates`: "41. Correction: 42." reads 42),
+    or when it takes the answer back ("Wait, that's not right." leaves none); one that only wonders ("Wait, is it
+    \\boxed{5}?") or says something else is an ordinary candidate: a rival when it names a value, nothing when it
+    names none ("Wait, let me verify."). A region with no candidate (a rationale that never states its answer) is
+    read whole, its last value (`_last`, unanchored).
     """
     multi = work.select(pl.col("text").str.contains(_ANSWER_HINT).fill_null(False)).to_series()
     opens = work["_opens"] & ~multi
