@@ -248,7 +248,8 @@ def combine(graded: pl.DataFrame) -> pl.DataFrame:
     number, a letter beyond the choices), and the final one whatever it holds ("Final answer: cannot be determined"),
     are rival answers. A gold or parser failure wins, so it is never hidden."""
     status = pl.col("grade_status")
-    held = answer_span(pl.col("_text")).str.contains(r"[\d\\]")  # in the answer span, not in a reason after it
+    # a value in the answer span, not in a reason after it; a math delimiter ("is \\(\\boxed{A}\\)") is none
+    held = answer_span(pl.col("_text")).str.replace_all(r"\\[()\[\]]|\$", "").str.contains(r"[\d\\]")
     refused = (status.is_in([WRONG_FORMAT, NO_ANSWER])
                & ((status == WRONG_FORMAT) & (pl.col("pred").is_not_null() | held) | pl.col("_final")))
     ok = status == OK

@@ -76,26 +76,29 @@ def test_real_traces_imported_graded_from_the_answer_curated_and_loadable(tmp_pa
 
     # graded from the answer: the planted trace says "the answer is 4", the answer after it says 8
     verdicts = dict(graded.select("id", "correct").iter_rows())
-    assert verdicts == {"openr1-math-0": True, "openr1-math-1": True, "bespoke-stratos-0": True,
+    # the ship's question asks for two speeds and its gold holds one: the answer boxes both (10 and 4), two different
+    # final values, so it is ambiguous, never credited by its last box
+    assert verdicts == {"openr1-math-0": False, "openr1-math-1": True, "bespoke-stratos-0": True,
                         "deepseek-r1-3plus3": False, "planted-trace-number": True}
+    assert (ship["pred"], ship["grade_status"]) == ("4", "ambiguous")
     planted = graded.filter(pl.col("id") == "planted-trace-number")
     assert planted["pred"].to_list() == ["8"]
     whole_text = grade_frame(planted.select("answer_type", "gold", rationale=pl.col("completion")), mode="rationale")
     assert whole_text["pred"].to_list() == ["4"] and whole_text["correct"].to_list() == [False]  # the plant bites
 
-    # curated: the cut trace is dropped, the four finished correct ones kept
+    # curated: the cut trace and the two-valued ship are dropped, the three finished correct ones kept
     ledger = read_table(run / "ledger.parquet", "ledger")
-    assert summary["kept"] == ledger.filter(pl.col("state") == "kept").height == 4
+    assert summary["kept"] == ledger.filter(pl.col("state") == "kept").height == 3
     cut_state = ledger.filter(pl.col("qid") == cut["qid"]).row(0, named=True)
     assert cut_state["state"] != "kept"
 
     # the version: `datasets.load_dataset` reads the trace in `reasoning` and the R1-distill completion
     ds = datasets.load_dataset(summary["version_path"], split="train", cache_dir=str(tmp_path / "hf-cache"))
-    assert ds.num_rows == 4 and "reasoning" in ds.column_names
+    assert ds.num_rows == 3 and "reasoning" in ds.column_names
     kept = {r["question"]: r for r in ds}
     for row in graded.filter(pl.col("correct")).iter_rows(named=True):
         got = kept[row["question"]]
         assert got["reasoning"] == row["reasoning"].strip() and got["rationale"] == row["rationale"].strip()
         assert got["completion"] == reasoning_completion(got["reasoning"], got["rationale"])
         assert got["completion"].startswith("<think>\n") and f"\n</think>\n\n{got['rationale']}" in got["completion"]
-    assert kept[ship["question"]]["answer"] == "4"
+    assert ship["question"] not in kept and kept[planted["question"][0]]["answer"] == "8"

@@ -491,6 +491,10 @@ THIRD_ATTACK = [
     ("number", "5", r"The answer is \textit{at least} 5.", None, (False, "wrong_format")),  # never ok
     # a later "answer is" that names nothing is no rival unless it is a final answer or a box
     ("number", "5", "The answer is 5. Note that the answer is an integer.", None, (True, "ok")),
+    # the usual ending of a reasoning model's answer: a box inside math delimiters after "the answer is"
+    ("choice", "A", r"Thus, the answer is \(\boxed{A}\).", None, (True, "ok")),
+    ("number", "4", r"So the answer is $\boxed{4}$.", None, (True, "ok")),
+    ("number", "4", r"So the answer is \[\boxed{4}\]", None, (True, "ok")),
 ]
 
 
