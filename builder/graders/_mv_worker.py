@@ -22,7 +22,7 @@ import json
 import logging
 import re
 import sys
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 
@@ -119,25 +119,10 @@ def float_rounding(gold: str, answer: str) -> int:
     return max(decimals(gold) + (2 if "%" in gold else 0), decimals(answer) + (2 if "%" in answer else 0))
 
 
-# A whole string that is a plain number in scientific notation: math-verify reads "1.5e3" as 1.5 * e * 3.
-_SCIENTIFIC = re.compile(r"\s*[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+\s*")
 # Numbers side by side with only spacing between ("3 4", "3\\ 4", "3\\quad 4", "1\\,000"): math-verify reads "3 4" as
 # a mixed number, 3 + 4, and "1\\,000" as 1 * 0 ("1{,}000" and "1\\!000" read 1000 and stay).
 _SIDE_BY_SIDE = re.compile(r"\d(?:\s|~|\\[ ,;:>]|\\(?:q?quad|enspace|thinspace|medspace|thickspace)(?![a-zA-Z])"
                            r"|\\hspace\*?\{[^{}]*\})+\.?\d")
-
-
-def plain(text: str) -> str:
-    """`text` with a plain number in scientific notation written out ("1.5e3" -> "1500", "2.5E-3" -> "0.0025")."""
-    if _SCIENTIFIC.fullmatch(text):
-        try:
-            d = Decimal(text.strip())
-            if d.is_finite() and abs(d.adjusted()) <= 60:
-                out = format(d.normalize(), "f")
-                return "0" if out in ("-0", "0") else out
-        except InvalidOperation:
-            pass
-    return text
 
 
 def _kind(obj) -> str | None:
@@ -317,7 +302,7 @@ def verify_one(gold: str, answer: str, timeout_s: int) -> list:
     """The reply for one (gold, answer) pair: parse both and `verify` them, each step under its own alarm."""
     from math_verify.errors import TimeoutException
 
-    gold, answer = plain(gold), plain(answer)
+    gold, answer = precision.written_out(gold), precision.written_out(answer)
     try:
         gold_obj = parse_one(gold, timeout_s)
         if gold_obj is None or undefined(gold_obj):
@@ -354,7 +339,7 @@ def gold_one(gold: str, timeout_s: int) -> list:
     from math_verify.errors import TimeoutException
 
     try:
-        obj = parse_one(plain(gold), timeout_s)
+        obj = parse_one(precision.written_out(gold), timeout_s)
         if obj is None:
             return ["ok", [False, None, None]]
         if undefined(obj):

@@ -123,9 +123,9 @@ def prepare(frame: pl.DataFrame, col: str, *, normalised: bool = False) -> pl.Da
 def _plain(s: pl.Expr) -> pl.Expr:
     """One number (a column, spaces and '$' already gone) without grouping: '1,600' -> '1600', '1,5' -> '1.5',
     '1.234,5' -> '1234.5'."""
-    european = s.str.contains(r"^-?\d{1,3}(?:\.\d{3})+,\d+$")
-    dotted = s.str.contains(r"^-?\d{1,3}(?:\.\d{3}){2,}$")
-    decimal_comma = s.str.contains(r"^-?(?:\d+,\d{1,2}|0,\d+)(?:[eE][+-]?\d+)?$")
+    european = s.str.contains(rf"^-?{structure.EUROPEAN}$")
+    dotted = s.str.contains(rf"^-?{structure.DOTTED}$")
+    decimal_comma = s.str.contains(rf"^-?{structure.DECIMAL_COMMA}$")
     return (
         pl.when(european).then(s.str.replace_all(".", "", literal=True).str.replace(",", ".", literal=True))
         .when(dotted).then(s.str.replace_all(".", "", literal=True))

@@ -1,4 +1,5 @@
-"""The precision rule for a gold given to k decimals, shared by the number grader and the math-verify worker.
+"""Plain decimal numbers as the graders, the tasks stage and the math-verify worker all read them: the canonical
+spelling of a number (`canonical_number`, `written_out`) and the precision rule for a gold given to k decimals.
 
 A gold such as "0.33" is often a closed form rounded for print (1/3); a model that writes the closed form should be
 credited, but a different value that merely rounds to the gold ("2.49" or 249/100 for "2.5", 1/19 for "0.05") must
@@ -17,6 +18,33 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
+
+SCIENTIFIC = re.compile(r"\s*[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+\s*")
+"""A whole string that is a plain number in scientific notation (math-verify reads "1.5e3" as 1.5 * e * 3)."""
+
+
+def canonical_number(text: str | None) -> str | None:
+    """'1,600' -> '1600', '25.0' -> '25', '.50' -> '0.5', '-0' -> '0'; None when not a finite number.
+
+    Exact (Decimal), since a gold is stored; the number grader compares float64 values with a tolerance.
+    """
+    if text is None:
+        return None
+    s = text.strip().replace(",", "").removeprefix("+")
+    try:
+        d = Decimal(s)
+    except InvalidOperation:
+        return None
+    if not d.is_finite() or abs(d.adjusted()) > 60:  # "1e999999" would print a million digits
+        return None
+    out = format(d.normalize(), "f")
+    return "0" if out in ("-0", "0") else out
+
+
+def written_out(text: str) -> str:
+    """`text` with a plain number in scientific notation written out ("1.5e3" -> "1500"), else `text` as it is."""
+    return (canonical_number(text) or text) if SCIENTIFIC.fullmatch(text) else text
+
 
 MIN_PLACES = 2
 MIN_DIGITS = 2

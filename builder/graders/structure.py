@@ -111,8 +111,14 @@ def _bounded(value: Fraction) -> Fraction:
     return value
 
 
+# How a number written with separators is grouped, once for the vectorised path (`number._plain`) and this one:
+EUROPEAN = r"\d{1,3}(?:\.\d{3})+,\d+"  # 1.234,5
+DOTTED = r"\d{1,3}(?:\.\d{3}){2,}"  # 1.234.567
+DECIMAL_COMMA = r"(?:\d+,\d{1,2}|0,\d+)(?:[eE][+-]?\d+)?"  # 1,5  2,74  0,111 (three digits after a comma: 1,600)
+
+
 def _value(tok: str) -> Fraction:
-    """One number token as an exact value, by the grouping rules of `number._plain`; a literal of more than
+    """One number token as an exact value, grouped as `number._plain` groups it; a literal of more than
     `MAX_DIGITS` digits is refused."""
     if len(tok) > MAX_DIGITS and sum(c.isdigit() for c in tok) > MAX_DIGITS:
         raise _Refused
@@ -122,11 +128,11 @@ def _value(tok: str) -> Fraction:
             raise _Refused
         return whole + Fraction(num, den)
     t = re.sub(rf"[\s'{SPACES}]", "", tok)
-    if re.fullmatch(r"\d{1,3}(?:\.\d{3})+,\d+", t):
+    if re.fullmatch(EUROPEAN, t):
         t = t.replace(".", "").replace(",", ".")
-    elif re.fullmatch(r"\d{1,3}(?:\.\d{3}){2,}", t):
+    elif re.fullmatch(DOTTED, t):
         t = t.replace(".", "")
-    elif re.fullmatch(r"(?:\d+,\d{1,2}|0,\d+)(?:[eE][+-]?\d+)?", t):
+    elif re.fullmatch(DECIMAL_COMMA, t):
         t = t.replace(",", ".")
     else:
         t = t.replace(",", "")

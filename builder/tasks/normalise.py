@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from decimal import Decimal, InvalidOperation
 
 import numpy as np
 import polars as pl
 
 from builder.errors import InputError
+from builder.graders.precision import SCIENTIFIC, canonical_number, written_out
 from builder.prompts import LETTERS, show_choices
 
 # What a source returns: index into the split space, question stem (choices not yet shown), raw gold
@@ -83,24 +83,6 @@ def shown_question() -> pl.Expr:
 
 
 # ---------------------------------------------------------------- gold
-def canonical_number(text: str | None) -> str | None:
-    """'1,600' -> '1600', '25.0' -> '25', '.50' -> '0.5', '-0' -> '0'; None when not a finite number.
-
-    Exact (Decimal), since a gold is stored; the number grader compares float64 values with a tolerance.
-    """
-    if text is None:
-        return None
-    s = text.strip().replace(",", "").removeprefix("+")
-    try:
-        d = Decimal(s)
-    except InvalidOperation:
-        return None
-    if not d.is_finite() or abs(d.adjusted()) > 60:  # "1e999999" would print a million digits
-        return None
-    out = format(d.normalize(), "f")
-    return "0" if out in ("-0", "0") else out
-
-
 def _choice_letter(gold: str | None, choices: list[str] | None) -> str | None:
     """'b', '(B)', 'B)' -> 'B' when B is one of the choices; a gold equal to a choice text -> its letter."""
     if gold is None:
@@ -155,8 +137,6 @@ def normalise_gold(df: pl.DataFrame, answer_type: str, field_name: str) -> pl.Da
     return out.with_columns(pl.col("_norm").alias("gold")).drop("_norm")
 
 
-# A plain number in scientific notation ("1.5e3"): math-verify would read 1.5 * e * 3.
-_SCIENTIFIC = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 # A gold made only of words ("yes", "odd", "no solution"), with a run of two letters or more: math-verify would
 # read the product y*e*s. Single letters ("x", "B") are math.
 _WORDS = re.compile(r"[^\W\d_]+(?:\s+[^\W\d_]+)*")
@@ -167,13 +147,13 @@ _RATIO = r"^\s*\d+\s*:\s*(?:\d|\d{3,})\s*$"
 
 def math_gold(text: str | None) -> str | None:
     """A `math` gold as the grader must read it: a plain number in scientific notation written out ("1.5e3" ->
-    "1500", via `canonical_number`), a gold made only of words read as text ("yes" -> "\\text{yes}"; a choice, yes/no
+    "1500", `written_out`), a gold made only of words read as text ("yes" -> "\\text{yes}"; a choice, yes/no
     or free-text answer type is usually the better fit), anything else as written (its LaTeX and its number of
     decimals are what the grader reads, so "2.50" stays)."""
     if text is None:
         return None
-    if _SCIENTIFIC.fullmatch(text):
-        return canonical_number(text) or text
+    if SCIENTIFIC.fullmatch(text):
+        return written_out(text)
     if _WORDS.fullmatch(text) and re.search(r"[^\W\d_]{2}", text):
         return rf"\text{{{text}}}"
     return text
