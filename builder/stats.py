@@ -78,7 +78,8 @@ class CurationStats:
 GRADE_STATUS_MEANING: dict[str, str] = {
     "no_answer": "the teacher's text held nothing to read (empty, refused, or no answer anywhere in the rationale)",
     "wrong_format": "an answer region with no valid candidate (e.g. a word where a number or letter was asked)",
-    "ambiguous": "two different candidates in the final answer (\"7 or 8\"): never counted correct",
+    "ambiguous": ("two different final answers (\"7 or 8\", two boxes), an open bound (\"at least 5\") or a condition "
+                  "(\"yes, if...\"): never counted correct"),
     "parse_error": "the gold answer (or the expression parser) could not be read: a data problem, not the teacher's",
     "timeout": "the expression parser ran out of time",
 }
