@@ -16,7 +16,7 @@ import polars as pl
 
 from builder.errors import InputError
 from builder.graders import AMBIGUOUS, GRADERS, NO_ANSWER, OK, PARSE_ERROR, TIMEOUT, WRONG_FORMAT, latex
-from builder.graders._common import answer_span, is_blank, qualified
+from builder.graders._common import BRACED, answer_span, is_blank, qualified
 from builder.prompts import student_answer_expr
 from builder.schemas import validate
 from builder.tasks import PAPER_TASKS
@@ -36,7 +36,7 @@ TASK_ANSWER_TYPES: dict[str, str] = {task.name: task.answer_type for task in PAP
 # labelled as such ("Final answer: ...") is marked apart: it counts even when nothing in it can be read.
 ANSWER_ANCHOR = r"(?i)\banswer\s*(?:\([^)\n]{0,40}\)\s*)?(?:is|was|would be|will be|should be|:|=)"
 FINAL_ANCHOR = r"(?i)\bfinal\s+answer\s*(?:\([^)\n]{0,40}\)\s*)?(?:is|was|:|=)"
-BOXED_CONTENT = r"\\(?:boxed|fbox)\s*\{((?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}"
+BOXED_CONTENT = rf"\\(?:boxed|fbox)\s*\{{({BRACED})\}}"
 # A revision opens a sentence or a clause, maybe after an interjection ("No wait", "Hmm, actually", "However, this is
 # wrong"): "She had to wait 5 minutes" is none. Its words stay with its text (before `_MARK_END`), to classify it.
 _REVISION_WORDS = (r"(?:actually|wait|correction|on second thought|scratch that|hold on|oops|re-?checking"

@@ -27,6 +27,7 @@ from collections.abc import Callable
 import polars as pl
 
 from builder.prompts import LETTERS
+from builder.readers import is_blank
 
 OK = "ok"
 NO_ANSWER = "no_answer"
@@ -44,6 +45,20 @@ failed), timeout (the expression parser ran out of time)."""
 LETTER_TOKEN = (r"\([A-Ja-j]\)|(?:^|[\s:\"'*])[A-J](?:[).:,\"'*]|\s*$|\s*\n)|(?:^|\s)[a-j]\)"
                 r"|(?:^|\s)[A-J]\s+(?:or|and)\b")  # "A or C": a hedge names letters too
 LETTER_PAIR = r"\b([A-J])[ \t]*[/&+,\n][ \t]*([A-J])\b"  # "A/C", "A & C", "B,C", "B\nC": read as "A or C"
+
+
+
+def _braced(depth: int) -> str:
+    """Text with balanced braces nested up to `depth` levels (Rust regex has no recursion)."""
+    inner = r"[^{}]*"
+    for _ in range(depth):
+        inner = rf"(?:[^{{}}]|\{{{inner}\}})*"
+    return inner
+
+
+BRACED = _braced(6)
+"""A \\boxed{} content: `\\frac{1}{\\sqrt{x^{2}+1}}` is three levels deep, so six leave room."""
+BOXED = rf"\\(?:boxed|fbox)\s*\{{{BRACED}\}}"
 
 # Where a final answer ends: a sentence end, a reason ("because", "since", ", as"), a new question, a blank line,
 # a second "answer is".
@@ -83,10 +98,6 @@ def n_distinct(frame: pl.DataFrame, col: str, normalize: Callable[[pl.Expr], pl.
     per_row = (many.explode(col).with_columns(normalize(pl.col(col)).alias("_v"))
                .group_by("_i").agg(pl.col("_v").drop_nulls().n_unique().cast(pl.UInt32).alias("_n")))
     return counts.scatter(per_row["_i"], per_row["_n"])
-
-
-def is_blank(text: pl.Expr) -> pl.Expr:
-    return text.is_null() | (text.str.strip_chars() == "")
 
 
 def status(pred: pl.Expr, gold_ok: pl.Expr, *, wrong_format: pl.Expr | None = None,

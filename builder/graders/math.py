@@ -41,10 +41,9 @@ import re
 import polars as pl
 
 from builder.graders import latex
-from builder.graders._common import finish, is_blank, region, status
+from builder.graders._common import BOXED, finish, is_blank, region, status
 from builder.graders.base import GRADERS
 
-BOXED = r"\\(?:boxed|fbox)\s*\{(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*\}"
 # Delimited math: $$...$$, $...$ (not an escaped \$), \(...\), \[...\], \boxed{...}. Rust regex has no look-behind:
 # an inline $ piece takes the character before it, stripped again by `_LEAD`.
 PIECE = (rf"(?s)\$\$.+?\$\$|(?:^|[^\\$])\$(?:[^$\\]|\\.)+\$|\\\(.+?\\\)|\\\[.+?\\\]|{BOXED}")
@@ -74,7 +73,10 @@ def bare_candidates(span: str | None, *, words: bool = True) -> list[str]:
         return []
     lone = _LONE_WORD.fullmatch(span)
     if lone:
-        return [rf"\text{{{lone.group(1)}}}"] if words else []
+        word = lone.group(1)
+        if len(word) == 1:
+            return [word]  # a variable or a constant: x, e, i
+        return [rf"\text{{{word}}}"] if words else []
     words = []
     for m in _PROSE.finditer(span):
         before = span[:m.start()]

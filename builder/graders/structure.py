@@ -291,6 +291,8 @@ class _Parser:
             if self.take()[0] != "rp":
                 raise _MathVerify
             return value
+        if kind == "word":
+            raise _Refused  # arithmetic on prose ("5 / six"): math-verify would guess a value from it
         raise _MathVerify
 
     def units(self) -> None:
@@ -305,7 +307,7 @@ class _Parser:
             if self.peek()[:2] == ("op", "/") and self.peek(1)[0] == "word":
                 self.take()
         if self.peek()[0] == "op" and self.i and self.toks[self.i - 1][0] == "word":
-            raise _MathVerify  # arithmetic on a word: a variable
+            raise _Refused  # arithmetic on a word (a variable, or prose): no number
 
     def bracket_end(self) -> int:
         """Index of the token closing the bracket at `self.i`."""
@@ -333,6 +335,9 @@ class _Parser:
                 if not self.whole_expression(end):
                     self.take()  # brackets around words and values: read what is inside
                     continue
+            after_word = kind == "op" and tok in "+-" and self.i and self.toks[self.i - 1][0] == "word"
+            if after_word and not (tok == "-" and flag == "sign"):
+                raise _Refused  # a word plus or minus a value ("x + 1"): an expression, not the value; "is -5" is
             starts_value = kind == "neg" and self.peek(1)[0] in ("num", "lp", "op")  # "negative seven (-7)"
             if kind in ("num", "lp") or starts_value or (kind == "op" and tok in "+-" and flag != "dash"):
                 self.decimal = False
@@ -343,7 +348,7 @@ class _Parser:
                 self.units()
                 continue
             if kind == "op" and tok not in "+-":
-                raise _MathVerify  # an operator with no value before it
+                raise _Refused  # an operator with no value before it ("5 and/or 6"): no number
             self.take()  # separators, words, a dash, a closing bracket
         return items, closed
 

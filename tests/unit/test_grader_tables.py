@@ -501,3 +501,27 @@ THIRD_ATTACK = [
 @pytest.mark.parametrize(("answer_type", "gold", "rationale", "completion", "expected"), THIRD_ATTACK)
 def test_third_attack(answer_type, gold, rationale, completion, expected):
     assert graded(answer_type, gold, rationale, completion)[1:] == expected
+
+
+# ---------------------------------------------------------------- a fourth outside attack
+FOURTH_ATTACK = [
+    # (answer type, gold, rationale, completion, expected (correct, status))
+    # a box three levels deep is still a box
+    ("math", "5", r"So \boxed{5}. Hmm, let me recheck... the result is \boxed{\frac{1}{\sqrt{x^{2}+1}}}.", None,
+     (False, "ambiguous")),
+    ("math", r"\frac{1}{\sqrt{x^{2}+1}}", r"The result is \boxed{\frac{1}{\sqrt{x^{2}+1}}}.", None, (True, "ok")),
+    # arithmetic on prose is no number (math-verify would guess one from it)
+    ("number", "6", "The answer is 5 and/or 6.", None, (False, "wrong_format")),
+    ("number", "6", "The answer is 5 / six.", None, (False, "wrong_format")),
+    ("number", "1", "The answer is x + 1.", None, (False, "wrong_format")),
+    ("number", "-5", "The answer is -5.", None, (True, "ok")),
+    # a single letter is a variable, whatever the gold
+    ("math", "x", r"So \boxed{x}.", None, (True, "ok")),
+    # a completion of only invisible characters is blank: the rationale's answer is read
+    ("number", "5", "So the answer is 5.", "\u200b", (True, "ok")),
+]
+
+
+@pytest.mark.parametrize(("answer_type", "gold", "rationale", "completion", "expected"), FOURTH_ATTACK)
+def test_fourth_attack(answer_type, gold, rationale, completion, expected):
+    assert graded(answer_type, gold, rationale, completion)[1:] == expected
