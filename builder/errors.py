@@ -25,3 +25,9 @@ class StoreError(BuilderError):
 
 class EngineError(BuilderError):
     """The teacher engine (vLLM or an OpenAI-compatible server) failed."""
+
+
+class CostLimit(BuilderError):
+    """The run spent `teacher.max_cost_usd`: it stopped cleanly (shards and journal kept) and resumes when raised."""
+
+    exit_code = 3

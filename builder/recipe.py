@@ -85,6 +85,16 @@ class TasksConfig(_Strict):
 
 
 # ---------------------------------------------------------------- teacher + sampling
+class Prices(_Strict):
+    """A teacher's price, USD per million tokens (what the provider bills)."""
+
+    input: float = Field(ge=0, description="Prompt tokens.")
+    output: float = Field(ge=0, description="Completion tokens (thinking included).")
+    cached_input: float | None = Field(None, ge=0, description="Prompt tokens served from the provider's cache "
+                                       "(default: the input price).")
+    batch_discount: float = Field(0.5, ge=0, le=1, description="Fraction of the price a batch API takes off.")
+
+
 class TeacherConfig(_Strict):
     """The teacher model and the engine that runs it."""
 
@@ -100,8 +110,20 @@ class TeacherConfig(_Strict):
                              "itself is never written anywhere.")
     concurrency: int = Field(16, ge=1, description="Concurrent requests (backend=openai).")
     timeout_s: float = Field(120.0, gt=0, description="Per-request timeout (backend=openai).")
-    max_retries: int = Field(5, ge=0, description="Retries with exponential backoff on 429/5xx/timeouts "
-                             "(backend=openai).")
+    max_retries: int = Field(5, ge=0, description="backend=openai: attempts past the first for one request that "
+                             "keeps failing (5xx, timeouts) while the server answers others; it is then recorded as "
+                             "an error on its samples. While every request fails, retry_budget_s decides.")
+    rpm: int | None = Field(None, ge=1, json_schema_extra=ADDED, description="backend=openai: requests per minute "
+                            "at most (the provider's limit); x-ratelimit-* headers tighten it further.")
+    tpm: int | None = Field(None, ge=1, json_schema_extra=ADDED, description="backend=openai: tokens per minute at "
+                            "most, counting each request's prompt and its max_tokens.")
+    retry_budget_s: float = Field(600.0, gt=0, json_schema_extra=ADDED, description="backend=openai: how long the "
+                                  "server may keep failing (429, 5xx, timeouts, refused connections) before the run "
+                                  "stops; every request waits while it is down.")
+    prices: Prices | None = Field(None, json_schema_extra=ADDED, description="USD per million tokens (input, "
+                                  "cached_input, output); default: the shipped table for well-known models.")
+    max_cost_usd: float | None = Field(None, gt=0, json_schema_extra=ADDED, description="Stop the run cleanly "
+                                       "(shards and journal kept, resumable) once the run has spent this much.")
     use_n: bool = Field(True, description="backend=openai: one request with n samples and seed s (vLLM servers give "
                         "child i the seed s + i); false sends one request per sample with its own seed (hosted APIs "
                         "whose n ignores seeds), so any sample can be regenerated alone.")

@@ -9,7 +9,8 @@ recipe sets shared storage, else the run folder `<work_dir>/<name>`):
     <root>/samples/       sample shards shard-NNNNN.parquet, every row carrying the run id
     <root>/graded/        graded parquet parts (executors that write parts: ray)
     <root>/ledger/        ledger parquet parts (idem)
-    <root>/journal/       request journal of served and hosted teachers
+    <root>/journal/       request journal of served and hosted teachers (`builder.journal`; in <local>/ when
+                          <root> is an object store URL)
     <local>/              the driver's own files: questions.parquet, graded.parquet and ledger.parquet (executors
                           that write one file: local), stats.json, question_stats.parquet
 
@@ -171,8 +172,10 @@ class Run:
         return storage.join(self.root, "ledger")
 
     @property
-    def journal(self) -> str:
-        return storage.join(self.root, "journal")
+    def journal(self) -> Path:
+        """Appended line by line, so on a local filesystem: the run's root, or the driver's folder when the root is
+        an object store URL (which cannot append)."""
+        return (self.local if storage.is_url(self.root) else Path(self.root)) / "journal"
 
     @property
     def questions(self) -> Path:

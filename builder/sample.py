@@ -29,7 +29,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -41,6 +41,7 @@ from builder.executors import Executor, ShardWritten, make_executor
 from builder.executors import storage as shard_storage
 from builder.prompts import Exemplar, teacher_prompt
 from builder.recipe import Recipe
+from builder.journal import Journal
 from builder.run import Run, RunConflict
 from builder.schemas import atomic_write_parquet, validate
 from builder.shards import only_wanted, read_samples, read_shard, wanted
@@ -242,6 +243,8 @@ def _run_held(questions: pl.DataFrame, recipe: Recipe, teacher: Teacher, run: Ru
     adaptive = recipe.sampling.adaptive.enabled
     stats = SampleStats()
     _forget_refused(run)
+    Journal(run.journal).compact(read_samples(run, ["qid", "sample_idx"]))
+    teacher.use_journal(run.journal)
     answer_prompts = tasks.answer_prompts(recipe.tasks, questions) if recipe.prompt.two_stage else {}
     ctx: _Context | None = None
     open_q = questions.select("qid")  # questions still sampled in this round
@@ -301,6 +304,27 @@ def _run_held(questions: pl.DataFrame, recipe: Recipe, teacher: Teacher, run: Ru
     return (samples if collect else None), stats
 
 
+def plan(questions: pl.DataFrame, recipe: Recipe, teacher: Teacher, run: Run | None = None) -> pl.DataFrame:
+    """What sampling would ask the teacher for now, sending nothing (`--dry-run`): per question still missing
+    samples, (qid, task, prompt, answer_prompt, count), the stage-1 prompt as the teacher renders it and the number
+    of samples. An adaptive budget is counted at max_samples: an upper bound."""
+    questions = validate(questions, "questions", where="questions")
+    run = run or Run.of(recipe)
+    done = read_samples(run, ["qid", "sample_idx"])
+    todo = missing_requests(questions, done, teacher.budget(questions, round_targets(recipe)[-1]))
+    answer_prompts = tasks.answer_prompts(recipe.tasks, questions) if recipe.prompt.two_stage else {}
+    ctx = _Context(recipe, run, teacher, questions.select("qid", "task", "question").rows_by_key(
+        "qid", named=True, unique=True), {t: _exemplars_for(recipe, t) for t in questions["task"].unique()},
+        answer_prompts)
+    counts = (todo.group_by("qid", maintain_order=True).agg(pl.col("count").sum())
+              .join(questions.select("qid", "task"), on="qid", maintain_order="left"))
+    return counts.select(
+        "qid", "task",
+        prompt=pl.Series([ctx.prompt(q) for q in counts["qid"]], dtype=pl.String),
+        answer_prompt=pl.col("task").replace_strict(answer_prompts, default=None, return_dtype=pl.String),
+        count=pl.col("count"))
+
+
 def _check_answer_prompts(run: Run, done: pl.DataFrame, questions: pl.DataFrame, wanted_prompts: dict[str, str]
                           ) -> None:
     """The answer prompt a question's samples were asked with must be the one this recipe asks: it depends on the
@@ -357,10 +381,11 @@ def _sample_todo(ctx: _Context, todo: pl.DataFrame, stats: SampleStats, state: S
             yield ctx.run.shard(first + i), ctx.shard_work(part)
 
     executor = ctx.executor or make_executor(ctx.recipe.executor)
+    setup = replace(TeacherSetup.of(ctx.recipe), journal=ctx.run.journal)
     write = partial(write_shard, recipe=ctx.recipe, run_id=ctx.run.id, held=ctx.run.holding())
     t_start = t0 = time.perf_counter()
     first_call, last_write = float("inf"), 0.0
-    for done in executor.sample(works(), setup=TeacherSetup.of(ctx.recipe), teacher=ctx.teacher, write=write):
+    for done in executor.sample(works(), setup=setup, teacher=ctx.teacher, write=write):
         ctx.run.check_held()
         first_call, last_write = min(first_call, done.started), max(last_write, done.finished)
         stats.shards_written += 1

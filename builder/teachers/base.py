@@ -45,6 +45,7 @@ class TeacherSetup:
     sampling: SamplingConfig
     base_dir: str | None = None
     tasks: tuple[str, ...] = ()
+    journal: Path | None = None  # the run's request journal (`builder.journal`), for teachers that keep one
 
     @classmethod
     def of(cls, recipe: Recipe) -> TeacherSetup:
@@ -162,6 +163,10 @@ class Teacher(Protocol):
     def start(self) -> None:
         """Load what generation needs (an engine, a model) now, so the sample stage's clock measures generation only
         and tokens/s is the engine's rate, not diluted by its start-up."""
+
+    def use_journal(self, folder: Path | None) -> None:
+        """Take finished requests from, and append them to, the run's request journal (`builder.journal`): the
+        teachers that pay or wait per request (served, hosted) keep one; the default keeps none."""
 
     def close(self) -> None:
         """Release what the teacher started (called by whoever made it)."""
