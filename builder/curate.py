@@ -2,7 +2,8 @@
 
 Stages, in order (a row dropped by one is not seen by later ones; reasons in `builder.reasons`):
 
-1. filter: quality filters from `builder.filters.FILTERS` named in cfg.filters (first firing one wins).
+1. filter: requests the teacher refused (`teacher_error`, on every row, first), then the quality filters from
+   `builder.filters.FILTERS` named in cfg.filters (first firing one wins).
 2. correctness: wrong answers (cfg.keep_correct_only).
 3. exact_dedup: same normalised text within a question (first sample kept).
 4. near_dedup: MinHash + LSH near-duplicates within each question and/or globally (cfg.minhash.scope); the
@@ -490,10 +491,8 @@ def run(graded: pl.DataFrame, cfg: CurationConfig, *,
 # ------------------------------------------------------------------ per-chunk steps
 def _filter_codes(df: pl.DataFrame, cfg: CurationConfig) -> np.ndarray:
     """Codes after stages 1-2 (quality filters, then correctness); row by row, so any batch gives the same."""
-    code = np.zeros(df.height, dtype=np.int8)
-    if cfg.filters:
-        reasons = df.select(reason_expr(cfg).alias("r"))["r"]
-        code[:] = reasons.replace_strict(_CODE, default=0, return_dtype=pl.Int8).to_numpy()
+    reasons = df.select(reason_expr(cfg).alias("r"))["r"]  # teacher_error first, even with no cfg.filters
+    code = reasons.replace_strict(_CODE, default=0, return_dtype=pl.Int8).to_numpy().copy()
     if cfg.keep_correct_only:
         wrong = ~df["correct"].to_numpy()
         code[(code == 0) & wrong] = _CODE[R.INCORRECT]

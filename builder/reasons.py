@@ -19,6 +19,9 @@ STAGE_DECONTAMINATE = "decontaminate"
 # Stages in the order curate.run applies them; a row dropped by one is not seen by later ones.
 STAGES = (STAGE_FILTER, STAGE_CORRECTNESS, STAGE_EXACT_DEDUP, STAGE_NEAR_DEDUP, STAGE_SELECT, STAGE_DECONTAMINATE)
 
+# The teacher refused the sample's request (finish_reason "error", stage 1 or the answer stage; the ledger's `error`
+# holds the message): checked first on every row, whatever curation.filters lists (`builder.filters.teacher_error`).
+TEACHER_ERROR = "teacher_error"
 # Quality filters (one reason per filter in builder.filters.FILTERS).
 EMPTY = "empty"
 TRUNCATED = "truncated"
@@ -43,8 +46,8 @@ CONTAMINATED_QUESTION = "contaminated_question"
 CONTAMINATED_RATIONALE = "contaminated_rationale"
 
 REASONS: dict[str, tuple[str, ...]] = {
-    STAGE_FILTER: (EMPTY, TRUNCATED, DEGENERATE, NO_ANSWER, TOO_SHORT, TOO_LONG, ANSWER_FIRST, UNFINISHED_THINKING,
-                   NO_FINAL_ANSWER, REASONING_TOO_SHORT, REASONING_TOO_LONG, REPEATED_LOOP),
+    STAGE_FILTER: (TEACHER_ERROR, EMPTY, TRUNCATED, DEGENERATE, NO_ANSWER, TOO_SHORT, TOO_LONG, ANSWER_FIRST,
+                   UNFINISHED_THINKING, NO_FINAL_ANSWER, REASONING_TOO_SHORT, REASONING_TOO_LONG, REPEATED_LOOP),
     STAGE_CORRECTNESS: (INCORRECT,),
     STAGE_EXACT_DEDUP: (EXACT_DUPLICATE,),
     STAGE_NEAR_DEDUP: (NEAR_DUPLICATE, NEAR_DUPLICATE_GLOBAL),

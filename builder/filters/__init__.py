@@ -3,6 +3,9 @@
 A filter maps the curation config to an expression over graded-table columns that evaluates to the drop
 reason (a `builder.reasons` constant) or null to keep the row, so every filter runs vectorised in one
 `select` and the first listed filter that fires names the reason. Add one with `@FILTERS.register("name")`.
+
+`teacher_error` is no listed filter: `reason_expr` runs it first on every row, whatever cfg.filters lists (a
+request the teacher refused is never data).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import polars as pl
 from builder import reasons as R
 from builder.kernels import BYTE_MAP, fmix64, njit, njit_par, prange, text_buffers
 from builder.registry import Registry
+from builder.teachers.base import FAILED
 
 if TYPE_CHECKING:
     from builder.recipe import CurationConfig
@@ -26,6 +30,12 @@ FILTERS: Registry[Filter] = Registry("quality filter")
 
 def _when(cond: pl.Expr, reason: str) -> pl.Expr:
     return pl.when(cond).then(pl.lit(reason)).otherwise(pl.lit(None, dtype=pl.String))
+
+
+def teacher_error(cfg: CurationConfig) -> pl.Expr:
+    """The engine refused the sample's request (finish_reason "error": stage 1, or only the answer stage, whose
+    rationale is kept; the message is in `error`): always checked first, not a registered filter."""
+    return _when(pl.col("finish_reason") == FAILED, R.TEACHER_ERROR)
 
 
 @FILTERS.register("empty")
@@ -308,11 +318,9 @@ def repeated_loop(cfg: CurationConfig) -> pl.Expr:
 
 
 def reason_expr(cfg: CurationConfig) -> pl.Expr:
-    """The first firing filter's reason (in cfg.filters order), or null."""
+    """The first firing filter's reason: `teacher_error` first, always, then cfg.filters in order; or null."""
     try:
-        exprs = [FILTERS.get(name)(cfg) for name in cfg.filters]
+        exprs = [teacher_error(cfg)] + [FILTERS.get(name)(cfg) for name in cfg.filters]
     except ValueError as exc:
         raise ValueError(f"curation.filters: {exc}") from None
-    if not exprs:
-        return pl.lit(None, dtype=pl.String)
     return pl.coalesce(exprs) if len(exprs) > 1 else exprs[0]
