@@ -39,9 +39,9 @@ from builder import tasks
 from builder.errors import BuilderError
 from builder.executors import Executor, ShardWritten, make_executor
 from builder.executors import storage as shard_storage
+from builder.journal import Journal
 from builder.prompts import Exemplar, teacher_prompt
 from builder.recipe import Recipe
-from builder.journal import Journal
 from builder.run import Run, RunConflict
 from builder.schemas import atomic_write_parquet, validate
 from builder.shards import only_wanted, read_samples, read_shard, wanted
@@ -483,6 +483,7 @@ def _shard_frame(work: ShardWork, completions: Sequence[Completion], answers: Se
         "answer_completion": [a[0] if a else None for a in answers],
         "finish_reason": [c.finish_reason for c in completions],
         "error": [c.error for c in completions],
+        "regenerable": [c.regenerable for c in completions],
         "prompt_tokens": [c.prompt_tokens for c in completions],
         "completion_tokens": [None if c.completion_tokens is None else c.completion_tokens + ((a[1] or 0) if a else 0)
                               for c, a in zip(completions, answers, strict=True)],
@@ -490,7 +491,8 @@ def _shard_frame(work: ShardWork, completions: Sequence[Completion], answers: Se
     }, schema_overrides={"sample_idx": pl.Int32, "seed": pl.Int64, "prompt_tokens": pl.Int32,
                          "completion_tokens": pl.Int32, "teacher_revision": pl.String, "answer_prompt": pl.String,
                          "answer_completion": pl.String, "reasoning": pl.String, "reasoning_tokens": pl.Int32,
-                         "reasoning_finished": pl.Boolean, "error": pl.String})
+                         "reasoning_finished": pl.Boolean, "error": pl.String,
+                         "regenerable": pl.Boolean})
 
 
 def regenerate(recipe: Recipe, question: str, task: str, qid: str, sample_idx: int, *, engine: Any = None,

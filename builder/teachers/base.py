@@ -96,6 +96,7 @@ class Completion:
     reasoning_tokens: int | None = None
     reasoning_finished: bool | None = None
     error: str | None = None
+    regenerable: bool | None = None  # False: its seed does not reproduce it (n > 1 from a server that is not vLLM)
 
 
 # finish_reason of a sample whose request the engine refused (Completion.error says why)

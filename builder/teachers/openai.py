@@ -2,7 +2,9 @@
 
 Raw prompts go to `/completions`; chat prompts (`prompt.format: chat`) to `/chat/completions`. Every request carries
 its seed: with `use_n` one request asks for n samples with seed s (vLLM servers give child i the seed s + i, as the
-offline engine does); without it each sample is its own request with seed s + i, which any server honours.
+offline engine does); without it each sample is its own request with seed s + i, which any server honours. A
+server that is not vLLM (found at start from `/models`) gives no such promise for n > 1: those samples are written
+with `regenerable` false, and `rationale sample --regenerate` says so.
 
 Zero-shot-CoT stage 2 over chat: the conversation is sent back with an assistant turn holding the rationale and the
 answer trigger, and the server is asked to continue that turn (`continue_final_message`, a vLLM extension), which
@@ -10,9 +12,14 @@ is the API form of the offline engine's raw continuation. Hosted chat APIs witho
 (HTTP 400, reported with this hint): use `prompt.two_stage: false` there and grade the inline answer. The `prompt`
 column of chat samples holds the messages as JSON (the server renders the template).
 
-Requests run on a thread pool of `concurrency` workers; 408/409/429/5xx answers, timeouts and connection errors are
-retried `max_retries` times with exponential backoff and jitter (honouring Retry-After). The API key is read from
-`api_key_env` at each request and only ever placed in the Authorization header.
+Requests run on an asyncio loop of their own, one task per request, many shards in flight, through one shared gate
+(`builder.teachers.transport`: rate limits, adaptive concurrency, a circuit breaker, a retry budget in wall-clock
+time). A request the server refuses for its content (a prompt over the context limit) becomes an error on its
+samples and the run goes on. Every answered request is appended to the run's journal (`builder.journal`) the moment
+it arrives and is never sent again: a rerun after a kill, a Ctrl-C or an outage takes it from there. Ctrl-C and
+errors cancel what is in flight at once. Usage is counted from the server's `usage` and priced by `builder.cost`;
+`teacher.max_cost_usd` stops the run cleanly once the run (all its resumes together) has spent that much. The API
+key is read from `api_key_env` at each request and only ever placed in the Authorization header.
 
 Reasoning teachers: a chat answer's thinking trace is read from `message.reasoning_content` or `message.reasoning`
 (whichever the server sends; `vllm serve --reasoning-parser` splits it) into `reasoning`, the content stays the
@@ -24,18 +31,23 @@ request body as vLLM's extensions.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import logging
 import os
-import random
-import time
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
-from typing import Any
+import queue
+import threading
+from collections.abc import Coroutine, Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
 
-from builder.errors import EngineError
+from builder import cost
+from builder.errors import CostLimit, EngineError
+from builder.journal import Journal, request_key
 from builder.teachers.base import (
+    ANSWER_STAGE_FAILED,
+    FAILED,
     TEACHERS,
     Answer,
     Completion,
@@ -44,35 +56,27 @@ from builder.teachers.base import (
     ShardWork,
     Teacher,
     TeacherSetup,
-    sequential_stream,
+    answer_items,
 )
 from builder.teachers.reasoning import ReasoningSplitter, Split, load_tokenizer, require_parsers
+from builder.teachers.transport import Refused, Transport
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+T = TypeVar("T")
+CANCEL_WAIT_S = 1.0  # how long Ctrl-C waits for cancelled requests to let go of their connections
 
 
 @TEACHERS.register("openai")
 class OpenAITeacher(Teacher):
     """A teacher behind an OpenAI-compatible HTTP API (completions for raw prompts, chat completions for chat)."""
 
-    backoff_s = 0.5  # first retry delay; doubles per attempt
-    backoff_max_s = 30.0
-
     def __init__(self, setup: TeacherSetup, *, engine: Any = None) -> None:
-        import httpx
-
         teacher = setup.teacher
         if not teacher.base_url:
             raise EngineError("teacher.base_url is required for backend=openai (e.g. http://127.0.0.1:8000/v1)")
         self.cfg, self.sampling, self.chat = teacher, setup.sampling, setup.prompt.format == "chat"
         self.base_url = teacher.base_url.rstrip("/")
-        self.client = httpx.Client(timeout=httpx.Timeout(teacher.timeout_s),
-                                   limits=httpx.Limits(max_connections=teacher.concurrency))
-        self.pool = ThreadPoolExecutor(max_workers=teacher.concurrency, thread_name_prefix="teacher")
-        self.requests_sent = 0
-        self.retries = 0
         self.template_kwargs = setup.prompt.chat_template_kwargs
         s = setup.sampling  # stage-1 extensions of vLLM servers
         self._extra: dict[str, Any] = {
@@ -82,58 +86,105 @@ class OpenAITeacher(Teacher):
         self._splitter: ReasoningSplitter | None = None
         if self.cfg.reasoning_parser:  # checked now: the splitter is built on the first (paid) response
             require_parsers(str(self.cfg.reasoning_parser))
+        self.prices = cost.prices_for(teacher)
+        if teacher.max_cost_usd is not None and self.prices is None:
+            raise EngineError(f"teacher.max_cost_usd needs the price of {teacher.model!r}, which the shipped table "
+                              "does not hold: set teacher.prices (USD per million tokens: input, output)")
+        self.usage = cost.Usage()  # what this teacher's requests used (journal hits are not counted again)
+        self.refused = 0
+        self.server_is_vllm: bool | None = None
+        self.journal: Journal | None = None
+        self._spent_before = cost.Usage()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._transport: Transport | None = None
+        self.use_journal(setup.journal)
 
-    def close(self) -> None:
-        self.pool.shutdown(wait=True)
-        self.client.close()
+    # ---------------------------------------------------------------- the loop the requests run on
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._ensure_loop()).result()
 
-    def __del__(self) -> None:  # best effort; the CLI process exits anyway
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001
-            pass
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(target=self._loop.run_forever, name="teacher-http", daemon=True)
+            self._thread.start()
+        return self._loop
 
-    # ---------------------------------------------------------------- transport
+    @property
+    def transport(self) -> Transport:
+        if self._transport is None:
+            async def make() -> Transport:
+                c = self.cfg
+                return Transport(self.base_url, concurrency=c.concurrency, timeout_s=c.timeout_s,
+                                 retry_budget_s=c.retry_budget_s, max_retries=c.max_retries, rpm=c.rpm, tpm=c.tpm,
+                                 headers=self._headers, hint=self._hint)
+            self._transport = self._run(make())
+        return self._transport
+
     def _headers(self) -> dict[str, str]:
         key = os.environ.get(self.cfg.api_key_env)  # read per request, never stored
         return {"Authorization": f"Bearer {key}"} if key else {}
 
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST with retries on 408/409/429/5xx, timeouts and connection errors; other errors raise at once."""
+    def _hint(self, status: int, body: dict[str, Any], text: str) -> str:
+        """Why a refusal is the recipe's or the key's fault (fatal), not the request's; "" when it is not."""
+        if status in (401, 403):
+            return f" (check the key in ${self.cfg.api_key_env})"
+        if status == 400 and body.get("continue_final_message") and "continue_final_message" in text:
+            return " (this server cannot continue an assistant turn; set prompt.two_stage: false)"
+        return ""
+
+    def use_journal(self, folder: Path | None) -> None:
+        self.journal = Journal(folder) if folder is not None else None
+        self._spent_before = self.journal.spent() if self.journal else cost.Usage()
+
+    def start(self) -> None:
+        """Ask the server what it is: vLLM's `/models` says `owned_by: vllm` and lists the names it serves."""
+        if self.server_is_vllm is not None:
+            return
         import httpx
 
-        url = f"{self.base_url}{path}"
-        last = ""
-        for attempt in range(self.cfg.max_retries + 1):
-            if attempt:
-                self.retries += 1
-            self.requests_sent += 1
-            retry_after = None
-            try:
-                resp = self.client.post(url, json=body, headers=self._headers())
-            except httpx.TimeoutException:
-                last = f"timed out after {self.cfg.timeout_s:g} s"
-            except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            else:
-                if resp.status_code < 300:
-                    return resp.json()
-                last = f"HTTP {resp.status_code}: {resp.text[:300]}"
-                if resp.status_code not in RETRY_STATUS:
-                    hint = ""
-                    if resp.status_code == 400 and body.get("continue_final_message"):
-                        hint = " (this server cannot continue an assistant turn; set prompt.two_stage: false)"
-                    elif resp.status_code in (401, 403):
-                        hint = f" (check the key in ${self.cfg.api_key_env})"
-                    raise EngineError(f"teacher {url}: {last}{hint}")
-                retry_after = _retry_after(resp.headers.get("retry-after"))
-            if attempt < self.cfg.max_retries:
-                delay = retry_after if retry_after is not None else min(
-                    self.backoff_max_s, self.backoff_s * 2**attempt) * (0.5 + random.random() / 2)
-                log.debug("teacher %s: %s; retry %d in %.2f s", url, last, attempt + 1, delay)
-                time.sleep(delay)
-        raise EngineError(f"teacher {url}: {last} (gave up after {self.cfg.max_retries + 1} attempts; raise "
-                          "teacher.max_retries or teacher.timeout_s)")
+        try:
+            models = self._run(self.transport.get("/models")).get("data") or []
+        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            log.info("teacher %s: /models unreadable (%s): treated as a server that is not vLLM", self.base_url, exc)
+            self.server_is_vllm = False
+            return
+        self.server_is_vllm = any(m.get("owned_by") == "vllm" for m in models)
+        served = [str(m.get("id")) for m in models]
+        if self.server_is_vllm and self.cfg.model not in served:
+            raise EngineError(f"teacher {self.base_url} serves {', '.join(map(repr, served))}, not "
+                              f"{self.cfg.model!r}: set teacher.model to the name the server was started with "
+                              "(its --served-model-name, else its --model)")
+
+    def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
+        loop, thread, transport = self._loop, self._thread, self._transport
+        self._loop = self._thread = self._transport = None
+        if loop is None or thread is None or not thread.is_alive():
+            return
+        if transport is not None:
+            asyncio.run_coroutine_threadsafe(transport.aclose(), loop).result(timeout=CANCEL_WAIT_S * 5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+        loop.close()
+
+    def stats(self) -> dict[str, Any]:
+        spent = cost.Usage()
+        spent.add(self._spent_before)
+        spent.add(self.usage)
+        return {"requests_sent": self.requests_sent, "retries": self.retries, "refused": self.refused,
+                "journal_hits": self.journal.hits if self.journal else 0,
+                "usage": self.usage.to_json(), "spent": spent.to_json()}
+
+    @property
+    def requests_sent(self) -> int:
+        return self._transport.sent if self._transport else 0
+
+    @property
+    def retries(self) -> int:
+        return self._transport.retries if self._transport else 0
 
     # ---------------------------------------------------------------- teacher interface
     def render(self, prompt: str | list[dict[str, str]]) -> str:
@@ -153,9 +204,10 @@ class OpenAITeacher(Teacher):
             self._splitter = ReasoningSplitter(str(self.cfg.reasoning_parser), tokenizer, self.template_kwargs)
         return self._splitter
 
-    def _sample(self, prompt: str, n: int, seed: int | None, *, temperature: float, top_p: float,
+    def request(self, prompt: str, n: int, seed: int | None, *, temperature: float, top_p: float,
                 max_tokens: int, stop: list[str] | None, continuation: str | None = None,
-                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                extra: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+        """(endpoint path, JSON body) of one request: what the journal keys and a batch file holds."""
         body: dict[str, Any] = {"model": self.cfg.model, "n": n, "temperature": temperature, "top_p": top_p,
                                 "max_tokens": max_tokens, **(extra or {})}
         if seed is not None:
@@ -170,31 +222,33 @@ class OpenAITeacher(Teacher):
                 messages = [*messages, {"role": "assistant", "content": continuation}]
                 body.update(continue_final_message=True, add_generation_prompt=False)
             body.update(messages=messages, logprobs=True)
-            return self._post("/chat/completions", body)
+            return "/chat/completions", body
         body.update(prompt=prompt if continuation is None else prompt + continuation, logprobs=0)
-        return self._post("/completions", body)
+        return "/completions", body
 
-    def _choices(self, resp: dict[str, Any]) -> list[tuple[int, str, str, int | None, Split | None]]:
-        """(index, text, finish_reason, completion tokens, reasoning split) per choice; tokens from logprobs, else
-        usage when n=1. The split is None when the teacher is no reasoning teacher."""
+    def compact(self, resp: dict[str, Any]) -> dict[str, Any]:
+        """What a response is kept as (in the journal): per choice its index, text, finish reason, token count (from
+        logprobs, else usage when n=1) and thinking trace, plus the usage; the logprobs themselves are dropped."""
         choices = resp.get("choices") or []
         usage = resp.get("usage") or {}
         out = []
         for c in choices:
             part = c.get("message") or {} if self.chat else c
-            text = (part.get("content") if self.chat else part.get("text")) or ""
             lp = c.get("logprobs") or {}
             toks = lp.get("content") if self.chat else lp.get("tokens")
-            one = len(choices) == 1
-            ntok = len(toks) if toks is not None else (usage.get("completion_tokens") if one else None)
-            out.append((int(c.get("index", 0)), text, c.get("finish_reason") or "stop", ntok,
-                        self._split(part, text, (usage.get("completion_tokens_details") or {}) if one else {})))
-        return sorted(out, key=lambda o: o[0])
+            trace = part.get("reasoning_content")
+            out.append({"index": int(c.get("index", 0)),
+                        "text": (part.get("content") if self.chat else part.get("text")) or "",
+                        "finish_reason": c.get("finish_reason") or "stop",
+                        "tokens": len(toks) if toks is not None else (
+                            usage.get("completion_tokens") if len(choices) == 1 else None),
+                        "trace": part.get("reasoning") if trace is None else trace})
+        return {"choices": sorted(out, key=lambda c: c["index"]), "usage": usage}
 
-    def _split(self, part: dict[str, Any], text: str, details: dict[str, Any]) -> Split | None:
-        """The trace the server sent (`reasoning_content` or `reasoning`), else the recipe's parser on raw text."""
-        trace = part.get("reasoning_content")
-        trace = part.get("reasoning") if trace is None else trace
+    def _split(self, choice: dict[str, Any], details: dict[str, Any]) -> Split | None:
+        """The trace the server sent (`reasoning_content` or `reasoning`), else the recipe's parser on raw text;
+        None when the teacher is no reasoning teacher."""
+        text, trace = choice["text"], choice.get("trace")
         if trace is not None:
             # vLLM's parsers send no content for a trace that never closed (a closed trace with nothing after it
             # reads the same: no answer either way)
@@ -203,43 +257,142 @@ class OpenAITeacher(Teacher):
             return self.splitter.split(text)
         return None
 
-    def _one(self, req: Request) -> list[Completion]:
+    async def _ask(self, path: str, body: dict[str, Any], qid: str, samples: list[int], prompt_chars: int
+                   ) -> dict[str, Any] | Refused:
+        """The journaled answer of this exact request, else the server's (journaled the moment it arrives)."""
+        key = request_key(path, body)
+        if self.journal is not None and (entry := self.journal.get(key)) is not None:
+            return entry["response"]
+        limit = self.cfg.max_cost_usd
+        if limit is not None and (self._spent_before.cost_usd or 0.0) + (self.usage.cost_usd or 0.0) >= limit:
+            raise CostLimit(f"the run has spent ${(self._spent_before.cost_usd or 0) + (self.usage.cost_usd or 0):.4f}"
+                            f" of teacher.max_cost_usd ${limit:g}: stopped before sending more")
+        tokens = prompt_chars // 4 + body["n"] * body["max_tokens"]
+        resp = await self.transport.post(path, body, tokens=tokens)
+        if isinstance(resp, Refused):
+            return resp
+        out = self.compact(resp)
+        usage = cost.request_usage(resp.get("usage"), self.prices)
+        self.usage.add(usage)
+        if self.journal is not None:
+            self.journal.append({"key": key, "qid": qid, "samples": samples, "usage": usage.to_json(),
+                                 "response": out})
+        return out
+
+    async def _rationales(self, req: Request, offset: int, n: int) -> list[Completion]:
+        """Samples offset .. offset+n-1 of a request, in one call with seed base + offset."""
         s = self.sampling
-        calls = [(req.seed, req.n)] if self.cfg.use_n else [(req.seed + i, 1) for i in range(req.n)]
+        seed = req.seed + offset
+        path, body = self.request(req.prompt, n, seed, temperature=s.temperature, top_p=s.top_p,
+                                  max_tokens=s.max_tokens, stop=s.stop or None, extra=self._extra)
+        idx = [req.first_idx + offset + i for i in range(n)]
+        resp = await self._ask(path, body, req.qid, idx, len(req.prompt))
+        if isinstance(resp, Refused):
+            self.refused += n
+            return [Completion(req.qid, i, seed + k, "", FAILED, None, 0, error=resp.message)
+                    for k, i in enumerate(idx)]
+        choices = resp["choices"]
+        if len(choices) != n:
+            raise EngineError(f"teacher {self.base_url}: asked for n={n}, got {len(choices)} choices")
+        ptok = resp["usage"].get("prompt_tokens")
+        details = (resp["usage"].get("completion_tokens_details") or {}) if n == 1 else {}
+        regenerable = n == 1 or bool(self.server_is_vllm)
         done = []
-        for k, (seed, n) in enumerate(calls):
-            resp = self._sample(req.prompt, n, seed, temperature=s.temperature, top_p=s.top_p,
-                                max_tokens=s.max_tokens, stop=s.stop or None, extra=self._extra)
-            choices = self._choices(resp)
-            if len(choices) != n:
-                raise EngineError(f"teacher {self.base_url}: asked for n={n}, got {len(choices)} choices")
-            ptok = (resp.get("usage") or {}).get("prompt_tokens")
-            for idx, text, finish, ntok, part in choices:
-                i = k + idx
-                done.append(Completion(req.qid, req.first_idx + i, req.seed + i, part.content if part else text,
-                                       finish, ptok, ntok, **(part.fields() if part else {})))
+        for k, choice in enumerate(choices):
+            part = self._split(choice, details)
+            done.append(Completion(req.qid, idx[k], seed + k, part.content if part else choice["text"],
+                                   choice["finish_reason"], ptok, choice["tokens"],
+                                   regenerable=None if regenerable else False, **(part.fields() if part else {})))
         return done
 
-    def rationales(self, requests: Sequence[Request]) -> list[Completion]:
-        return [c for part in self.pool.map(self._one, requests) for c in part]
+    async def _answer(self, prompt: str, c: Completion, answer_prompt: str, max_tokens: int) -> Answer | None:
+        """Zero-shot-CoT stage 2 of one completion, greedy; a refusal is written on the completion (None)."""
+        path, body = self.request(prompt, 1, None, temperature=0.0, top_p=1.0, max_tokens=max_tokens, stop=["\n"],
+                                  continuation=f"{c.text.rstrip()}\n{answer_prompt}")
+        resp = await self._ask(path, body, c.qid, [c.sample_idx], len(prompt) + len(c.text))
+        if isinstance(resp, Refused):
+            self.refused += 1
+            c.finish_reason, c.error = FAILED, f"{ANSWER_STAGE_FAILED}{resp.message}"
+            return None
+        choice = resp["choices"][0]
+        return choice["text"], choice["tokens"]
 
-    def _answer(self, item: tuple[str, str, str], max_tokens: int) -> Answer:
-        prompt, rationale, answer_prompt = item
-        resp = self._sample(prompt, 1, None, temperature=0.0, top_p=1.0, max_tokens=max_tokens,
-                            stop=["\n"], continuation=f"{rationale.rstrip()}\n{answer_prompt}")
-        _, text, _, ntok, _ = self._choices(resp)[0]
-        return text, ntok
+    async def _shard(self, work: ShardWork, answer_max_tokens: int) -> ShardResult:
+        """Every call of a shard at once: a request's answer stage starts as soon as its rationales are in."""
+        calls = [(req, 0, req.n) for req in work.requests] if self.cfg.use_n else [
+            (req, i, 1) for req in work.requests for i in range(req.n)]
 
-    def answers(self, items: Sequence[tuple[str, str, str]], max_tokens: int) -> list[Answer]:
-        """Zero-shot-CoT stage 2, greedy: (prompt, rationale, answer trigger) -> (answer text, tokens)."""
-        return list(self.pool.map(partial(self._answer, max_tokens=max_tokens), items))
+        async def call(req: Request, offset: int, n: int) -> tuple[list[Completion], list[Answer | None]]:
+            done = await self._rationales(req, offset, n)
+            one = ShardWork([req], work.answer_prompt, work.answer_truncated)
+            idx = set(answer_items(one, done))
+            prompt = work.answer_prompt.get(req.qid) or ""
+            answers = await _all([self._answer(req.prompt, c, prompt, answer_max_tokens) if i in idx else _none()
+                                  for i, c in enumerate(done)])
+            return done, answers
+
+        parts = await _all([call(*c) for c in calls])
+        return work, [c for done, _ in parts for c in done], [a for _, answers in parts for a in answers]
 
     def stream(self, shards: Iterable[ShardWork], answer_max_tokens: int) -> Iterator[ShardResult]:
-        return sequential_stream(self, shards, answer_max_tokens)
+        """Shards in flight together (up to a window of 4 x concurrency samples, so a small shard never caps the
+        concurrency), yielded as each completes. Ctrl-C or an error cancels every request in flight; a cost limit
+        lets the requests in flight finish (they are paid), yields the shards they complete, then stops."""
+        self.start()
+        loop = self._ensure_loop()
+        done: queue.Queue[concurrent.futures.Future[ShardResult]] = queue.Queue()
+        pending: dict[concurrent.futures.Future[ShardResult], int] = {}
+        window = 4 * self.cfg.concurrency
+        works = iter(shards)
+        more = True
+        try:
+            while True:
+                while more and sum(pending.values()) < window:
+                    work = next(works, None)
+                    if work is None:
+                        more = False
+                        break
+                    fut = asyncio.run_coroutine_threadsafe(self._shard(work, answer_max_tokens), loop)
+                    pending[fut] = work.sequences
+                    fut.add_done_callback(done.put)
+                if not pending:
+                    return
+                fut = _get(done)
+                pending.pop(fut)
+                if isinstance(fut.exception(), CostLimit):
+                    concurrent.futures.wait(pending)
+                    yield from (f.result() for f in pending if f.exception() is None)
+                    pending.clear()
+                yield fut.result()
+        finally:
+            for fut in pending:
+                fut.cancel()
+            if pending:
+                concurrent.futures.wait(pending, timeout=CANCEL_WAIT_S)
 
 
-def _retry_after(value: str | None) -> float | None:
+async def _none() -> None:
+    return None
+
+
+async def _all(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """Every result, in order. When one fails the others are cancelled (none goes on sending requests once its
+    shard is lost), except on a cost limit: requests in flight are paid, so they finish and are journaled."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
     try:
-        return min(float(value), 60.0) if value else None
-    except ValueError:
-        return None
+        return list(await asyncio.gather(*tasks))
+    except BaseException as exc:
+        if not isinstance(exc, CostLimit):
+            for t in tasks:
+                t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def _get(done: queue.Queue[T]) -> T:
+    """The next finished shard; waiting in short slices so Ctrl-C reaches the main thread at once."""
+    while True:
+        try:
+            return done.get(timeout=0.2)
+        except queue.Empty:
+            continue

