@@ -19,6 +19,7 @@ from typing import Any
 
 import polars as pl
 
+from builder import reasons as R
 from builder.recipe import Recipe
 from builder.run import Run
 from builder.schemas import remove_stale_temp_files, write_table
@@ -46,6 +47,11 @@ class BuildSummary:
     # per task: the statuses that are not ok (the stats' grade_status) and the rows graded (the funnel's sampled)
     grade_status: dict[str, dict[str, int]] = field(default_factory=dict)
     graded_per_task: dict[str, int] = field(default_factory=dict)
+    # what the teacher spent (`builder.cost.Usage` JSON): the requests this build paid, and the run's total across
+    # every resume; None for backends that pay nothing per request (vllm in-process, import)
+    teacher_usage: dict[str, Any] | None = None
+    teacher_spent: dict[str, Any] | None = None
+    teacher_errors: int = 0  # samples whose request the teacher refused (curation drops them: filter/teacher_error)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,4 +143,7 @@ def _run_held(recipe: Recipe, run: Run, engine: Any, progress: Any) -> BuildSumm
         run_dir=str(run.local),
         grade_status=curation.grade_status,
         graded_per_task={t: f.sampled for t, f in curation.funnel.items()},
+        teacher_usage=sstats.extra.get("usage"),
+        teacher_spent=sstats.extra.get("spent"),
+        teacher_errors=curation.dropped.get(R.STAGE_FILTER, {}).get(R.TEACHER_ERROR, 0),
     )

@@ -14,6 +14,7 @@ from typing import Any
 import polars as pl
 
 from builder import reasons as R
+from builder.cost import Usage
 from builder.prompts import ZERO_SHOT_COT_TRIGGER
 from builder.stats import GRADE_STATUS_MEANING
 
@@ -266,6 +267,9 @@ def write_card(folder: str | Path, rows: pl.LazyFrame | pl.DataFrame, manifest: 
     sampling = manifest["sampling"]
     usage = ", ".join(f"{k.replace('_', ' ')} {_fmt(sampling[k], 1)}"
                       for k in ("prompt_tokens", "completion_tokens", "seconds") if sampling.get(k) is not None)
+    if sampling.get("spent"):  # served and hosted teachers: what the run paid; other backends pay no request
+        spent = Usage.from_json(sampling["spent"]).describe()
+        usage += f"{'; ' if usage else ''}the run spent {spent} (resumes included)"
     example = None
     head = rows.head(1).collect()
     if head.height:

@@ -3,18 +3,29 @@
 Usage is counted the way providers bill it: prompt tokens (those served from the provider's cache at the cached
 price), completion tokens (thinking included), with the batch discount for batch APIs. A model with no price costs
 None: tokens are still counted, dollars are never guessed.
+
+Before a run, `dry_run` says what sampling would send (`rationale sample|build --dry-run`): requests, tokens counted
+with the model's tokenizer where it is on this machine, and dollars, with nothing sent and no engine started.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from builder.recipe import Prices, TeacherConfig
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from builder.recipe import Recipe
+    from builder.run import Run
+    from builder.teachers import Teacher
 
 TABLE = Path(__file__).parent / "data" / "prices.yaml"
 
@@ -59,6 +70,13 @@ class Usage:
             out["cost_usd"] = round(self.cost_usd, 6)
         return out
 
+    def describe(self) -> str:
+        """One line for summaries and the card; no dollars where no price is known."""
+        cached = f" ({self.cached_tokens:,} cached)" if self.cached_tokens else ""
+        line = (f"{self.requests:,} requests, {self.prompt_tokens:,} prompt tokens{cached}, "
+                f"{self.completion_tokens:,} completion tokens")
+        return line if self.cost_usd is None else f"{line}, {format_usd(self.cost_usd)}"
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Usage:
         return cls(**{k: data[k] for k in ("requests", "prompt_tokens", "cached_tokens", "completion_tokens",
@@ -82,3 +100,172 @@ def cost(prices: Prices | None, prompt: float, cached: float, completion: float,
     cached_price = prices.input if prices.cached_input is None else prices.cached_input
     usd = ((prompt - cached) * prices.input + cached * cached_price + completion * prices.output) / 1e6
     return usd * (1 - prices.batch_discount) if batch else usd
+
+
+def format_usd(value: float) -> str:
+    return f"${value:,.2f}" if value >= 1 else f"${value:.6f}"
+
+
+# ------------------------------------------------------------------ before a run: what it would cost
+CHARS_PER_TOKEN = 4
+# Backends that render chat prompts with their engine's tokenizer (starting the engine): a dry run renders with the
+# tokenizer alone. The others send messages as JSON (openai: the server applies the template) or send nothing.
+ENGINE_RENDERED = frozenset({"vllm", "hf"})
+
+
+@dataclass
+class Tokens:
+    """Token counts as the teacher's engine or server makes them: the model's tokenizer where it loads from local
+    files (a dry run downloads nothing), else characters / 4, approximate (`why` says so and why)."""
+
+    tokenizer: Any
+    why: str | None = None
+
+    @classmethod
+    def of(cls, teacher: TeacherConfig) -> Tokens:
+        from builder.models import resolve_model
+
+        try:  # optional: the engine extras install it, the openai extra alone does not
+            from transformers import AutoTokenizer
+        except ImportError:
+            return cls(None, f"characters / {CHARS_PER_TOKEN}: transformers is not installed")
+        try:
+            return cls(AutoTokenizer.from_pretrained(resolve_model(teacher.model), revision=teacher.revision,
+                                                     local_files_only=True))
+        except Exception as exc:  # noqa: BLE001 - transformers raises OSError, ValueError, HF errors
+            return cls(None, f"characters / {CHARS_PER_TOKEN}: no tokenizer of {teacher.model!r} on this machine "
+                       f"({type(exc).__name__})")
+
+    def count(self, texts: list[str], *, special: bool) -> list[int]:
+        """Tokens per text; `special`: with the BOS/EOS the tokenizer adds (engines and servers add them to raw
+        prompts, not to a rendered chat template, which writes its own)."""
+        if self.tokenizer is None:
+            return [-(-len(t) // CHARS_PER_TOKEN) for t in texts]
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=special)["input_ids"]] if texts else []
+
+    def chat(self, messages: list[dict[str, str]], kwargs: dict[str, Any]) -> str:
+        """The chat template's text, as vLLM renders it for a chat request."""
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+
+
+@dataclass
+class Estimate:
+    """What sampling would send now, counted before anything is sent."""
+
+    questions: int  # questions still missing samples
+    samples: int
+    stage1_requests: int
+    stage2_requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    completion_per_sample: float  # from max_tokens (+ answer_max_tokens): an upper bound; or the run's measured mean
+    measured_on: int  # samples in the run's shards that measured it (0: the upper bound)
+    cost_usd: float | None  # None: no price known for the model
+    prices: dict[str, Any] | None
+    approximate: str | None  # how tokens were counted when no tokenizer could (None: with the model's tokenizer)
+
+    @property
+    def requests(self) -> int:
+        return self.stage1_requests + self.stage2_requests
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "requests": self.requests,
+                "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 6)}
+
+    def lines(self, model: str) -> list[str]:
+        """What `--dry-run` prints."""
+        per = (f"a mean of {self.completion_per_sample:.1f} per sample, measured on the {self.measured_on:,} "
+               "samples the run holds" if self.measured_on else
+               f"at most {self.completion_per_sample:.1f} per sample: max_tokens (+ answer_max_tokens), an upper "
+               "bound")
+        if self.cost_usd is None:
+            dollars = f"unknown: no price for {model!r} (set teacher.prices)"
+        else:
+            p = self.prices or {}
+            dollars = (f"{format_usd(self.cost_usd)} at USD {p['input']:g} input / {p['output']:g} output per "
+                       "million tokens (no provider cache assumed)")
+        return [f"dry run, nothing sent: {self.samples:,} samples of {self.questions:,} questions to sample",
+                f"requests: {self.requests:,} ({self.stage1_requests:,} rationale, {self.stage2_requests:,} answer)",
+                f"prompt tokens: {self.prompt_tokens:,}"
+                + ("" if self.approximate is None else f" (approximate, {self.approximate})"),
+                f"completion tokens: {self.completion_tokens:,} ({per})",
+                f"cost: {dollars}"]
+
+
+def estimate(plan: pl.DataFrame, recipe: Recipe, *, run: Run | None = None, tokens: Tokens | None = None
+             ) -> Estimate:
+    """Requests, tokens and dollars of `plan` (`builder.sample.plan`: what sampling would ask for now).
+
+    Stage 1 is one request per row with `teacher.use_n`, else one per sample; stage 2 one per sample of a row with
+    an answer prompt, whose prompt is the stage-1 prompt, the rationale and the answer prompt. A rationale is
+    max_tokens long, an answer answer_max_tokens: an upper bound, until the run's shards hold samples; then their
+    mean completion tokens (both stages, as the shards count them) is what a sample costs, measured, not guessed.
+    """
+    import polars as pl
+
+    from builder.run import Run
+    from builder.shards import read_samples
+    from builder.teachers.base import FAILED
+
+    t, s = recipe.teacher, recipe.sampling
+    tokens = tokens or Tokens.of(t)
+    done = read_samples(run or Run.of(recipe), ["finish_reason", "completion_tokens"]).filter(
+        pl.col("finish_reason") != FAILED, pl.col("completion_tokens").is_not_null())
+    measured = float(done["completion_tokens"].mean()) if done.height else None
+    chat = recipe.prompt.format == "chat"
+    prompts = plan["prompt"].to_list()
+    if chat and t.backend == "openai" and tokens.tokenizer is not None:  # messages as JSON: the server renders them
+        prompts = [tokens.chat(json.loads(p), recipe.prompt.chat_template_kwargs) for p in prompts]
+    stage1 = tokens.count(prompts, special=not chat)
+    answer = tokens.count(["\n" + a for a in plan["answer_prompt"].fill_null("")], special=False)
+    rationale = s.max_tokens if measured is None else measured
+    samples = requests = prompt = answered = 0
+    for n, has_answer, p1, p2 in zip(plan["count"], plan["answer_prompt"].is_not_null(), stage1, answer,
+                                     strict=True):
+        sent = 1 if t.use_n else n
+        samples, requests, prompt = samples + n, requests + sent, prompt + sent * p1
+        if has_answer:
+            answered += n
+            prompt += n * (p1 + rationale + p2)
+    completion = round(samples * rationale + (answered * s.answer_max_tokens if measured is None else 0))
+    prices = prices_for(t)
+    return Estimate(plan.height, samples, requests, answered, round(prompt), completion,
+                    completion / samples if samples else 0.0, done.height, cost(prices, prompt, 0, completion),
+                    None if prices is None else prices.model_dump(), tokens.why)
+
+
+class _TokenizerRendered:
+    """The teacher as `sample.plan` uses it (render, budget), its chat prompts rendered with the tokenizer alone
+    (JSON messages, approximate, where none loads): the engine whose tokenizer it would use is never started."""
+
+    def __init__(self, teacher: Teacher, tokens: Tokens, template_kwargs: dict[str, Any]) -> None:
+        self.teacher, self.tokens, self.template_kwargs = teacher, tokens, template_kwargs
+
+    def render(self, prompt: str | list[dict[str, str]]) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        if self.tokens.tokenizer is None:
+            return json.dumps(prompt, ensure_ascii=False)
+        return self.tokens.chat(prompt, self.template_kwargs)
+
+    def budget(self, questions: pl.DataFrame, n: int) -> int | pl.Expr:
+        return self.teacher.budget(questions, n)
+
+
+def dry_run(recipe: Recipe) -> Estimate:
+    """What sampling `recipe` would send now (`--dry-run`): the plan of the run's missing samples and its estimate.
+
+    The teacher is made, never started (engines start, and requests go out, on first use); nothing is written."""
+    from builder import sample, tasks
+    from builder.teachers import TeacherSetup, make_teacher
+
+    questions = tasks.run(recipe.tasks, recipe.base_dir)
+    tokens = Tokens.of(recipe.teacher)
+    teacher = make_teacher(TeacherSetup.of(recipe))
+    try:
+        planner = (_TokenizerRendered(teacher, tokens, recipe.prompt.chat_template_kwargs)
+                   if recipe.teacher.backend in ENGINE_RENDERED else teacher)
+        plan = sample.plan(questions, recipe, planner)  # type: ignore[arg-type]
+    finally:
+        teacher.close()
+    return estimate(plan, recipe, tokens=tokens)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from builder.cli._common import AddressOption, ExecutorOption
+from builder.cli.sample import DryRunOption
 
 
 def register(app: typer.Typer) -> None:
@@ -19,6 +20,7 @@ def register(app: typer.Typer) -> None:
         store: Annotated[Path | None, typer.Option(help="Override the recipe's store.root.")] = None,
         executor: ExecutorOption = None,
         address: AddressOption = None,
+        dry_run: DryRunOption = False,
     ) -> None:
         """Turn a recipe's questions into a versioned rationale dataset (tasks -> sample -> grade -> curate -> store).
 
@@ -29,6 +31,8 @@ def register(app: typer.Typer) -> None:
         from builder import build as build_stage
         from builder.bind import load_recipe
         from builder.cli._common import apply_executor, console, echo_json, resumable, shards_kept, stage_progress
+        from builder.cli.sample import print_estimate
+        from builder.cost import Usage
         from builder.run import Run
         from builder.stats import grade_status_lines
 
@@ -38,6 +42,9 @@ def register(app: typer.Typer) -> None:
             cfg.work_dir = str(work_dir.resolve())
         if store is not None:
             cfg.store.root = str(store.resolve())
+        if dry_run:  # sampling is what a build pays for
+            print_estimate(cfg, json_out)
+            return
         from builder.paths import check_output_path
 
         # before any work: a store or work_dir that cannot be written fails now, not after sampling
@@ -62,6 +69,10 @@ def register(app: typer.Typer) -> None:
             ("version path", summary.version_path),
             ("tokens/s (sampling)", summary.tokens_per_s),
             ("seconds (whole build)", summary.seconds),
+            *((label, Usage.from_json(usage).describe()) for label, usage in (
+                ("teacher spent (this build)", summary.teacher_usage),
+                ("teacher spent (run total)", summary.teacher_spent)) if usage is not None),
+            ("teacher errors", summary.teacher_errors),
         ]
         for k, v in rows:
             table.add_row(k, str(v))

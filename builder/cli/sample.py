@@ -13,6 +13,25 @@ from builder.cli._common import AddressOption, ExecutorOption
 if TYPE_CHECKING:
     from rich.progress import Progress
 
+    from builder.recipe import Recipe
+
+DryRunOption = Annotated[bool, typer.Option(
+    "--dry-run", help="Print the requests, tokens and dollars sampling would send now; send nothing, start no "
+    "engine, write nothing.")]
+
+
+def print_estimate(cfg: Recipe, json_out: bool) -> None:
+    """`--dry-run`: the estimate of what sampling `cfg` would send now, on stdout (`--json`: as one JSON line)."""
+    from builder import cost
+    from builder.cli._common import echo_json
+
+    estimate = cost.dry_run(cfg)
+    if json_out:
+        echo_json(estimate.to_json())
+        return
+    for line in estimate.lines(cfg.teacher.model):
+        typer.echo(line)
+
 
 def _progress() -> Progress:
     """Samples bar plus questions done, generated tokens/s and ETA (on stderr, so stdout stays clean)."""
@@ -32,6 +51,7 @@ def register(app: typer.Typer) -> None:
         json_out: Annotated[bool, typer.Option("--json", help="Print the sampling summary as JSON.")] = False,
         executor: ExecutorOption = None,
         address: AddressOption = None,
+        dry_run: DryRunOption = False,
     ) -> None:
         """Sample rationales into <work_dir>/<name>/samples/ (resumes; only missing (qid, sample_idx) are sampled)."""
         from builder import sample as sample_stage
@@ -43,6 +63,9 @@ def register(app: typer.Typer) -> None:
 
         cfg = load_recipe(recipe)
         apply_executor(cfg, executor, address)
+        if dry_run:
+            print_estimate(cfg, json_out)
+            return
         questions = tasks.run(cfg.tasks, cfg.base_dir)
         if regenerate:
             qid, _, idx = regenerate.partition(":")
