@@ -497,7 +497,11 @@ def _shard_frame(work: ShardWork, completions: Sequence[Completion], answers: Se
 
 def regenerate(recipe: Recipe, question: str, task: str, qid: str, sample_idx: int, *, engine: Any = None,
                teacher: Teacher | None = None) -> pl.DataFrame:
-    """Sample exactly sample `sample_idx` of question `qid` again (same seed, same prompt): one-row samples table."""
+    """Sample exactly sample `sample_idx` of question `qid` again (same seed, same prompt): one-row samples table.
+
+    Raises:
+        BuilderError: the run holds that sample as one its seed does not reproduce (`regenerable` false)."""
+    _check_regenerable(Run.of(recipe), qid, sample_idx)
     questions = pl.DataFrame({"qid": [qid], "task": [task], "question": [question]})
     own = teacher is None
     teacher = teacher or make_teacher(TeacherSetup.of(recipe), engine=engine)
@@ -513,3 +517,18 @@ def regenerate(recipe: Recipe, question: str, task: str, qid: str, sample_idx: i
         if own:
             teacher.close()
     return _shard_frame(work, completions, answers, recipe, ctx.run.id)
+
+
+def _check_regenerable(run: Run, qid: str, sample_idx: int) -> None:
+    for shard in run.shards():
+        keys = read_shard(shard, ["qid", "sample_idx"])
+        if not keys.filter((pl.col("qid") == qid) & (pl.col("sample_idx") == sample_idx)).height:
+            continue
+        row = validate(read_shard(shard), "samples", where=shard).filter(
+            (pl.col("qid") == qid) & (pl.col("sample_idx") == sample_idx))
+        if row["regenerable"].eq_missing(False).any():
+            raise BuilderError(
+                f"sample {qid}:{sample_idx} in {shard} cannot be regenerated: it is one of n samples the teacher "
+                f"{row['teacher'][0]!r} drew in one request, and that server (not vLLM) does not give each of them "
+                "its own seed. Samples made with teacher.use_n: false (one request per sample) can be regenerated")
+        return
