@@ -263,12 +263,8 @@ class OpenAITeacher(Teacher):
         key = request_key(path, body)
         if self.journal is not None and (entry := self.journal.get(key)) is not None:
             return entry["response"]
-        limit = self.cfg.max_cost_usd
-        if limit is not None and (self._spent_before.cost_usd or 0.0) + (self.usage.cost_usd or 0.0) >= limit:
-            raise CostLimit(f"the run has spent ${(self._spent_before.cost_usd or 0) + (self.usage.cost_usd or 0):.4f}"
-                            f" of teacher.max_cost_usd ${limit:g}: stopped before sending more")
         tokens = prompt_chars // 4 + body["n"] * body["max_tokens"]
-        resp = await self.transport.post(path, body, tokens=tokens)
+        resp = await self.transport.post(path, body, tokens=tokens, ready=self._within_budget)
         if isinstance(resp, Refused):
             return resp
         out = self.compact(resp)
@@ -278,6 +274,13 @@ class OpenAITeacher(Teacher):
             self.journal.append({"key": key, "qid": qid, "samples": samples, "usage": usage.to_json(),
                                  "response": out})
         return out
+
+    def _within_budget(self) -> None:
+        limit = self.cfg.max_cost_usd
+        spent = (self._spent_before.cost_usd or 0.0) + (self.usage.cost_usd or 0.0)
+        if limit is not None and spent >= limit:
+            raise CostLimit(f"the run has spent ${spent:.4f} of teacher.max_cost_usd ${limit:g}: stopped before "
+                            "sending more")
 
     async def _rationales(self, req: Request, offset: int, n: int) -> list[Completion]:
         """Samples offset .. offset+n-1 of a request, in one call with seed base + offset."""
@@ -335,14 +338,15 @@ class OpenAITeacher(Teacher):
         return work, [c for done, _ in parts for c in done], [a for _, answers in parts for a in answers]
 
     def stream(self, shards: Iterable[ShardWork], answer_max_tokens: int) -> Iterator[ShardResult]:
-        """Shards in flight together (up to a window of 4 x concurrency samples, so a small shard never caps the
-        concurrency), yielded as each completes. Ctrl-C or an error cancels every request in flight; a cost limit
-        lets the requests in flight finish (they are paid), yields the shards they complete, then stops."""
+        """Shards in flight together (until they hold 2 x concurrency stage-1 requests, so a shard of few questions
+        never caps the concurrency), yielded as each completes. Ctrl-C or an error cancels every request in flight;
+        a cost limit lets the requests in flight finish (they are paid), yields the shards they complete, then
+        stops."""
         self.start()
         loop = self._ensure_loop()
         done: queue.Queue[concurrent.futures.Future[ShardResult]] = queue.Queue()
-        pending: dict[concurrent.futures.Future[ShardResult], int] = {}
-        window = 4 * self.cfg.concurrency
+        pending: dict[concurrent.futures.Future[ShardResult], int] = {}  # shard -> its stage-1 requests
+        window = 2 * self.cfg.concurrency
         works = iter(shards)
         more = True
         try:
@@ -353,7 +357,7 @@ class OpenAITeacher(Teacher):
                         more = False
                         break
                     fut = asyncio.run_coroutine_threadsafe(self._shard(work, answer_max_tokens), loop)
-                    pending[fut] = work.sequences
+                    pending[fut] = len(work.requests) if self.cfg.use_n else work.sequences
                     fut.add_done_callback(done.put)
                 if not pending:
                     return

@@ -177,9 +177,11 @@ class Transport:
                     self._pause_until = max(self._pause_until, time.monotonic() + min(reset, RETRY_AFTER_MAX_S))
 
     # ---------------------------------------------------------------- a request
-    async def post(self, path: str, body: dict[str, Any], *, tokens: int) -> dict[str, Any] | Refused:
+    async def post(self, path: str, body: dict[str, Any], *, tokens: int, ready: Callable[[], None] = lambda: None
+                   ) -> dict[str, Any] | Refused:
         """The JSON answer, or Refused; raises EngineError for bad credentials or model, or once the server has
-        failed every request for `retry_budget_s`."""
+        failed every request for `retry_budget_s`. `ready` runs just before each send (a cost limit raises there:
+        requests queued at the gate are checked when they go, not when they were queued)."""
         import httpx
 
         url = f"{self.base_url}{path}"
@@ -193,6 +195,7 @@ class Transport:
                         await self.rpm.acquire()
                     if self.tpm:
                         await self.tpm.acquire(min(tokens, self.tpm.max_rate))
+                    ready()
                     self.sent += 1
                     self.retries += attempts > 0
                     try:

@@ -1,6 +1,7 @@
-"""Seeds that tell the truth: n samples drawn in one request from a server that is not vLLM (a hosted API, here a
-named fake of one on loopback) are written `regenerable` false, and regenerating one is refused by name; one request
-per sample keeps every sample regenerable."""
+"""The openai teacher against a named fake of a hosted API on loopback (what cannot run here): seeds that tell the
+truth (n samples drawn in one request from a server that is not vLLM are written `regenerable` false, and
+regenerating one is refused by name; one request per sample keeps every sample regenerable), and a cost limit
+checked when a request goes, not when it was queued."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from builder import sample, tasks
-from builder.errors import BuilderError
+from builder.errors import BuilderError, CostLimit
 from builder.recipe import Recipe
 from tests.helpers import arith_task
 
@@ -53,10 +54,10 @@ def hosted() -> Iterator[tuple[str, list[dict]]]:
     server.server_close()
 
 
-def _recipe(tmp_path: Path, url: str, use_n: bool) -> Recipe:
+def _recipe(tmp_path: Path, url: str, use_n: bool, **teacher) -> Recipe:
     return Recipe.model_validate({
         "name": "hosted", "work_dir": str(tmp_path / f"runs-{use_n}"), "tasks": {"items": [arith_task(tmp_path)]},
-        "teacher": {"backend": "openai", "model": "gpt-x", "base_url": url, "use_n": use_n},
+        "teacher": {"backend": "openai", "model": "gpt-x", "base_url": url, "use_n": use_n, **teacher},
         "prompt": {"two_stage": False}, "sampling": {"n": 3, "max_tokens": 8, "seed": 1}})
 
 
@@ -84,3 +85,19 @@ def test_one_request_per_sample_stays_regenerable(tmp_path, hosted):
     qid = samples.sort("qid", "sample_idx")["qid"][0]
     row = sample.regenerate(recipe, questions.filter(questions["qid"] == qid)["question"][0], "arith", qid, 2)
     assert row["seed"][0] == sample.sample_seed(1, qid, 2) and seen[-1]["seed"] == row["seed"][0]
+
+
+def test_the_cost_limit_stops_requests_queued_before_it_was_reached_and_the_rerun_buys_only_the_rest(tmp_path, hosted):
+    url, seen = hosted
+    # every request: 5 completion tokens at $100,000 per million = $0.50; the limit is reached after 2 requests
+    limits = {"prices": {"input": 0, "output": 100_000}, "max_cost_usd": 1.0, "concurrency": 1}
+    recipe = _recipe(tmp_path, url, use_n=False, **limits)
+    questions = tasks.run(recipe.tasks, recipe.base_dir)
+    with pytest.raises(CostLimit, match=r"spent \$1\.0000 of teacher.max_cost_usd \$1"):
+        sample.run(questions, recipe)
+    assert len(seen) == 2  # the 13 requests queued behind the first two were never sent
+    recipe = _recipe(tmp_path, url, use_n=False, **{**limits, "max_cost_usd": 100.0})
+    samples, stats = sample.run(questions, recipe)
+    assert samples.height == 15 and len(seen) == 15
+    assert len({json.dumps(b, sort_keys=True) for b in seen}) == 15  # none bought twice
+    assert stats.extra["spent"]["cost_usd"] == pytest.approx(7.5) and stats.extra["spent"]["requests"] == 15
