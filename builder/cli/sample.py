@@ -99,6 +99,14 @@ def register(app: typer.Typer) -> None:
                   f"{stats.new_samples} in {stats.shards_written} shards: {stats.prompt_tokens} prompt + "
                   f"{stats.completion_tokens} completion tokens in {stats.seconds:.1f} s "
                   f"({stats.tokens_per_s:.1f} generated tokens/s)")
+        if "spent" in summary:
+            from builder.cost import Usage
+
+            out.print(f"teacher spent: {Usage.from_json(summary['usage']).describe()} in this run; "
+                      f"{Usage.from_json(summary['spent']).describe()} in all (resumes included)")
+            if summary.get("refused"):
+                out.print(f"teacher errors: {summary['refused']} sample(s) refused by the server (finish_reason "
+                          "error, its message in the error column); a rerun asks refused rationales again")
         if "adaptive" in summary:
             a = summary["adaptive"]
             out.print(f"adaptive: {a['solved']} of {a['questions']} questions solved in {a['rounds']} round(s), "

@@ -65,6 +65,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 CANCEL_WAIT_S = 1.0  # how long Ctrl-C waits for cancelled requests to let go of their connections
+# Refusals before any answer that mean the server refuses the recipe (a model without /completions, a parameter it
+# rejects), not a prompt: the run stops instead of writing every sample as an error.
+SYSTEMATIC_REFUSALS = 16
 
 
 @TEACHERS.register("openai")
@@ -91,7 +94,8 @@ class OpenAITeacher(Teacher):
             raise EngineError(f"teacher.max_cost_usd needs the price of {teacher.model!r}, which the shipped table "
                               "does not hold: set teacher.prices (USD per million tokens: input, output)")
         self.usage = cost.Usage()  # what this teacher's requests used (journal hits are not counted again)
-        self.refused = 0
+        self.refused = 0  # samples written as errors
+        self.answered = self._refusals = 0  # requests answered (journal included) and refused
         self.server_is_vllm: bool | None = None
         self.journal: Journal | None = None
         self._spent_before = cost.Usage()
@@ -142,14 +146,11 @@ class OpenAITeacher(Teacher):
         """Ask the server what it is: vLLM's `/models` says `owned_by: vllm` and lists the names it serves."""
         if self.server_is_vllm is not None:
             return
-        import httpx
-
-        try:
-            models = self._run(self.transport.get("/models")).get("data") or []
-        except (httpx.HTTPError, ValueError, AttributeError) as exc:
-            log.info("teacher %s: /models unreadable (%s): treated as a server that is not vLLM", self.base_url, exc)
-            self.server_is_vllm = False
-            return
+        answer = self._run(self.transport.get("/models"))
+        models = [m for m in (answer.get("data") if isinstance(answer, dict) else None) or [] if isinstance(m, dict)]
+        if not models:
+            log.info("teacher %s: /models lists nothing (%s): treated as a server that is not vLLM", self.base_url,
+                     answer.message if isinstance(answer, Refused) else "no data")
         self.server_is_vllm = any(m.get("owned_by") == "vllm" for m in models)
         served = [str(m.get("id")) for m in models]
         if self.server_is_vllm and self.cfg.model not in served:
@@ -262,11 +263,18 @@ class OpenAITeacher(Teacher):
         """The journaled answer of this exact request, else the server's (journaled the moment it arrives)."""
         key = request_key(path, body)
         if self.journal is not None and (entry := self.journal.get(key)) is not None:
+            self.answered += 1
             return entry["response"]
         tokens = prompt_chars // 4 + body["n"] * body["max_tokens"]
         resp = await self.transport.post(path, body, tokens=tokens, ready=self._within_budget)
         if isinstance(resp, Refused):
+            self._refusals += 1
+            if not self.answered and self._refusals >= SYSTEMATIC_REFUSALS:
+                raise EngineError(f"teacher {self.base_url}: the first {self._refusals} requests were all refused "
+                                  f"and none answered (last: {resp.message}): the recipe (model, endpoint, "
+                                  "parameters), not a prompt, is what the server refuses")
             return resp
+        self.answered += 1
         out = self.compact(resp)
         usage = cost.request_usage(resp.get("usage"), self.prices)
         self.usage.add(usage)

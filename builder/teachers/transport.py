@@ -123,10 +123,9 @@ class Transport:
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    async def get(self, path: str) -> Any:
-        resp = await self.client.get(f"{self.base_url}{path}", headers=self.headers())
-        resp.raise_for_status()
-        return resp.json()
+    async def get(self, path: str) -> dict[str, Any] | Refused:
+        """GET through the same gate (a server still starting is waited for); any 4xx but a bad key is Refused."""
+        return await self._send("GET", path, None, tokens=0, fatal=frozenset({401, 403}))
 
     # ---------------------------------------------------------------- the gate
     async def _open(self) -> bool:
@@ -182,6 +181,11 @@ class Transport:
         """The JSON answer, or Refused; raises EngineError for bad credentials or model, or once the server has
         failed every request for `retry_budget_s`. `ready` runs just before each send (a cost limit raises there:
         requests queued at the gate are checked when they go, not when they were queued)."""
+        return await self._send("POST", path, body, tokens=tokens, ready=ready)
+
+    async def _send(self, method: str, path: str, body: dict[str, Any] | None, *, tokens: int,
+                    ready: Callable[[], None] = lambda: None, fatal: frozenset[int] = FATAL_STATUS
+                    ) -> dict[str, Any] | Refused:
         import httpx
 
         url = f"{self.base_url}{path}"
@@ -199,21 +203,30 @@ class Transport:
                     self.sent += 1
                     self.retries += attempts > 0
                     try:
-                        resp = await self.client.post(url, json=body, headers=self.headers())
+                        resp = await self.client.request(method, url, json=body, headers=self.headers())
                     except httpx.TimeoutException:
                         last = f"timed out after {self.timeout_s:g} s"
                     except httpx.TransportError as exc:
                         last = f"{type(exc).__name__}: {exc}".rstrip(": ")
                     else:
                         self._limits_from(resp.headers)
-                        if resp.status_code < 300:
-                            self._succeeded()
-                            return resp.json()
                         last = f"HTTP {resp.status_code}: {resp.text[:500]}"
-                        hint = self.hint(resp.status_code, body, resp.text)
-                        if resp.status_code in FATAL_STATUS or hint:
+                        if resp.status_code < 300:
+                            try:
+                                answer = resp.json()
+                            except ValueError:  # a proxy's page, a body cut short: not an answer, ask again
+                                answer = None
+                            if isinstance(answer, dict):
+                                self._succeeded()
+                                return answer
+                            last = f"HTTP {resp.status_code} without a JSON object: {resp.text[:200]!r}"
+                        hint = "" if resp.status_code < 300 else self.hint(resp.status_code, body or {}, resp.text)
+                        if 300 <= resp.status_code < 400:
+                            hint = (f" (it redirects to {resp.headers.get('location')!r}: set teacher.base_url to the "
+                                    "address that answers)")
+                        if resp.status_code in fatal or hint:
                             raise EngineError(f"teacher {url}: {last}{hint}")
-                        if resp.status_code not in RETRY_STATUS:
+                        if resp.status_code >= 300 and resp.status_code not in RETRY_STATUS:
                             self._succeeded()  # the server is up: it read the request and refused this one
                             return Refused(resp.status_code, _message(resp))
                         retry_after = _retry_after(resp.headers.get("retry-after"))

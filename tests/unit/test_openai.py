@@ -11,18 +11,26 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from builder import sample, tasks
-from builder.errors import BuilderError, CostLimit
+from builder.errors import BuilderError, CostLimit, EngineError
 from builder.recipe import Recipe
+from builder.teachers import transport
 from tests.helpers import arith_task
+
+
+POISON = "POISON"
+BROKEN: dict[str, str] = {}  # what the fake does wrong: refuse every request ("refuse_all"), redirect, send HTML
 
 
 @pytest.fixture
 def hosted() -> Iterator[tuple[str, list[dict]]]:
-    """A fake hosted completions API: `/models` owned by "openai"; every completion choice says "7"."""
+    """A fake hosted completions API: `/models` owned by "openai"; every completion choice says "7"; a prompt holding
+    POISON is refused as too long (HTTP 400, OpenAI's error shape); `BROKEN` switches on whole-server faults."""
     seen: list[dict] = []
+    BROKEN.clear()
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
@@ -39,9 +47,26 @@ def hosted() -> Iterator[tuple[str, list[dict]]]:
         def do_GET(self) -> None:  # noqa: N802
             self._json({"data": [{"id": "gpt-x", "owned_by": "openai"}]})
 
+        def _send(self, status: int, raw: bytes, **headers: str) -> None:
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k.replace("_", "-"), v)
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
         def do_POST(self) -> None:  # noqa: N802
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             seen.append(body)
+            if BROKEN.get("html"):
+                BROKEN["html"] = BROKEN["html"][1:]  # one page per character
+                return self._send(200, b"<html>gateway</html>", Content_Type="text/html")
+            if BROKEN.get("redirect"):
+                return self._send(302, b"", Location="https://elsewhere.test/v1/completions")
+            if BROKEN.get("refuse_all") or POISON in body["prompt"]:
+                return self._send(400, json.dumps({"error": {
+                    "message": "This model's maximum context length is 16 tokens.", "type": "invalid_request_error",
+                    "code": "context_length_exceeded"}}).encode(), Content_Type="application/json")
             n = body["n"]
             self._json({"choices": [{"index": i, "text": f" so {i} and the answer is 7.", "finish_reason": "stop",
                                      "logprobs": {"tokens": ["a"] * 5}} for i in range(n)],
@@ -54,9 +79,10 @@ def hosted() -> Iterator[tuple[str, list[dict]]]:
     server.server_close()
 
 
-def _recipe(tmp_path: Path, url: str, use_n: bool, **teacher) -> Recipe:
+def _recipe(tmp_path: Path, url: str, use_n: bool, questions: list[str] | None = None, **teacher) -> Recipe:
+    task = arith_task(tmp_path, [(q, 7) for q in questions]) if questions else arith_task(tmp_path)
     return Recipe.model_validate({
-        "name": "hosted", "work_dir": str(tmp_path / f"runs-{use_n}"), "tasks": {"items": [arith_task(tmp_path)]},
+        "name": "hosted", "work_dir": str(tmp_path / f"runs-{use_n}"), "tasks": {"items": [task]},
         "teacher": {"backend": "openai", "model": "gpt-x", "base_url": url, "use_n": use_n, **teacher},
         "prompt": {"two_stage": False}, "sampling": {"n": 3, "max_tokens": 8, "seed": 1}})
 
@@ -101,3 +127,43 @@ def test_the_cost_limit_stops_requests_queued_before_it_was_reached_and_the_reru
     assert samples.height == 15 and len(seen) == 15
     assert len({json.dumps(b, sort_keys=True) for b in seen}) == 15  # none bought twice
     assert stats.extra["spent"]["cost_usd"] == pytest.approx(7.5) and stats.extra["spent"]["requests"] == 15
+
+
+def test_a_refused_prompt_becomes_an_error_on_its_samples_and_the_run_goes_on(tmp_path, hosted):
+    url, seen = hosted
+    recipe = _recipe(tmp_path, url, True, ["What is 3 + 4?", f"{POISON} What is 1 + 1?", "What is 2 + 5?"])
+    questions = tasks.run(recipe.tasks, recipe.base_dir)
+    samples, stats = sample.run(questions, recipe)
+    poisoned = samples.join(questions.filter(pl.col("question").str.contains(POISON)).select("qid"), on="qid")
+    assert poisoned.height == 3 and (poisoned["finish_reason"] == "error").all()
+    assert poisoned["error"].str.contains("HTTP 400: This model's maximum context length is 16 tokens.").all()
+    others = samples.join(poisoned.select("qid"), on="qid", how="anti")
+    assert others.height == 6 and (others["finish_reason"] == "stop").all() and others["error"].is_null().all()
+    assert stats.extra["refused"] == 3
+
+
+def test_a_server_that_refuses_everything_stops_the_run_instead_of_writing_errors(tmp_path, hosted):
+    url, seen = hosted
+    BROKEN["refuse_all"] = "yes"
+    recipe = _recipe(tmp_path, url, False, [f"What is {i} + 1?" for i in range(8)])
+    questions = tasks.run(recipe.tasks, recipe.base_dir)
+    with pytest.raises(EngineError, match=r"the first 16 requests were all refused.*the recipe"):
+        sample.run(questions, recipe)
+    assert not list((recipe.run_dir / "samples").glob("shard-*.parquet"))
+
+
+def test_a_redirect_is_a_wrong_base_url_and_a_page_that_is_not_json_is_asked_again(tmp_path, hosted, monkeypatch):
+    url, seen = hosted
+    monkeypatch.setattr(transport, "BACKOFF_S", 0.01)
+    BROKEN["redirect"] = "yes"
+    recipe = _recipe(tmp_path, url, use_n=True)
+    questions = tasks.run(recipe.tasks, recipe.base_dir)
+    with pytest.raises(EngineError, match=r"HTTP 302.*redirects to 'https://elsewhere.test/v1/completions'"):
+        sample.run(questions, recipe)
+    BROKEN.clear()
+    BROKEN["html"] = "xx"
+    asked = len(seen)
+    samples, _ = sample.run(questions, recipe)
+    assert samples.height == 15 and (samples["finish_reason"] == "stop").all()
+    assert len(seen) - asked == 5 + 2
+
