@@ -24,8 +24,6 @@ if TYPE_CHECKING:
     import polars as pl
 
     from builder.recipe import Recipe
-    from builder.run import Run
-    from builder.teachers import Teacher
 
 TABLE = Path(__file__).parent / "data" / "prices.yaml"
 
@@ -108,9 +106,6 @@ def format_usd(value: float) -> str:
 
 # ------------------------------------------------------------------ before a run: what it would cost
 CHARS_PER_TOKEN = 4
-# Backends that render chat prompts with their engine's tokenizer (starting the engine): a dry run renders with the
-# tokenizer alone. The others send messages as JSON (openai: the server applies the template) or send nothing.
-ENGINE_RENDERED = frozenset({"vllm", "hf"})
 
 
 @dataclass
@@ -192,33 +187,28 @@ class Estimate:
                 f"cost: {dollars}"]
 
 
-def estimate(plan: pl.DataFrame, recipe: Recipe, *, run: Run | None = None, tokens: Tokens | None = None
-             ) -> Estimate:
+def estimate(plan: pl.DataFrame, recipe: Recipe, *, tokens: Tokens | None = None, measured: pl.Series | None = None,
+             messages: bool = False, batch: bool = False) -> Estimate:
     """Requests, tokens and dollars of `plan` (`builder.sample.plan`: what sampling would ask for now).
 
     Stage 1 is one request per row with `teacher.use_n`, else one per sample; stage 2 one per sample of a row with
     an answer prompt, whose prompt is the stage-1 prompt, the rationale and the answer prompt. A rationale is
-    max_tokens long, an answer answer_max_tokens: an upper bound, until the run's shards hold samples; then their
-    mean completion tokens (both stages, as the shards count them) is what a sample costs, measured, not guessed.
+    max_tokens long, an answer answer_max_tokens: an upper bound, unless `measured` holds the completion tokens of
+    samples the run already has (both stages, as the shards count them): their mean is what a sample costs.
+    `messages`: chat prompts are JSON messages the server renders (counted through the chat template); `batch`:
+    priced at the batch discount.
     """
-    import polars as pl
-
-    from builder.run import Run
-    from builder.shards import read_samples
-    from builder.teachers.base import FAILED
-
     t, s = recipe.teacher, recipe.sampling
     tokens = tokens or Tokens.of(t)
-    done = read_samples(run or Run.of(recipe), ["finish_reason", "completion_tokens"]).filter(
-        pl.col("finish_reason") != FAILED, pl.col("completion_tokens").is_not_null())
-    measured = float(done["completion_tokens"].mean()) if done.height else None
+    measured_on = 0 if measured is None else measured.len()
+    mean = float(measured.mean()) if measured_on else None  # type: ignore[union-attr, arg-type]
     chat = recipe.prompt.format == "chat"
     prompts = plan["prompt"].to_list()
-    if chat and t.backend == "openai" and tokens.tokenizer is not None:  # messages as JSON: the server renders them
+    if chat and messages and tokens.tokenizer is not None:  # messages as JSON: the server renders them
         prompts = [tokens.chat(json.loads(p), recipe.prompt.chat_template_kwargs) for p in prompts]
     stage1 = tokens.count(prompts, special=not chat)
     answer = tokens.count(["\n" + a for a in plan["answer_prompt"].fill_null("")], special=False)
-    rationale = s.max_tokens if measured is None else measured
+    rationale = s.max_tokens if mean is None else mean
     samples = requests = prompt = answered = 0
     for n, has_answer, p1, p2 in zip(plan["count"], plan["answer_prompt"].is_not_null(), stage1, answer,
                                      strict=True):
@@ -227,45 +217,9 @@ def estimate(plan: pl.DataFrame, recipe: Recipe, *, run: Run | None = None, toke
         if has_answer:
             answered += n
             prompt += n * (p1 + rationale + p2)
-    completion = round(samples * rationale + (answered * s.answer_max_tokens if measured is None else 0))
+    completion = round(samples * rationale + (answered * s.answer_max_tokens if mean is None else 0))
     prices = prices_for(t)
     return Estimate(plan.height, samples, requests, answered, round(prompt), completion,
-                    completion / samples if samples else 0.0, done.height, cost(prices, prompt, 0, completion),
+                    completion / samples if samples else 0.0, measured_on,
+                    cost(prices, prompt, 0, completion, batch=batch),
                     None if prices is None else prices.model_dump(), tokens.why)
-
-
-class _TokenizerRendered:
-    """The teacher as `sample.plan` uses it (render, budget), its chat prompts rendered with the tokenizer alone
-    (JSON messages, approximate, where none loads): the engine whose tokenizer it would use is never started."""
-
-    def __init__(self, teacher: Teacher, tokens: Tokens, template_kwargs: dict[str, Any]) -> None:
-        self.teacher, self.tokens, self.template_kwargs = teacher, tokens, template_kwargs
-
-    def render(self, prompt: str | list[dict[str, str]]) -> str:
-        if isinstance(prompt, str):
-            return prompt
-        if self.tokens.tokenizer is None:
-            return json.dumps(prompt, ensure_ascii=False)
-        return self.tokens.chat(prompt, self.template_kwargs)
-
-    def budget(self, questions: pl.DataFrame, n: int) -> int | pl.Expr:
-        return self.teacher.budget(questions, n)
-
-
-def dry_run(recipe: Recipe) -> Estimate:
-    """What sampling `recipe` would send now (`--dry-run`): the plan of the run's missing samples and its estimate.
-
-    The teacher is made, never started (engines start, and requests go out, on first use); nothing is written."""
-    from builder import sample, tasks
-    from builder.teachers import TeacherSetup, make_teacher
-
-    questions = tasks.run(recipe.tasks, recipe.base_dir)
-    tokens = Tokens.of(recipe.teacher)
-    teacher = make_teacher(TeacherSetup.of(recipe))
-    try:
-        planner = (_TokenizerRendered(teacher, tokens, recipe.prompt.chat_template_kwargs)
-                   if recipe.teacher.backend in ENGINE_RENDERED else teacher)
-        plan = sample.plan(questions, recipe, planner)  # type: ignore[arg-type]
-    finally:
-        teacher.close()
-    return estimate(plan, recipe, tokens=tokens)

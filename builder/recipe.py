@@ -99,13 +99,13 @@ class TeacherConfig(_Strict):
     """The teacher model and the engine that runs it."""
 
     backend: str = Field("vllm", description="A registered teacher backend (builder.teachers.TEACHERS): vllm "
-                         "in-process, an OpenAI-compatible server (openai), existing completions (import), or "
-                         "transformers.generate (hf).")
+                         "in-process, an OpenAI-compatible server (openai), the OpenAI Batch API (openai_batch, at "
+                         "its discount), existing completions (import), or transformers.generate (hf).")
     model: str = Field(description="Hub id, local folder, or a local alias (smollm2-135m-instruct).")
     revision: str | None = Field(None, description="Model revision, recorded in every sample.")
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="Extra vllm.LLM(...) arguments (dtype, max_model_len, ...).")
-    base_url: str | None = Field(None, description="OpenAI-compatible base URL (backend=openai).")
+    base_url: str | None = Field(None, description="OpenAI-compatible base URL (backend=openai, openai_batch).")
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key; the key "
                              "itself is never written anywhere.")
     concurrency: int = Field(16, ge=1, description="Concurrent requests (backend=openai).")
@@ -357,8 +357,11 @@ class Recipe(_Strict):
             raise ValueError("prompt.exemplars is required for few_shot_cot (use 'paper' or a list)")
         if self.teacher.backend == "import" and not self.teacher.import_path:
             raise ValueError("teacher.import_path is required for backend=import")
-        if self.teacher.backend == "openai" and not self.teacher.base_url:
-            raise ValueError("teacher.base_url is required for backend=openai")
+        if self.teacher.backend in ("openai", "openai_batch") and not self.teacher.base_url:
+            raise ValueError(f"teacher.base_url is required for backend={self.teacher.backend}")
+        if self.executor.kind == "ray" and self.teacher.backend == "openai_batch":
+            raise ValueError("executor.kind ray runs a teacher per replica, and each would submit its own batches: "
+                             "run teacher.backend openai_batch with executor.kind local (the provider runs the batch)")
         if self.executor.kind == "ray" and self.teacher.backend == "import":
             raise ValueError("executor.kind ray generates on engine replicas; teacher.backend import reads existing "
                              "completions: run it with executor.kind local")

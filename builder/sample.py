@@ -26,6 +26,7 @@ just a larger per-question target, so resuming replays the same decisions from t
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -35,7 +36,7 @@ from typing import Any
 
 import polars as pl
 
-from builder import tasks
+from builder import cost, tasks
 from builder.errors import BuilderError
 from builder.executors import Executor, ShardWritten, make_executor
 from builder.executors import storage as shard_storage
@@ -45,7 +46,7 @@ from builder.recipe import Recipe
 from builder.run import Run, RunConflict
 from builder.schemas import atomic_write_parquet, validate
 from builder.shards import only_wanted, read_samples, read_shard, wanted
-from builder.teachers import Answer, Completion, Request, ShardWork, Teacher, TeacherSetup, make_teacher
+from builder.teachers import TEACHERS, Answer, Completion, Request, ShardWork, Teacher, TeacherSetup, make_teacher
 from builder.teachers.base import ANSWER_STAGE_FAILED, FAILED
 
 log = logging.getLogger(__name__)
@@ -323,6 +324,48 @@ def plan(questions: pl.DataFrame, recipe: Recipe, teacher: Teacher, run: Run | N
         prompt=pl.Series([ctx.prompt(q) for q in counts["qid"]], dtype=pl.String),
         answer_prompt=pl.col("task").replace_strict(answer_prompts, default=None, return_dtype=pl.String),
         count=pl.col("count"))
+
+
+class _TokenizerRendered:
+    """The teacher as `plan` uses it (render, budget), its chat prompts rendered with the tokenizer alone (JSON
+    messages where none loads, counted approximately): the engine whose tokenizer it would use is never started."""
+
+    def __init__(self, teacher: Teacher, tokens: cost.Tokens, template_kwargs: dict[str, Any]) -> None:
+        self.teacher, self.tokens, self.template_kwargs = teacher, tokens, template_kwargs
+
+    def render(self, prompt: str | list[dict[str, str]]) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        if self.tokens.tokenizer is None:
+            return json.dumps(prompt, ensure_ascii=False)
+        return self.tokens.chat(prompt, self.template_kwargs)
+
+    def budget(self, questions: pl.DataFrame, n: int) -> int | pl.Expr:
+        return self.teacher.budget(questions, n)
+
+
+def measured_completions(run: Run) -> pl.Series:
+    """Completion tokens of the samples the run holds (refused ones left out): what a sample costs, measured."""
+    done = read_samples(run, ["finish_reason", "completion_tokens"])
+    return done.filter(pl.col("finish_reason") != FAILED, pl.col("completion_tokens").is_not_null())[
+        "completion_tokens"]
+
+
+def dry_run(recipe: Recipe) -> cost.Estimate:
+    """What sampling `recipe` would send now (`--dry-run`): the plan of the run's missing samples and its estimate.
+    The teacher is made, never started (engines start, and requests go out, on first use); nothing is written."""
+    questions = tasks.run(recipe.tasks, recipe.base_dir)
+    tokens = cost.Tokens.of(recipe.teacher)
+    kind = TEACHERS.get(recipe.teacher.backend)
+    teacher = make_teacher(TeacherSetup.of(recipe))
+    try:
+        planner = teacher if kind.sends_messages else _TokenizerRendered(teacher, tokens,
+                                                                          recipe.prompt.chat_template_kwargs)
+        todo = plan(questions, recipe, planner)  # type: ignore[arg-type]
+    finally:
+        teacher.close()
+    return cost.estimate(todo, recipe, tokens=tokens, measured=measured_completions(Run.of(recipe)),
+                         messages=kind.sends_messages, batch=kind.batch_priced)
 
 
 def _check_answer_prompts(run: Run, done: pl.DataFrame, questions: pl.DataFrame, wanted_prompts: dict[str, str]

@@ -22,10 +22,10 @@ DryRunOption = Annotated[bool, typer.Option(
 
 def print_estimate(cfg: Recipe, json_out: bool) -> None:
     """`--dry-run`: the estimate of what sampling `cfg` would send now, on stdout (`--json`: as one JSON line)."""
-    from builder import cost
+    from builder import sample
     from builder.cli._common import echo_json
 
-    estimate = cost.dry_run(cfg)
+    estimate = sample.dry_run(cfg)
     if json_out:
         echo_json(estimate.to_json())
         return

@@ -138,6 +138,11 @@ class Teacher(Protocol):
     # True where completions come with the prompts they were made with (import): the recipe's answer prompts are
     # then not checked against the samples on storage.
     own_prompts: ClassVar[bool] = False
+    # True where chat prompts travel as JSON messages the server renders (a dry run counts them through the model's
+    # chat template); False where `render` makes the text with the engine's own tokenizer.
+    sends_messages: ClassVar[bool] = False
+    # True where the provider bills the requests at its batch discount.
+    batch_priced: ClassVar[bool] = False
 
     @classmethod
     def fingerprint_extra(cls, setup: TeacherSetup) -> dict[str, Any]:

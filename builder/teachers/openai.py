@@ -74,6 +74,8 @@ SYSTEMATIC_REFUSALS = 16
 class OpenAITeacher(Teacher):
     """A teacher behind an OpenAI-compatible HTTP API (completions for raw prompts, chat completions for chat)."""
 
+    sends_messages = True
+
     def __init__(self, setup: TeacherSetup, *, engine: Any = None) -> None:
         teacher = setup.teacher
         if not teacher.base_url:
@@ -338,11 +340,11 @@ class OpenAITeacher(Teacher):
             one = ShardWork([req], work.answer_prompt, work.answer_truncated)
             idx = set(answer_items(one, done))
             prompt = work.answer_prompt.get(req.qid) or ""
-            answers = await _all([self._answer(req.prompt, c, prompt, answer_max_tokens) if i in idx else _none()
+            answers = await gather_all([self._answer(req.prompt, c, prompt, answer_max_tokens) if i in idx else _none()
                                   for i, c in enumerate(done)])
             return done, answers
 
-        parts = await _all([call(*c) for c in calls])
+        parts = await gather_all([call(*c) for c in calls])
         return work, [c for done, _ in parts for c in done], [a for _, answers in parts for a in answers]
 
     def stream(self, shards: Iterable[ShardWork], answer_max_tokens: int) -> Iterator[ShardResult]:
@@ -387,7 +389,7 @@ async def _none() -> None:
     return None
 
 
-async def _all(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
+async def gather_all(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
     """Every result, in order. When one fails the others are cancelled (none goes on sending requests once its
     shard is lost), except on a cost limit: requests in flight are paid, so they finish and are journaled."""
     tasks = [asyncio.ensure_future(c) for c in coros]

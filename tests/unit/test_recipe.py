@@ -213,7 +213,7 @@ def test_binding_names_every_unknown_name_with_its_file_field_and_the_valid_name
     with pytest.raises(RecipeError) as info:
         load_recipe(p)
     assert str(info.value).splitlines() == [
-        f"{p}: teacher.backend: unknown teacher backend 'ollama'; valid: hf, import, openai, vllm",
+        f"{p}: teacher.backend: unknown teacher backend 'ollama'; valid: hf, import, openai, openai_batch, vllm",
         f"{p}: executor.kind: unknown executor 'dask'; valid: local, ray",
         f"{p}: curation.filters: unknown quality filter 'truncatd'; valid: answer_first, degenerate, empty, length, "
         "no_answer, no_final_answer, reasoning_length, repeated_loop, truncated, unfinished_thinking",

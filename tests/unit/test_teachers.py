@@ -98,7 +98,7 @@ def test_an_unknown_backend_is_a_one_line_error_listing_the_valid_ones(tmp_path,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "teacher.backend" in err and "unknown teacher backend 'echoo'" in err
-    assert "valid: hf, import, openai, vllm" in err
+    assert "valid: hf, import, openai, openai_batch, vllm" in err
 
 
 def test_sampling_time_excludes_the_teachers_start_up(tmp_path, echo_requests):
