@@ -102,7 +102,6 @@ class Transport:
                  max_retries: int, rpm: int | None, tpm: int | None, headers: Callable[[], dict[str, str]],
                  hint: Callable[[int, dict[str, Any], str], str] = lambda status, body, text: "") -> None:
         import httpx
-        from aiolimiter import AsyncLimiter
 
         self.base_url, self.timeout_s = base_url, timeout_s
         self.retry_budget_s, self.max_retries = retry_budget_s, max_retries
@@ -110,9 +109,12 @@ class Transport:
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s),
                                         limits=httpx.Limits(max_connections=concurrency))
         self.limit = AdaptiveLimit(concurrency)
-        self._limiter = AsyncLimiter
-        self.rpm = AsyncLimiter(rpm, 60) if rpm else None
-        self.tpm = AsyncLimiter(tpm, 60) if tpm else None
+        self.rpm: Any = None
+        self.tpm: Any = None
+        self.rpm_limit = self.tpm_limit = 0
+        for attr, limit in (("rpm", rpm), ("tpm", tpm)):
+            if limit:
+                self._bucket(attr, limit)
         self.sent = self.retries = 0
         self._pause_until = 0.0
         self._streak = 0
@@ -164,6 +166,22 @@ class Transport:
             min(BACKOFF_MAX_S, BACKOFF_S * 2 ** min(self._streak - 1, 16)) * (0.5 + random.random() / 2))
         self._pause_until = max(self._pause_until, now + delay)
 
+    def _bucket(self, attr: str, per_minute: int) -> None:
+        """A leaky bucket that lets `per_minute` through in a minute, evenly: one request every 60/rpm s; tokens six
+        seconds' worth at a time (a minute's burst at once is what the provider's own limiter answers 429 to)."""
+        from aiolimiter import AsyncLimiter
+
+        setattr(self, attr, AsyncLimiter(1, 60 / per_minute) if attr == "rpm" else AsyncLimiter(per_minute / 10, 6))
+        setattr(self, f"{attr}_limit", per_minute)
+
+    async def _take_tokens(self, tokens: int) -> None:
+        """A request's tokens from the tpm bucket, in pieces no larger than it holds (so none is undercounted)."""
+        left = float(tokens)
+        while left > 0 and self.tpm is not None:
+            piece = min(left, self.tpm.max_rate)
+            await self.tpm.acquire(piece)
+            left -= piece
+
     def _limits_from(self, headers: Any) -> None:
         """The provider's own limits: tighten the buckets, pause every request while a window is spent."""
         for kind, attr in (("requests", "rpm"), ("tokens", "tpm")):
@@ -172,9 +190,9 @@ class Transport:
                 remaining = headers.get(f"x-ratelimit-remaining-{kind}")
             except ValueError:
                 continue
-            bucket = getattr(self, attr)
-            if limit and (bucket is None or limit < bucket.max_rate):
-                setattr(self, attr, self._limiter(limit, 60))
+            current = getattr(self, f"{attr}_limit")
+            if limit and (not current or limit < current):
+                self._bucket(attr, limit)
             if remaining is not None and remaining.strip() == "0":
                 reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
                 if reset:
@@ -196,14 +214,13 @@ class Transport:
         url = f"{self.base_url}{path}"
         started, attempts = time.monotonic(), 0
         while True:
-            probe = await self._open()
-            retry_after, overload = None, False
+            retry_after, overload, probe = None, False, False
             try:
                 async with self.limit:
                     if self.rpm:
                         await self.rpm.acquire()
-                    if self.tpm:
-                        await self.tpm.acquire(min(tokens, self.tpm.max_rate))
+                    await self._take_tokens(tokens)
+                    probe = await self._open()  # last: a request that waited for its slot still waits out a pause
                     ready()
                     epoch = self._epoch
                     self.sent += 1
