@@ -24,9 +24,12 @@ from builder.schemas import table_schema, validate
 from builder.store.rows import SORT_KEY
 
 HASH_SPEC = ("sha256 over: 'rows\\n' + sha256(rows as NDJSON sorted by task, qid, sample_idx) + '\\nrecipe\\n' + "
-             "canonical JSON of the recipe without machine-specific fields (paths, store location)")
-# Recipe fields that name places on one machine, not what the data is: left out of the content hash.
-_VOLATILE_KEYS = frozenset({"work_dir", "benchmarks_dir", "base_dir", "import_path", "root", "lock_timeout_s"})
+             "canonical JSON of the recipe without machine-specific fields (paths, store location, rate and cost "
+             "limits)")
+# Recipe fields that name places on one machine, or how fast and for how much a teacher is asked, not what the data
+# is: left out of the content hash.
+_VOLATILE_KEYS = frozenset({"work_dir", "benchmarks_dir", "base_dir", "import_path", "root", "lock_timeout_s",
+                           "rpm", "tpm", "retry_budget_s", "prices", "max_cost_usd"})
 # Rows per NDJSON slice fed to the digest (the digest does not depend on it).
 DIGEST_BATCH_ROWS = 10_000
 

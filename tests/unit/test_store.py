@@ -664,3 +664,17 @@ def test_a_repo_id_with_a_trailing_newline_is_no_repo_id():
 
     assert repo_id_problem("org/name") is None
     assert repo_id_problem("org/name\n")
+
+
+def test_rate_retry_and_cost_limits_are_not_what_a_version_is():
+    """Raising max_cost_usd to finish a run, or rpm to go faster, changes no row: the content hash stays."""
+    from builder.recipe import Recipe
+
+    raw = {"name": "demo", "tasks": {"items": [{"name": "multiarith"}]},
+           "teacher": {"backend": "openai", "model": "gpt-4o-mini", "base_url": "https://api.test/v1"}}
+    rows = store.rows_from_ledger(make_ledger(tasks=("multiarith",)))
+    plain = Recipe.model_validate(raw).model_dump(mode="json")
+    limited = Recipe.model_validate({**raw, "teacher": {**raw["teacher"], "rpm": 500, "tpm": 90_000,
+                                                        "retry_budget_s": 60, "max_cost_usd": 5,
+                                                        "prices": {"input": 1, "output": 2}}}).model_dump(mode="json")
+    assert store.content_hash(rows, limited) == store.content_hash(rows, plain)
