@@ -11,6 +11,7 @@ with the model's tokenizer where it is on this machine, and dollars, with nothin
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
@@ -34,14 +35,11 @@ def shipped() -> dict[str, Prices]:
 
 
 def prices_for(teacher: TeacherConfig) -> Prices | None:
-    """The recipe's prices, else the longest shipped entry the model's name (without a provider prefix) starts
-    with, else None."""
+    """The recipe's prices, else the shipped entry of the model's exact name (without a provider prefix), else
+    None: a snapshot or variant the table does not list is never priced like its neighbour."""
     if teacher.prices is not None:
         return teacher.prices
-    name = teacher.model.rsplit("/", 1)[-1].lower()
-    table = shipped()
-    matches = [k for k in table if name == k or name.startswith(k + "-")]
-    return table[max(matches, key=len)] if matches else None
+    return shipped().get(teacher.model.rsplit("/", 1)[-1].lower())
 
 
 @dataclass
@@ -81,12 +79,24 @@ class Usage:
                                            "cost_usd") if k in data})
 
 
-def request_usage(usage: dict[str, Any] | None, prices: Prices | None, *, batch: bool = False) -> Usage:
-    """One request's Usage from the `usage` object of an OpenAI-compatible response."""
-    usage = usage or {}
-    prompt = int(usage.get("prompt_tokens") or 0)
-    cached = int(((usage.get("prompt_tokens_details") or {}).get("cached_tokens")) or 0)
-    completion = int(usage.get("completion_tokens") or 0)
+def token_count(value: Any) -> int | None:
+    """A token count a server sent: a finite number >= 0, else None (absent, negative, text, NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return None
+    return int(value)
+
+
+def request_usage(usage: Any, prices: Prices | None, *, batch: bool = False, prompt_guess: int = 0,
+                  completion_guess: int = 0) -> Usage:
+    """One request's Usage from the `usage` object of an OpenAI-compatible response. A count the server did not
+    send, or sent unreadable, is the caller's guess (an upper bound), never zero: a limit on cost must see it."""
+    usage = usage if isinstance(usage, dict) else {}
+    details = usage.get("prompt_tokens_details")
+    prompt = token_count(usage.get("prompt_tokens"))
+    prompt = prompt_guess if prompt is None else prompt
+    cached = min(prompt, token_count(details.get("cached_tokens") if isinstance(details, dict) else None) or 0)
+    completion = token_count(usage.get("completion_tokens"))
+    completion = completion_guess if completion is None else completion
     return Usage(1, prompt, cached, completion, cost(prices, prompt, cached, completion, batch=batch))
 
 

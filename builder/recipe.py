@@ -359,6 +359,10 @@ class Recipe(_Strict):
             raise ValueError("teacher.import_path is required for backend=import")
         if self.teacher.backend in ("openai", "openai_batch") and not self.teacher.base_url:
             raise ValueError(f"teacher.base_url is required for backend={self.teacher.backend}")
+        if self.executor.kind == "ray" and self.teacher.max_cost_usd is not None:
+            raise ValueError("teacher.max_cost_usd is counted by the teacher that sends the requests, and "
+                             "executor.kind ray runs one per replica (each would spend the whole limit): run it with "
+                             "executor.kind local")
         if self.executor.kind == "ray" and self.teacher.backend == "openai_batch":
             raise ValueError("executor.kind ray runs a teacher per replica, and each would submit its own batches: "
                              "run teacher.backend openai_batch with executor.kind local (the provider runs the batch)")

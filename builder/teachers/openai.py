@@ -68,6 +68,9 @@ CANCEL_WAIT_S = 1.0  # how long Ctrl-C waits for cancelled requests to let go of
 # Refusals before any answer that mean the server refuses the recipe (a model without /completions, a parameter it
 # rejects), not a prompt: the run stops instead of writing every sample as an error.
 SYSTEMATIC_REFUSALS = 16
+# A completion the provider's content filter cut: paid, but never data (a refused sample, its reason in `error`).
+CONTENT_FILTER = "content_filter"
+FILTERED = "the provider's content filter stopped this completion (finish_reason content_filter)"
 
 
 @TEACHERS.register("openai")
@@ -95,15 +98,14 @@ class OpenAITeacher(Teacher):
         if teacher.max_cost_usd is not None and self.prices is None:
             raise EngineError(f"teacher.max_cost_usd needs the price of {teacher.model!r}, which the shipped table "
                               "does not hold: set teacher.prices (USD per million tokens: input, output)")
-        self.usage = cost.Usage()  # what this teacher's requests used (journal hits are not counted again)
         self.refused = 0  # samples written as errors
-        self.answered = self._refusals = 0  # requests answered (journal included) and refused
         self.server_is_vllm: bool | None = None
         self.journal: Journal | None = None
         self._spent_before = cost.Usage()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._transport: Transport | None = None
+        self._inflight: dict[str, asyncio.Future[dict[str, Any] | Refused]] = {}
         self.use_journal(setup.journal)
 
     # ---------------------------------------------------------------- the loop the requests run on
@@ -141,8 +143,11 @@ class OpenAITeacher(Teacher):
         return ""
 
     def use_journal(self, folder: Path | None) -> None:
+        """A run's journal; what it spent before is counted from there (this teacher's own counts start again)."""
         self.journal = Journal(folder) if folder is not None else None
         self._spent_before = self.journal.spent() if self.journal else cost.Usage()
+        self.usage = cost.Usage()  # what this teacher's requests used (journal hits are not counted again)
+        self.answered = self._refusals = 0  # requests answered (journal included) and refused
 
     def start(self) -> None:
         """Ask the server what it is: vLLM's `/models` says `owned_by: vllm` and lists the names it serves."""
@@ -231,21 +236,34 @@ class OpenAITeacher(Teacher):
 
     def compact(self, resp: dict[str, Any]) -> dict[str, Any]:
         """What a response is kept as (in the journal): per choice its index, text, finish reason, token count (from
-        logprobs, else usage when n=1) and thinking trace, plus the usage; the logprobs themselves are dropped."""
-        choices = resp.get("choices") or []
-        usage = resp.get("usage") or {}
+        logprobs, else usage when n=1) and thinking trace, plus the usage; the logprobs themselves are dropped.
+
+        Raises:
+            ValueError: the answer holds no choices to read (not a list, a choice that is no object, text that is
+                no string): the caller asks again rather than keep it."""
+        choices, usage = resp.get("choices"), resp.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
+        if not isinstance(choices, list):
+            raise ValueError("its choices are not a list")
         out = []
-        for c in choices:
-            part = c.get("message") or {} if self.chat else c
-            lp = c.get("logprobs") or {}
-            toks = lp.get("content") if self.chat else lp.get("tokens")
+        for pos, c in enumerate(choices):
+            part = (c.get("message") if self.chat else c) if isinstance(c, dict) else None
+            if not isinstance(part, dict):
+                raise ValueError(f"choice {pos} is not an object")
+            text = part.get("content") if self.chat else part.get("text")
             trace = part.get("reasoning_content")
-            out.append({"index": int(c.get("index", 0)),
-                        "text": (part.get("content") if self.chat else part.get("text")) or "",
-                        "finish_reason": c.get("finish_reason") or "stop",
-                        "tokens": len(toks) if toks is not None else (
-                            usage.get("completion_tokens") if len(choices) == 1 else None),
-                        "trace": part.get("reasoning") if trace is None else trace})
+            trace = part.get("reasoning") if trace is None else trace
+            if not isinstance(text, str | None) or not isinstance(trace, str | None):
+                raise ValueError(f"choice {pos} holds no text")
+            lp = c.get("logprobs")
+            toks = (lp.get("content") if self.chat else lp.get("tokens")) if isinstance(lp, dict) else None
+            index, finish = c.get("index"), c.get("finish_reason")
+            out.append({"index": index if isinstance(index, int) and not isinstance(index, bool) else pos,
+                        "text": _utf8(text or ""),
+                        "finish_reason": finish if isinstance(finish, str) and finish else "stop",
+                        "tokens": len(toks) if isinstance(toks, list) else (
+                            cost.token_count(usage.get("completion_tokens")) if len(choices) == 1 else None),
+                        "trace": None if trace is None else _utf8(trace)})
         return {"choices": sorted(out, key=lambda c: c["index"]), "usage": usage}
 
     def _split(self, choice: dict[str, Any], details: dict[str, Any]) -> Split | None:
@@ -262,28 +280,46 @@ class OpenAITeacher(Teacher):
 
     async def _ask(self, path: str, body: dict[str, Any], qid: str, samples: list[int], prompt_chars: int
                    ) -> dict[str, Any] | Refused:
-        """The journaled answer of this exact request, else the server's (journaled the moment it arrives)."""
+        """The journaled answer of this exact request, else the server's (journaled the moment it arrives); a
+        request already in flight (identical rationales give identical answer-stage requests) is sent once."""
         key = request_key(path, body)
         if self.journal is not None and (entry := self.journal.get(key)) is not None:
             self.answered += 1
             return entry["response"]
-        tokens = prompt_chars // 4 + body["n"] * body["max_tokens"]
-        resp = await self.transport.post(path, body, tokens=tokens, ready=self._within_budget)
+        if key not in self._inflight:
+            self._inflight[key] = asyncio.ensure_future(self._fetch(key, path, body, qid, samples, prompt_chars))
+            self._inflight[key].add_done_callback(lambda _: self._inflight.pop(key, None))
+        return await self._inflight[key]
+
+    async def _fetch(self, key: str, path: str, body: dict[str, Any], qid: str, samples: list[int],
+                     prompt_chars: int) -> dict[str, Any] | Refused:
+        n, max_tokens = body["n"], body["max_tokens"]
+
+        def parse(answer: dict[str, Any]) -> dict[str, Any]:
+            out = self.compact(answer)
+            if len(out["choices"]) != n:
+                raise ValueError(f"asked for n={n}, got {len(out['choices'])} choices")
+            return out
+
+        resp = await self.transport.post(path, body, tokens=prompt_chars // 4 + n * max_tokens,
+                                         ready=self._within_budget, parse=parse)
         if isinstance(resp, Refused):
             self._refusals += 1
-            if not self.answered and self._refusals >= SYSTEMATIC_REFUSALS:
+            if not self.answered and not self._spent_before.requests and self._refusals >= SYSTEMATIC_REFUSALS:
                 raise EngineError(f"teacher {self.base_url}: the first {self._refusals} requests were all refused "
                                   f"and none answered (last: {resp.message}): the recipe (model, endpoint, "
                                   "parameters), not a prompt, is what the server refuses")
             return resp
         self.answered += 1
-        out = self.compact(resp)
-        usage = cost.request_usage(resp.get("usage"), self.prices)
+        counted = [c["tokens"] for c in resp["choices"]]
+        usage = cost.request_usage(resp["usage"], self.prices, prompt_guess=prompt_chars // 4,
+                                   completion_guess=sum(counted) if None not in counted else n * max_tokens)
         self.usage.add(usage)
+        resp["vllm"] = bool(self.server_is_vllm)  # whether n > 1 samples were seeded s, s+1, ... (regenerable)
         if self.journal is not None:
             self.journal.append({"key": key, "qid": qid, "samples": samples, "usage": usage.to_json(),
-                                 "response": out})
-        return out
+                                 "response": resp})
+        return resp
 
     def _within_budget(self) -> None:
         limit = self.cfg.max_cost_usd
@@ -307,11 +343,17 @@ class OpenAITeacher(Teacher):
         choices = resp["choices"]
         if len(choices) != n:
             raise EngineError(f"teacher {self.base_url}: asked for n={n}, got {len(choices)} choices")
-        ptok = resp["usage"].get("prompt_tokens")
-        details = (resp["usage"].get("completion_tokens_details") or {}) if n == 1 else {}
-        regenerable = n == 1 or bool(self.server_is_vllm)
+        ptok = cost.token_count(resp["usage"].get("prompt_tokens"))
+        details = resp["usage"].get("completion_tokens_details") if n == 1 else None
+        details = {"reasoning_tokens": cost.token_count(details.get("reasoning_tokens"))} if isinstance(
+            details, dict) else {}
+        regenerable = n == 1 or bool(resp.get("vllm", self.server_is_vllm))  # the server that drew them says
         done = []
         for k, choice in enumerate(choices):
+            if choice["finish_reason"] == CONTENT_FILTER:
+                done.append(Completion(req.qid, idx[k], seed + k, "", FAILED, ptok, choice["tokens"],
+                                       error=FILTERED))
+                continue
             part = self._split(choice, details)
             done.append(Completion(req.qid, idx[k], seed + k, part.content if part else choice["text"],
                                    choice["finish_reason"], ptok, choice["tokens"],
@@ -328,6 +370,9 @@ class OpenAITeacher(Teacher):
             c.finish_reason, c.error = FAILED, f"{ANSWER_STAGE_FAILED}{resp.message}"
             return None
         choice = resp["choices"][0]
+        if choice["finish_reason"] == CONTENT_FILTER:
+            c.finish_reason, c.error = FAILED, f"{ANSWER_STAGE_FAILED}{FILTERED}"
+            return None
         return choice["text"], choice["tokens"]
 
     async def _shard(self, work: ShardWork, answer_max_tokens: int) -> ShardResult:
@@ -387,6 +432,15 @@ class OpenAITeacher(Teacher):
 
 async def _none() -> None:
     return None
+
+
+def _utf8(text: str) -> str:
+    """Text that UTF-8 (Parquet, the journal) can hold: a lone surrogate a server sent becomes U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
 
 
 async def gather_all(coros: list[Coroutine[Any, Any, T]]) -> list[T]:

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 OVERLOAD_STATUS = frozenset({429, 503})
-FATAL_STATUS = frozenset({401, 403, 404})
+FATAL_STATUS = frozenset({401, 402, 403, 404})  # credentials, credit, model or endpoint: no prompt's fault
 BACKOFF_S = 0.5
 BACKOFF_MAX_S = 30.0
 RETRY_AFTER_MAX_S = 120.0
@@ -199,16 +199,17 @@ class Transport:
                     self._pause_until = max(self._pause_until, time.monotonic() + min(reset, RETRY_AFTER_MAX_S))
 
     # ---------------------------------------------------------------- a request
-    async def post(self, path: str, body: dict[str, Any], *, tokens: int, ready: Callable[[], None] = lambda: None
-                   ) -> dict[str, Any] | Refused:
-        """The JSON answer, or Refused; raises EngineError for bad credentials or model, or once the server has
-        failed every request for `retry_budget_s`. `ready` runs just before each send (a cost limit raises there:
-        requests queued at the gate are checked when they go, not when they were queued)."""
-        return await self._send("POST", path, body, tokens=tokens, ready=ready)
+    async def post(self, path: str, body: dict[str, Any], *, tokens: int, ready: Callable[[], None] = lambda: None,
+                   parse: Callable[[dict[str, Any]], Any] = lambda answer: answer) -> Any:
+        """The JSON answer as `parse` reads it, or Refused; raises EngineError for bad credentials, credit or model,
+        or once the server has failed every request for `retry_budget_s`. `ready` runs just before each send (a cost
+        limit raises there: requests queued at the gate are checked when they go, not when they were queued); an
+        answer `parse` refuses (ValueError) is a failed attempt, asked again, never returned."""
+        return await self._send("POST", path, body, tokens=tokens, ready=ready, parse=parse)
 
     async def _send(self, method: str, path: str, body: dict[str, Any] | None, *, tokens: int,
-                    ready: Callable[[], None] = lambda: None, fatal: frozenset[int] = FATAL_STATUS
-                    ) -> dict[str, Any] | Refused:
+                    ready: Callable[[], None] = lambda: None, fatal: frozenset[int] = FATAL_STATUS,
+                    parse: Callable[[dict[str, Any]], Any] = lambda answer: answer) -> Any:
         import httpx
 
         url = f"{self.base_url}{path}"
@@ -239,10 +240,15 @@ class Transport:
                                 answer = resp.json()
                             except ValueError:  # a proxy's page, a body cut short: not an answer, ask again
                                 answer = None
-                            if isinstance(answer, dict):
-                                self._succeeded()
-                                return answer
                             last = f"HTTP {resp.status_code} without a JSON object: {resp.text[:200]!r}"
+                            if isinstance(answer, dict):
+                                try:
+                                    parsed = parse(answer)
+                                except ValueError as exc:
+                                    last = f"HTTP {resp.status_code} with an answer that cannot be read: {exc}"
+                                else:
+                                    self._succeeded()
+                                    return parsed
                         hint = "" if resp.status_code < 300 else self.hint(resp.status_code, body or {}, resp.text)
                         if 300 <= resp.status_code < 400:
                             hint = (f" (it redirects to {resp.headers.get('location')!r}: set teacher.base_url to the "
@@ -265,7 +271,8 @@ class Transport:
                 raise EngineError(
                     f"teacher {url}: every request failed for {down:.0f} s (last: {last}); the finished requests "
                     "are kept in the run's journal and shards: rerun to resume, or raise teacher.retry_budget_s")
-            if attempts > self.max_retries and self._last_success > started:
+            if attempts > self.max_retries and not overload and self._last_success > started:
+                # a request that keeps failing while others pass is the problem; a rate limit or an overload is not
                 return Refused(0, f"gave up after {attempts} attempts while the server answered others: {last}")
 
 

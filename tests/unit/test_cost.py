@@ -26,8 +26,11 @@ from tests.helpers import ARITH_QUESTIONS, STORE_RECIPE, arith_task, make_ledger
 # ---------------------------------------------------------------- prices
 @pytest.mark.parametrize(("model", "entry"), [
     ("gpt-4o", "gpt-4o"),
-    ("gpt-4o-2024-08-06", "gpt-4o"),  # a dated name is its model's
-    ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),  # the longest entry wins, not gpt-4o
+    ("gpt-4o-2024-08-06", "gpt-4o-2024-08-06"),  # a dated snapshot has its own entry: their prices differ
+    ("gpt-4o-2024-05-13", "gpt-4o-2024-05-13"),  # twice gpt-4o's
+    ("gpt-4o-2024-02-01", None),  # a name the table does not hold is never priced like a neighbour
+    ("gpt-4o-realtime-preview", None),
+    ("o4-mini-deep-research", None),
     ("openai/gpt-4.1-nano", "gpt-4.1-nano"),  # a provider prefix is dropped
     ("deepseek/DeepSeek-Reasoner", "deepseek-reasoner"),
     ("Qwen/Qwen2.5-7B-Instruct", None),  # your own `vllm serve`: no price, dollars are never guessed

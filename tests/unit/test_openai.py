@@ -17,11 +17,13 @@ import pytest
 from builder import sample, tasks
 from builder.errors import BuilderError, CostLimit, EngineError
 from builder.recipe import Recipe
-from builder.teachers import transport
+from builder.teachers import TeacherSetup, make_teacher, transport
 from tests.helpers import arith_task
 
 POISON = "POISON"
-BROKEN: dict[str, str] = {}  # what the fake does wrong: refuse every request ("refuse_all"), redirect, send HTML
+# What the fake does wrong: refuse every request ("refuse_all"), redirect, send HTML, answer 402, 429 each request
+# thrice ("busy"), junk answers (one per character of "junk"), no usage, identical choices ("same"), or claim vLLM.
+BROKEN: dict[str, str] = {}
 
 
 @pytest.fixture
@@ -29,6 +31,7 @@ def hosted() -> Iterator[tuple[str, list[dict]]]:
     """A fake hosted completions API: `/models` owned by "openai"; every completion choice says "7"; a prompt holding
     POISON is refused as too long (HTTP 400, OpenAI's error shape); `BROKEN` switches on whole-server faults."""
     seen: list[dict] = []
+    busy: dict[str, int] = {}
     BROKEN.clear()
 
     class Handler(BaseHTTPRequestHandler):
@@ -44,7 +47,7 @@ def hosted() -> Iterator[tuple[str, list[dict]]]:
             self.wfile.write(raw)
 
         def do_GET(self) -> None:  # noqa: N802
-            self._json({"data": [{"id": "gpt-x", "owned_by": "openai"}]})
+            self._json({"data": [{"id": "gpt-x", "owned_by": "vllm" if BROKEN.get("vllm") else "openai"}]})
 
         def _send(self, status: int, raw: bytes, **headers: str) -> None:
             self.send_response(status)
@@ -66,10 +69,25 @@ def hosted() -> Iterator[tuple[str, list[dict]]]:
                 return self._send(400, json.dumps({"error": {
                     "message": "This model's maximum context length is 16 tokens.", "type": "invalid_request_error",
                     "code": "context_length_exceeded"}}).encode(), Content_Type="application/json")
+            if BROKEN.get("402"):
+                return self._send(402, b'{"error": {"message": "You exceeded your current quota."}}')
+            key = json.dumps(body, sort_keys=True)
+            if BROKEN.get("busy") and busy.setdefault(key, 3) > 0:  # each request: 429 three times, then answered
+                busy[key] -= 1
+                return self._send(429, b'{"error": "slow down"}', Retry_After="0")
             n = body["n"]
-            self._json({"choices": [{"index": i, "text": f" so {i} and the answer is 7.", "finish_reason": "stop",
-                                     "logprobs": {"tokens": ["a"] * 5}} for i in range(n)],
-                        "usage": {"prompt_tokens": 9, "completion_tokens": 5 * n}})
+            text = " so 3 + 4 = 7." if BROKEN.get("same") else " so {} and the answer is 7."
+            choices = [{"index": i, "text": text.format(i),
+                        "finish_reason": "content_filter" if "FILTER" in body["prompt"] else "stop",
+                        "logprobs": {"tokens": ["a"] * 5}} for i in range(n)]
+            if BROKEN.get("junk"):  # each next answer broken another way, then good ones
+                kind, BROKEN["junk"] = BROKEN["junk"][0], BROKEN["junk"][1:]
+                choices = {"n": choices[1:], "i": [{**c, "index": None, "logprobs": []} for c in choices],
+                           "t": [{**c, "text": 7} for c in choices], "c": choices[0]}.get(kind, choices)
+                if kind == "s":
+                    choices = [{**c, "text": " so \ud83d 7."} for c in choices]
+            usage = None if BROKEN.get("no_usage") else {"prompt_tokens": 9, "completion_tokens": 5 * n}
+            self._json({"choices": choices, "usage": usage})
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -161,8 +179,99 @@ def test_a_redirect_is_a_wrong_base_url_and_a_page_that_is_not_json_is_asked_aga
         sample.run(questions, recipe)
     BROKEN.clear()
     BROKEN["html"] = "xx"
-    asked = len(seen)
     samples, _ = sample.run(questions, recipe)
     assert samples.height == 15 and (samples["finish_reason"] == "stop").all()
-    assert len(seen) - asked == 5 + 2
+    assert BROKEN["html"] == ""  # both pages were answers to requests that were then asked again
 
+
+
+def test_a_malformed_answer_is_asked_again_never_journaled_and_a_lone_surrogate_is_replaced(tmp_path, hosted,
+                                                                                           monkeypatch):
+    url, seen = hosted
+    monkeypatch.setattr(transport, "BACKOFF_S", 0.01)
+    BROKEN["junk"] = "nitcs"  # a choice missing, null indexes and list logprobs (readable), a number as text, a dict
+    recipe = _recipe(tmp_path, url, use_n=True, concurrency=1, max_retries=8)
+    questions = tasks.run(recipe.tasks, recipe.base_dir)
+    samples, _ = sample.run(questions, recipe)
+    assert samples.height == 15 and (samples["finish_reason"] == "stop").all()
+    assert len(seen) == 5 + 3  # the three unreadable answers were asked again; the surrogate one was kept
+    assert samples.filter(pl.col("rationale").str.contains("\ufffd")).height == 3
+    lines = [json.loads(x) for f in (recipe.run_dir / "journal").glob("*.jsonl") for x in f.read_text().splitlines()]
+    assert all(len(e["response"]["choices"]) == 3 for e in lines)
+
+
+def test_a_content_filtered_completion_is_a_refused_sample(tmp_path, hosted):
+    url, _ = hosted
+    recipe = _recipe(tmp_path, url, True, ["What is 3 + 4?", "FILTER what is 1 + 1?"])
+    questions = tasks.run(recipe.tasks, recipe.base_dir)
+    samples, _ = sample.run(questions, recipe)
+    cut = samples.join(questions.filter(pl.col("question").str.contains("FILTER")).select("qid"), on="qid")
+    assert (cut["finish_reason"] == "error").all() and cut["error"].str.contains("content filter").all()
+    assert (samples.join(cut.select("qid"), on="qid", how="anti")["finish_reason"] == "stop").all()
+
+
+def test_rate_limits_never_give_a_request_up_and_402_stops_the_run(tmp_path, hosted, monkeypatch):
+    url, seen = hosted
+    BROKEN["busy"] = "yes"  # every request is answered 429 three times first, while others pass
+    recipe = _recipe(tmp_path, url, use_n=True, max_retries=1)
+    questions = tasks.run(recipe.tasks, recipe.base_dir)
+    samples, _ = sample.run(questions, recipe)
+    assert (samples["finish_reason"] == "stop").all() and len(seen) == 5 * 4
+    BROKEN.clear()
+    BROKEN["402"] = "yes"
+    (tmp_path / "b").mkdir()
+    other = _recipe(tmp_path / "b", url, use_n=True)
+    with pytest.raises(EngineError, match=r"HTTP 402.*quota"):
+        sample.run(questions, other)
+
+
+def test_a_rerun_left_with_only_refused_prompts_is_not_taken_for_a_refused_recipe(tmp_path, hosted):
+    url, seen = hosted
+    questions = ["What is 3 + 4?", *(f"{POISON} what is {i} + 1?" for i in range(17))]
+    recipe = _recipe(tmp_path, url, True, questions, concurrency=1)
+    qs = tasks.run(recipe.tasks, recipe.base_dir)
+    first, _ = sample.run(qs, recipe)
+    assert (first["finish_reason"] == "error").sum() == 17 * 3
+    again, stats = sample.run(qs, recipe)  # only the 17 refused prompts are asked again, and refused again
+    assert stats.extra["refused"] == 17 * 3 and again.height == 18 * 3
+
+
+def test_usage_a_server_does_not_send_is_counted_as_its_upper_bound(tmp_path, hosted):
+    url, seen = hosted
+    BROKEN["no_usage"] = "yes"
+    limits = {"prices": {"input": 0, "output": 100_000}, "max_cost_usd": 1.0, "concurrency": 1}
+    recipe = _recipe(tmp_path, url, False, **limits)
+    with pytest.raises(CostLimit):
+        sample.run(tasks.run(recipe.tasks, recipe.base_dir), recipe)
+    assert len(seen) == 2  # 5 tokens counted from logprobs, $0.50 a request: stopped at the limit
+
+
+def test_identical_requests_in_flight_are_sent_once_and_a_reused_teacher_counts_once(tmp_path, hosted):
+    url, seen = hosted
+    BROKEN["same"] = "yes"  # the 3 rationales of a question are one text: its 3 answer-stage requests are one
+    recipe = _recipe(tmp_path, url, use_n=True, prices={"input": 0, "output": 100_000})
+    recipe.prompt.two_stage = True
+    questions = tasks.run(recipe.tasks, recipe.base_dir)
+    teacher = make_teacher(TeacherSetup.of(recipe))
+    try:
+        samples, stats = sample.run(questions, recipe, teacher=teacher)
+        assert samples["answer_completion"].is_not_null().all() and len(seen) == 5 + 5
+        assert stats.extra["spent"]["requests"] == 10
+        again, stats = sample.run(questions, recipe, teacher=teacher)  # nothing to ask: the same teacher again
+        assert len(seen) == 10 and stats.extra["spent"]["requests"] == 10 and stats.extra["usage"]["requests"] == 0
+    finally:
+        teacher.close()
+
+
+def test_samples_keep_the_seed_truth_of_the_server_that_drew_them(tmp_path, hosted):
+    url, seen = hosted
+    limits = {"prices": {"input": 0, "output": 50_000}, "max_cost_usd": 1.0, "concurrency": 1}
+    recipe = _recipe(tmp_path, url, True, **limits)  # 2 requests of n=3 journaled ($0.75 each), then the cost limit
+    questions = tasks.run(recipe.tasks, recipe.base_dir)
+    with pytest.raises(CostLimit):
+        sample.run(questions, recipe)
+    BROKEN["vllm"] = "yes"  # the same base_url now answers as a vLLM server
+    samples, stats = sample.run(questions, _recipe(tmp_path, url, True, **{**limits, "max_cost_usd": 100.0}))
+    assert stats.extra["journal_hits"] == 2
+    assert (samples["regenerable"] == False).sum() == 2 * 3  # noqa: E712 - the journaled ones, drawn by the other
+    assert samples["regenerable"].is_null().sum() == 3 * 3
