@@ -284,8 +284,11 @@ class OpenAITeacher(Teacher):
         request already in flight (identical rationales give identical answer-stage requests) is sent once."""
         key = request_key(path, body)
         if self.journal is not None and (entry := self.journal.get(key)) is not None:
-            self.answered += 1
-            return entry["response"]
+            if _readable(entry["response"], body["n"]):
+                self.answered += 1
+                return entry["response"]
+            log.warning("journal %s: the answer kept for a request of %s cannot be read: it is asked again",
+                        self.journal.folder, qid)
         if key not in self._inflight:
             self._inflight[key] = asyncio.ensure_future(self._fetch(key, path, body, qid, samples, prompt_chars))
             self._inflight[key].add_done_callback(lambda _: self._inflight.pop(key, None))
@@ -418,9 +421,11 @@ class OpenAITeacher(Teacher):
                     return
                 fut = _get(done)
                 pending.pop(fut)
+                if fut.cancelled():  # it shared a request with a shard that failed: that shard's error follows
+                    continue
                 if isinstance(fut.exception(), CostLimit):
                     concurrent.futures.wait(pending)
-                    yield from (f.result() for f in pending if f.exception() is None)
+                    yield from (f.result() for f in pending if not f.cancelled() and f.exception() is None)
                     pending.clear()
                 yield fut.result()
         finally:
@@ -432,6 +437,14 @@ class OpenAITeacher(Teacher):
 
 async def _none() -> None:
     return None
+
+
+def _readable(response: dict[str, Any], n: int) -> bool:
+    """A journaled answer as `compact` writes it: n choices holding text (a hand-edited line may not)."""
+    choices = response.get("choices")
+    return isinstance(choices, list) and len(choices) == n and isinstance(response.get("usage"), dict) and all(
+        isinstance(c, dict) and isinstance(c.get("text"), str) and isinstance(c.get("finish_reason"), str)
+        and isinstance(c.get("tokens"), int | None) and isinstance(c.get("trace"), str | None) for c in choices)
 
 
 def _utf8(text: str) -> str:

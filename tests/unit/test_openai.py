@@ -275,3 +275,18 @@ def test_samples_keep_the_seed_truth_of_the_server_that_drew_them(tmp_path, host
     assert stats.extra["journal_hits"] == 2
     assert (samples["regenerable"] == False).sum() == 2 * 3  # noqa: E712 - the journaled ones, drawn by the other
     assert samples["regenerable"].is_null().sum() == 3 * 3
+
+
+def test_a_journaled_answer_that_cannot_be_read_is_asked_again(tmp_path, hosted):
+    url, seen = hosted
+    limits = {"prices": {"input": 0, "output": 100_000}, "max_cost_usd": 1.0, "concurrency": 1}
+    recipe = _recipe(tmp_path, url, False, **limits)
+    questions = tasks.run(recipe.tasks, recipe.base_dir)
+    with pytest.raises(CostLimit):
+        sample.run(questions, recipe)
+    segment = next((recipe.run_dir / "journal").glob("*.jsonl"))
+    first, second = segment.read_text().splitlines()
+    segment.write_text(json.dumps({**json.loads(first), "response": {"choices": [{}]}}) + "\n" + second + "\n")
+    samples, stats = sample.run(questions, _recipe(tmp_path, url, False, **{**limits, "max_cost_usd": 100.0}))
+    assert samples.height == 15 and (samples["finish_reason"] == "stop").all()
+    assert stats.extra["usage"]["requests"] == 14 and len(seen) == 2 + 14  # the unreadable one bought again
