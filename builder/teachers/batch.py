@@ -16,7 +16,13 @@ validating, in_progress and finalizing to a final state, then download its outpu
 
 - Results are appended to the run's journal (`builder.journal`) exactly like online answers, usage priced with the
   batch discount (`cost.request_usage(..., batch=True)`): a rerun takes them from there, and the run's spent total
-  and `teacher.max_cost_usd` (checked before each batch is created) work as they do online.
+  works as it does online.
+- `teacher.max_cost_usd` is checked before a batch is created, against its worst case: per request its text's
+  characters / 4 as input tokens and n x max_tokens output tokens, at the batch price (`worst_usd`). What was spent,
+  plus the worst case of the batches in flight, plus that of the new requests must stay within the limit: only the
+  leading requests that fit go out (none: CostLimit before anything is uploaded), and once the batch that went out
+  is back and journaled the run stops with CostLimit, saying how many requests were left unsent. A rerun with a
+  higher limit takes the journaled answers and sends only the rest.
 - The batches in flight are kept in the journal folder (`batches.json`, written atomically: batch id, input file,
   and per request its qid and samples), recorded before the batch is created and again once the server named it.
   A process that is killed leaves them there; the next run polls the same batches instead of creating new ones
@@ -95,6 +101,8 @@ class BatchTeacher(OpenAITeacher):
         self._attempts: dict[str, int] = {}  # key -> batches it was sent in by this process
         self._memory: list[dict[str, Any]] = []  # the batches in flight when the teacher keeps no journal
         self._sent = self._retries = self._created = 0
+        self._committed: dict[str, float] = {}  # input file id -> worst case (USD) of a batch in flight
+        self._unsent = 0  # wanted requests the cost limit kept back in this settle
 
     # ---------------------------------------------------------------- teacher interface
     @property
@@ -165,6 +173,11 @@ class BatchTeacher(OpenAITeacher):
         polled to their end first, then the requests none of them holds are sent as a new batch."""
         records = self._load()
         covered = {key for rec in records for key in rec["requests"]}
+        self._unsent = 0
+        # an earlier run's batches are bought: what they may still cost counts against the limit (the requests of
+        # theirs this run wants; the others were checked by the run that sent them)
+        self._committed = {rec["input_file_id"]: sum(self.worst_usd(wanted[k]) for k in rec["requests"]
+                                                     if k in wanted) for rec in records}
         try:
             for rec in records:
                 if rec.get("id") is None:
@@ -177,7 +190,17 @@ class BatchTeacher(OpenAITeacher):
         except KeyboardInterrupt:
             self._cancel(self._load())
             raise
+        if self._unsent and not active:  # not one request fits: nothing was uploaded
+            raise CostLimit(f"{self._spent_line()}: the next batch was not sent, as even its first request may "
+                            f"cost up to ${self.worst_usd(next(iter(fresh.values()))):.4f} at the batch price "
+                            f"(prompt characters / 4 input tokens, n x max_tokens output tokens); {self._unsent} "
+                            "request(s) left unsent: raise teacher.max_cost_usd and rerun")
         self._poll(active, wanted)
+        if self._unsent:  # the part that went out is back and journaled: a rerun sends only the rest
+            raise CostLimit(f"{self._spent_line()}: {self._unsent} request(s) were left unsent, as their worst "
+                            "case at the batch price (prompt characters / 4 input tokens, n x max_tokens output "
+                            "tokens) would pass the limit; the answers of those sent are kept: raise "
+                            "teacher.max_cost_usd and rerun to send the rest")
         missing = [k for k in wanted if k not in self._results and k not in self._errors]
         if missing:  # a request no batch answered, which nothing resubmitted: never loop on it
             raise EngineError(f"teacher {self.base_url}: {len(missing)} request(s) came back from no batch")
@@ -239,12 +262,16 @@ class BatchTeacher(OpenAITeacher):
                 log.warning("batch %s: a result for custom_id %r it was never sent is skipped", bid, key)
                 continue
             answered.add(key)
-            response = line.get("response") or {}
-            code = int(response.get("status_code") or 0)
+            response = line.get("response") if isinstance(line.get("response"), dict) else {}
+            code = cost.token_count(response.get("status_code")) or 0
             body = response.get("body")
             if line.get("error") is None and code == 200 and isinstance(body, dict) and "choices" in body:
-                self._take(key, meta, body)
-                continue
+                try:
+                    self._take(key, meta, body)
+                    continue
+                except ValueError as exc:  # an answer that cannot be read: asked again, never journaled
+                    line = {"error": {"code": "unreadable", "message": f"an answer that cannot be read: {exc}"}}
+                    code = 500
             err = line.get("error") or (body.get("error") if isinstance(body, dict) else None) or {}
             if isinstance(err, dict) and isinstance(err.get("error"), dict):  # vLLM's ErrorResponse
                 err = err["error"]
@@ -276,7 +303,9 @@ class BatchTeacher(OpenAITeacher):
     def _take(self, key: str, meta: list[Any], body: dict[str, Any]) -> None:
         """One answered request: compacted, priced at the batch rate, journaled like an online answer."""
         out = self.compact(body)
-        usage = cost.request_usage(body.get("usage"), self.prices, batch=True)
+        counted = [c["tokens"] for c in out["choices"]]
+        usage = cost.request_usage(body.get("usage"), self.prices, batch=True,
+                                   completion_guess=0 if None in counted else sum(counted))
         self.usage.add(usage)
         self._results[key] = out
         self._errors.pop(key, None)
@@ -284,8 +313,49 @@ class BatchTeacher(OpenAITeacher):
             self.journal.append({"key": key, "qid": meta[0], "samples": meta[1], "usage": usage.to_json(),
                                  "response": out})
 
+    # ---------------------------------------------------------------- the cost limit
+    def worst_usd(self, w: _Wanted) -> float:
+        """The most one request can cost, about: its text's characters / 4 as input tokens, n x max_tokens output
+        tokens, at the batch price (0 without prices)."""
+        prompt = -(-_text_chars(w.body) // cost.CHARS_PER_TOKEN)
+        completion = int(w.body.get("n") or 1) * int(w.body.get("max_tokens") or 0)
+        return cost.cost(self.prices, prompt, 0, completion, batch=True) or 0.0
+
+    def _spent(self) -> float:
+        return (self._spent_before.cost_usd or 0.0) + (self.usage.cost_usd or 0.0)
+
+    def _spent_line(self) -> str:
+        return f"the run has spent ${self._spent():.4f} of teacher.max_cost_usd ${self.cfg.max_cost_usd:g}"
+
+    def _affordable(self, todo: dict[str, _Wanted]) -> dict[str, _Wanted]:
+        """The leading requests of `todo` (in order) whose worst case, with what was spent and the worst case of
+        the batches in flight, stays within `teacher.max_cost_usd`; the others are counted as unsent."""
+        limit = self.cfg.max_cost_usd
+        if limit is None:
+            return todo
+        spent = self._spent()
+        room = limit - spent - sum(self._committed.values())
+        out: dict[str, _Wanted] = {}
+        total = 0.0
+        if spent < limit:
+            for key, w in todo.items():
+                worst = self.worst_usd(w)
+                if total + worst > room * (1 + 1e-9):
+                    break
+                out[key] = w
+                total += worst
+        if len(out) < len(todo):
+            self._unsent += len(todo) - len(out)
+            log.warning("%s: %d of %d request(s) sent (worst case $%.4f, $%.4f of batches in flight), %d kept back",
+                        self._spent_line(), len(out), len(todo), total, sum(self._committed.values()),
+                        len(todo) - len(out))
+        return out
+
+    # ---------------------------------------------------------------- sending
     def _submit(self, todo: dict[str, _Wanted]) -> list[dict[str, Any]]:
-        """Send requests as batches (one per file limit): upload, record, create, record the id."""
+        """Send requests as batches (one per file limit): upload, record, create, record the id. Only the leading
+        requests the cost limit affords go out (`_affordable`)."""
+        todo = self._affordable(todo)
         recs: list[dict[str, Any]] = []
         chunk: list[tuple[str, bytes]] = []
         size = 0
@@ -302,11 +372,6 @@ class BatchTeacher(OpenAITeacher):
         return recs
 
     def _send(self, chunk: list[tuple[str, bytes]], todo: dict[str, _Wanted]) -> dict[str, Any]:
-        limit = self.cfg.max_cost_usd
-        spent = (self._spent_before.cost_usd or 0.0) + (self.usage.cost_usd or 0.0)
-        if limit is not None and spent >= limit:
-            raise CostLimit(f"the run has spent ${spent:.4f} of teacher.max_cost_usd ${limit:g}: stopped before "
-                            "sending another batch")
         endpoint = self._endpoint(todo[chunk[0][0]].path)
         upload = self._call("POST", "/files", data={"purpose": "batch"},
                             files={"file": (f"rationale-builder-{uuid.uuid4().hex[:8]}.jsonl",
@@ -314,6 +379,7 @@ class BatchTeacher(OpenAITeacher):
         rec: dict[str, Any] = {"id": None, "input_file_id": upload["id"], "endpoint": endpoint,
                                "requests": {k: [todo[k].qid, todo[k].samples] for k, _ in chunk}}
         self._save([*self._load(), rec])  # before the batch exists: a kill now finds it by its file id
+        self._committed[rec["input_file_id"]] = sum(self.worst_usd(todo[k]) for k, _ in chunk)
         for key, _ in chunk:
             self._attempts[key] = self._attempts.get(key, 0) + 1
         self._sent += len(chunk)
@@ -403,6 +469,7 @@ class BatchTeacher(OpenAITeacher):
         os.replace(tmp, path)
 
     def _forget(self, rec: dict[str, Any]) -> None:
+        self._committed.pop(rec["input_file_id"], None)  # collected (its usage counted) or never made
         self._save([r for r in self._load() if r["input_file_id"] != rec["input_file_id"]])
 
     # ---------------------------------------------------------------- HTTP (blocking, in the caller's thread)
@@ -448,3 +515,17 @@ class BatchTeacher(OpenAITeacher):
             log.debug("teacher %s: %s; again in %.1f s", url, last, delay)
             time.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX_S)
+
+
+def _text_chars(body: dict[str, Any]) -> int:
+    """Characters of a request's text: a raw prompt, or the contents of its chat messages."""
+    if "messages" not in body:
+        return len(str(body.get("prompt") or ""))
+    chars = 0
+    for m in body["messages"]:
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):  # content parts: their text
+            chars += sum(len(str(p.get("text") or "")) for p in content if isinstance(p, dict))
+    return chars

@@ -5,7 +5,8 @@ One run goes through everything a batch can do: it is SIGKILLed once its stage-1
 (the restart polls that batch, creating no second one), the batch expires with part of its results (the rest goes
 out again in a new batch) and holds a request the server refused (its samples carry the error); the samples equal
 those of the same recipe sent online to a real `vllm serve` with the same seeds, and cost half (the batch discount).
-Ctrl-C cancels the batch at the server and exits at once.
+Ctrl-C cancels the batch at the server and exits at once; a cost limit below one request's worst case sends no
+batch (the cut of a batch to what the limit affords is in tests/unit/test_batch_limits.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import yaml
 from polars.testing import assert_frame_equal
 
 from builder import sample, tasks
-from builder.errors import EngineError
+from builder.errors import CostLimit, EngineError
 from builder.journal import Journal
 from builder.recipe import Recipe
 from builder.teachers import batch as batch_teacher
@@ -191,6 +192,22 @@ def test_a_batch_endpoint_the_server_refuses_stops_the_run(tmp_path, monkeypatch
             sample.run(tasks.run(recipe.tasks, recipe.base_dir), recipe)
     assert fake.created == 0
     assert not (recipe.run_dir / "journal" / batch_teacher.STATE).exists()  # no batch was made: none to resume
+
+
+def test_a_cost_limit_below_one_request_sends_no_batch(tmp_path, monkeypatch):
+    """Every request may cost up to 3 x 12 output tokens at $2,000 per million, $0.036 at the batch price: a $0.01
+    limit stops the run before anything is uploaded (the limit was checked against $0 spent, and the whole batch
+    bought)."""
+    monkeypatch.setattr(batch_teacher, "POLL_S", 0.05)
+    with FakeBatchAPI(Path("tiny-model"), tmp_path / "fake") as fake:
+        cfg = recipe_dict(tmp_path, "tiny-model", fake.url, "openai_batch", "runs")
+        cfg["teacher"]["max_cost_usd"] = 0.01
+        recipe = Recipe.model_validate(cfg)
+        with pytest.raises(CostLimit, match=r"spent \$0\.0000 of teacher.max_cost_usd \$0\.01: the next batch was "
+                                            rf"not sent.*{len(ARITH_QUESTIONS)} request\(s\) left unsent"):
+            sample.run(tasks.run(recipe.tasks, recipe.base_dir), recipe)
+    assert fake.created == 0 and fake.files == {}
+    assert not (recipe.run_dir / "journal" / batch_teacher.STATE).exists()
 
 
 def _lines(fake: FakeBatchAPI, file_id: str | None) -> list[dict[str, Any]]:
