@@ -47,7 +47,7 @@ from builder.run import Run, RunConflict
 from builder.schemas import atomic_write_parquet, validate
 from builder.shards import only_wanted, read_samples, read_shard, wanted
 from builder.teachers import TEACHERS, Answer, Completion, Request, ShardWork, Teacher, TeacherSetup, make_teacher
-from builder.teachers.base import ANSWER_STAGE_FAILED, FAILED
+from builder.teachers.base import ANSWER_STAGE_FAILED, FAILED, GAVE_UP
 
 log = logging.getLogger(__name__)
 
@@ -390,8 +390,12 @@ def _forget_refused(run: Run) -> None:
     """Samples whose rationale request the engine refused (finish_reason error: a prompt over max_model_len, ...)
     are asked again on every run, so a raised limit or a fixed server fills them in: their rows leave the shard
     (rewritten whole, under the lease) and they are missing like any other key. A refused answer stage keeps its
-    rationale: asking it again would generate the same seeded rationale, and pay for it, every run."""
-    stage1 = (pl.col("finish_reason") == FAILED) & ~pl.col("error").fill_null("").str.starts_with(ANSWER_STAGE_FAILED)
+    rationale: asking it again would generate the same seeded rationale, and pay for it, every run. Except an answer
+    stage given up while the server answered others (GAVE_UP: 5xx, timeouts): that is no refusal, and its rationale
+    comes back from the run's journal (compacted only after this), so the next run asks it again."""
+    error = pl.col("error").fill_null("")
+    stage1 = (pl.col("finish_reason") == FAILED) & (~error.str.starts_with(ANSWER_STAGE_FAILED)
+                                                    | error.str.starts_with(ANSWER_STAGE_FAILED + GAVE_UP))
     for shard in run.shards():
         if not (read_shard(shard, ["finish_reason"])["finish_reason"] == FAILED).any():
             continue  # shards written before the error column hold no refused samples

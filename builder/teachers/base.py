@@ -103,6 +103,9 @@ class Completion:
 FAILED = "error"
 # How Completion.error begins when only the answer stage was refused (the rationale is kept)
 ANSWER_STAGE_FAILED = "answer stage: "
+# How Completion.error begins (after ANSWER_STAGE_FAILED for the answer stage) when a request was given up while the
+# server answered others (it kept failing, 5xx or timeouts): not the request's fault, so a later run asks it again.
+GAVE_UP = "gave up after "
 # finish_reason of a rationale cut by max_tokens or max_model_len (curation's `truncated` filter drops it)
 TRUNCATED = "length"
 

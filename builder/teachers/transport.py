@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from builder.errors import EngineError
+from builder.teachers.base import GAVE_UP
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +274,7 @@ class Transport:
                     "are kept in the run's journal and shards: rerun to resume, or raise teacher.retry_budget_s")
             if attempts > self.max_retries and not overload and self._last_success > started:
                 # a request that keeps failing while others pass is the problem; a rate limit or an overload is not
-                return Refused(0, f"gave up after {attempts} attempts while the server answered others: {last}")
+                return Refused(0, f"{GAVE_UP}{attempts} attempts while the server answered others: {last}")
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -69,6 +69,8 @@ def hosted() -> Iterator[tuple[str, list[dict]]]:
                 return self._send(400, json.dumps({"error": {
                     "message": "This model's maximum context length is 16 tokens.", "type": "invalid_request_error",
                     "code": "context_length_exceeded"}}).encode(), Content_Type="application/json")
+            if BROKEN.get("flaky") and "FLAKY" in body["prompt"] and "Therefore" in body["prompt"]:
+                return self._send(500, b'{"error": "internal error"}')  # its answer stage fails, the rest pass
             if BROKEN.get("402"):
                 return self._send(402, b'{"error": {"message": "You exceeded your current quota."}}')
             key = json.dumps(body, sort_keys=True)
@@ -290,3 +292,26 @@ def test_a_journaled_answer_that_cannot_be_read_is_asked_again(tmp_path, hosted)
     samples, stats = sample.run(questions, _recipe(tmp_path, url, False, **{**limits, "max_cost_usd": 100.0}))
     assert samples.height == 15 and (samples["finish_reason"] == "stop").all()
     assert stats.extra["usage"]["requests"] == 14 and len(seen) == 2 + 14  # the unreadable one bought again
+
+
+def test_an_answer_stage_given_up_is_asked_again_and_its_rationale_comes_from_the_journal(tmp_path, hosted,
+                                                                                         monkeypatch):
+    url, seen = hosted
+    monkeypatch.setattr(transport, "BACKOFF_S", 0.01)
+    BROKEN["flaky"] = "yes"
+    questions = ["FLAKY what is 1 + 1?", *(f"What is {i} + 4?" for i in range(8))]
+    recipe = _recipe(tmp_path, url, True, questions, concurrency=2, max_retries=1, retry_budget_s=30)
+    recipe.prompt.two_stage = True
+    qs = tasks.run(recipe.tasks, recipe.base_dir)
+    first, _ = sample.run(qs, recipe)
+    flaky = qs.filter(pl.col("question").str.contains("FLAKY"))["qid"][0]
+    failed = first.filter(pl.col("qid") == flaky)
+    assert (failed["finish_reason"] == "error").all()
+    assert failed["error"].str.starts_with("answer stage: gave up after 2 attempts").all()
+    BROKEN.clear()
+    asked = len(seen)
+    again, stats = sample.run(qs, recipe)
+    assert again.filter(pl.col("qid") == flaky)["answer_completion"].is_not_null().all()
+    assert (again["finish_reason"] != "error").all()
+    sent = seen[asked:]
+    assert len(sent) == 3 and all("Therefore" in b["prompt"] for b in sent)  # only the answers: rationales replayed
