@@ -88,10 +88,10 @@ class TasksConfig(_Strict):
 class Prices(_Strict):
     """A teacher's price, USD per million tokens (what the provider bills)."""
 
-    input: float = Field(ge=0, description="Prompt tokens.")
-    output: float = Field(ge=0, description="Completion tokens (thinking included).")
-    cached_input: float | None = Field(None, ge=0, description="Prompt tokens served from the provider's cache "
-                                       "(default: the input price).")
+    input: float = Field(ge=0, le=100_000, description="Prompt tokens.")
+    output: float = Field(ge=0, le=100_000, description="Completion tokens (thinking included).")
+    cached_input: float | None = Field(None, ge=0, le=100_000, description="Prompt tokens served from the "
+                                       "provider's cache (default: the input price).")
     batch_discount: float = Field(0.5, ge=0, le=1, description="Fraction of the price a batch API takes off.")
 
 

@@ -56,11 +56,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 from builder import cost
-from builder.errors import CostLimit, EngineError
+from builder.errors import BuilderError, CostLimit, EngineError
 from builder.journal import request_key
 from builder.teachers.base import TEACHERS, ShardResult, ShardWork, TeacherSetup
-from builder.teachers.openai import OpenAITeacher, gather_all
-from builder.teachers.transport import BACKOFF_MAX_S, BACKOFF_S, RETRY_STATUS, Refused
+from builder.teachers.openai import OpenAITeacher, gather_all, readable
+from builder.teachers.transport import BACKOFF_MAX_S, BACKOFF_S, RETRY_STATUS, Refused, utf8
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +162,11 @@ class BatchTeacher(OpenAITeacher):
         if key in self._errors:
             return self._errors[key]
         if self.journal is not None and (entry := self.journal.get(key)) is not None:
-            self._results[key] = entry["response"]
-            return entry["response"]
+            if readable(entry["response"], body["n"]):
+                self._results[key] = entry["response"]
+                return entry["response"]
+            log.warning("journal %s: the answer kept for a request of %s cannot be read: it is asked again",
+                        self.journal.folder, qid)
         self._wanted.setdefault(key, _Wanted(path, body, qid, list(samples)))
         return PENDING
 
@@ -267,7 +270,7 @@ class BatchTeacher(OpenAITeacher):
             body = response.get("body")
             if line.get("error") is None and code == 200 and isinstance(body, dict) and "choices" in body:
                 try:
-                    self._take(key, meta, body)
+                    self._take(key, meta, body, wanted.get(key))
                     continue
                 except ValueError as exc:  # an answer that cannot be read: asked again, never journaled
                     line = {"error": {"code": "unreadable", "message": f"an answer that cannot be read: {exc}"}}
@@ -279,9 +282,9 @@ class BatchTeacher(OpenAITeacher):
             message = (err.get("message") if isinstance(err, dict) else str(err)) or json.dumps(err)
             if kind in UNFINISHED or code >= 500 or code in RETRY_STATUS:
                 again.append(key)  # not the request's fault: sent again (this error stands once it was sent enough)
-                self._errors[key] = Refused(code, f"{message} (batch {bid})")
+                self._errors[key] = Refused(code, utf8(f"{message} (batch {bid})"))
             else:
-                self._errors[key] = Refused(code or 400, message)
+                self._errors[key] = Refused(code or 400, utf8(message))
         for key in rec["requests"]:
             if key not in answered:  # no line at all: the batch never ran it
                 again.append(key)
@@ -300,12 +303,21 @@ class BatchTeacher(OpenAITeacher):
             out[key] = wanted[key]
         return out
 
-    def _take(self, key: str, meta: list[Any], body: dict[str, Any]) -> None:
-        """One answered request: compacted, priced at the batch rate, journaled like an online answer."""
+    def _take(self, key: str, meta: list[Any], body: dict[str, Any], asked: _Wanted | None) -> None:
+        """One answered request: compacted, priced at the batch rate, journaled like an online answer. A count the
+        line lacks is its upper bound (the request's text / 4, n x max_tokens), never zero.
+
+        Raises:
+            ValueError: an answer that cannot be read, or with another number of choices than the request's
+                samples: asked again, never journaled."""
         out = self.compact(body)
+        if len(out["choices"]) != len(meta[1]):
+            raise ValueError(f"asked for n={len(meta[1])}, got {len(out['choices'])} choices")
         counted = [c["tokens"] for c in out["choices"]]
+        most = len(meta[1]) * int(asked.body.get("max_tokens") or 0) if asked else 0
         usage = cost.request_usage(body.get("usage"), self.prices, batch=True,
-                                   completion_guess=0 if None in counted else sum(counted))
+                                   prompt_guess=-(-_text_chars(asked.body) // cost.CHARS_PER_TOKEN) if asked else 0,
+                                   completion_guess=most if None in counted else sum(counted))
         self.usage.add(usage)
         self._results[key] = out
         self._errors.pop(key, None)
@@ -450,7 +462,17 @@ class BatchTeacher(OpenAITeacher):
             return [dict(r) for r in self._memory]
         if not path.exists():
             return []
-        return list(json.loads(path.read_text()).get("batches") or [])
+        try:
+            records = json.loads(path.read_text())["batches"]
+            if not isinstance(records, list) or not all(
+                    isinstance(r, dict) and isinstance(r.get("input_file_id"), str)
+                    and isinstance(r.get("requests"), dict) and isinstance(r.get("id"), str | None)
+                    for r in records):
+                raise ValueError("not a list of batches")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BuilderError(f"{path}: unreadable record of the batches in flight ({exc}); check their state at the "
+                               "provider, then delete the file to submit what no batch answered again") from None
+        return records
 
     def _save(self, records: list[dict[str, Any]]) -> None:
         path = self._state_file

@@ -38,6 +38,7 @@ import logging
 import os
 import queue
 import threading
+import uuid
 from collections.abc import Coroutine, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -59,7 +60,7 @@ from builder.teachers.base import (
     answer_items,
 )
 from builder.teachers.reasoning import ReasoningSplitter, Split, load_tokenizer, require_parsers
-from builder.teachers.transport import Refused, Transport
+from builder.teachers.transport import Refused, Transport, utf8
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,17 @@ class OpenAITeacher(Teacher):
 
     # ---------------------------------------------------------------- the loop the requests run on
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._ensure_loop()).result()
+        """Run on the loop; wait in short slices, so Ctrl-C reaches this thread at once (and cancels it there)."""
+        fut = asyncio.run_coroutine_threadsafe(coro, self._ensure_loop())
+        try:
+            while True:
+                try:
+                    return fut.result(timeout=0.2)
+                except concurrent.futures.TimeoutError:
+                    continue
+        except BaseException:
+            fut.cancel()
+            raise
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
@@ -259,12 +270,12 @@ class OpenAITeacher(Teacher):
             toks = (lp.get("content") if self.chat else lp.get("tokens")) if isinstance(lp, dict) else None
             index, finish = c.get("index"), c.get("finish_reason")
             out.append({"index": index if isinstance(index, int) and not isinstance(index, bool) else pos,
-                        "text": _utf8(text or ""),
-                        "finish_reason": finish if isinstance(finish, str) and finish else "stop",
+                        "text": utf8(text or ""),
+                        "finish_reason": utf8(finish) if isinstance(finish, str) and finish else "stop",
                         "tokens": len(toks) if isinstance(toks, list) else (
                             cost.token_count(usage.get("completion_tokens")) if len(choices) == 1 else None),
-                        "trace": None if trace is None else _utf8(trace)})
-        return {"choices": sorted(out, key=lambda c: c["index"]), "usage": usage}
+                        "trace": None if trace is None else utf8(trace)})
+        return {"choices": sorted(out, key=lambda c: c["index"]), "usage": _counts(usage)}
 
     def _split(self, choice: dict[str, Any], details: dict[str, Any]) -> Split | None:
         """The trace the server sent (`reasoning_content` or `reasoning`), else the recipe's parser on raw text;
@@ -283,20 +294,32 @@ class OpenAITeacher(Teacher):
         """The journaled answer of this exact request, else the server's (journaled the moment it arrives); a
         request already in flight (identical rationales give identical answer-stage requests) is sent once."""
         key = request_key(path, body)
+        prior = None  # what an unreadable journaled answer of this request cost: its replacement carries it
         if self.journal is not None and (entry := self.journal.get(key)) is not None:
-            if _readable(entry["response"], body["n"]):
+            if readable(entry["response"], body["n"]):
                 self.answered += 1
                 return entry["response"]
             log.warning("journal %s: the answer kept for a request of %s cannot be read: it is asked again",
                         self.journal.folder, qid)
+            prior = entry.get("usage")
         if key not in self._inflight:
-            self._inflight[key] = asyncio.ensure_future(self._fetch(key, path, body, qid, samples, prompt_chars))
+            self._inflight[key] = asyncio.ensure_future(
+                self._fetch(key, path, body, qid, samples, prompt_chars, prior))
             self._inflight[key].add_done_callback(lambda _: self._inflight.pop(key, None))
         return await self._inflight[key]
 
     async def _fetch(self, key: str, path: str, body: dict[str, Any], qid: str, samples: list[int],
-                     prompt_chars: int) -> dict[str, Any] | Refused:
+                     prompt_chars: int, prior: dict[str, Any] | None = None) -> dict[str, Any] | Refused:
         n, max_tokens = body["n"], body["max_tokens"]
+
+        def unreadable(answer: dict[str, Any]) -> None:
+            """An answer asked again is billed all the same: counted, and journaled as spent (no samples)."""
+            paid = cost.request_usage(answer.get("usage"), self.prices, prompt_guess=prompt_chars // 4,
+                                      completion_guess=n * max_tokens)
+            self.usage.add(paid)
+            if self.journal is not None:
+                self.journal.append({"key": f"{key}:unreadable:{uuid.uuid4().hex}", "qid": qid, "samples": [],
+                                     "usage": paid.to_json(), "response": {}})
 
         def parse(answer: dict[str, Any]) -> dict[str, Any]:
             out = self.compact(answer)
@@ -305,7 +328,7 @@ class OpenAITeacher(Teacher):
             return out
 
         resp = await self.transport.post(path, body, tokens=prompt_chars // 4 + n * max_tokens,
-                                         ready=self._within_budget, parse=parse)
+                                         ready=self._within_budget, parse=parse, unreadable=unreadable)
         if isinstance(resp, Refused):
             self._refusals += 1
             if not self.answered and not self._spent_before.requests and self._refusals >= SYSTEMATIC_REFUSALS:
@@ -318,9 +341,16 @@ class OpenAITeacher(Teacher):
         usage = cost.request_usage(resp["usage"], self.prices, prompt_guess=prompt_chars // 4,
                                    completion_guess=sum(counted) if None not in counted else n * max_tokens)
         self.usage.add(usage)
+        limit = self.cfg.max_cost_usd
+        if limit is not None and (self._spent_before.cost_usd or 0.0) + (self.usage.cost_usd or 0.0) >= limit:
+            self.transport.halt()  # requests waiting for rate-limit tokens learn it now
         resp["vllm"] = bool(self.server_is_vllm)  # whether n > 1 samples were seeded s, s+1, ... (regenerable)
         if self.journal is not None:
-            self.journal.append({"key": key, "qid": qid, "samples": samples, "usage": usage.to_json(),
+            kept = usage
+            if prior:  # the entry this one replaces (same key) was paid too
+                kept = cost.Usage.from_json(prior)
+                kept.add(usage)
+            self.journal.append({"key": key, "qid": qid, "samples": samples, "usage": kept.to_json(),
                                  "response": resp})
         return resp
 
@@ -439,21 +469,25 @@ async def _none() -> None:
     return None
 
 
-def _readable(response: dict[str, Any], n: int) -> bool:
+def _counts(usage: dict[str, Any]) -> dict[str, Any]:
+    """The usage kept: the counts billing and the samples read, as numbers (a server's other fields dropped)."""
+    details = {k: usage.get(k) for k in ("prompt_tokens_details", "completion_tokens_details")}
+    return {"prompt_tokens": cost.token_count(usage.get("prompt_tokens")),
+            "completion_tokens": cost.token_count(usage.get("completion_tokens")),
+            "prompt_tokens_details": {"cached_tokens": cost.token_count(
+                (details["prompt_tokens_details"] or {}).get("cached_tokens")
+                if isinstance(details["prompt_tokens_details"], dict) else None)},
+            "completion_tokens_details": {"reasoning_tokens": cost.token_count(
+                (details["completion_tokens_details"] or {}).get("reasoning_tokens")
+                if isinstance(details["completion_tokens_details"], dict) else None)}}
+
+
+def readable(response: dict[str, Any], n: int) -> bool:
     """A journaled answer as `compact` writes it: n choices holding text (a hand-edited line may not)."""
     choices = response.get("choices")
     return isinstance(choices, list) and len(choices) == n and isinstance(response.get("usage"), dict) and all(
         isinstance(c, dict) and isinstance(c.get("text"), str) and isinstance(c.get("finish_reason"), str)
         and isinstance(c.get("tokens"), int | None) and isinstance(c.get("trace"), str | None) for c in choices)
-
-
-def _utf8(text: str) -> str:
-    """Text that UTF-8 (Parquet, the journal) can hold: a lone surrogate a server sent becomes U+FFFD."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-    return text
 
 
 async def gather_all(coros: list[Coroutine[Any, Any, T]]) -> list[T]:

@@ -22,7 +22,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,6 +123,7 @@ class Transport:
         self._last_success = 0.0
         self._probing = False
         self._epoch = 0  # a new pause begins a new epoch
+        self._halt = asyncio.Event()
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -167,6 +168,18 @@ class Transport:
             min(BACKOFF_MAX_S, BACKOFF_S * 2 ** min(self._streak - 1, 16)) * (0.5 + random.random() / 2))
         self._pause_until = max(self._pause_until, now + delay)
 
+    def halt(self) -> None:
+        """Wake every request waiting for its rate-limit tokens, so each checks `ready` now (a cost limit reached)."""
+        self._halt.set()
+
+    async def _unless_halted(self, wait: Coroutine[Any, Any, Any]) -> None:
+        task, halted = asyncio.ensure_future(wait), asyncio.ensure_future(self._halt.wait())
+        try:
+            await asyncio.wait({task, halted}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (task, halted):
+                t.cancel()
+
     def _bucket(self, attr: str, per_minute: int) -> None:
         """A leaky bucket that lets `per_minute` through in a minute, evenly: one request every 60/rpm s; tokens six
         seconds' worth at a time (a minute's burst at once is what the provider's own limiter answers 429 to)."""
@@ -192,7 +205,7 @@ class Transport:
             except ValueError:
                 continue
             current = getattr(self, f"{attr}_limit")
-            if limit and (not current or limit < current):
+            if limit > 0 and (not current or limit < current):
                 self._bucket(attr, limit)
             if remaining is not None and remaining.strip() == "0":
                 reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
@@ -201,16 +214,19 @@ class Transport:
 
     # ---------------------------------------------------------------- a request
     async def post(self, path: str, body: dict[str, Any], *, tokens: int, ready: Callable[[], None] = lambda: None,
-                   parse: Callable[[dict[str, Any]], Any] = lambda answer: answer) -> Any:
+                   parse: Callable[[dict[str, Any]], Any] = lambda answer: answer,
+                   unreadable: Callable[[dict[str, Any]], None] = lambda answer: None) -> Any:
         """The JSON answer as `parse` reads it, or Refused; raises EngineError for bad credentials, credit or model,
         or once the server has failed every request for `retry_budget_s`. `ready` runs just before each send (a cost
         limit raises there: requests queued at the gate are checked when they go, not when they were queued); an
-        answer `parse` refuses (ValueError) is a failed attempt, asked again, never returned."""
-        return await self._send("POST", path, body, tokens=tokens, ready=ready, parse=parse)
+        answer `parse` refuses (ValueError) is a failed attempt, asked again, never returned (`unreadable` sees it:
+        the provider bills it all the same)."""
+        return await self._send("POST", path, body, tokens=tokens, ready=ready, parse=parse, unreadable=unreadable)
 
     async def _send(self, method: str, path: str, body: dict[str, Any] | None, *, tokens: int,
                     ready: Callable[[], None] = lambda: None, fatal: frozenset[int] = FATAL_STATUS,
-                    parse: Callable[[dict[str, Any]], Any] = lambda answer: answer) -> Any:
+                    parse: Callable[[dict[str, Any]], Any] = lambda answer: answer,
+                    unreadable: Callable[[dict[str, Any]], None] = lambda answer: None) -> Any:
         import httpx
 
         url = f"{self.base_url}{path}"
@@ -219,23 +235,25 @@ class Transport:
             retry_after, overload, probe = None, False, False
             try:
                 async with self.limit:
-                    if self.rpm:
-                        await self.rpm.acquire()
-                    await self._take_tokens(tokens)
+                    ready()  # a cost limit reached while this request queued: it learns now, not after the buckets
+                    if self.rpm and method == "POST":  # generation requests: what the provider's limit counts
+                        await self._unless_halted(self.rpm.acquire())
+                    await self._unless_halted(self._take_tokens(tokens))
+                    ready()
                     probe = await self._open()  # last: a request that waited for its slot still waits out a pause
                     ready()
                     epoch = self._epoch
-                    self.sent += 1
+                    self.sent += method == "POST"
                     self.retries += attempts > 0
                     try:
                         resp = await self.client.request(method, url, json=body, headers=self.headers())
                     except httpx.TimeoutException:
                         last = f"timed out after {self.timeout_s:g} s"
                     except httpx.TransportError as exc:
-                        last = f"{type(exc).__name__}: {exc}".rstrip(": ")
+                        last = utf8(f"{type(exc).__name__}: {exc}".rstrip(": "))
                     else:
                         self._limits_from(resp.headers)
-                        last = f"HTTP {resp.status_code}: {resp.text[:500]}"
+                        last = utf8(f"HTTP {resp.status_code}: {resp.text[:500]}")
                         if resp.status_code < 300:
                             try:
                                 answer = resp.json()
@@ -247,6 +265,8 @@ class Transport:
                                     parsed = parse(answer)
                                 except ValueError as exc:
                                     last = f"HTTP {resp.status_code} with an answer that cannot be read: {exc}"
+                                    self._last_success = time.monotonic()  # up, answering: give it up in time
+                                    unreadable(answer)
                                 else:
                                     self._succeeded()
                                     return parsed
@@ -277,6 +297,15 @@ class Transport:
                 return Refused(0, f"{GAVE_UP}{attempts} attempts while the server answered others: {last}")
 
 
+def utf8(text: str) -> str:
+    """Text that UTF-8 (Parquet, the journal) can hold: a lone surrogate a server sent becomes U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
+
+
 def _retry_after(value: str | None) -> float | None:
     try:
         return min(max(float(value), 0.0), RETRY_AFTER_MAX_S) if value else None
@@ -289,7 +318,7 @@ def _message(resp: Any) -> str:
     try:
         data = resp.json()
     except ValueError:
-        return resp.text[:500]
+        return utf8(resp.text[:500])
     err = data.get("error", data) if isinstance(data, dict) else data
     msg = err.get("message") if isinstance(err, dict) else err
-    return f"HTTP {resp.status_code}: {str(msg or resp.text)[:500]}"
+    return utf8(f"HTTP {resp.status_code}: {str(msg or resp.text)[:500]}")

@@ -6,7 +6,10 @@ checked when a request goes, not when it was queued."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -47,6 +50,8 @@ def hosted() -> Iterator[tuple[str, list[dict]]]:
             self.wfile.write(raw)
 
         def do_GET(self) -> None:  # noqa: N802
+            if BROKEN.get("down"):
+                return self._send(503, b'{"error": "loading"}')
             self._json({"data": [{"id": "gpt-x", "owned_by": "vllm" if BROKEN.get("vllm") else "openai"}]})
 
         def _send(self, status: int, raw: bytes, **headers: str) -> None:
@@ -65,12 +70,16 @@ def hosted() -> Iterator[tuple[str, list[dict]]]:
                 return self._send(200, b"<html>gateway</html>", Content_Type="text/html")
             if BROKEN.get("redirect"):
                 return self._send(302, b"", Location="https://elsewhere.test/v1/completions")
+            if BROKEN.get("surrogate") and POISON in body["prompt"]:
+                return self._send(400, b'{"error": {"message": "too long \\ud800 here"}}')
             if BROKEN.get("refuse_all") or POISON in body["prompt"]:
                 return self._send(400, json.dumps({"error": {
                     "message": "This model's maximum context length is 16 tokens.", "type": "invalid_request_error",
                     "code": "context_length_exceeded"}}).encode(), Content_Type="application/json")
             if BROKEN.get("flaky") and "FLAKY" in body["prompt"] and "Therefore" in body["prompt"]:
                 return self._send(500, b'{"error": "internal error"}')  # its answer stage fails, the rest pass
+            if BROKEN.get("down"):
+                return self._send(503, b'{"error": "loading"}')
             if BROKEN.get("402"):
                 return self._send(402, b'{"error": {"message": "You exceeded your current quota."}}')
             key = json.dumps(body, sort_keys=True)
@@ -80,7 +89,8 @@ def hosted() -> Iterator[tuple[str, list[dict]]]:
             n = body["n"]
             text = " so 3 + 4 = 7." if BROKEN.get("same") else " so {} and the answer is 7."
             choices = [{"index": i, "text": text.format(i),
-                        "finish_reason": "content_filter" if "FILTER" in body["prompt"] else "stop",
+                        "finish_reason": "content_filter" if "FILTER" in body["prompt"] else (
+                            "stop\ud800" if BROKEN.get("surrogate") else "stop"),
                         "logprobs": {"tokens": ["a"] * 5}} for i in range(n)]
             if BROKEN.get("junk"):  # each next answer broken another way, then good ones
                 kind, BROKEN["junk"] = BROKEN["junk"][0], BROKEN["junk"][1:]
@@ -199,7 +209,9 @@ def test_a_malformed_answer_is_asked_again_never_journaled_and_a_lone_surrogate_
     assert len(seen) == 5 + 3  # the three unreadable answers were asked again; the surrogate one was kept
     assert samples.filter(pl.col("rationale").str.contains("\ufffd")).height == 3
     lines = [json.loads(x) for f in (recipe.run_dir / "journal").glob("*.jsonl") for x in f.read_text().splitlines()]
-    assert all(len(e["response"]["choices"]) == 3 for e in lines)
+    answers = [e for e in lines if e["samples"]]
+    assert len(answers) == 5 and all(len(e["response"]["choices"]) == 3 for e in answers)
+    assert len(lines) - len(answers) == 3  # the unreadable ones were billed: their usage is journaled as spent
 
 
 def test_a_content_filtered_completion_is_a_refused_sample(tmp_path, hosted):
@@ -315,3 +327,40 @@ def test_an_answer_stage_given_up_is_asked_again_and_its_rationale_comes_from_th
     assert (again["finish_reason"] != "error").all()
     sent = seen[asked:]
     assert len(sent) == 3 and all("Therefore" in b["prompt"] for b in sent)  # only the answers: rationales replayed
+
+
+def test_ctrl_c_while_the_server_is_still_down_at_start_is_felt_at_once(tmp_path, hosted):
+    url, _ = hosted
+    BROKEN["down"] = "yes"
+    teacher = make_teacher(TeacherSetup.of(_recipe(tmp_path, url, True, retry_budget_s=60)))
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            teacher.start()  # /models answers 503: the gate waits for the server, up to retry_budget_s
+    finally:
+        timer.cancel()
+        teacher.close()
+    assert time.monotonic() - t0 < 3
+
+
+def test_lone_surrogates_in_a_finish_reason_or_a_refusal_are_written_replaced(tmp_path, hosted):
+    url, _ = hosted
+    BROKEN["surrogate"] = "yes"
+    recipe = _recipe(tmp_path, url, True, ["What is 3 + 4?", f"{POISON} what is 1 + 1?"])
+    questions = tasks.run(recipe.tasks, recipe.base_dir)
+    samples, _ = sample.run(questions, recipe)
+    assert samples.height == 6
+    assert set(samples["finish_reason"]) == {"stop\ufffd\ufffd\ufffd", "error"}  # its three bytes replaced
+    assert samples.filter(pl.col("finish_reason") == "error")["error"].str.contains("too long \ufffd").all()
+
+
+def test_the_cost_limit_reaches_requests_waiting_for_the_rate_limit_at_once(tmp_path, hosted):
+    url, seen = hosted
+    limits = {"prices": {"input": 0, "output": 100_000}, "max_cost_usd": 0.5, "concurrency": 4, "rpm": 12}
+    recipe = _recipe(tmp_path, url, False, **limits)  # one request every 5 s; the first one reaches the limit
+    t0 = time.monotonic()
+    with pytest.raises(CostLimit):
+        sample.run(tasks.run(recipe.tasks, recipe.base_dir), recipe)
+    assert len(seen) == 1 and time.monotonic() - t0 < 4

@@ -55,6 +55,8 @@ def test_defaults_follow_the_paper(tmp_path):
     (GOOD + "prompt:\n  style: few_shot_cot\n", r"prompt\.exemplars is required for few_shot_cot"),
     ("tasks: [unclosed\n", r"line 2, column 1 invalid YAML"),
     ("- just\n- a list\n", r"a recipe must be a YAML mapping"),
+    (GOOD.replace("  model: some/model", "  model: some/model\n  prices: {input: 1.0e+308, output: 1}"),
+     r"teacher\.prices\.input: Input should be less than or equal to 100000"),
     (GOOD.replace("  model: some/model", "  model: some/model\n  max_cost_usd: 5") + "executor:\n  kind: ray\n",
      r"teacher\.max_cost_usd is counted by the teacher that sends the requests.*executor\.kind local"),
     (GOOD.replace("  model: some/model", "  model: some/model\n  backend: openai_batch\n  base_url: http://x/v1")
