@@ -333,11 +333,8 @@ class BatchTeacher(OpenAITeacher):
         completion = int(w.body.get("n") or 1) * int(w.body.get("max_tokens") or 0)
         return cost.cost(self.prices, prompt, 0, completion, batch=True) or 0.0
 
-    def _spent(self) -> float:
-        return (self._spent_before.cost_usd or 0.0) + (self.usage.cost_usd or 0.0)
-
     def _spent_line(self) -> str:
-        return f"the run has spent ${self._spent():.4f} of teacher.max_cost_usd ${self.cfg.max_cost_usd:g}"
+        return f"the run has spent ${self.spent_usd():.4f} of teacher.max_cost_usd ${self.cfg.max_cost_usd:g}"
 
     def _affordable(self, todo: dict[str, _Wanted]) -> dict[str, _Wanted]:
         """The leading requests of `todo` (in order) whose worst case, with what was spent and the worst case of
@@ -345,7 +342,7 @@ class BatchTeacher(OpenAITeacher):
         limit = self.cfg.max_cost_usd
         if limit is None:
             return todo
-        spent = self._spent()
+        spent = self.spent_usd()
         room = limit - spent - sum(self._committed.values())
         out: dict[str, _Wanted] = {}
         total = 0.0

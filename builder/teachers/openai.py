@@ -341,8 +341,7 @@ class OpenAITeacher(Teacher):
         usage = cost.request_usage(resp["usage"], self.prices, prompt_guess=prompt_chars // 4,
                                    completion_guess=sum(counted) if None not in counted else n * max_tokens)
         self.usage.add(usage)
-        limit = self.cfg.max_cost_usd
-        if limit is not None and (self._spent_before.cost_usd or 0.0) + (self.usage.cost_usd or 0.0) >= limit:
+        if self.cfg.max_cost_usd is not None and self.spent_usd() >= self.cfg.max_cost_usd:
             self.transport.halt()  # requests waiting for rate-limit tokens learn it now
         resp["vllm"] = bool(self.server_is_vllm)  # whether n > 1 samples were seeded s, s+1, ... (regenerable)
         if self.journal is not None:
@@ -354,9 +353,12 @@ class OpenAITeacher(Teacher):
                                  "response": resp})
         return resp
 
+    def spent_usd(self) -> float:
+        """What the run has spent: before this teacher (its journal) and through it."""
+        return (self._spent_before.cost_usd or 0.0) + (self.usage.cost_usd or 0.0)
+
     def _within_budget(self) -> None:
-        limit = self.cfg.max_cost_usd
-        spent = (self._spent_before.cost_usd or 0.0) + (self.usage.cost_usd or 0.0)
+        limit, spent = self.cfg.max_cost_usd, self.spent_usd()
         if limit is not None and spent >= limit:
             raise CostLimit(f"the run has spent ${spent:.4f} of teacher.max_cost_usd ${limit:g}: stopped before "
                             "sending more")
