@@ -5,7 +5,8 @@ done; the journal keeps what arrived in between, so a killed, interrupted or fai
 run's teacher finds each request it is about to send (by the digest of its body, which holds the model, prompt,
 seed and sampling settings) and takes the journaled answer instead. Each process appends to its own segment
 (`<host>-<pid>-<random>.jsonl`), a line per request, flushed at once (a SIGKILL loses nothing the server had
-answered) and fsynced at least every second (a machine crash loses at most that second).
+answered) and fsynced by an append a second or more after the last fsync, and at close (a machine crash can lose
+the lines written since the last fsync: during a quiet spell, such as an outage, that can be the last second's).
 
 The sample stage compacts the journal under the run's lease before it samples: entries whose samples are all on
 storage in shards are dropped, their usage folded into `spent.json`, so the journal holds only what no shard holds
